@@ -1,0 +1,28 @@
+# syntax=docker/dockerfile:1
+# Multi-stage: build a wheel with the toolchain, run it from a slim image as a non-root user.
+
+FROM python:3.12-slim AS build
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY service ./service
+RUN python -m venv /opt/calbroker \
+ && /opt/calbroker/bin/pip install --no-cache-dir --upgrade pip \
+ && /opt/calbroker/bin/pip install --no-cache-dir .
+
+FROM python:3.12-slim AS runtime
+ENV PATH=/opt/calbroker/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    CALBROKER_HOST=0.0.0.0 \
+    CALBROKER_PORT=8080 \
+    CALBROKER_DATA_DIR=/var/lib/calbroker
+RUN groupadd --system calbroker \
+ && useradd --system --gid calbroker --home-dir /var/lib/calbroker --create-home calbroker
+COPY --from=build /opt/calbroker /opt/calbroker
+USER calbroker
+WORKDIR /var/lib/calbroker
+EXPOSE 8080
+HEALTHCHECK --interval=10s --timeout=3s --start-period=20s --retries=3 \
+  CMD ["python", "-c", "import urllib.request,sys; sys.exit(urllib.request.urlopen('http://127.0.0.1:8080/healthz', timeout=2).status != 200)"]
+ENTRYPOINT ["calbroker"]
+CMD ["serve"]

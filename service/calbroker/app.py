@@ -1,0 +1,138 @@
+"""The composition root: `create_app(settings)` wires store, providers and API routes.
+
+The lifespan owns every long-lived resource (database pool, keyring, later HTTP sessions and
+provider clients) and closes them in reverse order; handlers reach them only through
+dependencies, never through module globals.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from importlib import metadata
+from pathlib import Path
+
+import msgspec
+from litestar import Litestar, Router, get
+from litestar.datastructures import State
+from litestar.di import Provide
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import SwaggerRenderPlugin
+from litestar.openapi.spec import Server
+from litestar.plugins.jinja import JinjaTemplateEngine
+from litestar.template import TemplateConfig
+from prometheus_client import CollectorRegistry
+
+from calbroker.api.auth import provide_caller, require_api_key
+from calbroker.api.health import healthz, metrics, readyz
+from calbroker.api.me import me
+from calbroker.api.problem_pages import problem_index, problem_page, register_template_filters
+from calbroker.api.problems import problem_plugin
+from calbroker.api.services import Services, provide_services
+from calbroker.api.telemetry import HttpMetrics, RequestTelemetry
+from calbroker.config import Settings
+from calbroker.logs import get_logger
+from calbroker.store.database import connect_pool, resolve_database_url
+from calbroker.store.keyring import load_keyring
+from calbroker.store.migrations import migrate
+
+__all__ = ["create_app", "openapi_document"]
+
+log = get_logger(__name__)
+
+
+def _version() -> str:
+    try:
+        return metadata.version("calbroker")
+    except metadata.PackageNotFoundError:
+        return "0.0.0"
+
+
+def _lifespan(settings: Settings):  # type: ignore[no-untyped-def]
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        async with AsyncExitStack() as stack:
+            url = await resolve_database_url(settings)
+            pool = await stack.enter_async_context(connect_pool(url, max_size=settings.database_pool_size))
+            async with pool.acquire() as conn:
+                applied = await migrate(conn)
+            if applied:
+                log.info("migrations applied", versions=[m.version for m in applied])
+            keyring = load_keyring(settings)
+            app.state.services = Services(settings=settings, pool=pool, keyring=keyring)
+            try:
+                yield
+            finally:
+                app.state.pop("services", None)
+
+    return lifespan
+
+
+@get("/openapi.json", include_in_schema=False, media_type="application/vnd.oai.openapi+json")
+async def openapi_json(state: State) -> dict[str, object]:
+    document: dict[str, object] = state["openapi_document"]
+    return document
+
+
+def create_app(settings: Settings) -> Litestar:
+    """Build the ASGI app; nothing touches the network until the lifespan starts."""
+    v1 = Router(
+        path="/v1",
+        route_handlers=[me],
+        guards=[require_api_key],
+        dependencies={"caller": Provide(provide_caller, sync_to_thread=False)},
+        security=[{"apiKey": []}],
+    )
+    templates = Path(__file__).parent / "api" / "templates"
+    app = Litestar(
+        route_handlers=[healthz, readyz, metrics, problem_index, problem_page, openapi_json, v1],
+        dependencies={"services": Provide(provide_services, sync_to_thread=False)},
+        lifespan=[_lifespan(settings)],
+        plugins=[problem_plugin()],
+        openapi_config=_openapi_config(settings),
+        template_config=TemplateConfig(
+            directory=templates, engine=JinjaTemplateEngine, engine_callback=register_template_filters
+        ),
+        request_max_body_size=settings.max_body_bytes,
+        logging_config=None,
+        debug=False,
+    )
+    http_metrics = HttpMetrics(CollectorRegistry(auto_describe=True))
+    app.state.http_metrics = http_metrics
+    app.state.openapi_document = openapi_document(app)
+    # Wrap the whole handler (exception middleware included) so 404/405/500 are measured too.
+    app.asgi_handler = RequestTelemetry(app.asgi_handler, http_metrics)
+    return app
+
+
+def _openapi_config(settings: Settings) -> OpenAPIConfig:
+    from litestar.openapi.spec import Components, SecurityScheme  # noqa: PLC0415
+
+    return OpenAPIConfig(
+        title="calbroker",
+        version=_version(),
+        description=(
+            "One REST API for free/busy, availability and events across Microsoft 365 (Graph) and "
+            "on-premises Exchange (EWS) mailboxes. Errors are RFC 9457 problem documents whose `type` "
+            "is a page under /problems."
+        ),
+        servers=[Server(url=settings.public_url)],
+        path="/docs",
+        render_plugins=[SwaggerRenderPlugin(path="/")],
+        components=Components(
+            security_schemes={
+                "apiKey": SecurityScheme(
+                    type="http",
+                    scheme="bearer",
+                    description="A key from `calbroker apps create`, sent as `Bearer cbk_...`.",
+                )
+            }
+        ),
+        use_handler_docstrings=True,
+    )
+
+
+def openapi_document(app: Litestar) -> dict[str, object]:
+    """The OpenAPI document as served and as committed under openapi/ (servers omitted)."""
+    document: dict[str, object] = msgspec.to_builtins(app.openapi_schema.to_schema())
+    return document

