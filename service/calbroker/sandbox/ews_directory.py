@@ -1,0 +1,116 @@
+"""Organisation-wide lookups that need no mailbox: ResolveNames, GetRoomLists, GetRooms and
+GetServerTimeZones. exchangelib sends these without an impersonation header.
+
+- ResolveNames: https://learn.microsoft.com/en-us/exchange/client-developer/web-service-reference/resolvenames-operation
+  ("returns a maximum of 100 candidates"; none → Error ErrorNameResolutionNoResults, several →
+  Warning ErrorNameResolutionMultipleResults)
+- GetRoomLists: https://learn.microsoft.com/en-us/exchange/client-developer/web-service-reference/getroomlists-operation
+- GetRooms: https://learn.microsoft.com/en-us/exchange/client-developer/web-service-reference/getrooms-operation
+- GetServerTimeZones: https://learn.microsoft.com/en-us/exchange/client-developer/web-service-reference/getservertimezones-operation
+"""
+
+from __future__ import annotations
+
+from calbroker.sandbox import timezones
+from calbroker.sandbox.directory import Mailbox, Tenant
+from calbroker.sandbox.ews_access import Call
+from calbroker.sandbox.ews_timezones import timezone_definition
+from calbroker.sandbox.ews_xml import Element, child, find_text, m, parse_bool, response_message, t, xml_bool
+
+MAX_CANDIDATES = 100
+_NO_RESULTS = "No results were found."
+
+
+def _tenant(call: Call) -> Tenant:
+    tenant = call.directory.tenant_by_id(call.account.tenant_id)
+    assert tenant is not None, call.account.tenant_id
+    return tenant
+
+
+def _mailbox(parent: Element, tag: str, mailbox: Mailbox, mailbox_type: str = "Mailbox") -> Element:
+    node = child(parent, tag)
+    child(node, t("Name"), mailbox.display_name)
+    child(node, t("EmailAddress"), mailbox.email)
+    child(node, t("RoutingType"), "SMTP")
+    child(node, t("MailboxType"), mailbox_type)
+    return node
+
+
+def resolve_names(call: Call, body: Element, parent: Element) -> None:
+    entry = find_text(body, m("UnresolvedEntry")) or ""
+    full = parse_bool(body.get("ReturnFullContactData"))
+    found = call.directory.resolve(_tenant(call), entry) if entry else []
+    messages = child(child(parent, m("ResolveNamesResponse")), m("ResponseMessages"))
+    tag = m("ResolveNamesResponseMessage")
+    if not found:
+        response_message(messages, tag, "ErrorNameResolutionNoResults", _NO_RESULTS)
+        return
+    if len(found) == 1:
+        message = response_message(messages, tag)
+    else:
+        message = response_message(
+            messages, tag, "ErrorNameResolutionMultipleResults", "Multiple results were found.", "Warning"
+        )
+    shown = found[:MAX_CANDIDATES]
+    results = child(
+        message,
+        m("ResolutionSet"),
+        TotalItemsInView=str(len(shown)),
+        IncludesLastItemInRange=xml_bool(len(found) <= MAX_CANDIDATES),
+    )
+    for mailbox in shown:
+        resolution = child(results, t("Resolution"))
+        _mailbox(resolution, t("Mailbox"), mailbox)
+        if full:
+            contact = child(resolution, t("Contact"))
+            child(contact, t("DisplayName"), mailbox.display_name)
+            if mailbox.given_name:
+                child(contact, t("GivenName"), mailbox.given_name)
+            child(child(contact, t("EmailAddresses")), t("Entry"), f"SMTP:{mailbox.email}", Key="EmailAddress1")
+            if mailbox.job_title:
+                child(contact, t("JobTitle"), mailbox.job_title)
+            if mailbox.department:
+                child(contact, t("Department"), mailbox.department)
+            child(contact, t("ContactSource"), "ActiveDirectory")
+            if mailbox.surname:
+                child(contact, t("Surname"), mailbox.surname)
+
+
+def get_room_lists(call: Call, body: Element, parent: Element) -> None:
+    # GetRoomLists answers without a ResponseMessages wrapper: the response element is the message.
+    response = response_message(parent, m("GetRoomListsResponse"))
+    lists = child(response, m("RoomLists"))
+    for room_list in call.directory.room_lists(_tenant(call)):
+        node = child(lists, t("Address"))
+        child(node, t("Name"), room_list.display_name)
+        child(node, t("EmailAddress"), room_list.email)
+        child(node, t("RoutingType"), "SMTP")
+        child(node, t("MailboxType"), "PublicDL")
+
+
+def get_rooms(call: Call, body: Element, parent: Element) -> None:
+    address = (find_text(body, f"{m('RoomList')}/{t('EmailAddress')}") or "").lower()
+    room_list = next((r for r in call.directory.room_lists(_tenant(call)) if r.email == address), None)
+    if room_list is None:
+        response_message(parent, m("GetRoomsResponse"), "ErrorNameResolutionNoResults", _NO_RESULTS)
+        return
+    rooms = child(response_message(parent, m("GetRoomsResponse")), m("Rooms"))
+    for email in room_list.rooms:
+        room = call.directory.mailbox(email)
+        if room is not None:
+            _mailbox(child(rooms, t("Room")), t("Id"), room)
+
+
+def get_server_time_zones(call: Call, body: Element, parent: Element) -> None:
+    full = parse_bool(body.get("ReturnFullTimeZoneData"), default=True)
+    ids = [n.text or "" for n in body.findall(f"{m('Ids')}/{t('Id')}")] or sorted(timezones.WINDOWS_TO_IANA)
+    messages = child(child(parent, m("GetServerTimeZonesResponse")), m("ResponseMessages"))
+    tag = m("GetServerTimeZonesResponseMessage")
+    unknown = [i for i in ids if i not in timezones.WINDOWS_TO_IANA]
+    if unknown:
+        response_message(messages, tag, "ErrorTimeZone", f"The time zone isn't valid: {unknown[0]}")
+        return
+    definitions = child(response_message(messages, tag), m("TimeZoneDefinitions"))
+    year = call.now.year
+    for ms_id in ids:
+        timezone_definition(definitions, ms_id, year, full=full)

@@ -1,0 +1,435 @@
+"""Folder and calendar-item operations: GetFolder, FindItem, GetItem, CreateItem, UpdateItem,
+DeleteItem and ConvertId. Each answers one ResponseMessage per requested folder or item.
+
+- GetFolder: https://learn.microsoft.com/en-us/exchange/client-developer/web-service-reference/getfolder-operation
+- FindItem / CalendarView: https://learn.microsoft.com/en-us/exchange/client-developer/web-service-reference/finditem-operation,
+  https://learn.microsoft.com/en-us/exchange/client-developer/web-service-reference/calendarview
+- GetItem: https://learn.microsoft.com/en-us/exchange/client-developer/web-service-reference/getitem-operation-calendar-item
+- CreateItem: https://learn.microsoft.com/en-us/exchange/client-developer/web-service-reference/createitem-operation-calendar-item
+- UpdateItem: https://learn.microsoft.com/en-us/exchange/client-developer/web-service-reference/updateitem-operation
+- DeleteItem: https://learn.microsoft.com/en-us/exchange/client-developer/web-service-reference/deleteitem-operation
+- ConvertId: https://learn.microsoft.com/en-us/exchange/client-developer/web-service-reference/convertid-operation
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import timedelta
+
+from calbroker.sandbox.calendars import CalendarError
+from calbroker.sandbox.events import Event, Response
+from calbroker.sandbox.ews_access import Call, ItemError
+from calbroker.sandbox.ews_items import (
+    FOLDER_CHANGE_KEY,
+    InvalidId,
+    UnsupportedUpdate,
+    changes_from_updates,
+    draft_from_xml,
+    folder_id,
+    item_id,
+    parse_folder_id,
+    parse_item_id,
+)
+from calbroker.sandbox.ews_render import RenderContext, Shape, render_calendar_item
+from calbroker.sandbox.ews_xml import (
+    XSI_NS,
+    Element,
+    MalformedRequest,
+    child,
+    find_text,
+    local_name,
+    m,
+    response_message,
+    t,
+    xml_bool,
+)
+
+_NOT_FOUND = "The specified object was not found in the store."
+_MALFORMED_ID = "Id is malformed."
+
+# Distinguished folders: display name, parent, element, FolderClass.
+# https://learn.microsoft.com/en-us/exchange/client-developer/web-service-reference/distinguishedfolderid
+_FOLDERS: dict[str, tuple[str, str | None, str, str | None]] = {
+    "root": ("", None, "Folder", None),
+    "msgfolderroot": ("Top of Information Store", "root", "Folder", None),
+    "calendar": ("Calendar", "msgfolderroot", "CalendarFolder", "IPF.Appointment"),
+    "inbox": ("Inbox", "msgfolderroot", "Folder", "IPF.Note"),
+    "sentitems": ("Sent Items", "msgfolderroot", "Folder", "IPF.Note"),
+    "deleteditems": ("Deleted Items", "msgfolderroot", "Folder", "IPF.Note"),
+    "drafts": ("Drafts", "msgfolderroot", "Folder", "IPF.Note"),
+    "outbox": ("Outbox", "msgfolderroot", "Folder", "IPF.Note"),
+    "junkemail": ("Junk Email", "msgfolderroot", "Folder", "IPF.Note"),
+    "contacts": ("Contacts", "msgfolderroot", "ContactsFolder", "IPF.Contact"),
+    "tasks": ("Tasks", "msgfolderroot", "TasksFolder", "IPF.Task"),
+    "notes": ("Notes", "msgfolderroot", "Folder", "IPF.StickyNote"),
+    "journal": ("Journal", "msgfolderroot", "Folder", "IPF.Journal"),
+}
+
+
+def _render_ctx(call: Call) -> RenderContext:
+    return RenderContext(call.directory, call.owa_url)
+
+
+def _error(parent: Element, tag: str, exc: ItemError) -> None:
+    response_message(parent, tag, exc.code, exc.text)
+
+
+def _store_error(exc: CalendarError) -> ItemError:
+    codes = {
+        "ErrorInvalidUser": "ErrorNonExistentMailbox",
+        "ErrorInvalidProperty": "ErrorInvalidPropertySet",
+        "ErrorInvalidRequest": "ErrorCalendarEndDateIsEarlierThanStartDate",
+    }
+    return ItemError(codes.get(exc.code, exc.code), exc.message)
+
+
+def resolve_folder(call: Call, ref: Element) -> tuple[str, str]:
+    """(mailbox email, distinguished folder name) of a DistinguishedFolderId or FolderId, access checked."""
+    address: str | None
+    if local_name(ref.tag) == "FolderId":
+        try:
+            address, folder = parse_folder_id(ref.get("Id") or "")
+        except InvalidId:
+            raise ItemError("ErrorInvalidIdMalformed", _MALFORMED_ID) from None
+    else:
+        folder = ref.get("Id") or ""
+        address = find_text(ref, f"{t('Mailbox')}/{t('EmailAddress')}")
+    if folder not in _FOLDERS:
+        raise ItemError("ErrorFolderNotFound", "The specified folder could not be found in the store.")
+    mailbox = call.mailbox(address)
+    call.open_folder(folder)
+    return mailbox.email, folder
+
+
+def _folder_refs(container: Element | None) -> list[Element]:
+    if container is None or len(container) == 0:
+        raise MalformedRequest("At least one folder id is required")
+    return list(container)
+
+
+# --- GetFolder ----------------------------------------------------------------------------------
+
+
+def get_folder(call: Call, body: Element, parent: Element) -> None:
+    messages = child(child(parent, m("GetFolderResponse")), m("ResponseMessages"))
+    for ref in _folder_refs(body.find(m("FolderIds"))):
+        tag = m("GetFolderResponseMessage")
+        try:
+            mailbox, name = resolve_folder(call, ref)
+        except ItemError as exc:
+            _error(messages, tag, exc)
+            continue
+        message = response_message(messages, tag)
+        _render_folder(child(message, m("Folders")), call, mailbox, name)
+
+
+def _render_folder(parent: Element, call: Call, mailbox: str, name: str) -> None:
+    display, parent_name, element, folder_class = _FOLDERS[name]
+    node = child(parent, t(element))
+    child(node, t("FolderId"), Id=folder_id(mailbox, name), ChangeKey=FOLDER_CHANGE_KEY)
+    if parent_name is not None:
+        child(node, t("ParentFolderId"), Id=folder_id(mailbox, parent_name), ChangeKey=FOLDER_CHANGE_KEY)
+    if folder_class is not None:
+        child(node, t("FolderClass"), folder_class)
+    child(node, t("DisplayName"), display)
+    total = len(call.calendars.events(mailbox)) if name == "calendar" else 0
+    child(node, t("TotalCount"), str(total))
+    children = sum(1 for _, (_, p, _, _) in _FOLDERS.items() if p == name)
+    child(node, t("ChildFolderCount"), str(children))
+    rights = child(node, t("EffectiveRights"))
+    readable = name == "calendar" or call.account.can_open_folder(name)
+    for right, value in (
+        ("CreateAssociated", readable),
+        ("CreateContents", readable),
+        ("CreateHierarchy", False),
+        ("Delete", False),
+        ("Modify", readable),
+        ("Read", readable),
+        ("ViewPrivateItems", readable),
+    ):
+        child(rights, t(right), xml_bool(value))
+    child(node, t("DistinguishedFolderId"), name)
+    if element == "Folder":
+        child(node, t("UnreadCount"), "0")
+
+
+# --- FindItem -----------------------------------------------------------------------------------
+
+
+def find_item(call: Call, body: Element, parent: Element) -> None:
+    shape = Shape.from_xml(body.find(m("ItemShape")), in_find=True)
+    view = body.find(m("CalendarView"))
+    paged = body.find(m("IndexedPageItemView"))
+    messages = child(child(parent, m("FindItemResponse")), m("ResponseMessages"))
+    for ref in _folder_refs(body.find(m("ParentFolderIds"))):
+        tag = m("FindItemResponseMessage")
+        try:
+            mailbox, name = resolve_folder(call, ref)
+            if view is not None and name != "calendar":
+                raise ItemError(
+                    "ErrorCalendarFolderIsInvalidForCalendarView",
+                    "CalendarView can only be used on calendar folders.",
+                )
+            items = _find(call, mailbox, name, view)
+        except ItemError as exc:
+            _error(messages, tag, exc)
+            continue
+        offset, limit = 0, len(items)
+        if view is not None and view.get("MaxEntriesReturned"):
+            limit = int(view.get("MaxEntriesReturned") or "0")
+        elif paged is not None:
+            offset = int(paged.get("Offset") or "0")
+            limit = int(paged.get("MaxEntriesReturned") or str(len(items)))
+        page = items[offset : offset + limit]
+        last = offset + len(page) >= len(items)
+        root = child(response_message(messages, tag), m("RootFolder"))
+        if paged is not None:
+            root.set("IndexedPagingOffset", str(offset + len(page)))
+        root.set("TotalItemsInView", str(len(items)))
+        root.set("IncludesLastItemInRange", xml_bool(last))
+        container = child(root, t("Items"))
+        ctx = _render_ctx(call)
+        for event in page:
+            render_calendar_item(container, event, shape, ctx)
+
+
+def _find(call: Call, mailbox: str, folder: str, view: Element | None) -> list[Event]:
+    if folder != "calendar":
+        return []  # the sandbox models calendars only; other folders are empty
+    if view is None:
+        # Restrictions are not evaluated: a plain FindItem lists every stored item (masters, singles).
+        return call.calendars.events(mailbox)
+    start = call.times.aware(view.get("StartDate") or "")
+    end = call.times.aware(view.get("EndDate") or "")
+    if end < start:
+        raise ItemError("ErrorCalendarEndDateIsEarlierThanStartDate", "EndDate is earlier than StartDate")
+    return call.calendars.occurrences(mailbox, start, end)
+
+
+# --- item references ------------------------------------------------------------------------------
+
+
+def _event(call: Call, ref: Element) -> Event:
+    """The store event an ItemId / OccurrenceItemId / RecurringMasterItemId names, access checked."""
+    kind = local_name(ref.tag)
+    try:
+        if kind == "OccurrenceItemId":
+            mailbox, event_id = parse_item_id(ref.get("RecurringMasterId") or "")
+        elif kind == "RecurringMasterItemId":
+            mailbox, event_id = parse_item_id(ref.get("OccurrenceId") or "")
+        else:
+            mailbox, event_id = parse_item_id(ref.get("Id") or "")
+    except InvalidId:
+        raise ItemError("ErrorInvalidIdMalformed", _MALFORMED_ID) from None
+    owner = call.mailbox(mailbox)
+    call.open_folder("calendar")
+    event = call.calendars.get(owner.email, event_id)
+    if event is None:
+        raise ItemError("ErrorItemNotFound", _NOT_FOUND)
+    if kind == "RecurringMasterItemId":
+        master = call.calendars.get(owner.email, event.series_master_id or event.id)
+        if master is None:
+            raise ItemError("ErrorItemNotFound", _NOT_FOUND)
+        return master
+    if kind == "OccurrenceItemId":
+        index = int(ref.get("InstanceIndex") or "1")
+        horizon = event.start + timedelta(days=5 * 366)
+        instances = [
+            e for e in call.calendars.occurrences(owner.email, event.start, horizon) if e.series_master_id == event.id
+        ]
+        if not 1 <= index <= len(instances):
+            raise ItemError("ErrorCalendarOccurrenceIndexIsOutOfRecurrenceRange", "Occurrence index is out of range.")
+        return instances[index - 1]
+    return event
+
+
+def _item_refs(container: Element | None) -> Iterator[Element]:
+    if container is None or len(container) == 0:
+        raise MalformedRequest("At least one item id is required")
+    yield from container
+
+
+def _item_id_only(parent: Element, event: Event) -> None:
+    node = child(child(parent, m("Items")), t("CalendarItem"))
+    child(node, t("ItemId"), Id=item_id(event.mailbox, event.id), ChangeKey=event.change_key)
+
+
+# --- GetItem ------------------------------------------------------------------------------------
+
+
+def get_item(call: Call, body: Element, parent: Element) -> None:
+    shape = Shape.from_xml(body.find(m("ItemShape")))
+    messages = child(child(parent, m("GetItemResponse")), m("ResponseMessages"))
+    ctx = _render_ctx(call)
+    for ref in _item_refs(body.find(m("ItemIds"))):
+        tag = m("GetItemResponseMessage")
+        try:
+            event = _event(call, ref)
+        except ItemError as exc:
+            _error(messages, tag, exc)
+            continue
+        render_calendar_item(child(response_message(messages, tag), m("Items")), event, shape, ctx)
+
+
+# --- CreateItem ---------------------------------------------------------------------------------
+
+_RESPONSES = {
+    "AcceptItem": Response.ACCEPTED,
+    "TentativelyAcceptItem": Response.TENTATIVELY_ACCEPTED,
+    "DeclineItem": Response.DECLINED,
+}
+
+
+def create_item(call: Call, body: Element, parent: Element) -> None:
+    """Calendar items (meetings are sent to attendees by the store) and meeting response objects.
+
+    The store always sends invitations and cancellations, whatever SendMeetingInvitations says.
+    """
+    messages = child(child(parent, m("CreateItemResponse")), m("ResponseMessages"))
+    saved_in = body.find(f"{m('SavedItemFolderId')}/*")
+    items = body.find(m("Items"))
+    for item in _item_refs(items):
+        tag = m("CreateItemResponseMessage")
+        kind = local_name(item.tag)
+        try:
+            if kind == "CalendarItem":
+                event = _create_calendar_item(call, item, saved_in)
+                _item_id_only(response_message(messages, tag), event)
+            elif kind in ("CancelCalendarItem", *_RESPONSES):
+                _respond(call, item, kind, saved_in)
+                child(response_message(messages, tag), m("Items"))
+            else:
+                raise ItemError("ErrorInvalidItemForOperationCreateItem", f"{kind} cannot be created here.")
+        except ItemError as exc:
+            _error(messages, tag, exc)
+
+
+def _create_calendar_item(call: Call, item: Element, saved_in: Element | None) -> Event:
+    if saved_in is not None:
+        mailbox, _ = resolve_folder(call, saved_in)
+    else:
+        mailbox = call.mailbox(None).email
+        call.open_folder("calendar")
+    owner = call.mailbox(mailbox)
+    call.may_write(owner)
+    draft = draft_from_xml(item, call.times)
+    if draft.end < draft.start:
+        raise ItemError("ErrorCalendarEndDateIsEarlierThanStartDate", "EndDate is earlier than StartDate")
+    try:
+        return call.calendars.create(owner.email, draft)
+    except CalendarError as exc:
+        raise _store_error(exc) from exc
+
+
+def _respond(call: Call, item: Element, kind: str, saved_in: Element | None) -> None:
+    if saved_in is not None:
+        resolve_folder(call, saved_in)
+    else:
+        call.open_folder("sentitems")
+    ref = item.find(t("ReferenceItemId"))
+    if ref is None:
+        raise MalformedRequest(f"{kind} needs a ReferenceItemId")
+    event = _event(call, ref)
+    owner = call.mailbox(event.mailbox)
+    call.may_write(owner)
+    try:
+        if kind == "CancelCalendarItem":
+            call.calendars.cancel(owner.email, event.id, find_text(item, t("Body")) or "")
+        else:
+            call.calendars.respond(owner.email, event.id, _RESPONSES[kind])
+    except CalendarError as exc:
+        raise _store_error(exc) from exc
+
+
+# --- UpdateItem ---------------------------------------------------------------------------------
+
+
+def update_item(call: Call, body: Element, parent: Element) -> None:
+    """SetItemField/DeleteItemField per ItemChange; a stale ChangeKey fails only under NeverOverwrite
+    (AutoResolve and AlwaysOverwrite apply the change). The organizer's changes always reach the
+    attendees' copies, whatever SendMeetingInvitationsOrCancellations says."""
+    conflict = body.get("ConflictResolution") or "AutoResolve"
+    messages = child(child(parent, m("UpdateItemResponse")), m("ResponseMessages"))
+    for change in _item_refs(body.find(m("ItemChanges"))):
+        tag = m("UpdateItemResponseMessage")
+        ref = next((c for c in change if local_name(c.tag).endswith("Id")), None)
+        updates = change.find(t("Updates"))
+        try:
+            if ref is None or updates is None:
+                raise MalformedRequest("ItemChange needs an item id and Updates")
+            event = _event(call, ref)
+            owner = call.mailbox(event.mailbox)
+            call.may_write(owner)
+            stale = ref.get("ChangeKey") not in (None, event.change_key)
+            if stale and conflict == "NeverOverwrite":
+                raise ItemError(
+                    "ErrorIrresolvableConflict",
+                    "The send or update operation could not be performed because the change key passed in "
+                    "the request does not match the current change key for the item.",
+                )
+            try:
+                changes = changes_from_updates(updates, event, call.times)
+            except UnsupportedUpdate as exc:
+                raise ItemError("ErrorInvalidPropertySet", f"The property {exc} cannot be updated.") from exc
+            try:
+                updated = call.calendars.update(owner.email, event.id, changes) if changes else event
+            except CalendarError as exc:
+                raise _store_error(exc) from exc
+        except ItemError as exc:
+            _error(messages, tag, exc)
+            continue
+        message = response_message(messages, tag)
+        _item_id_only(message, updated)
+        child(child(message, m("ConflictResults")), t("Count"), "0")
+
+
+# --- DeleteItem ---------------------------------------------------------------------------------
+
+
+def delete_item(call: Call, body: Element, parent: Element) -> None:
+    """HardDelete, SoftDelete and MoveToDeletedItems all remove the item from the calendar; an
+    organizer's delete cancels the meeting for its attendees (the store always sends cancellations)."""
+    messages = child(child(parent, m("DeleteItemResponse")), m("ResponseMessages"))
+    for ref in _item_refs(body.find(m("ItemIds"))):
+        tag = m("DeleteItemResponseMessage")
+        try:
+            event = _event(call, ref)
+            owner = call.mailbox(event.mailbox)
+            call.may_write(owner)
+            try:
+                call.calendars.delete(owner.email, event.id)
+            except CalendarError as exc:
+                raise _store_error(exc) from exc
+        except ItemError as exc:
+            _error(messages, tag, exc)
+            continue
+        response_message(messages, tag)
+
+
+# --- ConvertId ----------------------------------------------------------------------------------
+
+
+def convert_id(call: Call, body: Element, parent: Element) -> None:
+    """Ids are converted between the EWS (base64) and entry-id (hex) forms; exchangelib's version
+    probe sends ``Id="DUMMY"`` and only reads the ServerVersionInfo header of the error it gets."""
+    destination = body.get("DestinationFormat") or "EwsId"
+    messages = child(child(parent, m("ConvertIdResponse")), m("ResponseMessages"))
+    for source in body.findall(f"{m('SourceIds')}/{t('AlternateId')}"):
+        tag = m("ConvertIdResponseMessage")
+        raw = source.get("Id") or ""
+        try:
+            ews_id = bytes.fromhex(raw).decode() if source.get("Format") in ("HexEntryId", "EntryId") else raw
+            mailbox, _ = parse_item_id(ews_id)
+        except (InvalidId, ValueError, UnicodeDecodeError):
+            response_message(messages, tag, "ErrorInvalidIdMalformed", _MALFORMED_ID)
+            continue
+        converted = ews_id.encode().hex().upper() if destination in ("HexEntryId", "EntryId") else ews_id
+        message = response_message(messages, tag)
+        child(
+            message,
+            m("AlternateId"),
+            Format=destination,
+            Id=converted,
+            Mailbox=mailbox,
+            **{f"{{{XSI_NS}}}type": "t:AlternateIdType"},
+        )

@@ -1,0 +1,265 @@
+"""Graph directory endpoints: users (list, get, /me), organization, domains and places (rooms, room lists)."""
+
+from __future__ import annotations
+
+import base64
+import re
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import urlencode
+
+from calbroker.sandbox.directory import Mailbox, RoomList, Tenant
+from calbroker.sandbox.odata import GraphContext, GraphError, GraphRequest, GraphResponse, Route, make_route
+
+__all__ = ["ROUTES", "user_json"]
+
+USERS = {"User.Read.All", "User.ReadBasic.All", "User.ReadWrite.All", "Directory.Read.All", "User.Read"}
+ORGANIZATION = {"Organization.Read.All", "Directory.Read.All", "User.Read.All", "User.Read"}
+DOMAINS = {"Domain.Read.All", "Directory.Read.All", "User.Read.All"}
+PLACES = {"Place.Read.All"}
+
+
+def user_json(mailbox: Mailbox, select: set[str] | None = None) -> dict[str, Any]:
+    """The default user properties (https://learn.microsoft.com/graph/api/user-get), plus `$select`ed extras."""
+    item: dict[str, Any] = {
+        "businessPhones": list(mailbox.business_phones),
+        "displayName": mailbox.display_name,
+        "givenName": mailbox.given_name or None,
+        "jobTitle": mailbox.job_title,
+        "mail": mailbox.email,
+        "mobilePhone": mailbox.mobile_phone,
+        "officeLocation": mailbox.office_location,
+        "preferredLanguage": mailbox.preferred_language,
+        "surname": mailbox.surname or None,
+        "userPrincipalName": mailbox.user_principal_name,
+        "id": mailbox.id,
+    }
+    if select:
+        extras = {
+            "proxyaddresses": ("proxyAddresses", [f"SMTP:{mailbox.email}", *(f"smtp:{a}" for a in mailbox.aliases)]),
+            "accountenabled": ("accountEnabled", not mailbox.is_room),
+            "usertype": ("userType", "Member"),
+            "department": ("department", mailbox.department),
+            "city": ("city", mailbox.city),
+            "mailnickname": ("mailNickname", mailbox.alias),
+        }
+        wanted = {s.lower() for s in select}
+        item = {k: v for k, v in item.items() if k.lower() in wanted}
+        for key, (name, value) in extras.items():
+            if key in wanted:
+                item[name] = value
+    return item
+
+
+def _select(req: GraphRequest) -> set[str] | None:
+    raw = req.option("$select")
+    return {s.strip() for s in raw.split(",") if s.strip()} if raw else None
+
+
+_USER_FILTERS: tuple[tuple[re.Pattern[str], Callable[[Mailbox, re.Match[str]], bool]], ...] = (
+    (re.compile(r"^\s*mail\s+eq\s+'([^']*)'\s*$", re.I), lambda m, x: m.email == x.group(1).lower()),
+    (
+        re.compile(r"^\s*userPrincipalName\s+eq\s+'([^']*)'\s*$", re.I),
+        lambda m, x: m.user_principal_name == x.group(1).lower(),
+    ),
+    (re.compile(r"^\s*id\s+eq\s+'([^']*)'\s*$", re.I), lambda m, x: m.id == x.group(1).lower()),
+    (
+        re.compile(r"^\s*startswith\(\s*(displayName|mail|givenName|surname)\s*,\s*'([^']*)'\s*\)\s*$", re.I),
+        lambda m, x: (
+            {"displayname": m.display_name, "mail": m.email, "givenname": m.given_name, "surname": m.surname}[
+                x.group(1).lower()
+            ]
+            .lower()
+            .startswith(x.group(2).lower())
+        ),
+    ),
+    (
+        re.compile(r"^\s*proxyAddresses/any\(\s*(\w+)\s*:\s*\1\s+eq\s+'(?:smtp:)?([^']*)'\s*\)\s*$", re.I),
+        lambda m, x: x.group(2).lower() in m.addresses,
+    ),
+)
+
+
+async def list_users(ctx: GraphContext, req: GraphRequest) -> GraphResponse:
+    # https://learn.microsoft.com/graph/api/user-list — $filter (eq/startswith/proxyAddresses), $top, $skiptoken
+    users = sorted(req.caller.tenant.mailboxes.values(), key=lambda m: m.display_name.lower())
+    raw_filter = req.option("$filter")
+    if raw_filter:
+        for pattern, predicate in _USER_FILTERS:
+            match = pattern.match(raw_filter)
+            if match:
+                users = [u for u in users if predicate(u, match)]
+                break
+        else:
+            raise GraphError(400, "Request_UnsupportedQuery", "Unsupported or invalid query filter clause specified.")
+    try:
+        size = min(int(req.option("$top") or ctx.state.settings.users_page_size), 999)
+        token = req.option("$skiptoken")
+        offset = int(base64.urlsafe_b64decode(token.encode()).decode()) if token else 0
+    except ValueError:
+        raise GraphError(400, "Request_BadRequest", "Invalid paging parameter.") from None
+    chunk = users[offset : offset + size]
+    body: dict[str, Any] = {
+        "@odata.context": f"{ctx.graph_url}/$metadata#users",
+        "value": [user_json(u, _select(req)) for u in chunk],
+    }
+    if offset + size < len(users):
+        query = {k: v for k, v in req.raw_query.items() if k.lower() != "$skiptoken"}
+        query["$top"] = str(size)
+        query["$skiptoken"] = base64.urlsafe_b64encode(str(offset + size).encode()).decode()
+        body["@odata.nextLink"] = f"{ctx.graph_url}/users?{urlencode(query, safe='$')}"
+    return GraphResponse(200, body)
+
+
+async def get_user(ctx: GraphContext, req: GraphRequest) -> GraphResponse:
+    # https://learn.microsoft.com/graph/api/user-get
+    assert req.mailbox is not None
+    body = {"@odata.context": f"{ctx.graph_url}/$metadata#users/$entity", **user_json(req.mailbox, _select(req))}
+    return GraphResponse(200, body)
+
+
+def _organization(tenant: Tenant) -> dict[str, Any]:
+    domains = [
+        {
+            "capabilities": "Email, OfficeCommunicationsOnline",
+            "isDefault": name == tenant.default_domain,
+            "isInitial": name == tenant.initial_domain,
+            "name": name,
+            "type": "Managed",
+        }
+        for name in tenant.all_domains
+    ]
+    return {
+        "id": tenant.id,
+        "deletedDateTime": None,
+        "businessPhones": [],
+        "city": tenant.city or None,
+        "country": tenant.country or None,
+        "countryLetterCode": tenant.country_code or None,
+        "createdDateTime": "2015-10-25T14:57:30Z",
+        "displayName": tenant.display_name,
+        "onPremisesSyncEnabled": tenant.exchange.value == "on_premises",
+        "postalCode": tenant.postal_code or None,
+        "preferredLanguage": "en",
+        "state": tenant.state or None,
+        "street": tenant.street or None,
+        "tenantType": "AAD",
+        "verifiedDomains": domains,
+    }
+
+
+async def list_organization(ctx: GraphContext, req: GraphRequest) -> GraphResponse:
+    # https://learn.microsoft.com/graph/api/organization-list
+    body = {"@odata.context": f"{ctx.graph_url}/$metadata#organization", "value": [_organization(req.caller.tenant)]}
+    return GraphResponse(200, body)
+
+
+async def list_domains(ctx: GraphContext, req: GraphRequest) -> GraphResponse:
+    # https://learn.microsoft.com/graph/api/domain-list
+    tenant = req.caller.tenant
+    value = [
+        {
+            "authenticationType": "Managed",
+            "availabilityStatus": None,
+            "id": name,
+            "isAdminManaged": True,
+            "isDefault": name == tenant.default_domain,
+            "isInitial": name == tenant.initial_domain,
+            "isRoot": True,
+            "isVerified": True,
+            "passwordNotificationWindowInDays": 14,
+            "passwordValidityPeriodInDays": 2147483647,
+            "supportedServices": ["Email", "OfficeCommunicationsOnline"],
+            "state": None,
+        }
+        for name in tenant.all_domains
+    ]
+    return GraphResponse(200, {"@odata.context": f"{ctx.graph_url}/$metadata#domains", "value": value})
+
+
+def room_json(room: Mailbox, tenant: Tenant) -> dict[str, Any]:
+    """A room place (https://learn.microsoft.com/graph/api/resources/room)."""
+    return {
+        "id": room.id,
+        "emailAddress": room.email,
+        "displayName": room.display_name,
+        "address": {
+            "street": tenant.street or None,
+            "city": room.city,
+            "state": tenant.state or None,
+            "postalCode": tenant.postal_code or None,
+            "countryOrRegion": tenant.country_code or None,
+        },
+        "geoCoordinates": None,
+        "phone": None,
+        "nickname": room.display_name,
+        "label": room.alias,
+        "capacity": room.capacity,
+        "building": room.building,
+        "floorLabel": str(room.floor) if room.floor is not None else None,
+        "floorNumber": room.floor,
+        "isManaged": True,
+        "isWheelChairAccessible": False,
+        "bookingType": "standard",
+        "tags": list(room.tags),
+        "audioDeviceName": None,
+        "videoDeviceName": None,
+        "displayDeviceName": "surface hub" if room.tags else None,
+    }
+
+
+def room_list_json(room_list: RoomList) -> dict[str, Any]:
+    """A roomList place (https://learn.microsoft.com/graph/api/resources/roomlist)."""
+    return {
+        "id": room_list.id,
+        "displayName": room_list.display_name,
+        "address": {"city": room_list.city, "countryOrRegion": room_list.country},
+        "geoCoordinates": None,
+        "phone": None,
+        "emailAddress": room_list.email,
+    }
+
+
+async def list_places(ctx: GraphContext, req: GraphRequest) -> GraphResponse:
+    # https://learn.microsoft.com/graph/api/place-list — rooms, room lists, rooms of one list
+    tenant = req.caller.tenant
+    directory = ctx.state.directory
+    kind = req.params["kind"].lower()
+    list_email = req.params.get("list")
+    if list_email is not None:
+        room_list = tenant.room_lists.get(list_email.lower())
+        if room_list is None:
+            raise GraphError(404, "ErrorItemNotFound", "The specified object was not found in the store.")
+        value = [room_json(tenant.mailboxes[e], tenant) for e in room_list.rooms]
+        context = f"places('{list_email}')/microsoft.graph.roomList/rooms"
+    elif kind == "microsoft.graph.room":
+        value = [room_json(r, tenant) for r in directory.rooms(tenant)]
+        context = "places/microsoft.graph.room"
+    else:
+        value = [room_list_json(r) for r in directory.room_lists(tenant)]
+        context = "places/microsoft.graph.roomList"
+    return GraphResponse(200, {"@odata.context": f"{ctx.graph_url}/$metadata#{context}", "value": value})
+
+
+ROUTES: tuple[Route, ...] = (
+    make_route("GET", r"/users", "graph:users.list", list_users, USERS - {"User.Read"}, family="directory"),
+    make_route("GET", r"/users/{user}", "graph:users.get", get_user, USERS, family="directory"),
+    make_route("GET", r"/organization", "graph:organization.list", list_organization, ORGANIZATION, family="directory"),
+    make_route("GET", r"/domains", "graph:domains.list", list_domains, DOMAINS, family="directory"),
+    make_route(
+        "GET",
+        r"/places/(?P<kind>microsoft\.graph\.room|microsoft\.graph\.roomlist)",
+        "graph:places.list",
+        list_places,
+        PLACES,
+        family="directory",
+    ),
+    make_route(
+        "GET",
+        r"/places/(?P<list>[^/]+@[^/]+)/(?P<kind>microsoft\.graph\.roomlist)/rooms",
+        "graph:places.list",
+        list_places,
+        PLACES,
+        family="directory",
+    ),
+)
