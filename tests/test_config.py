@@ -83,6 +83,5 @@ def test_cli_reports_bad_configuration_in_one_line_without_traceback(tmp_path: P
     )
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        "calbroker: invalid configuration: CALBROKER_PORT: "
-        "must be a TCP port between 1 and 65535, got 'eighty'"
+        "calbroker: invalid configuration: CALBROKER_PORT: must be a TCP port between 1 and 65535, got 'eighty'"
     ]

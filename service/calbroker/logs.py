@@ -27,9 +27,7 @@ def _redact_event(_logger: WrappedLogger, _method: str, event_dict: EventDict) -
     return redacted
 
 
-def configure_logging(
-    level: str = "info", *, json: bool | None = None, stream: IO[str] | None = None
-) -> None:
+def configure_logging(level: str = "info", *, json: bool | None = None, stream: IO[str] | None = None) -> None:
     """Route structlog and stdlib logging to one redacting handler on `stream` (stderr)."""
     stream = stream if stream is not None else sys.stderr
     if json is None:

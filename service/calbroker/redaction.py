@@ -48,9 +48,7 @@ _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
         r"\1=" + REDACTED,
     ),
     (
-        re.compile(
-            r"(?i)(\"(?:client_secret|password|secret|access_token|refresh_token|token)\"\s*:\s*)\"[^\"]*\""
-        ),
+        re.compile(r"(?i)(\"(?:client_secret|password|secret|access_token|refresh_token|token)\"\s*:\s*)\"[^\"]*\""),
         r'\1"' + REDACTED + '"',
     ),
 )

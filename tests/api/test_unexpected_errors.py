@@ -71,9 +71,7 @@ def test_redaction_catches_secrets_in_structured_and_stdlib_log_lines() -> None:
             note=f"upstream said Bearer {jwt}",
         )
         logging.getLogger("aiohttp.client").warning("retrying with client_secret=plain-secret-1 and %s", jwt)
-        structlog.get_logger("other").error(
-            "pem", key="-----BEGIN PRIVATE KEY-----\nMIIabc\n-----END PRIVATE KEY-----"
-        )
+        structlog.get_logger("other").error("pem", key="-----BEGIN PRIVATE KEY-----\nMIIabc\n-----END PRIVATE KEY-----")
     finally:
         configure_logging("warning", json=True, stream=io.StringIO())
     output = stream.getvalue()

@@ -24,9 +24,7 @@ def test_seal_then_open_round_trips_and_hides_plaintext() -> None:
 
 def test_each_seal_uses_a_fresh_data_key_and_nonce() -> None:
     keyring = Keyring((new_master_key(),))
-    assert keyring.seal(b"same", purpose="p", record_id="r") != keyring.seal(
-        b"same", purpose="p", record_id="r"
-    )
+    assert keyring.seal(b"same", purpose="p", record_id="r") != keyring.seal(b"same", purpose="p", record_id="r")
 
 
 def test_blob_is_bound_to_its_record() -> None:

@@ -33,9 +33,7 @@ async def require_api_key(connection: ASGIConnection, _handler: BaseRouteHandler
         )
     scheme, _sep, token = header.strip().partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
-        raise Unauthenticated(
-            "The Authorization header must use the Bearer scheme.", reason="invalid_request"
-        )
+        raise Unauthenticated("The Authorization header must use the Bearer scheme.", reason="invalid_request")
     services = provide_services(connection.app.state)
     async with services.pool.acquire() as conn:
         found = await authenticate(conn, token.strip())

@@ -49,8 +49,6 @@ async def list_audit(conn: Connection, application_id: uuid.UUID | None = None) 
         "SELECT * FROM audit_log WHERE $1::uuid IS NULL OR application_id = $1 ORDER BY id", application_id
     )
     return [
-        AuditEntry(
-            r["at"], r["actor"], r["action"], r["application_id"], r["target"], json.loads(r["details"])
-        )
+        AuditEntry(r["at"], r["actor"], r["action"], r["application_id"], r["target"], json.loads(r["details"]))
         for r in rows
     ]

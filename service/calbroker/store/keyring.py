@@ -165,9 +165,7 @@ def generate_master_key(kid: str | None = None) -> str:
 def _read_key_file(path: Path) -> tuple[MasterKey, ...]:
     mode = path.stat().st_mode
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise ConfigError(
-            str(path), f"master key file is readable by others (mode {oct(mode & 0o777)}); run chmod 600"
-        )
+        raise ConfigError(str(path), f"master key file is readable by others (mode {oct(mode & 0o777)}); run chmod 600")
     entries = [line.strip() for line in path.read_text().splitlines() if line.strip()]
     return parse_master_keys(",".join(entries), variable=str(path))
 
@@ -208,11 +206,7 @@ def add_key_to_file(settings: Settings) -> str:
     while f"k{number}" in taken:
         number += 1
     entry = generate_master_key(f"k{number}")
-    lines = (
-        [entry] + [line for line in path.read_text().splitlines() if line.strip()]
-        if path.exists()
-        else [entry]
-    )
+    lines = [entry] + [line for line in path.read_text().splitlines() if line.strip()] if path.exists() else [entry]
     tmp = path.with_suffix(".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as handle:

@@ -56,9 +56,7 @@ async def rewrap_all(pool: asyncpg.Pool, keyring: Keyring, *, batch: int = 200) 
                 batch,
             )
             for row in rows:
-                sealed = keyring.rewrap(
-                    bytes(row["sealed"]), purpose=row["purpose"], record_id=str(row["id"])
-                )
+                sealed = keyring.rewrap(bytes(row["sealed"]), purpose=row["purpose"], record_id=str(row["id"]))
                 await conn.execute(
                     "UPDATE sealed_secrets SET sealed = $2, key_id = $3, rewrapped_at = now() WHERE id = $1",
                     row["id"],
