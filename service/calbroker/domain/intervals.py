@@ -1,0 +1,220 @@
+"""Half-open UTC intervals and the set algebra over them (normalise, union, intersect, subtract, dilate).
+
+Sets of intervals are kept in normal form: sorted, with overlapping or touching intervals merged.
+The engine works on the same algebra over ``Span`` pairs of epoch microseconds, which are exact and fast.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_right
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from itertools import chain
+
+from calbroker.domain.errors import InvalidRequest
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+MICROSECOND = timedelta(microseconds=1)
+
+Span = tuple[int, int]
+"""``[start, end)`` in microseconds since the Unix epoch; always ``start < end``."""
+
+_FAR_FUTURE = 1 << 62
+
+
+def to_us(moment: datetime) -> int:
+    """Exact epoch microseconds of an aware datetime (floats would lose microseconds after 2255)."""
+    return (moment - EPOCH) // MICROSECOND
+
+
+def from_us(us: int) -> datetime:
+    """The UTC datetime of epoch microseconds ``us``."""
+    return EPOCH + timedelta(microseconds=us)
+
+
+def duration_us(delta: timedelta) -> int:
+    """A timedelta in whole microseconds, the unit every span uses."""
+    return delta // MICROSECOND
+
+
+@dataclass(frozen=True, slots=True)
+class Interval:
+    """The instants ``start <= t < end``; half-open so back-to-back meetings do not overlap.
+
+    Any time zone goes in and UTC is stored, so equal instants compare equal. ``start_us`` and
+    ``end_us`` are computed once here so that sweeps compare integers, not datetimes.
+    """
+
+    start: datetime
+    end: datetime
+    start_us: int = field(init=False, repr=False, compare=False)
+    end_us: int = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.start.utcoffset() is None:
+            raise InvalidRequest.field("start", "needs a UTC offset (a naive time is ambiguous)")
+        if self.end.utcoffset() is None:
+            raise InvalidRequest.field("end", "needs a UTC offset (a naive time is ambiguous)")
+        start = self.start.astimezone(UTC)
+        end = self.end.astimezone(UTC)
+        if start >= end:
+            raise InvalidRequest.field("end", f"must be after start ({start.isoformat()})")
+        object.__setattr__(self, "start", start)
+        object.__setattr__(self, "end", end)
+        object.__setattr__(self, "start_us", to_us(start))
+        object.__setattr__(self, "end_us", to_us(end))
+
+    @classmethod
+    def from_span(cls, span: Span) -> Interval:
+        """Back from the engine's integer form."""
+        return cls(from_us(span[0]), from_us(span[1]))
+
+    @property
+    def span(self) -> Span:
+        return (self.start_us, self.end_us)
+
+    @property
+    def duration(self) -> timedelta:
+        return self.end - self.start
+
+    def overlaps(self, other: Interval) -> bool:
+        """Share at least one instant (touching intervals do not)."""
+        return self.start_us < other.end_us and other.start_us < self.end_us
+
+
+# Integer span algebra. Every function takes and returns normal form unless it says otherwise.
+
+
+def merge_spans(spans: Iterable[Span]) -> list[Span]:
+    """Normal form of spans in any order: sorted, overlapping or touching ones fused."""
+    ordered = sorted(spans)
+    if not ordered:
+        return ordered
+    merged: list[Span] = []
+    lo, hi = ordered[0]
+    for start, end in ordered:
+        if start > hi:
+            merged.append((lo, hi))
+            lo, hi = start, end
+        elif end > hi:
+            hi = end
+    merged.append((lo, hi))
+    return merged
+
+
+def intersect_spans(left: Sequence[Span], right: Sequence[Span]) -> list[Span]:
+    """The instants in both; one linear merge."""
+    out: list[Span] = []
+    i = j = 0
+    n_left, n_right = len(left), len(right)
+    while i < n_left and j < n_right:
+        a0, a1 = left[i]
+        b0, b1 = right[j]
+        lo = a0 if a0 > b0 else b0
+        hi = a1 if a1 < b1 else b1
+        if lo < hi:
+            out.append((lo, hi))
+        if a1 < b1:
+            i += 1
+        else:
+            j += 1
+    return out
+
+
+def subtract_spans(minuend: Sequence[Span], cuts: Sequence[Span]) -> list[Span]:
+    """The instants of ``minuend`` in none of ``cuts``, in one pass over each.
+
+    ``cuts`` need only be sorted by start, overlaps allowed, so busy time needs no merge first. The
+    cursor is the furthest any cut has reached, which carries a long cut over into later spans.
+    """
+    out: list[Span] = []
+    j, n_cuts = 0, len(cuts)
+    reach = minuend[0][0] if minuend else 0
+    for start, end in minuend:
+        cursor = start if start > reach else reach
+        while j < n_cuts:
+            cut_start, cut_end = cuts[j]
+            if cut_start >= end:
+                break
+            if cut_start > cursor:
+                out.append((cursor, cut_start))
+            if cut_end > cursor:  # noqa: PLR1730 - the hot loop of the engine; max() would cost a call
+                cursor = cut_end
+            j += 1
+        if cursor < end:
+            out.append((cursor, end))
+        reach = cursor
+    return out
+
+
+def dilate_spans(spans: Iterable[Span], before: int, after: int) -> list[Span]:
+    """Each span widened to ``[start - before, end + after)``; spans may come unsorted."""
+    return merge_spans((start - before, end + after) for start, end in spans)
+
+
+def covers(spans: Sequence[Span], start: int, end: int) -> bool:
+    """Whether one span holds all of ``[start, end)`` (enough, since normal form never splits time)."""
+    k = bisect_right(spans, (start, _FAR_FUTURE)) - 1
+    return k >= 0 and spans[k][1] >= end
+
+
+def spans_of(intervals: Iterable[Interval]) -> list[Span]:
+    return [(interval.start_us, interval.end_us) for interval in intervals]
+
+
+def intervals_of(spans: Iterable[Span]) -> tuple[Interval, ...]:
+    return tuple(Interval.from_span(span) for span in spans)
+
+
+# The same algebra over Interval values, for callers outside the engine.
+
+
+def normalize(intervals: Iterable[Interval]) -> tuple[Interval, ...]:
+    """Normal form, so that equal sets of instants compare equal and sweeps can run linearly."""
+    return intervals_of(merge_spans(spans_of(intervals)))
+
+
+def union(*collections: Iterable[Interval]) -> tuple[Interval, ...]:
+    """Instants in any collection."""
+    return intervals_of(merge_spans(spans_of(chain.from_iterable(collections))))
+
+
+def intersect(first: Iterable[Interval], *others: Iterable[Interval]) -> tuple[Interval, ...]:
+    """Instants in every collection (query periods ∩ available periods ∩ working hours …)."""
+    result = merge_spans(spans_of(first))
+    for other in others:
+        result = intersect_spans(result, merge_spans(spans_of(other)))
+    return intervals_of(result)
+
+
+def subtract(minuend: Iterable[Interval], subtrahend: Iterable[Interval]) -> tuple[Interval, ...]:
+    """Instants of ``minuend`` outside ``subtrahend``: free time is candidate time minus busy time."""
+    return intervals_of(subtract_spans(merge_spans(spans_of(minuend)), merge_spans(spans_of(subtrahend))))
+
+
+def dilate(intervals: Iterable[Interval], before: timedelta, after: timedelta) -> tuple[Interval, ...]:
+    """Each ``[a, b)`` widened to ``[a - before, b + after)``: how meeting buffers grow busy time.
+
+    Negative amounts are refused because shrinking could turn an interval inside out.
+    """
+    if before < timedelta(0):
+        raise InvalidRequest.field("before", "must not be negative")
+    if after < timedelta(0):
+        raise InvalidRequest.field("after", "must not be negative")
+    return intervals_of(dilate_spans(spans_of(intervals), duration_us(before), duration_us(after)))
+
+
+def contains(intervals: Iterable[Interval], candidate: Interval) -> bool:
+    """Whether every instant of ``candidate`` lies in the union of ``intervals``."""
+    return covers(merge_spans(spans_of(intervals)), candidate.start_us, candidate.end_us)
+
+
+def overlapping(intervals: Iterable[Interval], window: Interval) -> tuple[Interval, ...]:
+    """The given intervals (not merged) that share time with ``window``, by start: the conflicts to name."""
+    return tuple(
+        sorted(
+            (interval for interval in intervals if interval.overlaps(window)),
+            key=lambda interval: (interval.start_us, interval.end_us),
+        )
+    )
