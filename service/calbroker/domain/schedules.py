@@ -1,0 +1,33 @@
+"""What a provider reads for one mailbox: its busy blocks and working hours, or why it could not."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from calbroker.domain.busy import BusyBlock
+from calbroker.domain.errors import MailboxError, UpstreamError
+from calbroker.domain.working_hours import WorkingHours
+
+__all__ = ["MailboxSchedule", "Room", "ScheduleResult"]
+
+
+@dataclass(frozen=True, slots=True)
+class MailboxSchedule:
+    mailbox: str
+    busy: tuple[BusyBlock, ...]
+    working_hours: WorkingHours | None = None
+
+
+ScheduleResult = MailboxSchedule | MailboxError | UpstreamError
+"""Per mailbox: the schedule, or the error that makes the mailbox unavailable (never "free")."""
+
+
+@dataclass(frozen=True, slots=True)
+class Room:
+    """A room or resource mailbox, bookable as an attendee of type `resource`."""
+
+    email: str
+    name: str
+    capacity: int | None = None
+    building: str | None = None
+    room_list: str | None = None

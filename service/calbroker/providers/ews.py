@@ -1,0 +1,493 @@
+"""On-premises Exchange over EWS: exchangelib in worker threads, one provider per connection.
+
+Exchange Online is never reached over EWS (see `check_ews_endpoint`); on-premises Exchange
+(2016/2019/SE) is, with a service account that holds ApplicationImpersonation (*full*, or
+*restricted* to calendar folders) or only AvailabilityOnly rights (*free_busy*). Free/busy always
+comes from GetUserAvailability, which runs with the service account's own rights and needs no
+impersonation; only the levels that allow it open calendar folders as the impersonated user.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor
+from contextlib import suppress
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from functools import partial
+from pathlib import Path
+from types import TracebackType
+from typing import Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+from exchangelib import IMPERSONATION, Account, Configuration, Credentials, EWSDateTime
+from exchangelib import UTC as EWS_UTC
+from exchangelib.errors import ResponseMessageError
+from exchangelib.properties import FreeBusyViewOptions, MailboxData, RoomList, TimeWindow, TimeZone
+from exchangelib.protocol import Protocol as ExchangeProtocol
+from exchangelib.services import GetRoomLists, GetRooms, GetServerTimeZones, GetUserAvailability
+from exchangelib.transport import BASIC, NTLM
+
+from calbroker.domain.connections import AccessLevel, Connection, EwsServiceAccount
+from calbroker.domain.errors import AccessLevelInsufficient, CalbrokerError, InvalidRequest, UpstreamRejected
+from calbroker.domain.intervals import Interval
+from calbroker.domain.schedules import MailboxSchedule, Room, ScheduleResult
+from calbroker.providers._ews_calls import EwsCalls, per_mailbox, translate_error
+from calbroker.providers._ews_schedules import merge_schedules, schedule_from_view
+from calbroker.providers._ews_tls import trusting_adapter
+from calbroker.providers.protocol import Deadline
+
+__all__ = [
+    "EWS_PATH",
+    "EwsLimits",
+    "EwsProvider",
+    "check_ews_endpoint",
+    "may_open_calendars",
+    "require_calendar_access",
+]
+
+T = TypeVar("T")
+
+EWS_PATH = "/EWS/Exchange.asmx"
+
+# Exchange Online's EWS hosts (worldwide, GCC High, DoD, 21Vianet) and the consumer Outlook.com ones.
+_EXCHANGE_ONLINE = (
+    "office365.com",
+    "outlook.office.com",
+    "outlook.com",
+    "outlook.cn",
+    "office365.us",
+    "webmail.apps.mil",
+)
+_AUTH_TYPES = {"basic": BASIC, "ntlm": NTLM}
+# FreeBusy: status plus start/end of each appointment — everything availability needs, and the
+# least a free/busy-only account may be shown; Exchange answers MergedOnly when that is all it has
+# (https://learn.microsoft.com/en-us/exchange/client-developer/web-service-reference/requestedview).
+_REQUESTED_VIEW = "FreeBusy"
+_VERIFY_SPAN = timedelta(days=1)
+
+
+@dataclass(frozen=True, slots=True)
+class EwsLimits:
+    """Per-connection limits; the defaults are Exchange's documented ones (upstream.md §7)."""
+
+    mailboxes_per_request: int = 100
+    """MailboxDataArray entries per GetUserAvailability [unverified: 100]."""
+    max_window: timedelta = timedelta(days=42)
+    """TimeWindow span per GetUserAvailability (Exchange's default, an admin can change it)."""
+    concurrency: int = 4
+    """Requests in flight for this connection: worker threads and exchangelib sessions."""
+    merged_interval: timedelta = timedelta(minutes=15)
+    """MergedFreeBusyIntervalInMinutes: slot length when Exchange only has merged free/busy."""
+    http_timeout_s: float = 30.0
+    """Upper bound for one HTTP request; the request deadline usually cuts it shorter."""
+
+    def __post_init__(self) -> None:
+        if self.mailboxes_per_request < 1 or self.concurrency < 1:
+            raise ValueError("mailboxes_per_request and concurrency must be at least 1")
+        if self.max_window < timedelta(hours=1):
+            raise ValueError("max_window must be at least an hour")
+        if not timedelta(minutes=5) <= self.merged_interval <= timedelta(minutes=1440):
+            raise ValueError("merged_interval must be between 5 and 1440 minutes (EWS's range)")
+        if self.http_timeout_s <= 0:
+            raise ValueError("http_timeout_s must be positive")
+
+
+def _is_exchange_online(host: str) -> bool:
+    return any(host == suffix or host.endswith("." + suffix) for suffix in _EXCHANGE_ONLINE)
+
+
+def check_ews_endpoint(url: str, *, allow_http: bool = False) -> str:
+    """The EWS URL an admin typed, normalised to ``https://host[:port]/EWS/Exchange.asmx``.
+
+    A bare host (``mail.contoso.com``) or origin gets the standard path; Exchange Online hosts are
+    refused, because EWS for Exchange Online is retired and Graph is the way there. No DNS here:
+    address policy (private, loopback, metadata) is `endpoints.check_upstream_url`'s job.
+    """
+    raw = url.strip()
+    if not raw:
+        raise InvalidRequest.field("endpoint", "enter the EWS URL, e.g. https://mail.contoso.com/EWS/Exchange.asmx")
+    if "://" not in raw:
+        raw = "https://" + raw
+    parts = urlsplit(raw)
+    scheme = parts.scheme.lower()
+    if scheme not in ("https", "http") or not parts.hostname:
+        raise InvalidRequest.field("endpoint", f"{url!r} is not an https:// URL")
+    if scheme == "http" and not allow_http:
+        raise InvalidRequest.field("endpoint", f"{url!r} must use https (plain http would expose the password)")
+    if parts.username or parts.password:
+        raise InvalidRequest.field("endpoint", "must not contain credentials; enter them in their own fields")
+    if parts.query or parts.fragment:
+        raise InvalidRequest.field("endpoint", f"{url!r} must not have a ?query or #fragment")
+    host = parts.hostname.lower().rstrip(".")
+    if _is_exchange_online(host):
+        raise InvalidRequest.field(
+            "endpoint",
+            f"{host} is Exchange Online, which calbroker does not reach over EWS: Microsoft removed the "
+            "ApplicationImpersonation role from Exchange Online in February 2025, has blocked EWS there by "
+            "default since 1 October 2026 and switches it off on 1 April 2027. Connect Exchange Online "
+            "mailboxes with Microsoft Graph instead (admin consent or your own app registration); EWS is "
+            "for on-premises Exchange Server.",
+        )
+    try:
+        port = parts.port
+    except ValueError:
+        raise InvalidRequest.field("endpoint", f"{url!r} has an invalid port") from None
+    default_port = 443 if scheme == "https" else 80
+    netloc = f"[{host}]" if ":" in host else host
+    if port is not None and port != default_port:
+        netloc += f":{port}"
+    path = parts.path.rstrip("/")
+    if path.lower() in ("", "/ews"):
+        path = EWS_PATH
+    elif not path.lower().endswith(EWS_PATH.lower()):
+        raise InvalidRequest.field(
+            "endpoint",
+            f"{url!r} is not an EWS URL: the path must end with {EWS_PATH} "
+            "(e.g. https://mail.contoso.com/EWS/Exchange.asmx)",
+        )
+    return urlunsplit((scheme, netloc, path, "", ""))
+
+
+def may_open_calendars(level: AccessLevel) -> bool:
+    """Whether the access level allows reading or writing calendar items (not only free/busy)."""
+    return level is not AccessLevel.FREE_BUSY
+
+
+def require_calendar_access(connection: Connection, action: str) -> None:
+    """Raise AccessLevelInsufficient unless `connection` may open calendars to do `action`."""
+    if not may_open_calendars(connection.access_level):
+        raise AccessLevelInsufficient(
+            f"Cannot {action}: connection {connection.display_name!r} has free/busy-only access "
+            "(AvailabilityOnly). Ask the Exchange admin to grant the service account ApplicationImpersonation "
+            "(full or restricted to calendar folders) and reconnect with that access level."
+        )
+
+
+class _Availability(GetUserAvailability):  # type: ignore[misc]  # exchangelib ships no types
+    """GetUserAvailability that returns *every* per-mailbox error instead of raising the first.
+
+    exchangelib only returns ErrorMailRecipientNotFound per mailbox and raises any other
+    ResponseMessage error (ErrorNoFreeBusyAccess, …), which would fail the whole batch.
+    """
+
+    ERRORS_TO_CATCH_IN_RESPONSE = ResponseMessageError
+
+
+def _fresh_protocol(config: Any, ca_bundle: Path | None, http_timeout_s: float) -> Any:
+    """A new Protocol for `config` that trusts `ca_bundle` for its endpoint, never a cached one.
+
+    exchangelib caches Protocols process-wide by (endpoint, credentials) and hands the cached one
+    to every `Account(config=...)` (upstream.md, Implication 15). A changed password is a new key;
+    a changed CA or limit is not, so evict whatever is cached under our key before creating ours.
+    Accounts get our Protocol assigned explicitly (`EwsProvider._account`), so a later
+    `CachingProtocol.clear_cache()` or another provider for the same key cannot swap it out.
+    """
+    adapter = trusting_adapter(config.service_endpoint, ca_bundle)
+
+    class _Protocol(ExchangeProtocol):  # type: ignore[misc]  # exchangelib ships no types
+        HTTP_ADAPTER_CLS = adapter  # read by the classmethods that build sessions
+
+    with suppress(KeyError):
+        del ExchangeProtocol[config]  # CachingProtocol.__delitem__
+    protocol = _Protocol(config=config)
+    protocol.TIMEOUT = http_timeout_s  # read per request by exchangelib when a service sets none
+    return protocol
+
+
+def _utc(moment: datetime) -> Any:
+    return EWSDateTime.from_datetime(moment.astimezone(UTC))
+
+
+def _split_window(window: Interval, span: timedelta) -> list[Interval]:
+    pieces: list[Interval] = []
+    start = window.start
+    while start < window.end:
+        end = min(start + span, window.end)
+        pieces.append(Interval(start, end))
+        start = end
+    return pieces
+
+
+# --- the untyped exchangelib surface, run in worker threads ------------------------------------
+
+
+def _probe_version(_timeout_s: float, *, protocol: Any) -> str:
+    return str(protocol.version.api_version)
+
+
+def _utc_definition(timeout_s: float, *, protocol: Any) -> Any:
+    service = GetServerTimeZones(protocol=protocol, timeout=timeout_s)
+    return next(iter(service.call(timezones=[EWS_UTC], return_full_timezone_data=True)))
+
+
+def _availability(
+    timeout_s: float,
+    *,
+    protocol: Any,
+    timezone: Any,
+    mailboxes: Sequence[str],
+    window: Interval,
+    interval: timedelta,
+) -> list[ScheduleResult | Exception]:
+    """One GetUserAvailability for `mailboxes`, converted in the thread; per-mailbox errors as exceptions."""
+    # chunk_size: our batches are the only batching (exchangelib would split at its own 100).
+    service = _Availability(protocol=protocol, chunk_size=max(1, len(mailboxes)), timeout=timeout_s)
+    views = list(
+        service.call(
+            tzinfo=EWS_UTC,
+            mailbox_data=[
+                MailboxData(email=mailbox, attendee_type="Required", exclude_conflicts=False) for mailbox in mailboxes
+            ],
+            timezone=timezone,
+            free_busy_view_options=FreeBusyViewOptions(
+                time_window=TimeWindow(start=_utc(window.start), end=_utc(window.end)),
+                merged_free_busy_interval=interval // timedelta(minutes=1),
+                requested_view=_REQUESTED_VIEW,
+            ),
+        )
+    )
+    if len(views) != len(mailboxes):
+        detail = f"Exchange answered {len(views)} free/busy views for {len(mailboxes)} mailboxes."
+        return [UpstreamRejected(detail, upstream_code="FreeBusyResponseArray", mailbox=m) for m in mailboxes]
+    return [
+        view if isinstance(view, Exception) else schedule_from_view(mailbox, view, window, interval)
+        for mailbox, view in zip(mailboxes, views, strict=True)
+    ]
+
+
+def _calendar_probe(_timeout_s: float, *, account_for: Callable[[], Any], window: Interval) -> int:
+    account = account_for()
+    view = account.calendar.view(start=_utc(window.start), end=_utc(window.end))
+    return len(list(view.only("start", "end")))
+
+
+def _room_lists(timeout_s: float, *, protocol: Any) -> list[str]:
+    return [str(room_list.email_address) for room_list in GetRoomLists(protocol=protocol, timeout=timeout_s).call()]
+
+
+def _rooms(timeout_s: float, *, protocol: Any, room_list: str) -> list[Room]:
+    rooms = GetRooms(protocol=protocol, timeout=timeout_s).call(room_list=RoomList(email_address=room_list))
+    return [
+        Room(email=str(room.email_address).lower(), name=str(room.name or room.email_address), room_list=room_list)
+        for room in rooms
+        if room.email_address
+    ]
+
+
+class EwsProvider:
+    """`CalendarProvider` for one EWS connection; keep it for the process lifetime and `aclose()` it.
+
+    One exchangelib `Configuration` and `Protocol` (its session pool, `max_connections` =
+    `limits.concurrency`) per provider; `Account` objects are built per call. Every exchangelib
+    call runs in `executor` through `_run`, which bounds concurrency, applies the deadline and
+    back-off and maps errors — event operations added later go through it too.
+    """
+
+    def __init__(
+        self,
+        connection: Connection,
+        credentials: EwsServiceAccount,
+        cloud_ca_bundle: Path | None,
+        executor: Executor,
+        *,
+        limits: EwsLimits = EwsLimits(),  # frozen, so one shared default is safe
+    ) -> None:
+        auth_type = _AUTH_TYPES.get(credentials.auth_type.strip().lower())
+        if auth_type is None:
+            raise InvalidRequest.field("auth_type", f"{credentials.auth_type!r} is not supported; use basic or ntlm")
+        self._connection = connection
+        self._limits = limits
+        self.endpoint = check_ews_endpoint(credentials.endpoint or connection.endpoint or "", allow_http=True)
+        self._config = Configuration(
+            service_endpoint=self.endpoint,
+            credentials=Credentials(credentials.username, credentials.password),
+            auth_type=auth_type,
+            max_connections=limits.concurrency,
+        )
+        self._protocol = _fresh_protocol(self._config, cloud_ca_bundle, limits.http_timeout_s)
+        self._calls = EwsCalls(executor, limits.concurrency, limits.http_timeout_s)
+        self._utc_zone_definition: Any = None
+        self._zone_lock = asyncio.Lock()
+        self._closed = False
+
+    @property
+    def connection(self) -> Connection:
+        return self._connection
+
+    @property
+    def limits(self) -> EwsLimits:
+        return self._limits
+
+    async def __aenter__(self) -> EwsProvider:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    # --- the one way to call exchangelib ---------------------------------------------------------
+
+    async def _run(
+        self,
+        what: str,
+        call: Callable[[float], T],
+        deadline: Deadline,
+        *,
+        mailbox: str | None = None,
+        idempotent: bool = True,
+    ) -> T:
+        """`call(http_timeout_s)` in the executor with back-off, deadline and error mapping."""
+        self._check_open()
+        return await self._calls.run(what, call, deadline, mailbox=mailbox, idempotent=idempotent)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError(
+                f"the EWS provider of connection {self._connection.id} is closed (its credentials "
+                "changed or the app is shutting down); get a fresh one from the registry"
+            )
+
+    def _account(self, mailbox: str) -> Any:
+        """An impersonating Account on our Protocol (call in a worker thread)."""
+        account = Account(
+            primary_smtp_address=mailbox,
+            access_type=IMPERSONATION,
+            autodiscover=False,
+            config=self._config,
+            default_timezone=EWS_UTC,
+            locale="en_US",
+        )
+        account.protocol = self._protocol
+        return account
+
+    async def _utc_timezone(self, year: int, deadline: Deadline) -> Any:
+        """The request ``<t:TimeZone>`` for UTC, from the server's own definition, fetched once."""
+        async with self._zone_lock:
+            if self._utc_zone_definition is None:
+                self._utc_zone_definition = await self._run(
+                    "GetServerTimeZones", partial(_utc_definition, protocol=self._protocol), deadline
+                )
+        return TimeZone.from_server_timezone(tz_definition=self._utc_zone_definition, for_year=year)
+
+    # --- CalendarProvider --------------------------------------------------------------------------
+
+    async def fetch_schedules(
+        self, mailboxes: Sequence[str], window: Interval, deadline: Deadline
+    ) -> dict[str, ScheduleResult]:
+        """Busy blocks and working hours in ⌈mailboxes / 100⌉ × ⌈span / 42 days⌉ GetUserAvailability calls.
+
+        The calls run concurrently (at most `limits.concurrency` at once). Any failure, of one
+        mailbox or of a whole call, becomes that mailbox's error; a mailbox with an error in any
+        window piece reports the error, never a partial calendar.
+        """
+        self._check_open()
+        wanted = list(dict.fromkeys(mailboxes))
+        if not wanted:
+            return {}
+        pieces = _split_window(window, self._limits.max_window)
+        size = self._limits.mailboxes_per_request
+        batches = [wanted[i : i + size] for i in range(0, len(wanted), size)]
+        try:
+            zones = {year: await self._utc_timezone(year, deadline) for year in {p.start.year for p in pieces}}
+        except CalbrokerError as error:
+            return {mailbox: per_mailbox(error, mailbox) for mailbox in wanted}
+        async with asyncio.TaskGroup() as group:
+            tasks = [
+                group.create_task(self._fetch_batch(batch, piece, zones[piece.start.year], deadline))
+                for piece in pieces
+                for batch in batches
+            ]
+        schedules: defaultdict[str, list[MailboxSchedule]] = defaultdict(list)
+        errors: dict[str, ScheduleResult] = {}
+        for task in tasks:
+            for mailbox, result in task.result().items():
+                if isinstance(result, MailboxSchedule):
+                    schedules[mailbox].append(result)
+                else:
+                    errors.setdefault(mailbox, result)
+        return {
+            mailbox: errors[mailbox] if mailbox in errors else merge_schedules(mailbox, schedules[mailbox])
+            for mailbox in wanted
+        }
+
+    async def _fetch_batch(
+        self, batch: list[str], piece: Interval, timezone: Any, deadline: Deadline
+    ) -> dict[str, ScheduleResult]:
+        call = partial(
+            _availability,
+            protocol=self._protocol,
+            timezone=timezone,
+            mailboxes=batch,
+            window=piece,
+            interval=self._limits.merged_interval,
+        )
+        try:
+            results = await self._run("GetUserAvailability", call, deadline)
+        except CalbrokerError as error:
+            return {mailbox: per_mailbox(error, mailbox) for mailbox in batch}
+        answers: dict[str, ScheduleResult] = {}
+        for mailbox, result in zip(batch, results, strict=True):
+            if isinstance(result, Exception):
+                answers[mailbox] = per_mailbox(
+                    translate_error(result, what="GetUserAvailability", mailbox=mailbox), mailbox
+                )
+            else:
+                answers[mailbox] = result
+        return answers
+
+    async def verify(self, test_mailbox: str, deadline: Deadline) -> None:
+        """Connect (version probe), then do what this access level will do for real with `test_mailbox`.
+
+        free_busy: GetUserAvailability only. restricted/full: also open the calendar as the
+        impersonated user (GetFolder + FindItem with a CalendarView), which is what events need.
+        """
+        await self._run("connecting to Exchange", partial(_probe_version, protocol=self._protocol), deadline)
+        now = datetime.now(UTC).replace(microsecond=0)
+        window = Interval(now, now + _VERIFY_SPAN)
+        if may_open_calendars(self._connection.access_level):
+            await self._run(
+                "reading the calendar",
+                partial(_calendar_probe, account_for=partial(self._account, test_mailbox), window=window),
+                deadline,
+                mailbox=test_mailbox,
+            )
+        result = (await self.fetch_schedules([test_mailbox], window, deadline))[test_mailbox]
+        if not isinstance(result, MailboxSchedule):
+            raise result
+
+    async def list_rooms(self, deadline: Deadline) -> list[Room]:
+        """Rooms of every room list (GetRoomLists + GetRooms); rooms in no list are invisible to EWS."""
+        lists = await self._run("GetRoomLists", partial(_room_lists, protocol=self._protocol), deadline)
+        try:
+            async with asyncio.TaskGroup() as group:
+                tasks = [
+                    group.create_task(
+                        self._run("GetRooms", partial(_rooms, protocol=self._protocol, room_list=room_list), deadline)
+                    )
+                    for room_list in lists
+                ]
+        except* CalbrokerError as failures:
+            raise failures.exceptions[0] from None
+        rooms: dict[str, Room] = {}
+        for task in tasks:
+            for room in task.result():
+                rooms.setdefault(room.email, room)
+        return sorted(rooms.values(), key=lambda room: room.email)
+
+    async def aclose(self) -> None:
+        """Wait briefly for running requests, close the session pool, drop our cached Protocol."""
+        if self._closed:
+            return
+        self._closed = True
+        await self._calls.drain(timeout_s=5.0)
+        self._protocol.close()
+        try:
+            cached, _ = ExchangeProtocol[self._config]
+        except KeyError:
+            cached = None
+        if cached is self._protocol:
+            del ExchangeProtocol[self._config]

@@ -1,0 +1,423 @@
+"""Microsoft Graph (Exchange Online) behind the `CalendarProvider` port.
+
+Free/busy for N mailboxes costs ⌈N / max_schedules⌉ getSchedule calls per window chunk, all in
+flight at once; tokens come from msal's cache; 429/503/504 are retried after `Retry-After` while
+the request's deadline allows, and every failure lands on the mailboxes it concerns, never as "free".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import math
+import time
+from collections import Counter, OrderedDict
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from urllib.parse import quote, urlencode
+
+import aiohttp
+
+from calbroker.config import Cloud, OperatorApp
+from calbroker.domain.busy import BusyBlock
+from calbroker.domain.connections import AccessLevel, Connection, Credentials, GraphDelegated
+from calbroker.domain.errors import (
+    CalbrokerError,
+    CredentialsRejected,
+    MailboxError,
+    MailboxNotFound,
+    MailboxOutOfScope,
+    UpstreamError,
+    UpstreamThrottled,
+    UpstreamUnavailable,
+)
+from calbroker.domain.intervals import Interval
+from calbroker.domain.schedules import MailboxSchedule, Room, ScheduleResult
+from calbroker.domain.working_hours import WorkingHours
+from calbroker.logs import get_logger
+from calbroker.providers import _graph_wire as wire
+from calbroker.providers._graph_auth import GraphCredentials, GraphTokens
+from calbroker.providers._graph_client import GraphClient, GraphResponse
+from calbroker.providers.protocol import Deadline
+
+__all__ = ["GraphLimits", "GraphProvider", "GraphResponse"]
+
+_PROVEN_KEPT = 256
+# https://learn.microsoft.com/graph/throttling-limits#outlook-service-limits: 4 concurrent requests
+# per app per mailbox.
+_OUTLOOK_MAILBOX_CONCURRENCY = 4
+_log = get_logger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class GraphLimits:
+    """Upstream limits and retry policy; the [unverified] ones (upstream.md §2) are settings."""
+
+    max_schedules: int = 20
+    """Schedules per getSchedule call [unverified, commonly reported]."""
+    max_window: timedelta = timedelta(days=62)
+    """Longest getSchedule window [unverified, commonly reported]; longer windows are split."""
+    availability_view_interval: int = 60
+    """Minutes (5–1440). We read scheduleItems, not availabilityView, so a coarse view keeps answers small."""
+    max_concurrency: int = 10
+    """Requests in flight per connection (≈ per tenant). Outlook's documented limit is 4 concurrent
+    per app per *mailbox*; batches go through different mailboxes, so this can be higher without
+    risking 429s, and 100 members (5 batches) still cost one round trip."""
+    max_batch: int = 20
+    """JSON `$batch` requests per call (documented). Free/busy does not use `$batch`."""
+    max_attempts: int = 4
+    """Tries per request, counting the first, for 429/5xx/connection errors."""
+    retry_backoff_s: float = 0.5
+    """First wait when Graph gives no Retry-After; doubles per attempt."""
+    token_timeout_s: float = 10.0
+    """HTTP timeout of each Entra ID call msal makes (in its worker thread)."""
+    refused_ttl_s: float = 600.0
+    """How long a mailbox Graph refused in the URL (out of scope, not found) is not used in URLs."""
+
+    def __post_init__(self) -> None:
+        if self.max_schedules < 1 or self.max_batch < 1 or self.max_concurrency < 1 or self.max_attempts < 1:
+            raise ValueError("GraphLimits: counts must be at least 1")
+        if self.max_window < timedelta(minutes=5):
+            raise ValueError("GraphLimits.max_window must be at least 5 minutes")
+        if not 5 <= self.availability_view_interval <= 1440:
+            raise ValueError("GraphLimits.availability_view_interval must be 5–1440 minutes")
+
+
+_Piece = tuple[tuple[BusyBlock, ...], WorkingHours | None] | MailboxError | UpstreamError
+"""One mailbox in one window chunk: busy blocks and working hours, or the error."""
+
+
+class GraphProvider:
+    """One Graph connection: tokens, throttling and batching for its tenant's mailboxes.
+
+    Built once per connection and kept for the process lifetime (the registry owns it); the
+    aiohttp session and the executor are shared and owned by the app lifespan.
+    """
+
+    def __init__(
+        self,
+        connection: Connection,
+        credentials: Credentials,
+        cloud: Cloud,
+        session: aiohttp.ClientSession,
+        executor: Executor,
+        *,
+        operator_app: OperatorApp | None = None,
+        limits: GraphLimits = GraphLimits(),
+        on_credentials_changed: Callable[[Credentials], Awaitable[None]] | None = None,
+    ) -> None:
+        if not isinstance(credentials, GraphCredentials):
+            raise TypeError(f"GraphProvider needs Graph credentials, got {type(credentials).__name__}")
+        self._connection = connection
+        # A delegated token reads other mailboxes' free/busy only through the user's own mailbox.
+        self._own_mailbox = credentials.mailbox.lower() if isinstance(credentials, GraphDelegated) else None
+        self._limits = limits
+        self._tokens = GraphTokens(
+            credentials,
+            cloud,
+            executor,
+            operator_app=operator_app,
+            on_credentials_changed=on_credentials_changed,
+            timeout_s=limits.token_timeout_s,
+        )
+        self._client = GraphClient(
+            cloud,
+            session,
+            executor,
+            self._tokens,
+            max_concurrency=limits.max_concurrency,
+            max_attempts=limits.max_attempts,
+            retry_backoff_s=limits.retry_backoff_s,
+        )
+        self._in_flight: Counter[str] = Counter()
+        self._refused: dict[str, float] = {}
+        self._proven: OrderedDict[str, None] = OrderedDict()
+        """Mailboxes Graph has answered for lately: safe to put in a getSchedule URL (most recent last)."""
+        self._closed = False
+
+    @property
+    def connection(self) -> Connection:
+        return self._connection
+
+    async def aclose(self) -> None:
+        self._closed = True
+        self._tokens.close()
+
+    # --- the port ------------------------------------------------------------------------------
+
+    async def fetch_schedules(
+        self, mailboxes: Sequence[str], window: Interval, deadline: Deadline
+    ) -> dict[str, ScheduleResult]:
+        """Busy blocks and working hours in ⌈N / max_schedules⌉ × chunks getSchedule calls, concurrently."""
+        self._check_open()
+        wanted = list(dict.fromkeys(m.strip().lower() for m in mailboxes))
+        if not wanted:
+            return {}
+        chunks = _chunks(window, self._limits.max_window)
+        size = self._limits.max_schedules
+        batches = [wanted[i : i + size] for i in range(0, len(wanted), size)]
+        async with asyncio.TaskGroup() as group:
+            tasks = [
+                (batch, group.create_task(self._fetch_batch(batch, chunk, rotation, deadline)))
+                for batch in batches
+                for rotation, chunk in enumerate(chunks)
+            ]
+        pieces: dict[str, list[_Piece]] = {m: [] for m in wanted}
+        for batch, task in tasks:
+            answers = task.result()
+            for mailbox in batch:
+                pieces[mailbox].append(answers[mailbox])
+        merged = {mailbox: _merge(mailbox, found) for mailbox, found in pieces.items()}
+        return {requested: merged[requested.strip().lower()] for requested in mailboxes}
+
+    async def verify(self, test_mailbox: str, deadline: Deadline) -> None:
+        """A token, then the cheapest real call that needs the connection's access level."""
+        self._check_open()
+        mailbox = test_mailbox.strip().lower()
+        now = datetime.now(UTC).replace(microsecond=0)
+        window = Interval(now, now + timedelta(days=1))
+        if self._connection.access_level is AccessLevel.FREE_BUSY:
+            found = (await self.fetch_schedules([mailbox], window, deadline))[mailbox]
+            if isinstance(found, CalbrokerError):
+                raise found
+            return
+        query = urlencode(
+            {
+                "startDateTime": window.start.isoformat().replace("+00:00", "Z"),
+                "endDateTime": window.end.isoformat().replace("+00:00", "Z"),
+                "$top": "1",
+                "$select": "subject",
+            }
+        )
+        await self._request("GET", f"/users/{_quote(mailbox)}/calendarView?{query}", deadline=deadline, mailbox=mailbox)
+
+    async def list_rooms(self, deadline: Deadline) -> list[Room]:
+        """Room mailboxes (`/places/microsoft.graph.room`, every page), with their room list when readable."""
+        self._check_open()
+        rooms: list[wire.Place] = []
+        url: str | None = "/places/microsoft.graph.room?$top=100"
+        while url is not None:
+            page = (await self._request("GET", url, deadline=deadline)).decode(wire.places_decoder)
+            rooms.extend(page.value)
+            url = page.next_link
+        lists = await self._room_lists(deadline)
+        found = (room.to_domain(lists.get((room.email_address or "").lower())) for room in rooms)
+        return sorted((room for room in found if room is not None), key=lambda room: room.email)
+
+    # --- getSchedule -----------------------------------------------------------------------------
+
+    async def _fetch_batch(
+        self, batch: list[str], chunk: Interval, rotation: int, deadline: Deadline
+    ) -> dict[str, _Piece]:
+        """One batch over one chunk; never raises a CalbrokerError, every mailbox gets its piece.
+
+        Graph applies the access policy to the mailbox in the URL as well as to each schedule, so
+        a 403 "Access to OData is disabled." (or a 404) for the whole request is about the URL
+        mailbox: it gets that error and the batch goes again through another of its mailboxes.
+        """
+        found: dict[str, _Piece] = {}
+        pending = list(batch)
+        while pending:
+            via = self._own_mailbox or self._pick_url_mailbox(pending, rotation)
+            try:
+                response = await self._get_schedule(via, pending, chunk, deadline)
+            except (MailboxOutOfScope, MailboxNotFound) as exc:
+                if self._own_mailbox is not None:
+                    # The delegated user's own mailbox, which every call goes through, is refused.
+                    broken = CredentialsRejected(
+                        f"The signed-in mailbox {via} of this connection cannot be read: {exc.detail}"
+                    )
+                    found.update((mailbox, _for_mailbox(broken, mailbox)) for mailbox in pending)
+                    return found
+                _log.info("graph.url_mailbox_refused", mailbox=via, error=exc.slug)
+                self._refused[via] = time.monotonic() + self._limits.refused_ttl_s
+                self._proven.pop(via, None)
+                if via in pending:
+                    found[via] = exc
+                    pending.remove(via)
+                continue
+            except UpstreamError as exc:
+                found.update((mailbox, _for_mailbox(exc, mailbox)) for mailbox in pending)
+                return found
+            pieces = _pieces(response, pending)
+            self._remember(via)
+            for mailbox, piece in pieces.items():
+                if not isinstance(piece, CalbrokerError):
+                    self._remember(mailbox)
+            found.update(pieces)
+            return found
+        return found
+
+    def _remember(self, mailbox: str) -> None:
+        self._proven[mailbox] = None
+        self._proven.move_to_end(mailbox)
+        while len(self._proven) > _PROVEN_KEPT:
+            self._proven.popitem(last=False)
+
+    async def _get_schedule(
+        self, via: str, schedules: list[str], chunk: Interval, deadline: Deadline
+    ) -> wire.ScheduleResponse:
+        body = wire.ScheduleRequest(
+            schedules=schedules,
+            start_time=wire.DateTimeTimeZone.utc(chunk.start),
+            end_time=wire.DateTimeTimeZone.utc(chunk.end),
+            availability_view_interval=self._limits.availability_view_interval,
+        )
+        self._in_flight[via] += 1
+        try:
+            response = await self._request(
+                "POST",
+                f"/users/{_quote(via)}/calendar/getSchedule",
+                json=body,
+                headers={"Prefer": 'outlook.timezone="UTC"'},
+                deadline=deadline,
+                mailbox=via,
+            )
+        finally:
+            self._in_flight[via] -= 1
+            if self._in_flight[via] <= 0:
+                del self._in_flight[via]
+        return response.decode(wire.schedule_decoder)
+
+    def _pick_url_mailbox(self, pending: list[str], rotation: int) -> str:
+        """The batch mailbox to put in the URL: not recently refused, least busy, rotating per chunk.
+
+        Outlook limits concurrency per app per mailbox (4), so spreading URL mailboxes keeps the
+        chunks of one batch and concurrent queries for the same people under it.
+        """
+        now = time.monotonic()
+        for mailbox, until in list(self._refused.items()):
+            if until <= now:
+                del self._refused[mailbox]
+        # A mailbox Graph answered for recently is the safest URL: an unknown address in the URL
+        # costs a refused call. Any in-scope mailbox will do, it need not be in the batch.
+        proven = [m for m in pending if m in self._proven and m not in self._refused]
+        if not proven:
+            proven = [
+                m
+                for m in self._proven
+                if m not in self._refused and self._in_flight[m] < _OUTLOOK_MAILBOX_CONCURRENCY
+            ]
+        candidates = proven or [m for m in pending if m not in self._refused] or pending
+        start = rotation % len(candidates)
+        ordered = candidates[start:] + candidates[:start]
+        return min(ordered, key=lambda m: self._in_flight[m])
+
+    async def _room_lists(self, deadline: Deadline) -> dict[str, str]:
+        """Room email → room list name; empty if the tenant has none or the app may not read them."""
+        try:
+            page = (await self._request("GET", "/places/microsoft.graph.roomlist", deadline=deadline)).decode(
+                wire.places_decoder
+            )
+        except UpstreamError as exc:
+            _log.info("graph.room_lists_unreadable", error=exc.slug)
+            return {}
+        names: dict[str, str] = {}
+
+        async def rooms_of(room_list: wire.Place) -> None:
+            assert room_list.email_address is not None
+            path = f"/places/{_quote(room_list.email_address)}/microsoft.graph.roomlist/rooms"
+            members = (await self._request("GET", path, deadline=deadline)).decode(wire.places_decoder)
+            for room in members.value:
+                if room.email_address:
+                    names[room.email_address.lower()] = room_list.display_name or room_list.email_address
+
+        try:
+            async with asyncio.TaskGroup() as group:
+                for room_list in page.value:
+                    if room_list.email_address:
+                        group.create_task(rooms_of(room_list))
+        except* UpstreamError as exc:
+            _log.info("graph.room_lists_unreadable", error=str(exc.exceptions[0]))
+        return names
+
+    # --- one request: auth, retries and error mapping ---------------------------------------------
+
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        deadline: Deadline,
+        json: object | None = None,
+        headers: Mapping[str, str] | None = None,
+        mailbox: str | None = None,
+        idempotent: bool = True,
+    ) -> GraphResponse:
+        """The one way this provider talks to Graph: auth, retries and error mapping live in
+        `GraphClient.request` (see there); event methods reuse it."""
+        self._check_open()
+        return await self._client.request(
+            method, path, deadline=deadline, json=json, headers=headers, mailbox=mailbox, idempotent=idempotent
+        )
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError(
+                f"GraphProvider for connection {self._connection.id} is closed (aclose() was called); "
+                "get the current provider from the registry"
+            )
+
+
+# --- helpers ---------------------------------------------------------------------------------------
+
+
+def _quote(mailbox: str) -> str:
+    return quote(mailbox, safe="@")
+
+
+def _chunks(window: Interval, longest: timedelta) -> list[Interval]:
+    """The window in equal chunks no longer than `longest`, on whole minutes where possible."""
+    count = math.ceil(window.duration / longest)
+    if count <= 1:
+        return [window]
+    step = window.duration / count
+    if step >= timedelta(minutes=2):
+        step = timedelta(minutes=step // timedelta(minutes=1))
+    bounds = [window.start + step * i for i in range(count)] + [window.end]
+    return [Interval(lo, hi) for lo, hi in itertools.pairwise(bounds) if lo < hi]
+
+
+def _pieces(response: wire.ScheduleResponse, schedules: list[str]) -> dict[str, _Piece]:
+    """Match scheduleInformation entries to the requested mailboxes: by scheduleId, else by position."""
+    by_id = {(info.schedule_id or "").strip().lower(): info for info in response.value}
+    found: dict[str, _Piece] = {}
+    for position, mailbox in enumerate(schedules):
+        info = by_id.get(mailbox)
+        if info is None and len(response.value) == len(schedules):
+            info = response.value[position]
+        if info is None:
+            found[mailbox] = UpstreamUnavailable(
+                f"Microsoft Graph's getSchedule answer had no entry for {mailbox}", mailbox=mailbox
+            )
+            continue
+        result = wire.schedule_result(info, mailbox)
+        found[mailbox] = (result.busy, result.working_hours) if isinstance(result, MailboxSchedule) else result
+    return found
+
+
+def _merge(mailbox: str, pieces: list[_Piece]) -> ScheduleResult:
+    """Chunks back together: any error makes the mailbox an error (the most specific one wins),
+    busy blocks repeated by neighbouring chunks (getSchedule returns whole items) appear once."""
+    errors = [p for p in pieces if isinstance(p, CalbrokerError)]
+    if errors:
+        return next((e for e in errors if isinstance(e, MailboxError)), errors[0])
+    blocks: set[BusyBlock] = set()
+    working_hours: WorkingHours | None = None
+    for piece in pieces:
+        assert not isinstance(piece, CalbrokerError)
+        blocks.update(piece[0])
+        working_hours = working_hours or piece[1]
+    ordered = sorted(blocks, key=lambda b: (b.interval.start_us, b.interval.end_us, b.status))
+    return MailboxSchedule(mailbox, tuple(ordered), working_hours)
+
+
+def _for_mailbox(error: UpstreamError, mailbox: str) -> UpstreamError:
+    """A batch-wide error, restated for one of its mailboxes."""
+    if isinstance(error, UpstreamThrottled):
+        return UpstreamThrottled(
+            error.detail, retry_after=error.retry_after, upstream_code=error.upstream_code, mailbox=mailbox
+        )
+    return type(error)(error.detail, upstream_code=error.upstream_code, mailbox=mailbox)
