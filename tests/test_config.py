@@ -55,6 +55,8 @@ def test_full_configuration(tmp_path: Path) -> None:
         ({"CALBROKER_MASTER_KEYS": f"k1:{base64.b64encode(b'short').decode()}"}, "CALBROKER_MASTER_KEYS"),
         ({"CALBROKER_MASTER_KEYS": f"k1:{KEY},k1:{KEY}"}, "CALBROKER_MASTER_KEYS"),
         ({"CALBROKER_MAX_BODY_BYTES": "-1"}, "CALBROKER_MAX_BODY_BYTES"),
+        ({"CALBROKER_HEALTH_CHECK_INTERVAL_S": "5"}, "CALBROKER_HEALTH_CHECK_INTERVAL_S"),
+        ({"CALBROKER_HEALTH_CHECK_INTERVAL_S": "often"}, "CALBROKER_HEALTH_CHECK_INTERVAL_S"),
     ],
 )
 def test_invalid_values_name_the_variable(env: dict[str, str], variable: str, tmp_path: Path) -> None:
@@ -64,6 +66,13 @@ def test_invalid_values_name_the_variable(env: dict[str, str], variable: str, tm
     assert str(raised.value).startswith(variable)
     assert "secret-password" not in str(raised.value)
     assert "\n" not in str(raised.value)
+
+
+def test_health_checks_run_every_five_minutes_unless_switched_off(tmp_path: Path) -> None:
+    assert Settings.from_env({}, cwd=tmp_path).health_check_interval_s == 300
+    assert Settings.from_env({"CALBROKER_HEALTH_CHECK_INTERVAL_S": "60"}, cwd=tmp_path).health_check_interval_s == 60
+    assert Settings.from_env({"CALBROKER_HEALTH_CHECK_INTERVAL_S": "0"}, cwd=tmp_path).health_check_interval_s is None
+    assert Settings(data_dir=tmp_path).health_check_interval_s is None
 
 
 def test_master_key_errors_never_echo_key_material() -> None:

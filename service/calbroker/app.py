@@ -7,11 +7,13 @@ dependencies, never through module globals.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from importlib import metadata
 from pathlib import Path
 
+import aiohttp
 import msgspec
 from litestar import Litestar, Router, get
 from litestar.datastructures import State
@@ -24,19 +26,25 @@ from litestar.template import TemplateConfig
 from prometheus_client import CollectorRegistry
 
 from calbroker.api.auth import provide_caller, require_api_key
+from calbroker.api.availability import availability
+from calbroker.api.free_busy import free_busy
 from calbroker.api.health import healthz, metrics, readyz
 from calbroker.api.me import me
 from calbroker.api.problem_pages import problem_index, problem_page, register_template_filters
 from calbroker.api.problems import problem_plugin
-from calbroker.api.services import Services, provide_services
+from calbroker.api.schedules import ScheduleReader
+from calbroker.api.services import Services, provide_deadline, provide_schedules, provide_services
 from calbroker.api.telemetry import HttpMetrics, RequestTelemetry
 from calbroker.config import Settings
+from calbroker.domain.connections import Connection, Credentials
 from calbroker.logs import get_logger
+from calbroker.providers.registry import ProviderRegistry
+from calbroker.store.connections import update_credentials
 from calbroker.store.database import connect_pool, resolve_database_url
 from calbroker.store.keyring import load_keyring
 from calbroker.store.migrations import migrate
 
-__all__ = ["create_app", "openapi_document"]
+__all__ = ["create_app", "open_services", "openapi_document"]
 
 log = get_logger(__name__)
 
@@ -48,18 +56,47 @@ def _version() -> str:
         return "0.0.0"
 
 
-def _lifespan(settings: Settings):  # type: ignore[no-untyped-def]
+@asynccontextmanager
+async def open_services(settings: Settings, *, pool_size: int | None = None) -> AsyncIterator[Services]:
+    """Every long-lived resource, opened in order and closed in reverse (the API and the CLI share it)."""
+    async with AsyncExitStack() as stack:
+        url = await resolve_database_url(settings)
+        pool = await stack.enter_async_context(connect_pool(url, max_size=pool_size or settings.database_pool_size))
+        async with pool.acquire() as conn:
+            applied = await migrate(conn)
+        if applied:
+            log.info("migrations applied", versions=[m.version for m in applied])
+        keyring = load_keyring(settings)
+        session = await stack.enter_async_context(
+            aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=settings.upstream_deadline_s),
+                connector=aiohttp.TCPConnector(limit=200, limit_per_host=50, ttl_dns_cache=300),
+                headers={"User-Agent": f"calbroker/{_version()}"},
+            )
+        )
+        # msal and exchangelib are synchronous: they run here, never on the event loop.
+        executor = stack.enter_context(ThreadPoolExecutor(max_workers=32, thread_name_prefix="upstream"))
+
+        async def persist_renewed(connection: Connection, credentials: Credentials) -> None:
+            async with pool.acquire() as conn:
+                await update_credentials(conn, keyring, connection, credentials, actor="provider")
+
+        registry = ProviderRegistry(settings, session, executor, credentials_sink=persist_renewed)
+        stack.push_async_callback(registry.aclose)
+        yield Services(
+            settings=settings,
+            pool=pool,
+            keyring=keyring,
+            providers=registry,
+            schedules=ScheduleReader(pool, keyring, registry),
+        )
+
+
+def _lifespan(settings: Settings) -> Callable[[Litestar], AbstractAsyncContextManager[None]]:
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        async with AsyncExitStack() as stack:
-            url = await resolve_database_url(settings)
-            pool = await stack.enter_async_context(connect_pool(url, max_size=settings.database_pool_size))
-            async with pool.acquire() as conn:
-                applied = await migrate(conn)
-            if applied:
-                log.info("migrations applied", versions=[m.version for m in applied])
-            keyring = load_keyring(settings)
-            app.state.services = Services(settings=settings, pool=pool, keyring=keyring)
+        async with open_services(settings) as services:
+            app.state.services = services
             try:
                 yield
             finally:
@@ -78,9 +115,13 @@ def create_app(settings: Settings) -> Litestar:
     """Build the ASGI app; nothing touches the network until the lifespan starts."""
     v1 = Router(
         path="/v1",
-        route_handlers=[me],
+        route_handlers=[me, free_busy, availability],
         guards=[require_api_key],
-        dependencies={"caller": Provide(provide_caller, sync_to_thread=False)},
+        dependencies={
+            "caller": Provide(provide_caller, sync_to_thread=False),
+            "schedules": Provide(provide_schedules, sync_to_thread=False),
+            "deadline": Provide(provide_deadline, sync_to_thread=False),
+        },
         security=[{"apiKey": []}],
     )
     templates = Path(__file__).parent / "api" / "templates"

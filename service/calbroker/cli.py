@@ -15,15 +15,32 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 
 import asyncpg
 
+from calbroker.api.onboarding import ConnectionDraft, verify_and_save
 from calbroker.config import ConfigError, Settings
-from calbroker.domain.errors import CalbrokerError
+from calbroker.domain.connections import (
+    AccessLevel,
+    ConnectionMethod,
+    EwsServiceAccount,
+    GraphCertificate,
+    GraphClientSecret,
+)
+from calbroker.domain.errors import CalbrokerError, InvalidRequest
 from calbroker.logs import configure_logging, get_logger
+from calbroker.providers.certificates import certificate_credentials
 from calbroker.redaction import redact_text
-from calbroker.store.applications import create_application, list_applications, revoke_application, rotate_key
+from calbroker.store.applications import (
+    create_application,
+    get_application,
+    list_applications,
+    revoke_application,
+    rotate_key,
+)
+from calbroker.store.connections import delete_connection, get_connection, list_connections
 from calbroker.store.database import resolve_database_url
 from calbroker.store.keyring import KeyringError, add_key_to_file, generate_master_key, load_keyring
 from calbroker.store.migrations import MigrationError, migrate
@@ -110,11 +127,11 @@ async def _cmd_apps_list(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def _application_id(raw: str) -> uuid.UUID:
+def _uuid_arg(raw: str) -> uuid.UUID:
     try:
         return uuid.UUID(raw)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{raw!r} is not an application id (a UUID)") from None
+        raise argparse.ArgumentTypeError(f"{raw!r} is not an id (a UUID)") from None
 
 
 async def _cmd_apps_revoke(settings: Settings, args: argparse.Namespace) -> int:
@@ -160,15 +177,20 @@ async def _cmd_openapi(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-async def _cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
+def _bind(settings: Settings, args: argparse.Namespace) -> Settings:
+    host, port = args.host or settings.host, args.port or settings.port
+    derived = f"http://{settings.host}:{settings.port}"
+    public_url = f"http://{host}:{port}" if settings.public_url == derived else settings.public_url
+    return replace(settings, host=host, port=port, public_url=public_url)
+
+
+async def _serve(settings: Settings) -> int:
     import uvicorn  # noqa: PLC0415
 
     from calbroker.app import create_app  # noqa: PLC0415
 
-    settings = replace(settings, host=args.host or settings.host, port=args.port or settings.port)
-    app = create_app(settings)
     config = uvicorn.Config(
-        app,
+        create_app(settings),
         host=settings.host,
         port=settings.port,
         log_config=None,
@@ -183,19 +205,208 @@ async def _cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     return 0 if server.started else 1
 
 
+async def _cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
+    return await _serve(_bind(settings, args))
+
+
+async def _cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
+    from calbroker.app import open_services  # noqa: PLC0415
+    from calbroker.demo import (  # noqa: PLC0415
+        demo_instructions,
+        demo_settings,
+        prepare_demo,
+        start_demo_sandbox,
+        write_demo_file,
+    )
+
+    settings = _bind(settings, args)
+    sandbox = await asyncio.to_thread(
+        start_demo_sandbox, settings, seed=args.seed, port=args.sandbox_port, latency_ms=args.latency_ms
+    )
+    try:
+        settings = demo_settings(settings, sandbox)
+        async with open_services(settings, pool_size=2) as services:
+            world = await prepare_demo(services, sandbox, settings.public_url)
+        demo_file = settings.data_dir / "demo.json"
+        await asyncio.to_thread(write_demo_file, demo_file, world)
+        print(demo_instructions(world, demo_file), flush=True)
+        return await _serve(settings)
+    finally:
+        await asyncio.to_thread(sandbox.stop)
+
+
+async def _cmd_sandbox(settings: Settings, args: argparse.Namespace) -> int:
+    from calbroker.sandbox import run_sandbox_cli  # noqa: PLC0415
+
+    return await asyncio.to_thread(
+        run_sandbox_cli,
+        port=args.port,
+        seed=args.seed,
+        latency_ms=args.latency_ms,
+        state_dir=settings.data_dir / "sandbox",
+    )
+
+
+def _secret_argument(value: str, what: str) -> str:
+    """`-` reads the secret from stdin, so it never lands in shell history or the process list."""
+    if value == "-":
+        secret = sys.stdin.readline().rstrip("\n")
+        if not secret:
+            raise InvalidRequest.field(what, "was empty on standard input")
+        return secret
+    return value
+
+
+def _csv(value: str | None) -> list[str]:
+    return [item.strip() for item in (value or "").split(",") if item.strip()]
+
+
+def _expiry(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    try:
+        return datetime.fromisoformat(value).replace(tzinfo=UTC) if len(value) == 10 else datetime.fromisoformat(value)
+    except ValueError:
+        raise InvalidRequest.field("secret_expires", "must be a date like 2027-06-30") from None
+
+
+async def _add_connection(settings: Settings, draft: ConnectionDraft) -> int:
+    from calbroker.app import open_services  # noqa: PLC0415
+
+    async with open_services(settings, pool_size=2) as services:
+        async with services.pool.acquire() as conn:
+            await get_application(conn, draft.application_id)
+        connection = await verify_and_save(
+            draft,
+            settings=settings,
+            pool=services.pool,
+            keyring=services.keyring,
+            registry=services.providers,
+            actor=_ACTOR,
+        )
+    print(f"verified with {draft.test_mailbox} and saved connection {connection.id} ({connection.display_name})")
+    return 0
+
+
+async def _cmd_connections_add_graph(settings: Settings, args: argparse.Namespace) -> int:
+    expires = _expiry(args.secret_expires)
+    credentials: GraphCertificate | GraphClientSecret
+    if args.certificate:
+        pem = await asyncio.to_thread(Path(args.certificate).read_bytes)
+        credentials, cert_expiry = certificate_credentials(args.tenant_id, args.client_id, pem)
+        expires = expires or cert_expiry
+    elif args.client_secret:
+        credentials = GraphClientSecret(
+            args.tenant_id, args.client_id, _secret_argument(args.client_secret, "client_secret")
+        )
+    else:
+        raise InvalidRequest.field("client_secret", "give --client-secret (or - for stdin) or --certificate PEM")
+    return await _add_connection(
+        settings,
+        ConnectionDraft(
+            application_id=args.application,
+            method=ConnectionMethod.GRAPH_APP,
+            access_level=AccessLevel(args.access_level),
+            credentials=credentials,
+            domains=_csv(args.domains),
+            test_mailbox=args.test_mailbox,
+            display_name=args.name,
+            cloud=args.cloud,
+            tenant_id=args.tenant_id,
+            allowed_mailboxes=_csv(args.allowed_mailboxes),
+            secret_expires_at=expires,
+        ),
+    )
+
+
+async def _cmd_connections_add_ews(settings: Settings, args: argparse.Namespace) -> int:
+    credentials = EwsServiceAccount(
+        args.endpoint, args.username, _secret_argument(args.password, "password"), args.auth_type
+    )
+    return await _add_connection(
+        settings,
+        ConnectionDraft(
+            application_id=args.application,
+            method=ConnectionMethod.EWS,
+            access_level=AccessLevel(args.access_level),
+            credentials=credentials,
+            domains=_csv(args.domains),
+            test_mailbox=args.test_mailbox,
+            display_name=args.name,
+            cloud=args.cloud,
+            allowed_mailboxes=_csv(args.allowed_mailboxes),
+        ),
+    )
+
+
+async def _cmd_connections_list(settings: Settings, args: argparse.Namespace) -> int:
+    async with _database(settings) as pool, pool.acquire() as conn:
+        await get_application(conn, args.application)
+        connections = await list_connections(conn, args.application, include_revoked=args.all)
+    if args.json:
+        print(
+            json.dumps(
+                [
+                    {
+                        "id": str(c.id),
+                        "kind": c.kind.value,
+                        "method": c.method.value,
+                        "access_level": c.access_level.value,
+                        "display_name": c.display_name,
+                        "domains": list(c.domains),
+                        "status": c.status.value,
+                        "tenant_id": c.tenant_id,
+                        "endpoint": c.endpoint,
+                        "cloud": c.cloud,
+                        "last_error": c.last_error,
+                    }
+                    for c in connections
+                ],
+                indent=2,
+            )
+        )
+        return 0
+    if not connections:
+        print("no connections yet: add one with `calbroker connections add-graph` or `add-ews`")
+    for c in connections:
+        where = c.endpoint or f"tenant {c.tenant_id}"
+        print(f"{c.id}  {c.kind.value}/{c.access_level.value}  {','.join(c.domains)}  {where}  {c.status.value}")
+    return 0
+
+
+async def _cmd_connections_remove(settings: Settings, args: argparse.Namespace) -> int:
+    async with _database(settings) as pool, pool.acquire() as conn:
+        connection = await get_connection(conn, args.application, args.connection_id)
+        await delete_connection(conn, connection, actor=_ACTOR)
+    print(f"connection {args.connection_id} revoked; its credentials are wiped")
+    return 0
+
+
 Command = Callable[[Settings, argparse.Namespace], Coroutine[object, object, int]]
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="calbroker", description=__doc__.splitlines()[0] if __doc__ else None
-    )
+    parser = argparse.ArgumentParser(prog="calbroker", description=__doc__.splitlines()[0] if __doc__ else None)
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run the API (embedded PostgreSQL unless DATABASE_URL is set)")
     serve.add_argument("--host", default=None, help="bind address (default CALBROKER_HOST or 127.0.0.1)")
     serve.add_argument("--port", type=int, default=None, help="port (default CALBROKER_PORT or 8080)")
     serve.set_defaults(run=_cmd_serve)
+
+    demo = sub.add_parser("demo", help="the API plus the Microsoft 365 sandbox, with a demo app and connections")
+    demo.add_argument("--host", default=None, help="bind address (default CALBROKER_HOST or 127.0.0.1)")
+    demo.add_argument("--port", type=int, default=None, help="API port (default CALBROKER_PORT or 8080)")
+    demo.add_argument("--sandbox-port", type=int, default=0, help="sandbox HTTPS port (default: any free port)")
+    demo.add_argument("--seed", type=int, default=0, help="sandbox seed (same seed, same calendars)")
+    demo.add_argument("--latency-ms", type=float, default=0, help="simulated round-trip time to Microsoft")
+    demo.set_defaults(run=_cmd_demo)
+
+    sandbox = sub.add_parser("sandbox", help="serve the Microsoft 365 sandbox alone and print what it serves")
+    sandbox.add_argument("--port", type=int, default=8443)
+    sandbox.add_argument("--seed", type=int, default=0)
+    sandbox.add_argument("--latency-ms", type=float, default=0)
+    sandbox.set_defaults(run=_cmd_sandbox)
 
     sub.add_parser("migrate", help="apply database migrations").set_defaults(run=_cmd_migrate)
 
@@ -209,10 +420,10 @@ def _parser() -> argparse.ArgumentParser:
     listing.add_argument("--json", action="store_true")
     listing.set_defaults(run=_cmd_apps_list)
     revoke = apps.add_parser("revoke", help="revoke an application and all its keys")
-    revoke.add_argument("application_id", type=_application_id)
+    revoke.add_argument("application_id", type=_uuid_arg)
     revoke.set_defaults(run=_cmd_apps_revoke)
     rotate = apps.add_parser("rotate-key", help="issue a new key and revoke the old ones")
-    rotate.add_argument("application_id", type=_application_id)
+    rotate.add_argument("application_id", type=_uuid_arg)
     rotate.set_defaults(run=_cmd_apps_rotate)
 
     keys = sub.add_parser("keys", help="master keys that seal stored credentials").add_subparsers(
@@ -221,13 +432,45 @@ def _parser() -> argparse.ArgumentParser:
     generate = keys.add_parser("generate", help="print a new kid:base64key entry for CALBROKER_MASTER_KEYS")
     generate.add_argument("--kid", default=None)
     generate.set_defaults(run=_cmd_keys_generate)
-    krotate = keys.add_parser(
-        "rotate", help="re-wrap every stored secret under the newest (first) master key"
-    )
+    krotate = keys.add_parser("rotate", help="re-wrap every stored secret under the newest (first) master key")
     krotate.add_argument(
         "--generate", action="store_true", help="embedded default only: first add a new key to the key file"
     )
     krotate.set_defaults(run=_cmd_keys_rotate)
+
+    connections = sub.add_parser("connections", help="connections to Microsoft 365 / Exchange tenants").add_subparsers(
+        dest="connections_command", required=True
+    )
+    graph = connections.add_parser("add-graph", help="connect a tenant's own Graph app registration (verified first)")
+    ews = connections.add_parser("add-ews", help="connect an on-premises Exchange service account (verified first)")
+    for cmd in (graph, ews):
+        cmd.add_argument("--application", type=_uuid_arg, required=True, help="application id (UUID)")
+        cmd.add_argument("--domains", required=True, help="comma-separated domains, e.g. contoso.com")
+        cmd.add_argument("--test-mailbox", required=True, help="a mailbox to verify the credentials with")
+        cmd.add_argument("--access-level", choices=[a.value for a in AccessLevel], default=AccessLevel.FULL.value)
+        cmd.add_argument("--allowed-mailboxes", help="comma-separated allow-list (default: every mailbox)")
+        cmd.add_argument("--cloud", default="global", help="global, usgov, usgov-dod, china or sandbox")
+        cmd.add_argument("--name", default=None, help="display name")
+    graph.add_argument("--tenant-id", required=True, help="directory (tenant) id or primary domain")
+    graph.add_argument("--client-id", required=True, help="application (client) id")
+    graph.add_argument("--client-secret", help="the secret value, or - to read it from stdin")
+    graph.add_argument("--certificate", help="PEM file with the private key and certificate")
+    graph.add_argument("--secret-expires", help="secret expiry date (YYYY-MM-DD), for expiry warnings")
+    graph.set_defaults(run=_cmd_connections_add_graph)
+    ews.add_argument("--endpoint", required=True, help="EWS URL, e.g. https://mail.contoso.com/EWS/Exchange.asmx")
+    ews.add_argument("--username", required=True, help="service account, e.g. CONTOSO\\svc-calbroker")
+    ews.add_argument("--password", required=True, help="the password, or - to read it from stdin")
+    ews.add_argument("--auth-type", choices=["basic", "ntlm"], default="ntlm")
+    ews.set_defaults(run=_cmd_connections_add_ews)
+    clist = connections.add_parser("list", help="list an application's connections")
+    clist.add_argument("--application", type=_uuid_arg, required=True)
+    clist.add_argument("--all", action="store_true", help="include revoked connections")
+    clist.add_argument("--json", action="store_true")
+    clist.set_defaults(run=_cmd_connections_list)
+    cremove = connections.add_parser("remove", help="revoke a connection and wipe its credentials")
+    cremove.add_argument("--application", type=_uuid_arg, required=True)
+    cremove.add_argument("connection_id", type=_uuid_arg)
+    cremove.set_defaults(run=_cmd_connections_remove)
 
     openapi = sub.add_parser("openapi", help="write the OpenAPI document generated from the code")
     openapi.add_argument("--output", default="openapi/openapi.json")
@@ -246,8 +489,11 @@ def main(argv: Sequence[str] | None = None, environ: dict[str, str] | None = Non
     except ConfigError as exc:
         print(f"calbroker: invalid configuration: {exc}", file=sys.stderr)
         return 2
+    except InvalidRequest as exc:
+        print(f"calbroker: {exc.detail}", file=sys.stderr)
+        return 2
     except (CalbrokerError, KeyringError, MigrationError) as exc:
-        print(f"calbroker: {exc}", file=sys.stderr)
+        print(f"calbroker: {type(exc).__name__}: {redact_text(str(exc))}", file=sys.stderr)
         return 1
     except (OSError, asyncpg.PostgresError) as exc:
         print(f"calbroker: {type(exc).__name__}: {redact_text(str(exc))}", file=sys.stderr)

@@ -12,11 +12,19 @@ import binascii
 import ipaddress
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-__all__ = ["ConfigError", "MasterKey", "Settings", "parse_master_keys"]
+__all__ = [
+    "BUILTIN_CLOUDS",
+    "Cloud",
+    "ConfigError",
+    "MasterKey",
+    "OperatorApp",
+    "Settings",
+    "parse_master_keys",
+]
 
 _KID = re.compile(r"^[A-Za-z0-9._-]{1,32}$")
 _LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -68,6 +76,69 @@ def parse_master_keys(value: str, *, variable: str = "CALBROKER_MASTER_KEYS") ->
     return tuple(keys)
 
 
+@dataclass(frozen=True, slots=True)
+class Cloud:
+    """Where a Microsoft cloud lives: Entra authority host, Graph endpoint, and the CA to trust.
+
+    Microsoft's national clouds and calbroker's own sandbox are all just clouds, so the sandbox
+    exercises the production code paths with nothing patched.
+    """
+
+    name: str
+    authority_host: str
+    """e.g. https://login.microsoftonline.com"""
+    graph_url: str
+    """Graph base including the version, e.g. https://graph.microsoft.com/v1.0"""
+    graph_resource: str = "https://graph.microsoft.com"
+    """The app-only token scope is `{graph_resource}/.default`."""
+    ca_bundle: Path | None = None
+    """Extra CA to trust (the sandbox's, or an on-premises Exchange's internal CA)."""
+    known_to_msal: bool = True
+    """False for hosts msal does not know, so it skips Microsoft's instance discovery."""
+
+
+BUILTIN_CLOUDS: Mapping[str, Cloud] = {
+    # https://learn.microsoft.com/graph/deployments (national cloud endpoints)
+    "global": Cloud("global", "https://login.microsoftonline.com", "https://graph.microsoft.com/v1.0"),
+    "usgov": Cloud(
+        "usgov",
+        "https://login.microsoftonline.us",
+        "https://graph.microsoft.us/v1.0",
+        "https://graph.microsoft.us",
+    ),
+    "usgov-dod": Cloud(
+        "usgov-dod",
+        "https://login.microsoftonline.us",
+        "https://dod-graph.microsoft.us/v1.0",
+        "https://dod-graph.microsoft.us",
+    ),
+    "china": Cloud(
+        "china",
+        "https://login.chinacloudapi.cn",
+        "https://microsoftgraph.chinacloudapi.cn/v1.0",
+        "https://microsoftgraph.chinacloudapi.cn",
+    ),
+}
+
+
+def sandbox_cloud(url: str, ca_bundle: Path | None) -> Cloud:
+    """The cloud served by `calbroker sandbox` at `url` (HTTPS with its own CA)."""
+    base = url.rstrip("/")
+    return Cloud("sandbox", base, f"{base}/v1.0", "https://graph.microsoft.com", ca_bundle, known_to_msal=False)
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class OperatorApp:
+    """The operator's multi-tenant Entra app: admin consent and delegated sign-in go through it."""
+
+    client_id: str
+    client_secret: str
+    cloud: str = "global"
+
+    def __repr__(self) -> str:
+        return f"OperatorApp(client_id={self.client_id!r}, cloud={self.cloud!r}, client_secret=<redacted>)"
+
+
 def _port(env: Mapping[str, str], name: str, default: int) -> int:
     raw = env.get(name, "").strip()
     if not raw:
@@ -84,6 +155,16 @@ def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:
     if not raw.isdigit() or int(raw) <= 0:
         raise ConfigError(name, f"must be a positive whole number, got {raw!r}")
     return int(raw)
+
+
+def _interval(env: Mapping[str, str], name: str, default: int) -> float | None:
+    """Whole seconds, at least 10; 0 switches the periodic job off."""
+    raw = env.get(name, "").strip()
+    if not raw:
+        return float(default)
+    if not raw.isdigit() or 0 < int(raw) < 10:
+        raise ConfigError(name, f"must be 0 (off) or a whole number of seconds of at least 10, got {raw!r}")
+    return float(raw) if int(raw) else None
 
 
 def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
@@ -108,13 +189,13 @@ def _database_url(raw: str) -> str | None:
     return raw
 
 
-def _public_url(raw: str, default: str) -> str:
+def _base_url(raw: str, default: str, *, variable: str = "CALBROKER_PUBLIC_URL") -> str:
     value = (raw.strip() or default).rstrip("/")
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError("CALBROKER_PUBLIC_URL", f"must be an absolute http(s) URL, got {value!r}")
+        raise ConfigError(variable, f"must be an absolute http(s) URL, got {value!r}")
     if parts.query or parts.fragment:
-        raise ConfigError("CALBROKER_PUBLIC_URL", "must not have a query or fragment")
+        raise ConfigError(variable, "must not have a query or fragment")
     return value
 
 
@@ -143,6 +224,19 @@ class Settings:
     """None: JSON unless stderr is a terminal."""
     max_body_bytes: int = 2 * 1024 * 1024
     database_pool_size: int = 10
+    clouds: Mapping[str, Cloud] = field(default_factory=lambda: dict(BUILTIN_CLOUDS))
+    allow_private_upstreams: bool = False
+    """Let admin-typed URLs (EWS endpoints, webhooks) point at loopback/private addresses."""
+    allow_http_upstreams: bool = False
+    """Let admin-typed URLs use plain http (only for labs and the sandbox)."""
+    upstream_deadline_s: float = 10.0
+    """How long one API request may wait on Microsoft, retries and back-off included."""
+    operator_app: OperatorApp | None = None
+    """None: the admin-consent and delegated sign-in methods are not offered."""
+    health_check_interval_s: float | None = None
+    """How often each connection is re-verified by the API process; None disables the checker
+    (the default for hand-built settings, so tests never see background upstream calls).
+    `from_env` turns it on: CALBROKER_HEALTH_CHECK_INTERVAL_S, default 300, 0 disables."""
 
     @property
     def embedded_database(self) -> bool:
@@ -174,21 +268,40 @@ class Settings:
         port = _port(env, "CALBROKER_PORT", 8080)
         level = env.get("CALBROKER_LOG_LEVEL", "").strip().lower() or "info"
         if level not in _LOG_LEVELS:
-            raise ConfigError(
-                "CALBROKER_LOG_LEVEL", f"must be one of {', '.join(_LOG_LEVELS)}, got {level!r}"
-            )
+            raise ConfigError("CALBROKER_LOG_LEVEL", f"must be one of {', '.join(_LOG_LEVELS)}, got {level!r}")
         log_format = env.get("CALBROKER_LOG_FORMAT", "").strip().lower()
         if log_format not in ("", "json", "console"):
             raise ConfigError("CALBROKER_LOG_FORMAT", f"must be json or console, got {log_format!r}")
+        clouds = dict(BUILTIN_CLOUDS)
+        sandbox_url = env.get("CALBROKER_SANDBOX_URL", "").strip()
+        if sandbox_url:
+            ca = env.get("CALBROKER_SANDBOX_CA", "").strip()
+            sandbox_base = _base_url(sandbox_url, sandbox_url, variable="CALBROKER_SANDBOX_URL")
+            clouds["sandbox"] = sandbox_cloud(sandbox_base, Path(ca) if ca else None)
+        operator_app = None
+        operator_id = env.get("CALBROKER_GRAPH_CLIENT_ID", "").strip()
+        if operator_id:
+            operator_secret = env.get("CALBROKER_GRAPH_CLIENT_SECRET", "").strip()
+            if not operator_secret:
+                raise ConfigError("CALBROKER_GRAPH_CLIENT_SECRET", "is required with CALBROKER_GRAPH_CLIENT_ID")
+            operator_cloud = env.get("CALBROKER_GRAPH_CLOUD", "").strip() or "global"
+            if operator_cloud not in clouds:
+                raise ConfigError("CALBROKER_GRAPH_CLOUD", f"must be one of {', '.join(sorted(clouds))}")
+            operator_app = OperatorApp(operator_id, operator_secret, operator_cloud)
         return cls(
             data_dir=data_dir,
+            clouds=clouds,
+            operator_app=operator_app,
+            allow_private_upstreams=_bool(env, "CALBROKER_ALLOW_PRIVATE_UPSTREAMS", False),
+            allow_http_upstreams=_bool(env, "CALBROKER_ALLOW_HTTP_UPSTREAMS", False),
             database_url=database_url,
             master_keys=master_keys,
-            public_url=_public_url(env.get("CALBROKER_PUBLIC_URL", ""), f"http://{host}:{port}"),
+            public_url=_base_url(env.get("CALBROKER_PUBLIC_URL", ""), f"http://{host}:{port}"),
             host=host,
             port=port,
             log_level=level,
             log_json=None if not log_format else log_format == "json",
             max_body_bytes=_positive_int(env, "CALBROKER_MAX_BODY_BYTES", 2 * 1024 * 1024),
             database_pool_size=_positive_int(env, "CALBROKER_DB_POOL_SIZE", 10),
+            health_check_interval_s=_interval(env, "CALBROKER_HEALTH_CHECK_INTERVAL_S", 300),
         )

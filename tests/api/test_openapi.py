@@ -12,9 +12,7 @@ COMMITTED = Path(__file__).parents[2] / "openapi" / "openapi.json"
 
 
 def test_committed_openapi_matches_the_code(tmp_path: Path) -> None:
-    generated = json.dumps(
-        openapi_document(create_app(Settings(data_dir=tmp_path))), indent=2, sort_keys=True
-    )
+    generated = json.dumps(openapi_document(create_app(Settings(data_dir=tmp_path))), indent=2, sort_keys=True)
     committed = COMMITTED.read_text()
     assert generated + "\n" == committed, "openapi/openapi.json is stale: run `make openapi` and commit it"
 

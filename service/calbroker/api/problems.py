@@ -21,6 +21,7 @@ from litestar.exceptions import (
     ValidationException,
 )
 from litestar.openapi import ResponseSpec
+from litestar.openapi.spec import Example
 from litestar.plugins.problem_details import (
     ProblemDetailsConfig,
     ProblemDetailsException,
@@ -39,6 +40,7 @@ __all__ = [
     "FieldErrorBody",
     "Problem",
     "ProblemBody",
+    "embedded_problem",
     "problem_plugin",
     "problem_type",
 ]
@@ -97,8 +99,7 @@ CATALOGUE: Mapping[str, Problem] = dict(
             "unauthorized",
             401,
             "A valid API key is required",
-            "The request has no `Authorization: Bearer <api key>` header, or the key is malformed, unknown "
-            "or revoked.",
+            "The request has no `Authorization: Bearer <api key>` header, or the key is malformed, unknown or revoked.",
             "Send the key printed by `calbroker apps create` (or `apps rotate-key`) as a bearer token.",
         ),
         _p(
@@ -198,8 +199,7 @@ CATALOGUE: Mapping[str, Problem] = dict(
             "upstream-throttled",
             503,
             "Microsoft is throttling requests",
-            "Microsoft answered 429 or ErrorServerBusy and the back-off did not end within the request's "
-            "deadline.",
+            "Microsoft answered 429 or ErrorServerBusy and the back-off did not end within the request's deadline.",
             "Retry after the number of seconds in the `Retry-After` header.",
         ),
         _p(
@@ -250,8 +250,7 @@ CATALOGUE: Mapping[str, Problem] = dict(
             "internal-error",
             500,
             "Unexpected error",
-            "Something failed inside calbroker. Nothing was half-written; the error was logged with the "
-            "request id.",
+            "Something failed inside calbroker. Nothing was half-written; the error was logged with the request id.",
             "Retry; if it persists, report the `request_id` to the operator.",
         ),
     ]
@@ -277,6 +276,20 @@ class ProblemBody(msgspec.Struct, omit_defaults=True):
     detail: str
     request_id: str | None = None
     errors: list[FieldErrorBody] | None = None
+
+
+def embedded_problem(exc: errors.CalbrokerError) -> dict[str, Any]:
+    """The problem document for an error reported inside a successful response (per mailbox)."""
+    problem = _from_domain(exc)
+    body: dict[str, Any] = {
+        "type": problem.type_,
+        "title": problem.title,
+        "status": problem.status_code,
+        "detail": problem.detail,
+    }
+    extra = problem.extra if isinstance(problem.extra, dict) else {}
+    body.update({k: v for k, v in extra.items() if k != "request_id" and v is not None})
+    return body
 
 
 def _request_id() -> str | None:
@@ -346,11 +359,17 @@ def _from_domain(exc: errors.CalbrokerError) -> ProblemDetailsException:
 
 
 _MSGSPEC_PATH = re.compile(r"\s*-\s*at\s*`\$(?P<path>[^`]*)`\s*$")
+_NAMED_FIELD = re.compile(r"(?:unknown|required) field `(?P<name>[^`]+)`")
 
 
-def _field_from_path(path: str) -> str:
-    # msgspec reports `$.participants[0].members[1].email`; callers expect the dotted form.
-    return path.lstrip(".") or "body"
+def _field_from(path: str, message: str) -> str:
+    # msgspec reports `$.participants[0].members[1].email`, and names a missing or unknown field
+    # only in the message ("Object missing required field `end`"); callers want one dotted path.
+    field = path.lstrip(".")
+    named = _NAMED_FIELD.search(message)
+    if named:
+        field = f"{field}.{named.group('name')}" if field else named.group("name")
+    return field or "body"
 
 
 def _validation_errors(exc: ValidationException) -> list[dict[str, str]]:
@@ -360,11 +379,15 @@ def _validation_errors(exc: ValidationException) -> list[dict[str, str]]:
         if not isinstance(item, dict):
             continue
         message = str(item.get("message", "invalid value"))
-        field = str(item.get("key") or "body")
+        key = str(item.get("key") or "")
         match = _MSGSPEC_PATH.search(message)
         if match:
-            field = _field_from_path(match.group("path"))
+            path = match.group("path")
             message = message[: match.start()]
+        else:
+            # Litestar moves msgspec's `$.a.b` location into `key` (prefixed by the parameter, `data`).
+            path = "" if key in ("", "data") else key.removeprefix("data.")
+        field = _field_from(path, message)
         if item.get("source") and item.get("source") != "body" and item.get("key"):
             field = f"{item['source']}.{item['key']}"
         found.append({"field": field, "message": message.rstrip(". ")})
@@ -422,13 +445,43 @@ def problem_plugin() -> ProblemDetailsPlugin:
     return ProblemDetailsPlugin(ProblemDetailsConfig(exception_to_problem_detail_map=mapping))
 
 
-def _spec(description: str) -> ResponseSpec:
-    return ResponseSpec(ProblemBody, description=description, media_type="application/problem+json")
+def _spec(description: str, slug: str, detail: str, errors: list[dict[str, str]] | None = None) -> ResponseSpec:
+    problem = CATALOGUE[slug]
+    example: dict[str, Any] = {
+        "type": problem_type(slug),
+        "title": problem.title,
+        "status": problem.status,
+        "detail": detail,
+        "request_id": "3f0c6bb2a1d44e0f9c1b5d2e7a8f9012",
+    }
+    if errors:
+        example["errors"] = errors
+    return ResponseSpec(
+        ProblemBody,
+        description=description,
+        media_type="application/problem+json",
+        generate_examples=False,
+        examples=[Example(summary=problem.title, value=example)],
+    )
 
 
 V1_PROBLEMS: Mapping[int, ResponseSpec] = {
-    401: _spec("Missing, malformed or revoked API key (`/problems/unauthorized`)"),
-    422: _spec("Invalid input; `errors` names each field (`/problems/invalid-request`)"),
-    500: _spec("Unexpected error, logged with the request id (`/problems/internal-error`)"),
+    401: _spec(
+        "Missing, malformed or revoked API key (`/problems/unauthorized`)",
+        "unauthorized",
+        "The API key is malformed, unknown or revoked.",
+    ),
+    422: _spec(
+        "Invalid input or a limit exceeded; `errors` names each field (`/problems/invalid-request`, "
+        "`/problems/limit-exceeded`)",
+        "invalid-request",
+        "query_periods[0].end: must be after start",
+        [{"field": "query_periods[0].end", "message": "must be after start"}],
+    ),
+    500: _spec(
+        "Unexpected error, logged with the request id (`/problems/internal-error`)",
+        "internal-error",
+        "An unexpected error occurred; it was logged with the request id.",
+    ),
 }
 """Problem responses every /v1 operation can return; handlers add their own on top."""

@@ -1,0 +1,136 @@
+"""`POST /v1/free_busy`: busy time and working hours for mailboxes, whatever protocol serves each."""
+
+from __future__ import annotations
+
+from datetime import datetime, time, timedelta
+from typing import Annotated, Any
+from zoneinfo import ZoneInfo
+
+import msgspec
+from litestar import post
+from litestar.di import NamedDependency
+from litestar.params import JSONBody
+
+from calbroker.api.auth import Caller
+from calbroker.api.problems import V1_PROBLEMS, embedded_problem
+from calbroker.api.schedules import ScheduleReader
+from calbroker.api.wire import Body, Response, span, zone
+from calbroker.domain import BusyStatus, Interval
+from calbroker.domain.connections import normalize_email
+from calbroker.domain.errors import CalbrokerError, LimitExceeded
+from calbroker.domain.schedules import MailboxSchedule
+from calbroker.domain.working_hours import Weekday, WorkingHours
+from calbroker.providers.protocol import Deadline
+
+__all__ = ["MAX_FREE_BUSY_MAILBOXES", "MAX_FREE_BUSY_SPAN", "free_busy"]
+
+MAX_FREE_BUSY_MAILBOXES = 500
+MAX_FREE_BUSY_SPAN = timedelta(days=62)
+
+
+class FreeBusyRequest(Body):
+    mailboxes: Annotated[list[str], msgspec.Meta(min_length=1, description="Email addresses")]
+    start: datetime
+    end: datetime
+    tzid: str | None = None
+
+
+class BusyOut(Response):
+    start: datetime
+    end: datetime
+    status: BusyStatus
+
+
+class WeeklyPeriodOut(Response):
+    day: str
+    start_time: str
+    end_time: str
+
+
+class WorkingHoursOut(Response):
+    tzid: str
+    weekly_periods: list[WeeklyPeriodOut]
+
+
+class MailboxFreeBusy(Response):
+    mailbox: str
+    busy: list[BusyOut] | None = None
+    working_hours: WorkingHoursOut | None = None
+    error: dict[str, Any] | None = None
+
+
+class FreeBusyResponse(Response):
+    free_busy: list[MailboxFreeBusy]
+
+
+def _time(value: time | None) -> str:
+    return "24:00" if value is None else value.strftime("%H:%M")
+
+
+def working_hours_out(hours: WorkingHours) -> WorkingHoursOut:
+    return WorkingHoursOut(
+        tzid=hours.tz.key,
+        weekly_periods=[
+            WeeklyPeriodOut(day=Weekday(p.day).name.lower(), start_time=_time(p.start), end_time=_time(p.end))
+            for p in sorted(hours.periods, key=lambda p: (p.day, p.start))
+        ],
+    )
+
+
+def _mailbox_out(
+    mailbox: str, result: MailboxSchedule | CalbrokerError, window: Interval, tz: ZoneInfo
+) -> MailboxFreeBusy:
+    if isinstance(result, CalbrokerError):
+        return MailboxFreeBusy(mailbox=mailbox, error=embedded_problem(result))
+    busy = [
+        BusyOut(
+            start=max(block.interval.start, window.start).astimezone(tz),
+            end=min(block.interval.end, window.end).astimezone(tz),
+            status=block.status,
+        )
+        for block in sorted(result.busy, key=lambda b: (b.interval.start, b.interval.end))
+        if block.status is not BusyStatus.FREE
+        and block.interval.end > window.start
+        and block.interval.start < window.end
+    ]
+    hours = working_hours_out(result.working_hours) if result.working_hours else None
+    return MailboxFreeBusy(mailbox=mailbox, busy=busy, working_hours=hours)
+
+
+def parse_mailboxes(raw: list[str], field: str, limit: int) -> list[str]:
+    """Normalised, de-duplicated addresses within the limit, or a 422 naming the bad one."""
+    if len(raw) > limit:
+        raise LimitExceeded(field=field, limit=limit, actual=len(raw), message=f"at most {limit} mailboxes per request")
+    return list(dict.fromkeys(normalize_email(value, field_name=f"{field}[{i}]") for i, value in enumerate(raw)))
+
+
+@post(
+    "/free_busy",
+    status_code=200,
+    tags=["availability"],
+    summary="Busy time and working hours for mailboxes",
+    responses=dict(V1_PROBLEMS),
+)
+async def free_busy(
+    data: JSONBody[FreeBusyRequest],
+    caller: NamedDependency[Caller],
+    schedules: NamedDependency[ScheduleReader],
+    deadline: NamedDependency[Deadline],
+) -> FreeBusyResponse:
+    """Per mailbox: busy intervals (clipped to the window) with status, or a problem object.
+
+    One mailbox that cannot be read never fails the others; an unreadable mailbox is reported
+    with its error, never as free.
+    """
+    tz = zone(data.tzid)
+    window = span(data.start, data.end)
+    if window.end - window.start > MAX_FREE_BUSY_SPAN:
+        raise LimitExceeded(
+            field="end",
+            limit=f"{MAX_FREE_BUSY_SPAN.days} days",
+            actual=str(window.end - window.start),
+            message=f"the window may span at most {MAX_FREE_BUSY_SPAN.days} days",
+        )
+    mailboxes = parse_mailboxes(data.mailboxes, "mailboxes", MAX_FREE_BUSY_MAILBOXES)
+    found = await schedules.read(caller.application.id, mailboxes, window, deadline)
+    return FreeBusyResponse(free_busy=[_mailbox_out(m, found[m], window, tz) for m in mailboxes])

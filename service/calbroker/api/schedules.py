@@ -1,0 +1,129 @@
+"""Reading busy time for many mailboxes across connections: route, group, fan out, coalesce.
+
+This is the one application service that composes store, routing and providers: a request for
+mailboxes on two tenants becomes one batched call per connection, issued concurrently, and
+identical concurrent reads (same connection, mailboxes and window) share one upstream call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Awaitable, Callable, Hashable, Sequence
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+import asyncpg
+
+from calbroker.domain.connections import Connection, route_mailbox
+from calbroker.domain.errors import CalbrokerError, MailboxError, UpstreamError, UpstreamUnavailable
+from calbroker.domain.intervals import Interval
+from calbroker.domain.schedules import ScheduleResult
+from calbroker.logs import get_logger
+from calbroker.providers.protocol import CalendarProvider, Deadline
+from calbroker.providers.registry import ProviderRegistry
+from calbroker.store.connections import list_connections, load_credentials
+from calbroker.store.keyring import Keyring
+
+__all__ = ["Coalescer", "ScheduleReader"]
+
+log = get_logger(__name__)
+
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+
+
+class Coalescer(Generic[K, V]):
+    """Concurrent calls with the same key share one in-flight result (success or failure)."""
+
+    def __init__(self) -> None:
+        self._inflight: dict[K, asyncio.Future[V]] = {}
+        self.shared = 0
+        """How many calls were answered by another call's upstream work (for metrics and tests)."""
+
+    async def run(self, key: K, make: Callable[[], Awaitable[V]]) -> V:
+        existing = self._inflight.get(key)
+        if existing is not None:
+            self.shared += 1
+            return await asyncio.shield(existing)
+        future: asyncio.Future[V] = asyncio.get_running_loop().create_future()
+        self._inflight[key] = future
+        try:
+            result = await make()
+        except BaseException as exc:
+            if not future.done():
+                future.set_exception(exc)
+                future.exception()  # mark retrieved: waiters, if any, re-raise it themselves
+            raise
+        else:
+            future.set_result(result)
+            return result
+        finally:
+            self._inflight.pop(key, None)
+
+
+@dataclass(frozen=True, slots=True)
+class _Batch:
+    connection: Connection
+    mailboxes: tuple[str, ...]
+
+
+class ScheduleReader:
+    """Busy time for an application's mailboxes, whichever connection and protocol serves each."""
+
+    def __init__(self, pool: asyncpg.Pool, keyring: Keyring, registry: ProviderRegistry) -> None:
+        self._pool = pool
+        self._keyring = keyring
+        self._registry = registry
+        self.coalescer: Coalescer[tuple[str, tuple[str, ...], Interval], dict[str, ScheduleResult]] = Coalescer()
+
+    async def read(
+        self, application_id: uuid.UUID, mailboxes: Sequence[str], window: Interval, deadline: Deadline
+    ) -> dict[str, ScheduleResult]:
+        """Every mailbox gets a schedule or the error that makes it unavailable; none fails the others."""
+        async with self._pool.acquire() as conn:
+            connections = await list_connections(conn, application_id)
+        results: dict[str, ScheduleResult] = {}
+        batches: dict[uuid.UUID, list[str]] = {}
+        by_id = {c.id: c for c in connections}
+        for mailbox in dict.fromkeys(mailboxes):
+            try:
+                connection = route_mailbox(connections, mailbox)
+            except MailboxError as exc:
+                results[mailbox] = exc
+                continue
+            batches.setdefault(connection.id, []).append(mailbox)
+        jobs = [_Batch(by_id[cid], tuple(sorted(found))) for cid, found in batches.items()]
+        outcomes = await asyncio.gather(*(self._read_batch(job, window, deadline) for job in jobs))
+        for outcome in outcomes:
+            results.update(outcome)
+        return {mailbox: results[mailbox] for mailbox in dict.fromkeys(mailboxes)}
+
+    async def provider(self, connection: Connection) -> CalendarProvider:
+        async def credentials():  # type: ignore[no-untyped-def]
+            async with self._pool.acquire() as conn:
+                return await load_credentials(conn, self._keyring, connection)
+
+        return await self._registry.provider_for(connection, credentials)
+
+    async def _read_batch(self, job: _Batch, window: Interval, deadline: Deadline) -> dict[str, ScheduleResult]:
+        key = (str(job.connection.id), job.mailboxes, window)
+        try:
+            return await self.coalescer.run(key, lambda: self._fetch(job, window, deadline))
+        except UpstreamError as exc:
+            return dict.fromkeys(job.mailboxes, exc)
+        except CalbrokerError as exc:
+            # Credentials that cannot be loaded or a provider-level refusal: every mailbox of the
+            # connection reports it, instead of silently reading as free.
+            failure = UpstreamUnavailable(exc.detail)
+            return dict.fromkeys(job.mailboxes, failure)
+
+    async def _fetch(self, job: _Batch, window: Interval, deadline: Deadline) -> dict[str, ScheduleResult]:
+        provider = await self.provider(job.connection)
+        found = await provider.fetch_schedules(job.mailboxes, window, deadline)
+        missing = [m for m in job.mailboxes if m not in found]
+        if missing:
+            log.error("provider omitted mailboxes", connection_id=str(job.connection.id), count=len(missing))
+            for mailbox in missing:
+                found[mailbox] = UpstreamUnavailable("The upstream answer did not include this mailbox.")
+        return found

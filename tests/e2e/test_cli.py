@@ -1,0 +1,156 @@
+"""The operator's commands, run as the operator runs them: `calbroker connections …` and `calbroker demo`."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from calbroker.cli import main
+from calbroker.sandbox import SandboxThread
+from calbroker.store.applications import IssuedKey
+from tests.fixtures.database import new_master_key
+
+
+@pytest.fixture(scope="module")
+def cli_env(database_url: str, sandbox: SandboxThread, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    key = new_master_key()
+    return {
+        "DATABASE_URL": database_url,
+        "CALBROKER_MASTER_KEYS": f"{key.kid}:{base64.b64encode(key.key).decode()}",
+        "CALBROKER_DATA_DIR": str(tmp_path_factory.mktemp("cli")),
+        "CALBROKER_SANDBOX_URL": sandbox.url,
+        "CALBROKER_SANDBOX_CA": str(sandbox.ca_path),
+        "CALBROKER_ALLOW_PRIVATE_UPSTREAMS": "true",
+        "CALBROKER_LOG_LEVEL": "warning",
+    }
+
+
+def test_add_graph_verifies_before_saving(
+    cli_env: dict[str, str],
+    api_key: IssuedKey,
+    sandbox: SandboxThread,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    contoso = sandbox.directory.tenants["contoso"]
+    app = next(a for a in sandbox.directory.apps.values() if a.key == "contoso-secret")
+    base = [
+        "connections", "add-graph", "--application", str(api_key.application.id), "--tenant-id", contoso.id,
+        "--client-id", app.client_id, "--domains", "contoso.com", "--test-mailbox", "adele.vance@contoso.com",
+        "--cloud", "sandbox",
+    ]  # fmt: skip
+    assert main([*base, "--client-secret", "wrong-secret-value"], cli_env) == 1
+    err = capsys.readouterr().err
+    assert "AADSTS7000215" in err or "secret" in err.lower()
+    assert "wrong-secret-value" not in err
+    assert main(["connections", "list", "--application", str(api_key.application.id), "--json"], cli_env) == 0
+    assert json.loads(capsys.readouterr().out) == []  # nothing saved after a failed verification
+    assert main([*base, "--client-secret", app.secrets[0].value], cli_env) == 0
+    assert "verified with adele.vance@contoso.com" in capsys.readouterr().out
+    assert main(["connections", "list", "--application", str(api_key.application.id), "--json"], cli_env) == 0
+    [saved] = json.loads(capsys.readouterr().out)
+    assert saved["kind"] == "graph"
+    assert app.secrets[0].value not in json.dumps(saved)
+
+
+def test_add_ews_refuses_exchange_online_and_impersonation_denied(
+    cli_env: dict[str, str],
+    api_key: IssuedKey,
+    sandbox: SandboxThread,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    account = sandbox.directory.tenants["fabrikam"].service_accounts["svc-norights"]
+    base = [
+        "connections", "add-ews", "--application", str(api_key.application.id), "--username",
+        f"FABRIKAM\\{account.username}", "--password", account.password, "--domains", "fabrikam.com",
+        "--test-mailbox", "anna.schmidt@fabrikam.com", "--cloud", "sandbox", "--auth-type", "basic",
+    ]  # fmt: skip
+    assert main([*base, "--endpoint", "https://outlook.office365.com/EWS/Exchange.asmx"], cli_env) == 2
+    assert "Graph" in capsys.readouterr().err
+    assert main([*base, "--endpoint", sandbox.ews_url], cli_env) == 1
+    err = capsys.readouterr().err
+    assert "ImpersonationDenied" in err
+    assert account.password not in err
+
+
+async def test_removing_a_connection_wipes_its_secret(
+    cli_env: dict[str, str], api_key: IssuedKey, pool: asyncpg.Pool, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rows = await pool.fetch("SELECT id, secret_id FROM connections WHERE application_id = $1", api_key.application.id)
+    assert rows
+    connection_id, secret_id = rows[0]["id"], rows[0]["secret_id"]
+    import asyncio
+
+    code = await asyncio.to_thread(
+        main,
+        ["connections", "remove", "--application", str(api_key.application.id), str(connection_id)],
+        cli_env,
+    )
+    assert code == 0
+    assert await pool.fetchval("SELECT count(*) FROM sealed_secrets WHERE id = $1", secret_id) == 0
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def test_demo_serves_the_api_with_two_verified_connections(tmp_path: Path) -> None:
+    port = _free_port()
+    env = {**os.environ, "CALBROKER_DATA_DIR": str(tmp_path), "CALBROKER_LOG_LEVEL": "warning"}
+    env.pop("DATABASE_URL", None)
+    env.pop("CALBROKER_MASTER_KEYS", None)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "calbroker.cli", "demo", "--port", str(port)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        output = ""
+        deadline = time.monotonic() + 90
+        assert proc.stdout is not None
+        while "calbroker listening" not in output:
+            line = proc.stdout.readline()
+            assert line or proc.poll() is None, output
+            output += line
+            assert time.monotonic() < deadline, output
+        demo = json.loads((tmp_path / "demo.json").read_text())
+        assert (tmp_path / "demo.json").stat().st_mode & 0o077 == 0
+        assert demo["base_url"] == f"http://127.0.0.1:{port}"
+        assert demo["api_key"] in output
+        for _ in range(50):  # uvicorn prints before it accepts
+            try:
+                urllib.request.urlopen(f"{demo['base_url']}/healthz", timeout=2)
+                break
+            except OSError:
+                time.sleep(0.1)
+        # The first printed example, exactly as printed (a curl command), run through urllib.
+        body = output.split("-d '", 1)[1].split("'", 1)[0]
+        request = urllib.request.Request(
+            f"{demo['base_url']}/v1/free_busy",
+            data=body.encode(),
+            headers={"Authorization": f"Bearer {demo['api_key']}", "Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=30) as response:
+            answer = json.loads(response.read())
+        assert [e["mailbox"] for e in answer["free_busy"]] == ["adele.vance@contoso.com", "anna.schmidt@fabrikam.com"]
+        assert all("busy" in e for e in answer["free_busy"]), answer
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
