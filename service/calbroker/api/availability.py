@@ -10,7 +10,9 @@ from zoneinfo import ZoneInfo
 import msgspec
 from litestar import post
 from litestar.di import NamedDependency
-from litestar.params import JSONBody
+from litestar.openapi import ResponseSpec
+from litestar.openapi.spec import Example
+from litestar.params import Body as BodyParam
 
 from calbroker.api.auth import Caller
 from calbroker.api.free_busy import parse_mailboxes
@@ -195,15 +197,49 @@ def _explanation_out(explanation: Explanation, tz: ZoneInfo) -> ExplanationOut:
     )
 
 
+_EXAMPLE = {
+    "participants": [
+        {"members": [{"email": "miriam.graham@contoso.com"}, {"email": "alex.wilber@contoso.com"}], "required": 1},
+        {"members": [{"email": "anna.schmidt@fabrikam.com"}], "required": "all"},
+    ],
+    "duration": {"minutes": 30},
+    "query_periods": [{"start": "2026-11-24T08:00:00Z", "end": "2026-11-27T18:00:00Z"}],
+    "tzid": "Europe/London",
+    "start_interval": {"minutes": 15},
+    "buffer": {"before": {"minutes": 5}, "after": {"minutes": 5}},
+    "working_hours": "mailbox",
+    "minimum_notice": {"minutes": 120},
+    "max_results": 3,
+}
+_RESPONSE_EXAMPLE = {
+    "member_errors": [],
+    "slots": [
+        {
+            "start": "2026-11-24T09:30:00+00:00",
+            "end": "2026-11-24T10:00:00+00:00",
+            "members": ["anna.schmidt@fabrikam.com", "miriam.graham@contoso.com"],
+        }
+    ],
+}
+
+
 @post(
     "/availability",
     status_code=200,
     tags=["availability"],
     summary="Slots or periods when participant groups can meet",
-    responses=dict(V1_PROBLEMS),
+    responses={
+        200: ResponseSpec(
+            AvailabilityResponse,
+            description="Slots (or periods) in the request's time zone; unreadable members in member_errors",
+            generate_examples=False,
+            examples=[Example(summary="Slots for two groups", value=_RESPONSE_EXAMPLE)],
+        ),
+        **V1_PROBLEMS,
+    },
 )
 async def availability(
-    data: JSONBody[AvailabilityRequest],
+    data: Annotated[AvailabilityRequest, BodyParam(examples=[Example(summary="Two groups", value=_EXAMPLE)])],
     caller: NamedDependency[Caller],
     schedules: NamedDependency[ScheduleReader],
     deadline: NamedDependency[Deadline],

@@ -9,7 +9,9 @@ from zoneinfo import ZoneInfo
 import msgspec
 from litestar import post
 from litestar.di import NamedDependency
-from litestar.params import JSONBody
+from litestar.openapi import ResponseSpec
+from litestar.openapi.spec import Example
+from litestar.params import Body as BodyParam
 
 from calbroker.api.auth import Caller
 from calbroker.api.problems import V1_PROBLEMS, embedded_problem
@@ -104,15 +106,55 @@ def parse_mailboxes(raw: list[str], field: str, limit: int) -> list[str]:
     return list(dict.fromkeys(normalize_email(value, field_name=f"{field}[{i}]") for i, value in enumerate(raw)))
 
 
+_EXAMPLE = {
+    "mailboxes": ["adele.vance@contoso.com", "anna.schmidt@fabrikam.com"],
+    "start": "2026-11-24T00:00:00Z",
+    "end": "2026-11-25T00:00:00Z",
+    "tzid": "Europe/London",
+}
+_RESPONSE_EXAMPLE = {
+    "free_busy": [
+        {
+            "mailbox": "adele.vance@contoso.com",
+            "busy": [{"start": "2026-11-24T20:00:00+00:00", "end": "2026-11-24T20:30:00+00:00", "status": "busy"}],
+            "working_hours": {
+                "tzid": "America/Los_Angeles",
+                "weekly_periods": [{"day": "monday", "start_time": "08:00", "end_time": "17:00"}],
+            },
+        },
+        {
+            "mailbox": "diego.siciliani@contoso.com",
+            "error": {
+                "type": "/problems/mailbox-out-of-scope",
+                "title": "The mailbox is outside the connection's scope",
+                "status": 403,
+                "detail": "Access to OData is disabled.",
+                "mailbox": "diego.siciliani@contoso.com",
+            },
+        },
+    ]
+}
+
+
 @post(
     "/free_busy",
     status_code=200,
     tags=["availability"],
     summary="Busy time and working hours for mailboxes",
-    responses=dict(V1_PROBLEMS),
+    responses={
+        200: ResponseSpec(
+            FreeBusyResponse,
+            description="One entry per mailbox, in request order",
+            generate_examples=False,
+            examples=[Example(summary="A schedule and a per-mailbox problem", value=_RESPONSE_EXAMPLE)],
+        ),
+        **V1_PROBLEMS,
+    },
 )
 async def free_busy(
-    data: JSONBody[FreeBusyRequest],
+    data: Annotated[
+        FreeBusyRequest, BodyParam(examples=[Example(summary="Two mailboxes, two protocols", value=_EXAMPLE)])
+    ],
     caller: NamedDependency[Caller],
     schedules: NamedDependency[ScheduleReader],
     deadline: NamedDependency[Deadline],

@@ -296,9 +296,7 @@ class GraphProvider:
         proven = [m for m in pending if m in self._proven and m not in self._refused]
         if not proven:
             proven = [
-                m
-                for m in self._proven
-                if m not in self._refused and self._in_flight[m] < _OUTLOOK_MAILBOX_CONCURRENCY
+                m for m in self._proven if m not in self._refused and self._in_flight[m] < _OUTLOOK_MAILBOX_CONCURRENCY
             ]
         candidates = proven or [m for m in pending if m not in self._refused] or pending
         start = rotation % len(candidates)
