@@ -30,7 +30,9 @@ class DueCheck:
     expiry_warned_days: int | None
 
 
-async def save_test_mailbox(conn: Connection, connection_id: uuid.UUID, mailbox: str, *, first_check_in: timedelta) -> None:
+async def save_test_mailbox(
+    conn: Connection, connection_id: uuid.UUID, mailbox: str, *, first_check_in: timedelta
+) -> None:
     """Remember the mailbox a connection was verified with; its first health check is `first_check_in` away."""
     await conn.execute(
         """
