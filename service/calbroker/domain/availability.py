@@ -6,7 +6,7 @@ formats the UTC result into the request's time zone.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -28,7 +28,15 @@ from calbroker.domain.intervals import (
 )
 from calbroker.domain.participants import Group, Member, schedule_of
 from calbroker.domain.periods import maximal_periods
-from calbroker.domain.slots import GroupMask, StartGrid, StartReplay, satisfied_segments, valid_starts
+from calbroker.domain.slots import (
+    GroupMask,
+    StartReplay,
+    member_flags,
+    satisfied_segments,
+    slot_starts,
+    start_grid,
+    start_toggles,
+)
 from calbroker.domain.working_hours import WorkingHours, working_spans
 
 MAX_GROUPS = 10
@@ -183,8 +191,9 @@ class AvailabilityResult:
 def find_availability(query: AvailabilityQuery) -> AvailabilityResult:
     """Slots or periods where every group has enough free members, per design §6.
 
-    Cost is linear in the busy blocks plus one sort of all free-span edges; the start grid is
-    only read inside stretches where every group already holds.
+    Cost is linear in the busy blocks plus one sort of the instants where someone's free time
+    changes; the start grid is only read inside stretches where every group already holds.
+    Everything runs on integer microseconds; datetimes are made only for what is returned.
     """
     emails = query.emails
     position = {email: index for index, email in enumerate(emails)}
@@ -201,16 +210,22 @@ def find_availability(query: AvailabilityQuery) -> AvailabilityResult:
     candidate = intersect_spans(requested, [(earliest, upper)]) if earliest < upper else []
 
     # Colleagues usually share working hours: expand and intersect them once per distinct value.
+    # Members often share one object, and an identity lookup is much cheaper than hashing the value.
     working_by_hours: dict[WorkingHours, tuple[list[Span], list[Span]]] = {}
+    working_by_id: dict[int, tuple[list[Span], list[Span]]] = {}
 
     def working_of(member: Member) -> tuple[list[Span] | None, list[Span]]:
         hours = member.working_hours
         if not query.apply_working_hours or hours is None:
             return None, candidate
-        if hours not in working_by_hours:
-            working = working_spans(hours, window_lo, window_hi)
-            working_by_hours[hours] = (working, intersect_spans(candidate, working))
-        return working_by_hours[hours]
+        shared = working_by_id.get(id(hours))
+        if shared is None:
+            shared = working_by_hours.get(hours)
+            if shared is None:
+                working = working_spans(hours, window_lo, window_hi)
+                shared = working_by_hours[hours] = (working, intersect_spans(candidate, working))
+            working_by_id[id(hours)] = shared
+        return shared
 
     buffer_before, buffer_after = duration_us(query.buffer_before), duration_us(query.buffer_after)
     schedules = []
@@ -234,18 +249,18 @@ def find_availability(query: AvailabilityQuery) -> AvailabilityResult:
     explanations: tuple[Explanation, ...] = ()
     if query.response_format is ResponseFormat.PERIODS:
         found = maximal_periods([s.free for s in schedules], groups, duration, query.max_results)
-        periods = tuple(Slot(from_us(start), from_us(end), names(members)) for start, end, members in found)
+        periods = _periods(found, names)
     if query.response_format is ResponseFormat.SLOTS or query.explain:
-        grid = StartGrid(query.tz, query.step // _MINUTE, window_lo, window_hi)
-        starts_by_member = [valid_starts(schedule.free, duration) for schedule in schedules]
+        grid = start_grid(query.tz, query.step // _MINUTE, requested, duration)
+        toggles = start_toggles([schedule.free for schedule in schedules], duration)
         if query.response_format is ResponseFormat.SLOTS:
-            segments = satisfied_segments(starts_by_member, groups)
-            slots = tuple(_slots(segments, grid, duration, names, query.max_results))
+            found_starts = slot_starts(satisfied_segments(toggles, groups), grid, query.max_results)
+            slots = _slots(found_starts, query.duration, names)
         if query.explain:
             explanations = tuple(
                 explain_rejections(
-                    chain.from_iterable(grid.starts(lo, hi - duration + 1) for lo, hi in requested),
-                    StartReplay(starts_by_member),
+                    grid,
+                    StartReplay(toggles),
                     schedules,
                     groups,
                     duration_us=duration,
@@ -260,13 +275,7 @@ def find_availability(query: AvailabilityQuery) -> AvailabilityResult:
 
 
 class _MemberNames:
-    """Bitmask → sorted emails, by C-level string and iterator work rather than a loop over bits.
-
-    A slot's member list can be hundreds long, so decoding it bit by bit in Python would cost more
-    than the sweep that found the slot.
-    """
-
-    _AS_FLAGS = bytes.maketrans(b"01", b"\x00\x01")
+    """Bitmask → sorted emails, decoded once per distinct set (consecutive slots often share one)."""
 
     def __init__(self, emails: tuple[str, ...]) -> None:
         self._emails = emails
@@ -275,29 +284,26 @@ class _MemberNames:
     def __call__(self, members: int) -> tuple[str, ...]:
         decoded = self._decoded.get(members)
         if decoded is None:
-            flags = format(members, "b")[::-1].encode().translate(self._AS_FLAGS)
-            decoded = self._decoded[members] = tuple(compress(self._emails, flags))
+            decoded = self._decoded[members] = tuple(compress(self._emails, member_flags(members)))
         return decoded
 
 
-def _slots(
-    segments: Iterable[tuple[int, int, int]],
-    grid: StartGrid,
-    duration: int,
-    names: Callable[[int], tuple[str, ...]],
-    limit: int,
-) -> Iterator[Slot]:
-    emitted = 0
-    candidate: int | None = -1
-    for start, end, members in segments:
-        # Most stretches hold no candidate at all; the cursor skips those without grid arithmetic.
-        if candidate is not None and candidate < start:
-            candidate = grid.next_start(start)
-        while candidate is not None and candidate < end:
-            yield Slot(from_us(candidate), from_us(candidate + duration), names(members))
-            emitted += 1
-            if emitted >= limit:
-                return
-            candidate = grid.next_start(candidate + 1)
-        if candidate is None:
-            return
+def _slots(found: Iterable[tuple[int, int]], duration: timedelta, names: _MemberNames) -> tuple[Slot, ...]:
+    made = []
+    for moment, members in found:
+        start = from_us(moment)
+        made.append(Slot(start, start + duration, names(members)))
+    return tuple(made)
+
+
+def _periods(found: Iterable[tuple[int, int, int]], names: _MemberNames) -> tuple[Slot, ...]:
+    """Periods share instants (several start where one member arrives), so each converts once."""
+    moments: dict[int, datetime] = {}
+    made = []
+    for start, end, members in found:
+        if start not in moments:
+            moments[start] = from_us(start)
+        if end not in moments:
+            moments[end] = from_us(end)
+        made.append(Slot(moments[start], moments[end], names(members)))
+    return tuple(made)

@@ -27,57 +27,61 @@ def maximal_periods(
     """The first ``limit`` pairs as ``(start, end, members bitmask)``, sorted by (start, end).
 
     A pair can only start where some member of S becomes free (else P would extend left), so we
-    visit those instants in order. There, S shrinks as the active members' free spans end, ordered
-    by end: each distinct end e gives the candidate ([start, e), members still free). Left-maximality
+    visit those instants in order. There, S shrinks as the free members' spans end, in order of
+    end: each distinct end e gives the candidate ([start, e), members still free). Left-maximality
     holds while S keeps a member who just became free; S and every later S fail together once a
     group is short, since groups only lose members. Both stop the walk early.
+
+    Free members are kept by distinct end, since colleagues share the end of a working day.
     """
-    origin = min((spans[0][0] for spans in free_by_member if spans), default=None)
-    if origin is None:
-        return []
     shift = len(free_by_member).bit_length()
     low = (1 << shift) - 1
-    bits = [1 << member for member in range(len(free_by_member))]
-    starts: list[int] = []
-    end_of: dict[int, int] = {}
-    for member, spans in enumerate(free_by_member):
-        for start, end in spans:
-            key = ((start - origin) << shift) | member
-            starts.append(key)
-            end_of[key] = ((end - origin) << shift) | member
-    starts.sort()
+    # A span shorter than the duration holds no period, so it can neither start one nor be in S.
+    end_of = {
+        (start << shift) | member: end
+        for member, spans in enumerate(free_by_member)
+        for start, end in spans
+        if end - start >= duration_us
+    }
+    starts = sorted(end_of)
 
     found: list[tuple[int, int, int]] = []
     free_now = 0
-    by_end: list[int] = []  # free members as (end << shift) | member, soonest end first
+    ends: list[int] = []  # distinct ends of the free members' spans, ascending
+    leaving: dict[int, int] = {}  # end → the free members whose span ends there
     k, n_starts = 0, len(starts)
     while k < n_starts:
         moment = starts[k] >> shift
-        # Bisect, then loop over a slice: the keys sort by time first, so every run is contiguous.
-        gone = bisect_right(by_end, (moment << shift) | low)
-        for key in by_end[:gone]:
-            free_now ^= bits[key & low]
-        del by_end[:gone]
+        gone = bisect_right(ends, moment)
+        if gone:
+            for end in ends[:gone]:
+                free_now ^= leaving.pop(end)
+            del ends[:gone]
+        # The keys sort by time first, so everyone arriving now is one contiguous run.
         arrived = bisect_left(starts, (moment + 1) << shift, k)
         newcomers = 0
         for key in starts[k:arrived]:
-            newcomers |= bits[key & low]
-            insort(by_end, end_of[key])
+            bit = 1 << (key & low)
+            newcomers |= bit
+            end = end_of[key]
+            if end in leaving:
+                leaving[end] |= bit
+            else:
+                leaving[end] = bit
+                insort(ends, end)
         k = arrived
         free_now |= newcomers
 
         members = free_now
-        pos = bisect_left(by_end, (moment + duration_us) << shift)
-        for key in by_end[:pos]:  # ends too soon to give a long enough period
-            members ^= bits[key & low]
-        n_free = len(by_end)
-        while pos < n_free and members & newcomers and _satisfies(members, groups):
-            end = by_end[pos] >> shift
-            found.append((moment + origin, end + origin, members))
+        position = bisect_left(ends, moment + duration_us)
+        for end in ends[:position]:  # these end too soon to give a long enough period
+            members ^= leaving[end]
+        n_ends = len(ends)
+        while position < n_ends and members & newcomers and _satisfies(members, groups):
+            end = ends[position]
+            found.append((moment, end, members))
             if len(found) >= limit:
                 return found
-            leaving = bisect_left(by_end, (end + 1) << shift, pos)
-            for key in by_end[pos:leaving]:
-                members ^= bits[key & low]
-            pos = leaving
+            members ^= leaving[end]
+            position += 1
     return found

@@ -6,9 +6,9 @@ second wherever it changes (tz transitions fall on whole seconds).
 
 from __future__ import annotations
 
-from datetime import tzinfo
+from datetime import datetime, tzinfo
 
-from calbroker.domain.intervals import MICROSECOND, from_us
+from calbroker.domain.intervals import MICROSECOND
 
 OffsetSpan = tuple[int, int, int]
 """``(start_us, end_us, offset_us)``: over ``[start, end)`` local wall time is UTC + offset."""
@@ -23,9 +23,13 @@ _PROBE_US = 12 * 60 * MINUTE_US
 
 
 def utc_offset_us(tz: tzinfo, moment_us: int) -> int:
-    """Offset of wall time from UTC at an instant, in microseconds."""
-    offset = from_us(moment_us).astimezone(tz).utcoffset()
-    assert offset is not None  # astimezone into a tzinfo always yields an aware datetime
+    """Offset of wall time from UTC at an instant, in microseconds.
+
+    Asked at the whole second: offsets change on whole seconds, so the answer is the same, and
+    ``fromtimestamp`` with a zone is the cheapest way to it (it runs ninety times per zone per month).
+    """
+    offset = datetime.fromtimestamp(moment_us // SECOND_US, tz).utcoffset()
+    assert offset is not None  # a datetime made with a tzinfo is aware
     return offset // MICROSECOND
 
 
