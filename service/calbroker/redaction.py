@@ -34,6 +34,8 @@ _NOT_SENSITIVE = frozenset({"token_type", "token_source", "key_prefix", "token_e
 
 _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"\bcbk_([a-z2-7]{8})_[A-Za-z0-9_-]{20,}"), r"cbk_\1_" + REDACTED),
+    # Authorize-link tokens travel in URL paths (/connect/cbl_...), so request log lines carry them.
+    (re.compile(r"\bcbl_[A-Za-z0-9_-]{20,}"), "cbl_" + REDACTED),
     (re.compile(r"(?i)\b(bearer|basic|negotiate|ntlm)\s+[A-Za-z0-9._~+/=-]{8,}"), r"\1 " + REDACTED),
     (re.compile(r"\beyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*"), REDACTED),
     (

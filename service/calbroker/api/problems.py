@@ -42,6 +42,7 @@ __all__ = [
     "ProblemBody",
     "embedded_problem",
     "problem_plugin",
+    "problem_response",
     "problem_type",
 ]
 
@@ -152,6 +153,24 @@ CATALOGUE: Mapping[str, Problem] = dict(
             "`check_availability` found busy time overlapping the requested event for at least one "
             "mailbox. `conflicts` lists the overlapping intervals.",
             "Pick another slot (for example from /v1/availability) and try again.",
+        ),
+        _p(
+            "write-in-progress",
+            409,
+            "Another request is writing this event",
+            "A request for the same event_id (or a booking check for the same mailboxes) is still in "
+            "progress, or died within its deadline and holds its lease until then.",
+            "Retry after the number of seconds in the `Retry-After` header; the retry finishes (or heals) the write.",
+        ),
+        _p(
+            "teams-unavailable",
+            422,
+            "Teams meetings are not available for this organizer",
+            "The organizer's mailbox is on Exchange on-premises (EWS), which cannot create Teams meetings, and "
+            "no Microsoft Graph connection of your application for the same domain can create them.",
+            "Have the tenant admin add a Microsoft Graph connection for the domain whose app has the "
+            "OnlineMeetings.ReadWrite.All application permission and a Teams application access policy, or "
+            "book the event without `teams_meeting`.",
         ),
         _p(
             "mailbox-error",
@@ -342,6 +361,10 @@ def _from_domain(exc: errors.CalbrokerError) -> ProblemDetailsException:
                 }
                 for c in exc.conflicts
             ]
+        case errors.WriteInProgress():
+            headers = {"Retry-After": str(max(1, round(exc.retry_after)))}
+        case errors.TeamsUnavailable():
+            extra["mailbox"] = exc.mailbox
         case errors.UpstreamThrottled() if exc.retry_after is not None:
             headers = {"Retry-After": str(max(1, round(exc.retry_after)))}
         case errors.MailboxError():
@@ -443,6 +466,11 @@ def problem_plugin() -> ProblemDetailsPlugin:
         Exception: _from_unexpected,
     }
     return ProblemDetailsPlugin(ProblemDetailsConfig(exception_to_problem_detail_map=mapping))
+
+
+def problem_response(description: str, slug: str, detail: str) -> ResponseSpec:
+    """The OpenAPI response of one catalogued problem, with an example, for a handler's `responses`."""
+    return _spec(description, slug, detail)
 
 
 def _spec(description: str, slug: str, detail: str, errors: list[dict[str, str]] | None = None) -> ResponseSpec:

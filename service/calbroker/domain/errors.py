@@ -6,7 +6,9 @@
     ├── Unauthenticated                no API key, or a malformed, unknown or revoked one
     ├── NotFound                       a resource of ours does not exist (or is not yours)
     ├── Conflict
-    │   └── SlotUnavailable            a booking would overlap busy time (carries the conflicts)
+    │   ├── SlotUnavailable            a booking would overlap busy time (carries the conflicts)
+    │   └── WriteInProgress            another request is writing the same event or mailboxes
+    ├── TeamsUnavailable               Teams asked for where no Graph connection can create it
     ├── AccessDenied                   the caller may not do this
     │   └── AccessLevelInsufficient    the connection's access level forbids the operation
     ├── MailboxError                   one mailbox cannot be used (never fails the others)
@@ -104,6 +106,26 @@ class SlotUnavailable(Conflict):
     def __init__(self, detail: str, conflicts: Sequence[ConflictingInterval]) -> None:
         super().__init__(detail)
         self.conflicts = tuple(conflicts)
+
+
+class WriteInProgress(Conflict):
+    """Another request holds the event (or the mailboxes' booking lock); retrying shortly works."""
+
+    slug = "write-in-progress"
+
+    def __init__(self, detail: str, *, retry_after: float = 1.0) -> None:
+        super().__init__(detail)
+        self.retry_after = retry_after
+
+
+class TeamsUnavailable(CalbrokerError):
+    """A Teams meeting was requested for a mailbox whose tenant gives calbroker no way to create one."""
+
+    slug = "teams-unavailable"
+
+    def __init__(self, detail: str, *, mailbox: str) -> None:
+        super().__init__(detail)
+        self.mailbox = mailbox
 
 
 class AccessDenied(CalbrokerError):

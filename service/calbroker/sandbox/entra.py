@@ -48,6 +48,13 @@ GRAPH_RESOURCE = "https://graph.microsoft.com"
 GRAPH_APP_ID = "00000003-0000-0000-c000-000000000000"
 JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 RESERVED_SCOPES = frozenset({"openid", "profile", "offline_access", "email"})
+# Directory-role template ids, as `wids` carries them
+# (https://learn.microsoft.com/entra/identity/role-based-access-control/permissions-reference).
+# Every member holds the default User role; Microsoft's own examples show it next to an admin role
+# ("HTTP 403 authorization error when calling the Microsoft Graph Security API", learn.microsoft.com
+# troubleshoot/entra) [unverified: that a role-less member's token lists it].
+USER_ROLE_ID = "b79fbf4d-3ef9-4689-8143-76b194e85509"
+GLOBAL_ADMINISTRATOR_ROLE_ID = "62e90394-69f5-4237-9190-012177145e10"
 _GUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", re.IGNORECASE)
 _GENERIC = ("common", "organizations")
 
@@ -134,6 +141,41 @@ class EntraAuthority:
             claims["roles"] = sorted(principal.app_roles)
         return self._sign(claims)
 
+    def id_token(self, tenant: Tenant, app: AppRegistration, user: Mailbox, nonce: str | None) -> str:
+        """A v2.0 ID token, with the claims of
+        https://learn.microsoft.com/entra/identity-platform/id-token-claims-reference : `iss` is the
+        tenant's issuer (`{authority}/{tid}/v2.0`, as the tenant's OpenID configuration says), `aud`
+        the client id, `tid` the tenant signed in to, `nonce` echoed unmodified from the authorize
+        request (https://learn.microsoft.com/entra/identity-platform/v2-protocols-oidc).
+
+        `wids` lists the user's directory roles. Entra emits it when the app registration asks for
+        directory roles (`groupMembershipClaims` `DirectoryRole` or `All`:
+        https://learn.microsoft.com/entra/identity/hybrid/connect/how-to-connect-fed-group-claims);
+        the sandbox's apps all behave as if they did. A tenant's admin (`is_admin`, the tenant's
+        `admin_email`) is a Global Administrator.
+        """
+        now = int(self.state.clock().timestamp())
+        roles = [GLOBAL_ADMINISTRATOR_ROLE_ID, USER_ROLE_ID] if user.is_admin else [USER_ROLE_ID]
+        claims: dict[str, Any] = {
+            "aud": app.client_id,
+            "iss": f"{self.state.base_url}/{tenant.id}/v2.0",
+            "iat": now,
+            "nbf": now,
+            "exp": now + self.state.settings.token_lifetime_s,
+            "name": user.display_name,
+            "oid": user.id,
+            "preferred_username": user.user_principal_name,
+            "email": user.email,
+            "sub": hashlib.sha256(f"{user.id}|{app.client_id}".encode()).hexdigest()[:43],
+            "tid": tenant.id,
+            "uti": b64url_encode(secrets.token_bytes(16)),
+            "ver": "2.0",
+            "wids": roles,
+        }
+        if nonce:
+            claims["nonce"] = nonce
+        return self._sign(claims)
+
     def user_tokens(
         self, tenant: Tenant, app: AppRegistration, user: Mailbox, scopes: tuple[str, ...], nonce: str | None
     ) -> dict[str, Any]:
@@ -176,23 +218,7 @@ class EntraAuthority:
             "client_info": b64url_encode(f'{{"uid":"{user.id}","utid":"{tenant.id}"}}'.encode()),
         }
         if "openid" in scopes:
-            body["id_token"] = self._sign(
-                {
-                    "aud": app.client_id,
-                    "iss": f"{self.state.base_url}/{tenant.id}/v2.0",
-                    "iat": now,
-                    "nbf": now,
-                    "exp": now + lifetime,
-                    "name": user.display_name,
-                    "oid": user.id,
-                    "preferred_username": user.user_principal_name,
-                    "email": user.email,
-                    "sub": hashlib.sha256(f"{user.id}|{app.client_id}".encode()).hexdigest()[:43],
-                    "tid": tenant.id,
-                    "ver": "2.0",
-                    **({"nonce": nonce} if nonce else {}),
-                }
-            )
+            body["id_token"] = self.id_token(tenant, app, user, nonce)
         if "offline_access" in scopes:
             refresh = "0.A" + secrets.token_urlsafe(48)
             expires = self.state.clock() + timedelta(seconds=self.state.settings.refresh_token_lifetime_s)

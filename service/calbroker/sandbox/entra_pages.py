@@ -122,11 +122,13 @@ async def _consent(state: SandboxState, request: web.Request) -> web.StreamRespo
             else f"<p>Organization: <strong>{html.escape(tenant.display_name)}</strong> ({tenant.default_domain})</p>"
         )
         permissions = "".join(f"<li>{html.escape(p)} (application)</li>" for p in sorted(app.application_permissions))
+        # The tenant chooser is a control of the form, so the browser posts the admin's choice.
         body = (
             f"<h1>Permissions requested</h1><p><strong>{html.escape(app.display_name)}</strong> "
-            f"(client id {app.client_id}) needs permission to:</p><ul>{permissions}</ul>{chooser}"
+            f"(client id {app.client_id}) needs permission to:</p><ul>{permissions}</ul>"
+            f'<form method="post">{chooser}'
             "<p>Accepting grants these permissions for your entire organization.</p>"
-            f'<form method="post">{_hidden({k: v for k, v in params.items() if k != "tenant"})}'
+            f"{_hidden({k: v for k, v in params.items() if k != 'tenant'})}"
             '<button type="submit" name="action" value="accept">Accept</button>'
             '<button type="submit" name="action" value="cancel">Cancel</button></form>'
         )

@@ -1,0 +1,413 @@
+"""Authorize links and the connections they create: `/v1/connect_links`, `/v1/connections[...]`.
+
+An application sees only its own connections: every lookup is by (application, id), so another
+application's id is simply not found (404), never forbidden (which would confirm it exists).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any
+from urllib.parse import urlsplit
+
+import msgspec
+from litestar import delete, get, post
+from litestar.di import NamedDependency
+from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
+
+from calbroker.api.auth import Caller
+from calbroker.api.problems import V1_PROBLEMS, embedded_problem, problem_response
+from calbroker.api.services import Services
+from calbroker.api.wire import Body, Response
+from calbroker.config import Settings
+from calbroker.domain.connections import (
+    AccessLevel,
+    Connection,
+    ConnectionKind,
+    ConnectionMethod,
+    ConnectionStatus,
+    normalize_email,
+)
+from calbroker.domain.errors import CalbrokerError, Conflict, InvalidRequest, UpstreamThrottled
+from calbroker.domain.secret_expiry import secret_warning
+from calbroker.providers.protocol import Deadline
+from calbroker.store.connect_links import create_link
+from calbroker.store.connection_checks import test_mailbox_of
+from calbroker.store.connections import delete_connection, get_connection, list_connections, mark_connection_health
+
+__all__ = [
+    "connection_rooms",
+    "create_connect_link",
+    "get_connection_by_id",
+    "list_application_connections",
+    "offered_methods",
+    "revoke_connection",
+    "verify_connection",
+]
+
+DEFAULT_LINK_LIFETIME = timedelta(days=7)
+_OPERATOR_METHODS = (ConnectionMethod.GRAPH_CONSENT, ConnectionMethod.GRAPH_DELEGATED)
+_ALL_METHODS = (
+    ConnectionMethod.GRAPH_CONSENT,
+    ConnectionMethod.GRAPH_APP,
+    ConnectionMethod.EWS,
+    ConnectionMethod.GRAPH_DELEGATED,
+)
+
+
+# --- wire -----------------------------------------------------------------------------------------
+
+
+class ConnectLinkRequest(Body):
+    redirect_url: Annotated[
+        str,
+        msgspec.Meta(
+            max_length=2000,
+            description="Your page the admin returns to, with `connection_id` and `state` added to its query.",
+        ),
+    ]
+    state: Annotated[str, msgspec.Meta(max_length=1024, description="Echoed back on the redirect.")] | None = None
+    methods: (
+        Annotated[
+            list[ConnectionMethod],
+            msgspec.Meta(min_length=1, description="Methods offered; default: every method this server supports."),
+        ]
+        | None
+    ) = None
+    access_level: AccessLevel | None = None
+    expires_in: (
+        Annotated[
+            int, msgspec.Meta(ge=300, le=30 * 86400, description="Seconds until the link expires; default 7 days.")
+        ]
+        | None
+    ) = None
+
+
+class ConnectLinkOut(Response):
+    id: uuid.UUID
+    url: str
+    """Send this to the tenant admin; it works once and is shown only here."""
+    expires_at: datetime
+    methods: list[ConnectionMethod]
+
+
+class WarningOut(Response):
+    code: str
+    message: str
+
+
+class ConnectionOut(Response):
+    id: uuid.UUID
+    kind: ConnectionKind
+    method: ConnectionMethod
+    access_level: AccessLevel
+    display_name: str
+    domains: list[str]
+    allowed_mailboxes: list[str]
+    status: ConnectionStatus
+    warnings: list[WarningOut]
+    cloud: str
+    tenant_id: str | None = None
+    endpoint: str | None = None
+    last_error: str | None = None
+    last_verified_at: datetime | None = None
+    created_at: datetime | None = None
+    secret_expires_at: datetime | None = None
+
+
+class ConnectionList(Response):
+    connections: list[ConnectionOut]
+    next_cursor: str | None = None
+
+
+class VerificationOut(Response):
+    verified: bool
+    connection: ConnectionOut
+    error: dict[str, Any] | None = None
+
+
+class RoomOut(Response):
+    email: str
+    name: str
+    capacity: int | None = None
+    building: str | None = None
+    room_list: str | None = None
+
+
+class RoomList(Response):
+    rooms: list[RoomOut]
+
+
+def connection_out(connection: Connection, now: datetime | None = None) -> ConnectionOut:
+    warning = secret_warning(connection.secret_expires_at, now or datetime.now(UTC))
+    return ConnectionOut(
+        id=connection.id,
+        kind=connection.kind,
+        method=connection.method,
+        access_level=connection.access_level,
+        display_name=connection.display_name,
+        domains=list(connection.domains),
+        allowed_mailboxes=list(connection.allowed_mailboxes),
+        status=connection.status,
+        warnings=[WarningOut(warning.code, warning.message)] if warning else [],
+        cloud=connection.cloud,
+        tenant_id=connection.tenant_id,
+        endpoint=connection.endpoint,
+        last_error=connection.last_error,
+        last_verified_at=connection.last_verified_at,
+        created_at=connection.created_at,
+        secret_expires_at=connection.secret_expires_at,
+    )
+
+
+# --- validation -------------------------------------------------------------------------------------
+
+
+def offered_methods(settings: Settings, requested: list[ConnectionMethod] | None) -> list[ConnectionMethod]:
+    """The methods a link offers: those asked for, each one this server can actually run."""
+    if requested is None:
+        return [m for m in _ALL_METHODS if settings.operator_app is not None or m not in _OPERATOR_METHODS]
+    methods = list(dict.fromkeys(requested))
+    for position, method in enumerate(methods):
+        if method in _OPERATOR_METHODS and settings.operator_app is None:
+            raise InvalidRequest.field(
+                f"methods[{position}]",
+                f"{method.value} goes through the operator's multi-tenant Entra app, which this server does not "
+                "have (CALBROKER_GRAPH_CLIENT_ID); offer graph_app or ews instead",
+            )
+    return methods
+
+
+def redirect_target(raw: str, settings: Settings) -> str:
+    """The application's own return URL: absolute https (http only where the operator allows it).
+
+    No DNS or private-address check: calbroker never fetches it, the admin's browser goes there.
+    """
+    url = raw.strip()
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme not in ("https", "http") or not parts.hostname:
+        raise InvalidRequest.field("redirect_url", "must be an absolute https:// URL of your application")
+    if scheme == "http" and not settings.allow_http_upstreams:
+        raise InvalidRequest.field("redirect_url", "must use https (this server does not allow plain http)")
+    if parts.username or parts.password:
+        raise InvalidRequest.field("redirect_url", "must not contain a user name or password")
+    if parts.fragment:
+        raise InvalidRequest.field(
+            "redirect_url", "must not have a #fragment (connection_id and state go in the query)"
+        )
+    if any(ord(ch) < 0x21 for ch in url):
+        raise InvalidRequest.field("redirect_url", "must not contain spaces or control characters")
+    return url
+
+
+def _link_url(settings: Settings, token: str) -> str:
+    return f"{settings.public_url.rstrip('/')}/connect/{token}"
+
+
+def _cursor(connection: Connection) -> str:
+    created = connection.created_at.isoformat() if connection.created_at else ""
+    return base64.urlsafe_b64encode(f"{created}|{connection.id}".encode()).decode().rstrip("=")
+
+
+def _after_cursor(connections: list[Connection], cursor: str) -> list[Connection]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        _created, _sep, ident = raw.partition("|")
+        last = uuid.UUID(ident)
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raise InvalidRequest.field("cursor", "is not a cursor this API returned") from None
+    ids = [c.id for c in connections]
+    if last not in ids:
+        raise InvalidRequest.field("cursor", "is not a cursor this API returned (or its connection was deleted)")
+    return connections[ids.index(last) + 1 :]
+
+
+async def _own_connection(services: Services, caller: Caller, connection_id: uuid.UUID) -> Connection:
+    async with services.pool.acquire() as conn:
+        return await get_connection(conn, caller.application.id, connection_id)
+
+
+def _live(connection: Connection) -> Connection:
+    if connection.status is ConnectionStatus.REVOKED:
+        raise Conflict(
+            f"Connection {connection.id} was revoked; its credentials are gone. Create a new authorize link."
+        )
+    return connection
+
+
+_NOT_FOUND = problem_response(
+    "No connection with this id belongs to your application (`/problems/not-found`)",
+    "not-found",
+    "no connection 6f1c2a9e-3d4b-4e8f-9a7c-2b1d0e5f4a3c",
+)
+_REVOKED = problem_response(
+    "The connection was revoked (`/problems/conflict`)",
+    "conflict",
+    "Connection 6f1c2a9e-3d4b-4e8f-9a7c-2b1d0e5f4a3c was revoked; its credentials are gone.",
+)
+_ONE = {**V1_PROBLEMS, 404: _NOT_FOUND}
+_LIVE_ONE = {**_ONE, 409: _REVOKED}
+
+
+# --- handlers ---------------------------------------------------------------------------------------
+
+
+@post(
+    "/connect_links",
+    status_code=201,
+    tags=["connections"],
+    summary="Create a single-use authorize link for a tenant admin",
+    responses=dict(V1_PROBLEMS),
+)
+async def create_connect_link(
+    data: JSONBody[ConnectLinkRequest], caller: NamedDependency[Caller], services: NamedDependency[Services]
+) -> ConnectLinkOut:
+    """The admin opens `url`, picks how to connect, and is sent back to `redirect_url` with `connection_id`."""
+    settings = services.settings
+    redirect_url = redirect_target(data.redirect_url, settings)
+    methods = offered_methods(settings, data.methods)
+    lifetime = timedelta(seconds=data.expires_in) if data.expires_in else DEFAULT_LINK_LIFETIME
+    async with services.pool.acquire() as conn:
+        issued = await create_link(
+            conn,
+            application_id=caller.application.id,
+            redirect_url=redirect_url,
+            state=data.state,
+            methods=methods,
+            access_level=data.access_level,
+            expires_in=lifetime,
+            actor=f"key:{caller.key.prefix}",
+        )
+    return ConnectLinkOut(
+        id=issued.link.id, url=_link_url(settings, issued.token), expires_at=issued.link.expires_at, methods=methods
+    )
+
+
+@get(
+    "/connections",
+    tags=["connections"],
+    summary="Connections of this application",
+    responses=dict(V1_PROBLEMS),
+)
+async def list_application_connections(
+    caller: NamedDependency[Caller],
+    services: NamedDependency[Services],
+    limit: Annotated[int, QueryParameter(ge=1, le=200, description="Page size")] = 50,
+    cursor: FromQuery[str | None] = None,
+) -> ConnectionList:
+    """Oldest first; pass `next_cursor` back as `cursor` for the next page. Revoked ones are not listed."""
+    async with services.pool.acquire() as conn:
+        connections = await list_connections(conn, caller.application.id)
+    if cursor:
+        connections = _after_cursor(connections, cursor)
+    page = connections[:limit]
+    now = datetime.now(UTC)
+    return ConnectionList(
+        connections=[connection_out(c, now) for c in page],
+        next_cursor=_cursor(page[-1]) if len(connections) > limit else None,
+    )
+
+
+@get(
+    "/connections/{connection_id:uuid}",
+    tags=["connections"],
+    summary="One connection: status, last error, secret expiry warnings",
+    responses=dict(_ONE),
+)
+async def get_connection_by_id(
+    connection_id: FromPath[uuid.UUID], caller: NamedDependency[Caller], services: NamedDependency[Services]
+) -> ConnectionOut:
+    return connection_out(await _own_connection(services, caller, connection_id))
+
+
+@delete(
+    "/connections/{connection_id:uuid}",
+    status_code=204,
+    tags=["connections"],
+    summary="Revoke a connection and wipe its credentials",
+    responses=dict(_ONE),
+)
+async def revoke_connection(
+    connection_id: FromPath[uuid.UUID], caller: NamedDependency[Caller], services: NamedDependency[Services]
+) -> None:
+    """Repeating it answers 204 again; the row stays (events refer to it) without credentials."""
+    async with services.pool.acquire() as conn:
+        connection = await get_connection(conn, caller.application.id, connection_id)
+        if connection.status is not ConnectionStatus.REVOKED:
+            await delete_connection(conn, connection, actor=f"key:{caller.key.prefix}")
+    await services.providers.forget(connection)
+
+
+@post(
+    "/connections/{connection_id:uuid}/verify",
+    status_code=200,
+    tags=["connections"],
+    summary="Check the connection against Microsoft now",
+    responses=dict(_LIVE_ONE),
+)
+async def verify_connection(
+    connection_id: FromPath[uuid.UUID],
+    caller: NamedDependency[Caller],
+    services: NamedDependency[Services],
+    deadline: NamedDependency[Deadline],
+    test_mailbox: FromQuery[str | None] = None,
+) -> VerificationOut:
+    """Reads the test mailbox given at connect time (or `test_mailbox`) with fresh tokens.
+
+    The outcome updates `status` and `last_error` like a health check; a failure is reported in
+    `error` with `verified: false` (HTTP 200: the check itself ran).
+    """
+    connection = _live(await _own_connection(services, caller, connection_id))
+    async with services.pool.acquire() as conn:
+        mailbox = test_mailbox or await test_mailbox_of(conn, connection.id)
+    if not mailbox and connection.allowed_mailboxes:
+        mailbox = connection.allowed_mailboxes[0]
+    if not mailbox:
+        raise InvalidRequest.field("test_mailbox", "no test mailbox is known for this connection; pass one")
+    mailbox = normalize_email(mailbox, field_name="test_mailbox")
+    await services.providers.forget(connection)  # fresh tokens: this is the "check it now" button
+    error: CalbrokerError | None = None
+    try:
+        provider = await services.schedules.provider(connection)
+        await provider.verify(mailbox, deadline)
+    except UpstreamThrottled:
+        raise
+    except CalbrokerError as exc:
+        error = exc
+        await services.providers.forget(connection)
+    async with services.pool.acquire() as conn:
+        await mark_connection_health(conn, connection.id, error=error.detail if error else None)
+        updated = await get_connection(conn, caller.application.id, connection.id)
+    return VerificationOut(
+        verified=error is None,
+        connection=connection_out(updated),
+        error=embedded_problem(error) if error else None,
+    )
+
+
+@get(
+    "/connections/{connection_id:uuid}/rooms",
+    tags=["connections"],
+    summary="Room and resource mailboxes of the connection's tenant",
+    responses=dict(_LIVE_ONE),
+)
+async def connection_rooms(
+    connection_id: FromPath[uuid.UUID],
+    caller: NamedDependency[Caller],
+    services: NamedDependency[Services],
+    deadline: NamedDependency[Deadline],
+) -> RoomList:
+    """Graph places (needs Place.Read.All) or EWS room lists; book them as attendees of type `resource`."""
+    connection = _live(await _own_connection(services, caller, connection_id))
+    provider = await services.schedules.provider(connection)
+    rooms = await provider.list_rooms(deadline)
+    return RoomList(
+        rooms=[
+            RoomOut(email=r.email, name=r.name, capacity=r.capacity, building=r.building, room_list=r.room_list)
+            for r in rooms
+        ]
+    )

@@ -1,0 +1,211 @@
+"""Connection health: re-verify every connection on a schedule so a broken one says so.
+
+A connection whose secret expired or whose consent was withdrawn would otherwise make
+availability go quietly empty; here it turns `degraded` with the reason in `last_error`
+(and back to `active` once it works again), and a secret nearing its expiry date is announced
+once per threshold (30 and 7 days) in the audit log as `connection.expiring`.
+
+Until a worker process exists the API runs this in its lifespan (`health_checker`); claims go
+through PostgreSQL (`SKIP LOCKED`), so any number of replicas can run it side by side.
+`check_due_connections` is the burst mode tests call: one round, then return.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+
+from calbroker.config import Settings
+from calbroker.domain.connections import Connection, ConnectionStatus, Credentials
+from calbroker.domain.errors import CalbrokerError, NotFound, UpstreamThrottled
+from calbroker.domain.secret_expiry import secret_warning
+from calbroker.logs import get_logger
+from calbroker.providers.protocol import Deadline
+from calbroker.providers.registry import ProviderRegistry
+from calbroker.store.audit import record_audit
+from calbroker.store.connection_checks import DueCheck, claim_due_checks, record_check, record_expiry_warning
+from calbroker.store.connections import get_connection, load_credentials, mark_connection_health
+from calbroker.store.keyring import Keyring, KeyringError
+
+__all__ = ["HealthDeps", "HealthRound", "check_due_connections", "health_checker"]
+
+log = get_logger(__name__)
+
+_ACTOR = "health-check"
+_BATCH = 50
+_CONCURRENCY = 8
+_LONGEST_NAP_S = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class HealthDeps:
+    """What the checker needs, opened and closed by whoever runs it (the app lifespan today)."""
+
+    settings: Settings
+    pool: asyncpg.Pool
+    keyring: Keyring
+    registry: ProviderRegistry
+
+
+@dataclass(frozen=True, slots=True)
+class HealthRound:
+    """What one round did, for the log line and for tests."""
+
+    checked: int = 0
+    healthy: int = 0
+    degraded: int = 0
+    warned: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class _Outcome:
+    checked: bool
+    healthy: bool
+    warned: bool
+
+
+async def check_due_connections(deps: HealthDeps, *, every: timedelta | None = None) -> HealthRound:
+    """Check every connection that is due (claimed across replicas), then return."""
+    interval = every or timedelta(seconds=deps.settings.health_check_interval_s or 300)
+    async with deps.pool.acquire() as conn:
+        due = await claim_due_checks(conn, limit=_BATCH, every=interval)
+    if not due:
+        return HealthRound()
+    limit = asyncio.Semaphore(_CONCURRENCY)
+
+    async def bounded(check: DueCheck) -> _Outcome:
+        async with limit:
+            return await _check(deps, check)
+
+    async with asyncio.TaskGroup() as group:
+        tasks = [group.create_task(bounded(check)) for check in due]
+    outcomes = [task.result() for task in tasks]
+    checked = [o for o in outcomes if o.checked]
+    result = HealthRound(
+        checked=len(checked),
+        healthy=sum(o.healthy for o in checked),
+        degraded=sum(not o.healthy for o in checked),
+        warned=sum(o.warned for o in outcomes),
+    )
+    log.info(
+        "health.round",
+        checked=result.checked,
+        healthy=result.healthy,
+        degraded=result.degraded,
+        warned=result.warned,
+    )
+    return result
+
+
+async def _verify(deps: HealthDeps, connection: Connection, mailbox: str) -> str | None:
+    """None when the connection works, else the admin-readable reason it does not."""
+
+    async def credentials() -> Credentials:
+        async with deps.pool.acquire() as conn:
+            return await load_credentials(conn, deps.keyring, connection)
+
+    try:
+        provider = await deps.registry.provider_for(connection, credentials)
+        await provider.verify(mailbox, Deadline.after(deps.settings.upstream_deadline_s))
+    except UpstreamThrottled:
+        raise
+    except CalbrokerError as exc:
+        # The next check starts from a fresh token client: msal remembers refusals for a while.
+        await deps.registry.forget(connection)
+        return exc.detail
+    except KeyringError:
+        return "The stored credentials cannot be decrypted on this server (a master key is missing)."
+    return None
+
+
+async def _check(deps: HealthDeps, check: DueCheck) -> _Outcome:
+    async with deps.pool.acquire() as conn:
+        try:
+            connection = await get_connection(conn, check.application_id, check.connection_id)
+        except NotFound:
+            return _Outcome(checked=False, healthy=True, warned=False)
+    try:
+        error = await _verify(deps, connection, check.test_mailbox)
+    except UpstreamThrottled:
+        log.info("health.throttled", connection_id=str(connection.id))  # busy, not broken: next round
+        return _Outcome(checked=False, healthy=True, warned=False)
+    warning = secret_warning(connection.secret_expires_at, datetime.now(UTC))
+    announce = warning is not None and (
+        check.expiry_warned_days is None or warning.threshold_days < check.expiry_warned_days
+    )
+    async with deps.pool.acquire() as conn, conn.transaction():
+        await mark_connection_health(conn, connection.id, error=error)
+        await record_check(conn, connection.id)
+        if error is not None and connection.status is ConnectionStatus.ACTIVE:
+            await record_audit(
+                conn,
+                actor=_ACTOR,
+                action="connection.degraded",
+                application_id=connection.application_id,
+                target=str(connection.id),
+                details={"error": error},
+            )
+        elif error is None and connection.status is ConnectionStatus.DEGRADED:
+            await record_audit(
+                conn,
+                actor=_ACTOR,
+                action="connection.recovered",
+                application_id=connection.application_id,
+                target=str(connection.id),
+            )
+        if announce and warning is not None:
+            await record_audit(
+                conn,
+                actor=_ACTOR,
+                action="connection.expiring",
+                application_id=connection.application_id,
+                target=str(connection.id),
+                details={
+                    "code": warning.code,
+                    "threshold_days": warning.threshold_days,
+                    "secret_expires_at": connection.secret_expires_at.isoformat()
+                    if connection.secret_expires_at
+                    else None,
+                },
+            )
+            await record_expiry_warning(conn, connection.id, warning.threshold_days)
+    if error is not None:
+        log.warning("health.degraded", connection_id=str(connection.id), error=error)
+    return _Outcome(checked=True, healthy=error is None, warned=announce)
+
+
+async def _run_forever(deps: HealthDeps, interval_s: float) -> None:
+    nap = min(interval_s, _LONGEST_NAP_S)
+    while True:
+        try:
+            await check_due_connections(deps, every=timedelta(seconds=interval_s))
+        except (OSError, asyncpg.PostgresError) as exc:
+            # The database or network blinked; the next round retries. Anything else is a bug
+            # and ends the task loudly (its exception is logged when the lifespan closes).
+            log.warning("health.round_failed", error=f"{type(exc).__name__}: {exc}")
+        await asyncio.sleep(nap)
+
+
+@contextlib.asynccontextmanager
+async def health_checker(deps: HealthDeps) -> AsyncIterator[None]:
+    """Run the periodic checker for the duration of the block (nothing if it is switched off)."""
+    interval = deps.settings.health_check_interval_s
+    if not interval:
+        yield
+        return
+    task = asyncio.create_task(_run_forever(deps, interval), name="calbroker-health-checks")
+    try:
+        yield
+    finally:
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            pass
+        except Exception as exc:  # shutting down: report the bug that stopped the checker
+            log.error("health.stopped", exc_info=exc)

@@ -1,0 +1,242 @@
+"""`/v1/connections`: list, read, verify, rooms and revoke, against the sandbox and the real database."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+import pytest
+from litestar.testing import AsyncTestClient
+
+from calbroker.api.onboarding import ConnectionDraft, verify_and_save
+from calbroker.api.services import Services
+from calbroker.app import create_app, open_services
+from calbroker.config import Settings
+from calbroker.domain.connections import (
+    AccessLevel,
+    Connection,
+    ConnectionMethod,
+    EwsServiceAccount,
+    GraphAdminConsent,
+    GraphClientSecret,
+)
+from calbroker.sandbox import SandboxThread
+from calbroker.store.applications import IssuedKey
+from tests.fixtures.connect import connect_settings, operator_of
+from tests.fixtures.sandbox import SandboxControl
+
+PUBLIC = "http://testserver.local"
+MakeApplication = Callable[[str], Awaitable[IssuedKey]]
+
+
+@pytest.fixture(scope="module")
+def sandbox_settings(settings: Settings, sandbox: SandboxThread) -> Settings:
+    return connect_settings(settings, sandbox, public_url=PUBLIC)
+
+
+@pytest.fixture(scope="module")
+async def web(sandbox_settings: Settings) -> AsyncIterator[AsyncTestClient]:  # type: ignore[type-arg]
+    async with AsyncTestClient(app=create_app(sandbox_settings), base_url=PUBLIC) as test_client:
+        yield test_client
+
+
+@pytest.fixture(scope="module")
+async def services(sandbox_settings: Settings) -> AsyncIterator[Services]:
+    """The test's own resources (the app's live on the test client's event loop) on the same database."""
+    async with open_services(sandbox_settings, pool_size=2) as opened:
+        yield opened
+
+
+def auth(key: IssuedKey) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key.token}"}
+
+
+async def save(services: Services, draft: ConnectionDraft) -> Connection:
+    return await verify_and_save(
+        draft,
+        settings=services.settings,
+        pool=services.pool,
+        keyring=services.keyring,
+        registry=services.providers,
+        actor="test",
+    )
+
+
+async def contoso_graph(
+    services: Services,
+    sandbox: SandboxThread,
+    application_id: uuid.UUID,
+    *,
+    expires_in: timedelta = timedelta(days=365),
+) -> Connection:
+    contoso = sandbox.directory.tenants["contoso"]
+    app = next(a for a in sandbox.directory.apps.values() if a.key == "contoso-secret")
+    return await save(
+        services,
+        ConnectionDraft(
+            application_id=application_id,
+            method=ConnectionMethod.GRAPH_APP,
+            access_level=AccessLevel.FULL,
+            credentials=GraphClientSecret(contoso.id, app.client_id, app.secrets[0].value),
+            domains=["contoso.com"],
+            test_mailbox="adele.vance@contoso.com",
+            cloud="sandbox",
+            tenant_id=contoso.id,
+            secret_expires_at=datetime.now(UTC) + expires_in,
+        ),
+    )
+
+
+async def fabrikam_ews(services: Services, sandbox: SandboxThread, application_id: uuid.UUID) -> Connection:
+    account = sandbox.directory.tenants["fabrikam"].service_accounts["svc-full"]
+    return await save(
+        services,
+        ConnectionDraft(
+            application_id=application_id,
+            method=ConnectionMethod.EWS,
+            access_level=AccessLevel.FULL,
+            credentials=EwsServiceAccount(sandbox.ews_url, account.username, account.password, "basic"),
+            domains=["fabrikam.com"],
+            test_mailbox="anna.schmidt@fabrikam.com",
+            cloud="sandbox",
+        ),
+    )
+
+
+async def test_list_and_read_connections_with_expiry_warnings(
+    web: AsyncTestClient,  # type: ignore[type-arg]
+    services: Services,
+    sandbox: SandboxThread,
+    make_application: MakeApplication,
+) -> None:
+    key = await make_application("lister")
+    soon = await contoso_graph(services, sandbox, key.application.id, expires_in=timedelta(days=20))
+    very_soon = await contoso_graph(services, sandbox, key.application.id, expires_in=timedelta(days=3))
+    ews = await fabrikam_ews(services, sandbox, key.application.id)
+
+    first = await web.get("/v1/connections?limit=2", headers=auth(key))
+    assert first.status_code == 200, first.text
+    page = first.json()
+    assert [c["id"] for c in page["connections"]] == [str(soon.id), str(very_soon.id)]
+    rest = (await web.get(f"/v1/connections?limit=2&cursor={page['next_cursor']}", headers=auth(key))).json()
+    assert [c["id"] for c in rest["connections"]] == [str(ews.id)]
+    assert "next_cursor" not in rest
+
+    by_id = {c["id"]: c for c in page["connections"] + rest["connections"]}
+    assert [w["code"] for w in by_id[str(soon.id)]["warnings"]] == ["secret_expiring"]
+    assert [w["code"] for w in by_id[str(very_soon.id)]["warnings"]] == ["secret_expiring_soon"]
+    assert by_id[str(ews.id)]["warnings"] == []
+    assert by_id[str(ews.id)]["endpoint"] == sandbox.ews_url
+    one = (await web.get(f"/v1/connections/{soon.id}", headers=auth(key))).json()
+    assert one == by_id[str(soon.id)]
+    assert set(one) >= {"id", "kind", "method", "access_level", "domains", "status", "secret_expires_at", "warnings"}
+    bad = await web.get("/v1/connections?cursor=nonsense", headers=auth(key))
+    assert bad.status_code == 422
+
+
+async def test_unknown_connection_is_404(web: AsyncTestClient, make_application: MakeApplication) -> None:  # type: ignore[type-arg]
+    key = await make_application("nobody")
+    response = await web.get(f"/v1/connections/{uuid.uuid4()}", headers=auth(key))
+    assert response.status_code == 404
+    assert response.json()["type"] == "/problems/not-found"
+
+
+async def test_verify_marks_degraded_then_active_again(
+    web: AsyncTestClient,  # type: ignore[type-arg]
+    services: Services,
+    sandbox: SandboxThread,
+    sandbox_control: SandboxControl,
+    make_application: MakeApplication,
+) -> None:
+    key = await make_application("verifier")
+    operator = operator_of(sandbox)
+    contoso = sandbox.directory.tenants["contoso"]
+    sandbox_control.post(f"/_sandbox/tenants/contoso/consent/{operator.client_id}")
+    try:
+        connection = await save(
+            services,
+            ConnectionDraft(
+                application_id=key.application.id,
+                method=ConnectionMethod.GRAPH_CONSENT,
+                access_level=AccessLevel.FULL,
+                credentials=GraphAdminConsent(contoso.id),
+                domains=["contoso.com"],
+                test_mailbox="adele.vance@contoso.com",
+                cloud="sandbox",
+                tenant_id=contoso.id,
+            ),
+        )
+        ok = (await web.post(f"/v1/connections/{connection.id}/verify", headers=auth(key))).json()
+        assert ok["verified"] is True
+        assert ok["connection"]["status"] == "active"
+
+        sandbox_control.delete(f"/_sandbox/tenants/contoso/consent/{operator.client_id}")  # consent withdrawn
+        failed = await web.post(f"/v1/connections/{connection.id}/verify", headers=auth(key))
+        body = failed.json()
+        assert failed.status_code == 200
+        assert body["verified"] is False
+        assert body["error"]["type"] == "/problems/credentials-rejected"
+        assert body["connection"]["status"] == "degraded"
+        assert "admin consent" in body["connection"]["last_error"]
+
+        sandbox_control.post(f"/_sandbox/tenants/contoso/consent/{operator.client_id}")
+        again = (await web.post(f"/v1/connections/{connection.id}/verify", headers=auth(key))).json()
+        assert (again["verified"], again["connection"]["status"]) == (True, "active")
+        assert "last_error" not in again["connection"]
+        other = await web.post(
+            f"/v1/connections/{connection.id}/verify?test_mailbox=diego.siciliani@contoso.com", headers=auth(key)
+        )
+        assert other.json()["verified"] is True  # admin consent has no access policy in the sandbox
+    finally:
+        sandbox_control.delete(f"/_sandbox/tenants/contoso/consent/{operator.client_id}")
+
+
+async def test_rooms_of_a_graph_and_an_ews_connection(
+    web: AsyncTestClient,  # type: ignore[type-arg]
+    services: Services,
+    sandbox: SandboxThread,
+    sandbox_control: SandboxControl,
+    make_application: MakeApplication,
+) -> None:
+    key = await make_application("rooms")
+    graph = await contoso_graph(services, sandbox, key.application.id)
+    ews = await fabrikam_ews(services, sandbox, key.application.id)
+    for connection, tenant in ((graph, "contoso"), (ews, "fabrikam")):
+        response = await web.get(f"/v1/connections/{connection.id}/rooms", headers=auth(key))
+        assert response.status_code == 200, response.text
+        emails = [r["email"] for r in response.json()["rooms"]]
+        assert emails == sorted(r["email"] for r in sandbox_control.tenant(tenant)["rooms"] if r["room_list"])
+
+
+async def test_delete_revokes_and_wipes_credentials(
+    web: AsyncTestClient,  # type: ignore[type-arg]
+    services: Services,
+    sandbox: SandboxThread,
+    make_application: MakeApplication,
+    pool: asyncpg.Pool,
+) -> None:
+    key = await make_application("revoker")
+    connection = await contoso_graph(services, sandbox, key.application.id)
+    for _ in range(2):
+        response = await web.delete(f"/v1/connections/{connection.id}", headers=auth(key))
+        assert response.status_code == 204
+    listed = (await web.get("/v1/connections", headers=auth(key))).json()["connections"]
+    assert listed == []
+    shown = (await web.get(f"/v1/connections/{connection.id}", headers=auth(key))).json()
+    assert shown["status"] == "revoked"
+    async with pool.acquire() as conn:
+        assert await conn.fetchval("SELECT count(*) FROM sealed_secrets WHERE id = $1", connection.secret_id) == 0
+    for path in (f"/v1/connections/{connection.id}/verify", f"/v1/connections/{connection.id}/rooms"):
+        method = "POST" if path.endswith("verify") else "GET"
+        refused: Any = await web.request(method, path, headers=auth(key))
+        assert refused.status_code == 409
+        assert "revoked" in refused.json()["detail"]
+    free_busy = await web.post(
+        "/v1/free_busy",
+        json={"mailboxes": ["adele.vance@contoso.com"], "start": "2026-11-24T00:00:00Z", "end": "2026-11-25T00:00:00Z"},
+        headers=auth(key),
+    )
+    assert free_busy.json()["free_busy"][0]["error"]["type"] == "/problems/mailbox-not-connected"
