@@ -27,6 +27,16 @@ from prometheus_client import CollectorRegistry
 
 from calbroker.api.auth import provide_caller, require_api_key
 from calbroker.api.availability import availability
+from calbroker.api.connect_pages import connect_callback, connect_page, connect_submit
+from calbroker.api.connections import (
+    connection_rooms,
+    create_connect_link,
+    get_connection_by_id,
+    list_application_connections,
+    revoke_connection,
+    verify_connection,
+)
+from calbroker.api.events import delete_event, get_event, list_events, provide_bookings, put_event
 from calbroker.api.free_busy import free_busy
 from calbroker.api.health import healthz, metrics, readyz
 from calbroker.api.me import me
@@ -43,6 +53,7 @@ from calbroker.store.connections import update_credentials
 from calbroker.store.database import connect_pool, resolve_database_url
 from calbroker.store.keyring import load_keyring
 from calbroker.store.migrations import migrate
+from calbroker.workers.health import HealthDeps, health_checker
 
 __all__ = ["create_app", "open_services", "openapi_document"]
 
@@ -97,8 +108,11 @@ def _lifespan(settings: Settings) -> Callable[[Litestar], AbstractAsyncContextMa
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         async with open_services(settings) as services:
             app.state.services = services
+            deps = HealthDeps(settings, services.pool, services.keyring, services.providers)
             try:
-                yield
+                # Connection health checks run here until a worker process exists (off when unset).
+                async with health_checker(deps):
+                    yield
             finally:
                 app.state.pop("services", None)
 
@@ -115,18 +129,35 @@ def create_app(settings: Settings) -> Litestar:
     """Build the ASGI app; nothing touches the network until the lifespan starts."""
     v1 = Router(
         path="/v1",
-        route_handlers=[me, free_busy, availability],
+        route_handlers=[
+            me,
+            free_busy,
+            availability,
+            create_connect_link,
+            list_application_connections,
+            get_connection_by_id,
+            revoke_connection,
+            verify_connection,
+            connection_rooms,
+            put_event,
+            get_event,
+            delete_event,
+            list_events,
+        ],
         guards=[require_api_key],
         dependencies={
             "caller": Provide(provide_caller, sync_to_thread=False),
             "schedules": Provide(provide_schedules, sync_to_thread=False),
             "deadline": Provide(provide_deadline, sync_to_thread=False),
+            "bookings": Provide(provide_bookings, sync_to_thread=False),
         },
         security=[{"apiKey": []}],
     )
+    # The authorize-link pages: no API key (the link token, then a CSRF-bound session, is the credential).
+    connect = Router(path="/connect", route_handlers=[connect_callback, connect_submit, connect_page])
     templates = Path(__file__).parent / "api" / "templates"
     app = Litestar(
-        route_handlers=[healthz, readyz, metrics, problem_index, problem_page, openapi_json, v1],
+        route_handlers=[healthz, readyz, metrics, problem_index, problem_page, openapi_json, v1, connect],
         dependencies={"services": Provide(provide_services, sync_to_thread=False)},
         lifespan=[_lifespan(settings)],
         plugins=[problem_plugin()],

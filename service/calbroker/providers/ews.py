@@ -31,9 +31,17 @@ from exchangelib.services import GetRoomLists, GetRooms, GetServerTimeZones, Get
 from exchangelib.transport import BASIC, NTLM
 
 from calbroker.domain.connections import AccessLevel, Connection, EwsServiceAccount
-from calbroker.domain.errors import AccessLevelInsufficient, CalbrokerError, InvalidRequest, UpstreamRejected
+from calbroker.domain.errors import (
+    AccessLevelInsufficient,
+    CalbrokerError,
+    InvalidRequest,
+    TeamsUnavailable,
+    UpstreamRejected,
+)
+from calbroker.domain.events import EventSpec, OnlineMeeting, UpstreamEvent
 from calbroker.domain.intervals import Interval
 from calbroker.domain.schedules import MailboxSchedule, Room, ScheduleResult
+from calbroker.providers import _ews_events
 from calbroker.providers._ews_calls import EwsCalls, per_mailbox, translate_error
 from calbroker.providers._ews_schedules import merge_schedules, schedule_from_view
 from calbroker.providers._ews_tls import trusting_adapter
@@ -309,6 +317,8 @@ class EwsProvider:
         )
         self._protocol = _fresh_protocol(self._config, cloud_ca_bundle, limits.http_timeout_s)
         self._calls = EwsCalls(executor, limits.concurrency, limits.http_timeout_s)
+        _ews_events.register_marker()
+        self._event_accounts = _ews_events.Accounts(self._account)
         self._utc_zone_definition: Any = None
         self._zone_lock = asyncio.Lock()
         self._closed = False
@@ -477,6 +487,90 @@ class EwsProvider:
             for room in task.result():
                 rooms.setdefault(room.email, room)
         return sorted(rooms.values(), key=lambda room: room.email)
+
+    # --- events (the exchangelib side lives in _ews_events) -----------------------------------------
+
+    async def create_event(
+        self, spec: EventSpec, *, marker: str, may_exist: bool, join_url: str | None, deadline: Deadline
+    ) -> UpstreamEvent:
+        """CreateItem with invitations; when an earlier attempt may have got through (`may_exist`),
+        a FindItem on the marker comes first. Never retried on a dropped connection: that is the
+        case the marker lookup of the caller's retry heals."""
+        require_calendar_access(self._connection, "create events")
+        if spec.teams_meeting and join_url is None:
+            raise self._no_teams(spec.organizer)
+        call = partial(
+            _ews_events.create_event,
+            account_for=partial(self._event_accounts.get, spec.organizer),
+            spec=spec,
+            marker=marker,
+            join_url=join_url,
+            look_first=may_exist,
+        )
+        return await self._run("CreateItem", call, deadline, mailbox=spec.organizer, idempotent=False)
+
+    async def update_event(
+        self,
+        spec: EventSpec,
+        upstream_id: str,
+        changed: frozenset[str],
+        *,
+        join_url: str | None,
+        deadline: Deadline,
+    ) -> UpstreamEvent:
+        require_calendar_access(self._connection, "update events")
+        call = partial(
+            _ews_events.update_event,
+            account_for=partial(self._event_accounts.get, spec.organizer),
+            spec=spec,
+            upstream_id=upstream_id,
+            changed=changed,
+            join_url=join_url,
+        )
+        return await self._run("UpdateItem", call, deadline, mailbox=spec.organizer)
+
+    async def cancel_event(self, organizer: str, upstream_id: str, *, notify: bool, deadline: Deadline) -> None:
+        require_calendar_access(self._connection, "cancel events")
+        call = partial(
+            _ews_events.cancel_event,
+            account_for=partial(self._event_accounts.get, organizer),
+            upstream_id=upstream_id,
+            notify=notify,
+        )
+        await self._run("DeleteItem", call, deadline, mailbox=organizer)
+
+    async def get_event(self, organizer: str, upstream_id: str, deadline: Deadline) -> UpstreamEvent | None:
+        require_calendar_access(self._connection, "read events")
+        call = partial(
+            _ews_events.get_event, account_for=partial(self._event_accounts.get, organizer), upstream_id=upstream_id
+        )
+        return await self._run("GetItem", call, deadline, mailbox=organizer)
+
+    async def find_event(self, organizer: str, marker: str, deadline: Deadline) -> UpstreamEvent | None:
+        require_calendar_access(self._connection, "read events")
+        call = partial(_ews_events.find_event, account_for=partial(self._event_accounts.get, organizer), marker=marker)
+        return await self._run("FindItem", call, deadline, mailbox=organizer)
+
+    async def list_events(self, mailbox: str, window: Interval, deadline: Deadline) -> list[UpstreamEvent]:
+        require_calendar_access(self._connection, "read calendars")
+        call = partial(_ews_events.list_events, account_for=partial(self._event_accounts.get, mailbox), window=window)
+        return await self._run("FindItem", call, deadline, mailbox=mailbox)
+
+    async def create_online_meeting(
+        self, organizer: str, *, subject: str, interval: Interval, external_id: str, deadline: Deadline
+    ) -> OnlineMeeting:
+        raise self._no_teams(organizer)
+
+    async def delete_online_meeting(self, organizer: str, meeting_id: str, deadline: Deadline) -> None:
+        raise self._no_teams(organizer)
+
+    def _no_teams(self, mailbox: str) -> TeamsUnavailable:
+        return TeamsUnavailable(
+            f"{mailbox} is reached over EWS (Exchange on-premises), which cannot create Teams meetings. "
+            "Teams links need a Microsoft Graph connection for the same domain whose app has the "
+            "OnlineMeetings.ReadWrite.All application permission and a Teams application access policy.",
+            mailbox=mailbox,
+        )
 
     async def aclose(self) -> None:
         """Wait briefly for running requests, close the session pool, drop our cached Protocol."""

@@ -24,6 +24,7 @@ from calbroker.config import Cloud, OperatorApp
 from calbroker.domain.busy import BusyBlock
 from calbroker.domain.connections import AccessLevel, Connection, Credentials, GraphDelegated
 from calbroker.domain.errors import (
+    AccessLevelInsufficient,
     CalbrokerError,
     CredentialsRejected,
     MailboxError,
@@ -33,6 +34,7 @@ from calbroker.domain.errors import (
     UpstreamThrottled,
     UpstreamUnavailable,
 )
+from calbroker.domain.events import EventSpec, OnlineMeeting, UpstreamEvent
 from calbroker.domain.intervals import Interval
 from calbroker.domain.schedules import MailboxSchedule, Room, ScheduleResult
 from calbroker.domain.working_hours import WorkingHours
@@ -40,6 +42,7 @@ from calbroker.logs import get_logger
 from calbroker.providers import _graph_wire as wire
 from calbroker.providers._graph_auth import GraphCredentials, GraphTokens
 from calbroker.providers._graph_client import GraphClient, GraphResponse
+from calbroker.providers._graph_events import GraphEvents
 from calbroker.providers.protocol import Deadline
 
 __all__ = ["GraphLimits", "GraphProvider", "GraphResponse"]
@@ -135,6 +138,7 @@ class GraphProvider:
         self._refused: dict[str, float] = {}
         self._proven: OrderedDict[str, None] = OrderedDict()
         """Mailboxes Graph has answered for lately: safe to put in a getSchedule URL (most recent last)."""
+        self._events = GraphEvents(self._request)
         self._closed = False
 
     @property
@@ -205,6 +209,60 @@ class GraphProvider:
         lists = await self._room_lists(deadline)
         found = (room.to_domain(lists.get((room.email_address or "").lower())) for room in rooms)
         return sorted((room for room in found if room is not None), key=lambda room: room.email)
+
+    # --- events (the Graph side lives in _graph_events) ----------------------------------------------
+
+    async def create_event(
+        self, spec: EventSpec, *, marker: str, may_exist: bool, join_url: str | None, deadline: Deadline
+    ) -> UpstreamEvent:
+        """`transactionId` makes the POST itself idempotent, so `may_exist` needs no lookup here."""
+        self._require_writes("create events")
+        return await self._events.create(spec, marker=marker, deadline=deadline)
+
+    async def update_event(
+        self,
+        spec: EventSpec,
+        upstream_id: str,
+        changed: frozenset[str],
+        *,
+        join_url: str | None,
+        deadline: Deadline,
+    ) -> UpstreamEvent:
+        self._require_writes("update events")
+        return await self._events.update(spec, upstream_id, changed, deadline)
+
+    async def cancel_event(self, organizer: str, upstream_id: str, *, notify: bool, deadline: Deadline) -> None:
+        self._require_writes("cancel events")
+        await self._events.cancel(organizer, upstream_id, notify=notify, deadline=deadline)
+
+    async def get_event(self, organizer: str, upstream_id: str, deadline: Deadline) -> UpstreamEvent | None:
+        self._require_writes("read events")
+        return await self._events.get(organizer, upstream_id, deadline)
+
+    async def find_event(self, organizer: str, marker: str, deadline: Deadline) -> UpstreamEvent | None:
+        self._require_writes("read events")
+        return await self._events.find(organizer, marker, deadline)
+
+    async def list_events(self, mailbox: str, window: Interval, deadline: Deadline) -> list[UpstreamEvent]:
+        self._require_writes("read calendars")
+        return await self._events.calendar_view(mailbox, window, deadline)
+
+    async def create_online_meeting(
+        self, organizer: str, *, subject: str, interval: Interval, external_id: str, deadline: Deadline
+    ) -> OnlineMeeting:
+        return await self._events.create_online_meeting(
+            organizer, subject=subject, interval=interval, external_id=external_id, deadline=deadline
+        )
+
+    async def delete_online_meeting(self, organizer: str, meeting_id: str, deadline: Deadline) -> None:
+        await self._events.delete_online_meeting(organizer, meeting_id, deadline)
+
+    def _require_writes(self, action: str) -> None:
+        if self._connection.access_level is AccessLevel.FREE_BUSY:
+            raise AccessLevelInsufficient(
+                f"Cannot {action}: connection {self._connection.display_name!r} has free/busy-only access. "
+                "Ask the tenant admin to reconnect with full or restricted access (Calendars.ReadWrite)."
+            )
 
     # --- getSchedule -----------------------------------------------------------------------------
 

@@ -9,6 +9,7 @@ from typing import Protocol
 
 from calbroker.domain.connections import Connection
 from calbroker.domain.errors import UpstreamTimeout
+from calbroker.domain.events import EventSpec, OnlineMeeting, UpstreamEvent
 from calbroker.domain.intervals import Interval
 from calbroker.domain.schedules import Room, ScheduleResult
 
@@ -62,6 +63,58 @@ class CalendarProvider(Protocol):
 
     async def list_rooms(self, deadline: Deadline) -> list[Room]:
         """Room and resource mailboxes of the tenant."""
+        ...
+
+    # --- events (design §5) ------------------------------------------------------------------------
+
+    async def create_event(
+        self, spec: EventSpec, *, marker: str, may_exist: bool, join_url: str | None, deadline: Deadline
+    ) -> UpstreamEvent:
+        """Create `spec` in the organizer's calendar and send the invitations, at most once per `marker`.
+
+        A repeated call with the same marker returns the event the first one created (Graph by
+        `transactionId`; EWS looks for its marker property first when `may_exist`, i.e. when an
+        earlier attempt may have reached Exchange). `join_url` is a Teams link made elsewhere to
+        put into the invitation (hybrid tenants); Graph makes its own when `spec.teams_meeting`.
+        """
+        ...
+
+    async def update_event(
+        self,
+        spec: EventSpec,
+        upstream_id: str,
+        changed: frozenset[str],
+        *,
+        join_url: str | None,
+        deadline: Deadline,
+    ) -> UpstreamEvent:
+        """Write the `changed` fields (names of `EventSpec` fields) and send updates to attendees."""
+        ...
+
+    async def cancel_event(self, organizer: str, upstream_id: str, *, notify: bool, deadline: Deadline) -> None:
+        """Remove the event; with `notify`, attendees get a cancellation. An event already gone is fine."""
+        ...
+
+    async def get_event(self, organizer: str, upstream_id: str, deadline: Deadline) -> UpstreamEvent | None:
+        """The organizer's copy of an event, or None when it no longer exists."""
+        ...
+
+    async def find_event(self, organizer: str, marker: str, deadline: Deadline) -> UpstreamEvent | None:
+        """The event calbroker created with `marker` in the organizer's calendar, if any."""
+        ...
+
+    async def list_events(self, mailbox: str, window: Interval, deadline: Deadline) -> list[UpstreamEvent]:
+        """The calendar view: events and occurrences overlapping `window`, sorted by start."""
+        ...
+
+    async def create_online_meeting(
+        self, organizer: str, *, subject: str, interval: Interval, external_id: str, deadline: Deadline
+    ) -> OnlineMeeting:
+        """A Teams meeting without a calendar event, once per `external_id` (for hybrid tenants)."""
+        ...
+
+    async def delete_online_meeting(self, organizer: str, meeting_id: str, deadline: Deadline) -> None:
+        """End a Teams meeting made by `create_online_meeting`; one already gone is fine."""
         ...
 
     async def aclose(self) -> None:

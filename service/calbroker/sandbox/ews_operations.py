@@ -31,6 +31,7 @@ from calbroker.sandbox.ews_items import (
     parse_item_id,
 )
 from calbroker.sandbox.ews_render import RenderContext, Shape, render_calendar_item
+from calbroker.sandbox.ews_restrictions import compile_restriction
 from calbroker.sandbox.ews_xml import (
     XSI_NS,
     Element,
@@ -160,6 +161,7 @@ def find_item(call: Call, body: Element, parent: Element) -> None:
     shape = Shape.from_xml(body.find(m("ItemShape")), in_find=True)
     view = body.find(m("CalendarView"))
     paged = body.find(m("IndexedPageItemView"))
+    restriction = compile_restriction(body.find(m("Restriction")))
     messages = child(child(parent, m("FindItemResponse")), m("ResponseMessages"))
     for ref in _folder_refs(body.find(m("ParentFolderIds"))):
         tag = m("FindItemResponseMessage")
@@ -171,6 +173,8 @@ def find_item(call: Call, body: Element, parent: Element) -> None:
                     "CalendarView can only be used on calendar folders.",
                 )
             items = _find(call, mailbox, name, view)
+            if restriction is not None:
+                items = [event for event in items if restriction(event)]
         except ItemError as exc:
             _error(messages, tag, exc)
             continue
@@ -197,7 +201,8 @@ def _find(call: Call, mailbox: str, folder: str, view: Element | None) -> list[E
     if folder != "calendar":
         return []  # the sandbox models calendars only; other folders are empty
     if view is None:
-        # Restrictions are not evaluated: a plain FindItem lists every stored item (masters, singles).
+        # A plain FindItem lists every stored item (masters, singles); `find_item` then applies the
+        # restrictions ews_restrictions models.
         return call.calendars.events(mailbox)
     start = call.times.aware(view.get("StartDate") or "")
     end = call.times.aware(view.get("EndDate") or "")

@@ -21,7 +21,7 @@ import yarl
 from aiohttp import web
 from multidict import CIMultiDict
 
-from calbroker.sandbox import graph_calendar, graph_directory, graph_events, subscriptions
+from calbroker.sandbox import graph_calendar, graph_directory, graph_events, graph_online_meetings, subscriptions
 from calbroker.sandbox.directory import ExchangeLocation
 from calbroker.sandbox.faults import FaultAction, Throttled
 from calbroker.sandbox.odata import (
@@ -402,6 +402,7 @@ async def batch(ctx: GraphContext, req: GraphRequest) -> GraphResponse:
 
 ROUTES: tuple[Route, ...] = (
     *graph_directory.ROUTES,
+    *graph_online_meetings.ROUTES,
     *graph_calendar.ROUTES,
     *graph_events.ROUTES,
     *subscriptions.ROUTES,

@@ -1,0 +1,394 @@
+"""`/v1/events`: book, read and cancel meetings by the application's own `event_id`, and read calendars.
+
+Contract in design §5. A PUT is an idempotent upsert: the same body again returns the same event
+and writes nothing upstream; a changed body updates only what changed. The booking logic lives in
+`api/bookings.py`; this module validates, converts and shapes.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+from datetime import datetime, timedelta
+from typing import Annotated, Literal
+from zoneinfo import ZoneInfo
+
+import msgspec
+from litestar import Response as HttpResponse
+from litestar import delete, get, put
+from litestar.datastructures import State
+from litestar.di import NamedDependency
+from litestar.openapi import ResponseSpec
+from litestar.params import FromPath, JSONBody, QueryParameter
+
+from calbroker.api.auth import Caller
+from calbroker.api.bookings import Bookings, CalendarEntry
+from calbroker.api.problems import V1_PROBLEMS, problem_response
+from calbroker.api.services import provide_services
+from calbroker.api.wire import Body, Response, span, zone
+from calbroker.domain.busy import BusyStatus
+from calbroker.domain.connections import normalize_email
+from calbroker.domain.errors import InvalidRequest, LimitExceeded
+from calbroker.domain.events import (
+    MAX_ATTENDEES,
+    MAX_DESCRIPTION,
+    MAX_DURATION,
+    MAX_LOCATION,
+    MAX_SUMMARY,
+    Attendee,
+    AttendeeType,
+    EventSpec,
+    UpstreamEvent,
+)
+from calbroker.domain.intervals import Interval
+from calbroker.providers.protocol import Deadline
+from calbroker.store.events import EventRecord, EventState
+
+__all__ = ["delete_event", "get_event", "list_events", "provide_bookings", "put_event"]
+
+MAX_VIEW_SPAN = timedelta(days=62)
+MAX_PAGE = 500
+_EVENT_ID = re.compile(r"^[A-Za-z0-9._~:@+=-]{1,200}$")
+
+ShowAs = Literal["free", "tentative", "busy", "oof", "working_elsewhere"]
+AttendeeKind = Literal["required", "optional", "resource"]
+Status = Literal["pending", "confirmed", "cancelled"]
+TeamsState = Literal["ready", "pending"]
+
+
+class AttendeeIn(Body):
+    email: str
+    name: str | None = None
+    type: AttendeeKind = "required"
+
+
+class EventIn(Body):
+    """The event as the application wants Exchange to hold it (limits in the field descriptions)."""
+
+    organizer: Annotated[str, msgspec.Meta(description="The organizer's mailbox; its domain picks the connection")]
+    start: Annotated[datetime, msgspec.Meta(description="RFC 3339 with offset")]
+    end: Annotated[datetime, msgspec.Meta(description=f"After start; at most {MAX_DURATION.days} days later")]
+    summary: Annotated[str, msgspec.Meta(description=f"At most {MAX_SUMMARY} characters")]
+    tzid: Annotated[str | None, msgspec.Meta(description="IANA zone the event is shown in; default UTC")] = None
+    description: Annotated[str | None, msgspec.Meta(description=f"At most {MAX_DESCRIPTION} characters")] = None
+    location: Annotated[str | None, msgspec.Meta(description=f"At most {MAX_LOCATION} characters")] = None
+    attendees: Annotated[
+        list[AttendeeIn],
+        msgspec.Meta(description=f"At most {MAX_ATTENDEES}; rooms and equipment as type `resource`"),
+    ] = msgspec.field(default_factory=list)
+    teams_meeting: bool = False
+    check_availability: Annotated[
+        bool,
+        msgspec.Meta(description="Refuse with 409 slot-unavailable if the organizer or an internal attendee is busy"),
+    ] = False
+    show_as: ShowAs = "busy"
+    reminder_minutes: Annotated[
+        int | None, msgspec.Meta(description="Minutes before the start, 0–20160; absent or null: no reminder")
+    ] = None
+
+    def to_domain(self) -> EventSpec:
+        tz = zone(self.tzid)
+        interval = span(self.start, self.end)
+        if len(self.attendees) > MAX_ATTENDEES:
+            raise LimitExceeded(
+                field="attendees",
+                limit=MAX_ATTENDEES,
+                actual=len(self.attendees),
+                message=f"at most {MAX_ATTENDEES} attendees per event (got {len(self.attendees)})",
+            )
+        return EventSpec(
+            organizer=normalize_email(self.organizer, field_name="organizer"),
+            interval=interval,
+            tzid=tz.key,
+            summary=self.summary,
+            description=self.description or "",
+            location=self.location or "",
+            attendees=tuple(
+                Attendee(normalize_email(a.email, field_name=f"attendees[{i}].email"), AttendeeType(a.type), a.name)
+                for i, a in enumerate(self.attendees)
+            ),
+            teams_meeting=self.teams_meeting,
+            show_as=BusyStatus(self.show_as),
+            reminder_minutes=self.reminder_minutes,
+        )
+
+
+class AttendeeOut(Response):
+    email: str
+    type: AttendeeKind
+    name: str | None = None
+
+    @classmethod
+    def from_domain(cls, attendee: Attendee) -> AttendeeOut:
+        return cls(email=attendee.email, type=attendee.type.value, name=attendee.name)
+
+
+class TeamsOut(Response):
+    status: TeamsState
+    join_url: str | None = None
+
+
+class EventOut(Response):
+    event_id: str
+    status: Status
+    organizer: str
+    start: datetime
+    end: datetime
+    tzid: str
+    summary: str
+    attendees: list[AttendeeOut]
+    show_as: ShowAs
+    version: int
+    created_at: datetime
+    updated_at: datetime
+    description: str | None = None
+    location: str | None = None
+    reminder_minutes: int | None = None
+    teams: TeamsOut | None = None
+    ical_uid: str | None = None
+    last_error: str | None = None
+    """Why a `pending` event is not confirmed yet (the last upstream error); a retry of the PUT heals it."""
+
+    @classmethod
+    def from_domain(cls, record: EventRecord) -> EventOut:
+        spec = record.spec
+        tz = zone(spec.tzid)
+        teams = record.teams
+        return cls(
+            event_id=record.event_id,
+            status=record.state.value,
+            organizer=spec.organizer,
+            start=spec.interval.start.astimezone(tz),
+            end=spec.interval.end.astimezone(tz),
+            tzid=spec.tzid,
+            summary=spec.summary,
+            attendees=[AttendeeOut.from_domain(a) for a in spec.attendees],
+            show_as=spec.show_as.value,
+            version=record.version,
+            created_at=record.created_at,
+            updated_at=record.updated_at,
+            description=spec.description or None,
+            location=spec.location or None,
+            reminder_minutes=spec.reminder_minutes,
+            teams=TeamsOut(status=teams.status.value, join_url=teams.join_url) if teams else None,
+            ical_uid=record.ical_uid,
+            last_error=record.last_error if record.state is EventState.PENDING else None,
+        )
+
+
+class CalendarEventOut(Response):
+    id: Annotated[str, msgspec.Meta(description="Exchange's id of the item in this mailbox (opaque)")]
+    managed: Annotated[bool, msgspec.Meta(description="Whether this application booked it through calbroker")]
+    summary: str
+    start: datetime
+    end: datetime
+    show_as: ShowAs
+    attendees: list[AttendeeOut]
+    event_id: str | None = None
+    organizer: str | None = None
+    location: str | None = None
+    cancelled: bool = False
+    all_day: bool = False
+    teams_join_url: str | None = None
+    ical_uid: str | None = None
+
+    @classmethod
+    def from_domain(cls, entry: CalendarEntry, tz: ZoneInfo) -> CalendarEventOut:
+        event: UpstreamEvent = entry.event
+        return cls(
+            id=event.id,
+            managed=entry.event_id is not None,
+            event_id=entry.event_id,
+            summary=event.summary,
+            start=event.interval.start.astimezone(tz),
+            end=event.interval.end.astimezone(tz),
+            show_as=event.show_as.value,
+            attendees=[AttendeeOut.from_domain(a) for a in event.attendees],
+            organizer=event.organizer,
+            location=event.location or None,
+            cancelled=event.is_cancelled,
+            all_day=event.is_all_day,
+            teams_join_url=event.join_url,
+            ical_uid=event.ical_uid,
+        )
+
+
+class CalendarView(Response):
+    mailbox: str
+    events: list[CalendarEventOut]
+    next_cursor: Annotated[str | None, msgspec.Meta(description="Pass as `cursor` for the next page")] = None
+
+
+def provide_bookings(state: State) -> Bookings:
+    """Dependency: the booking service over the app's pool, providers and settings (it holds nothing else)."""
+    services = provide_services(state)
+    return Bookings(services.pool, services.schedules, services.settings)
+
+
+def _event_id(raw: str) -> str:
+    if not _EVENT_ID.match(raw):
+        raise InvalidRequest.field(
+            "event_id", "1–200 characters of letters, digits and . _ ~ : @ + = - (your own id for the event)"
+        )
+    return raw
+
+
+def _cursor_key(event: UpstreamEvent) -> tuple[str, str]:
+    return (event.interval.start.isoformat(), event.id)
+
+
+def _page(entries: list[CalendarEntry], cursor: str | None, limit: int) -> tuple[list[CalendarEntry], str | None]:
+    """Entries after the cursor's (start, id), at most `limit`, and the cursor of the next page."""
+    ordered = sorted(entries, key=lambda e: _cursor_key(e.event))
+    if cursor is not None:
+        try:
+            after = tuple(json.loads(base64.urlsafe_b64decode(cursor.encode() + b"==")))
+        except (binascii.Error, ValueError, UnicodeDecodeError):
+            raise InvalidRequest.field("cursor", "is not a cursor this API returned") from None
+        ordered = [e for e in ordered if _cursor_key(e.event) > after]
+    page = ordered[:limit]
+    if len(ordered) <= limit:
+        return page, None
+    token = base64.urlsafe_b64encode(json.dumps(_cursor_key(page[-1].event)).encode()).decode().rstrip("=")
+    return page, token
+
+
+_EVENT_PROBLEMS = {
+    **V1_PROBLEMS,
+    403: problem_response(
+        "The connection's access level or the mailbox scope does not allow it (`/problems/access-level-insufficient`, "
+        "`/problems/mailbox-out-of-scope`)",
+        "access-level-insufficient",
+        "Cannot book events: connection 'Fabrikam' has free/busy-only access.",
+    ),
+    409: problem_response(
+        "The slot is taken (`/problems/slot-unavailable`, with `conflicts`), or another request is writing "
+        "the event (`/problems/write-in-progress`, with `Retry-After`)",
+        "slot-unavailable",
+        "2026-12-01T10:00:00+00:00–2026-12-01T10:30:00+00:00 is no longer free for adele.vance@contoso.com.",
+    ),
+    502: problem_response(
+        "Microsoft answered with an error (`/problems/upstream-error`, `upstream-rejected`, `credentials-rejected`); "
+        "`upstream_code` names it. The event stays `pending` and a retry of the request heals it",
+        "upstream-rejected",
+        "Microsoft Graph rejected POST /users/adele.vance@contoso.com/events: HTTP 400 ErrorInvalidRequest: …",
+    ),
+    503: problem_response(
+        "Microsoft is throttling or unavailable (`/problems/upstream-throttled`, `upstream-unavailable`)",
+        "upstream-unavailable",
+        "Microsoft Graph failed POST /users/adele.vance@contoso.com/events: HTTP 503 ServiceNotAvailable: …",
+    ),
+    504: problem_response(
+        "Microsoft did not answer within the deadline (`/problems/upstream-timeout`)",
+        "upstream-timeout",
+        "Microsoft Graph did not answer POST /users/adele.vance@contoso.com/events within the deadline",
+    ),
+}
+
+
+@put(
+    "/events/{event_id:str}",
+    status_code=200,
+    tags=["events"],
+    summary="Create or update an event by your own event_id (idempotent)",
+    responses={
+        201: ResponseSpec(EventOut, description="Created by this request (or by the earlier try it repeats)"),
+        **_EVENT_PROBLEMS,
+        422: problem_response(
+            "Invalid input, a limit exceeded, an unknown organizer (`/problems/mailbox-not-connected`) or Teams "
+            "asked for where it cannot be made (`/problems/teams-unavailable`)",
+            "limit-exceeded",
+            "at most 250 attendees per event (got 500)",
+        ),
+    },
+)
+async def put_event(
+    event_id: FromPath[str],
+    data: JSONBody[EventIn],
+    caller: NamedDependency[Caller],
+    bookings: NamedDependency[Bookings],
+    deadline: NamedDependency[Deadline],
+) -> HttpResponse[EventOut]:
+    """201 when this request (or the retry of the request) created the event, 200 when it updated it
+    or found it already as asked. Synchronous: the answer says what Exchange now holds."""
+    spec = data.to_domain()
+    outcome = await bookings.upsert(
+        caller.application.id,
+        _event_id(event_id),
+        spec,
+        check_availability=data.check_availability,
+        deadline=deadline,
+    )
+    return HttpResponse(EventOut.from_domain(outcome.record), status_code=201 if outcome.created else 200)
+
+
+@get(
+    "/events/{event_id:str}",
+    tags=["events"],
+    summary="Read an event booked through calbroker",
+    responses=dict(_EVENT_PROBLEMS),
+)
+async def get_event(
+    event_id: FromPath[str],
+    caller: NamedDependency[Caller],
+    bookings: NamedDependency[Bookings],
+    deadline: NamedDependency[Deadline],
+) -> EventOut:
+    """A `teams.status` of `pending` is looked up again at Microsoft on every read until the link exists."""
+    record = await bookings.read(caller.application.id, _event_id(event_id), deadline)
+    return EventOut.from_domain(record)
+
+
+@delete(
+    "/events/{event_id:str}",
+    status_code=204,
+    tags=["events"],
+    summary="Cancel an event (attendees get a cancellation)",
+    responses=dict(_EVENT_PROBLEMS),
+)
+async def delete_event(
+    event_id: FromPath[str],
+    caller: NamedDependency[Caller],
+    bookings: NamedDependency[Bookings],
+    deadline: NamedDependency[Deadline],
+) -> None:
+    """Repeating the DELETE answers 204 again; a hybrid event's Teams meeting is ended with it."""
+    await bookings.cancel(caller.application.id, _event_id(event_id), deadline)
+
+
+@get(
+    "/events",
+    tags=["events"],
+    summary="A mailbox's events (calendar view), with the ones you booked marked",
+    responses=dict(_EVENT_PROBLEMS),
+)
+async def list_events(
+    *,
+    caller: NamedDependency[Caller],
+    bookings: NamedDependency[Bookings],
+    deadline: NamedDependency[Deadline],
+    mailbox: Annotated[str, QueryParameter(description="The mailbox whose calendar to read")],
+    start: Annotated[datetime, QueryParameter(description="RFC 3339 with offset")],
+    end: Annotated[datetime, QueryParameter(description=f"After start; at most {MAX_VIEW_SPAN.days} days later")],
+    tzid: Annotated[str | None, QueryParameter(description="IANA zone for the times; default UTC")] = None,
+    limit: Annotated[int, QueryParameter(ge=1, le=MAX_PAGE, description="Page size")] = 100,
+    cursor: Annotated[str | None, QueryParameter(description="`next_cursor` of the previous page")] = None,
+) -> CalendarView:
+    """Occurrences of recurring series are expanded; times are shown in `tzid` (default UTC)."""
+    tz = zone(tzid)
+    window: Interval = span(start, end)
+    if window.duration > MAX_VIEW_SPAN:
+        raise LimitExceeded(
+            field="end",
+            limit=f"{MAX_VIEW_SPAN.days} days",
+            actual=str(window.duration),
+            message=f"the window may span at most {MAX_VIEW_SPAN.days} days",
+        )
+    address = normalize_email(mailbox, field_name="mailbox")
+    entries = await bookings.calendar_view(caller.application.id, address, window, deadline)
+    page, next_cursor = _page(entries, cursor, limit)
+    return CalendarView(
+        mailbox=address, events=[CalendarEventOut.from_domain(e, tz) for e in page], next_cursor=next_cursor
+    )
