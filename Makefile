@@ -16,7 +16,8 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/calbroker demo
 
-serve: run
+serve: $(STAMP)
+	$(BIN)/calbroker serve
 
 test: lint typecheck imports pytest
 
