@@ -87,3 +87,28 @@ def test_redaction_catches_secrets_in_structured_and_stdlib_log_lines() -> None:
         assert secret not in output, secret
     assert "cbk_abcdefgh_[REDACTED]" in output  # the prefix stays, for support
     assert output.count("\n") == 3
+
+
+async def test_readyz_reports_a_pending_migration_as_a_problem(
+    client: AsyncTestClient,  # type: ignore[type-arg]
+    pool: asyncpg.Pool,
+) -> None:
+    row = await pool.fetchrow("SELECT * FROM schema_migrations ORDER BY version DESC LIMIT 1")
+    assert row is not None
+    await pool.execute("DELETE FROM schema_migrations WHERE version = $1", row["version"])
+    try:
+        response = await client.get("/readyz")
+    finally:
+        await pool.execute(
+            "INSERT INTO schema_migrations (version, name, checksum, applied_at) VALUES ($1, $2, $3, $4)",
+            row["version"],
+            row["name"],
+            row["checksum"],
+            row["applied_at"],
+        )
+    assert response.status_code == 503
+    assert response.headers["content-type"].startswith("application/problem+json")
+    body = response.json()
+    assert body["type"] == "/problems/not-ready"
+    assert body["checks"] == {"database": "ok", "migrations": f"pending: [{row['version']}]", "keyring": "ok"}
+    assert (await client.get("/readyz")).status_code == 200

@@ -27,6 +27,7 @@ from calbroker.domain.busy import BusyStatus
 from calbroker.domain.connections import AccessLevel, Connection, ConnectionKind, ConnectionMethod, EwsServiceAccount
 from calbroker.domain.errors import (
     AccessLevelInsufficient,
+    ConnectionClosed,
     CredentialsRejected,
     ImpersonationDenied,
     InvalidRequest,
@@ -585,5 +586,5 @@ async def test_list_rooms_returns_the_seeded_rooms(make_provider: MakeProvider, 
 async def test_a_closed_provider_refuses_use(make_provider: MakeProvider) -> None:
     provider = make_provider("full")
     await provider.aclose()
-    with pytest.raises(RuntimeError, match="closed"):
+    with pytest.raises(ConnectionClosed, match="revoked or its credentials replaced"):
         await provider.list_rooms(Deadline.after(5))

@@ -35,6 +35,7 @@ from calbroker.domain.connections import (
     GraphDelegated,
 )
 from calbroker.domain.errors import (
+    ConnectionClosed,
     CredentialsRejected,
     MailboxNotFound,
     MailboxOutOfScope,
@@ -734,7 +735,7 @@ async def test_list_rooms_without_place_permission_says_so(
 async def test_a_closed_provider_refuses_use(make_provider: MakeProvider) -> None:
     provider = make_provider()
     await provider.aclose()
-    with pytest.raises(RuntimeError, match="closed"):
+    with pytest.raises(ConnectionClosed, match="revoked or its credentials replaced"):
         await provider.list_rooms(Deadline.after(1))
 
 

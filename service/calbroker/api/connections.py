@@ -19,7 +19,7 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 
 from calbroker.api.auth import Caller
-from calbroker.api.problems import V1_PROBLEMS, embedded_problem, problem_response
+from calbroker.api.problems import UPSTREAM_PROBLEMS, V1_PROBLEMS, embedded_problem, problem_response
 from calbroker.api.services import Services
 from calbroker.api.wire import Body, Response
 from calbroker.config import Settings
@@ -250,7 +250,7 @@ _REVOKED = problem_response(
     "Connection 6f1c2a9e-3d4b-4e8f-9a7c-2b1d0e5f4a3c was revoked; its credentials are gone.",
 )
 _ONE = {**V1_PROBLEMS, 404: _NOT_FOUND}
-_LIVE_ONE = {**_ONE, 409: _REVOKED}
+_LIVE_ONE = {**_ONE, 409: _REVOKED, **UPSTREAM_PROBLEMS}
 
 
 # --- handlers ---------------------------------------------------------------------------------------

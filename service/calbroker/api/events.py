@@ -257,6 +257,11 @@ def _page(entries: list[CalendarEntry], cursor: str | None, limit: int) -> tuple
 
 _EVENT_PROBLEMS = {
     **V1_PROBLEMS,
+    404: problem_response(
+        "No event with this event_id was booked by your application (`/problems/not-found`)",
+        "not-found",
+        "This application has no event 'booking-42'.",
+    ),
     403: problem_response(
         "The connection's access level or the mailbox scope does not allow it (`/problems/access-level-insufficient`, "
         "`/problems/mailbox-out-of-scope`)",

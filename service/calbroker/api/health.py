@@ -7,14 +7,29 @@ import asyncio
 import msgspec
 from litestar import Response, get
 from litestar.datastructures import State
+from litestar.openapi import ResponseSpec
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from calbroker.api.problems import CATALOGUE, problem_type
+from calbroker.api.problems import ProblemBody
 from calbroker.api.services import Services, provide_services
 from calbroker.api.telemetry import HttpMetrics
+from calbroker.domain.errors import CalbrokerError
 from calbroker.store.migrations import applied_versions, available_migrations
 
 __all__ = ["healthz", "metrics", "readyz"]
+
+
+class NotReady(CalbrokerError):
+    """A readiness check failed; the problem document lists every check."""
+
+    slug = "not-ready"
+
+    def __init__(self, checks: dict[str, str]) -> None:
+        super().__init__("; ".join(f"{name}: {state}" for name, state in checks.items() if state != "ok"))
+        self.checks = checks
+
+    def extensions(self) -> dict[str, object]:
+        return {"checks": self.checks}
 
 
 class Health(msgspec.Struct):
@@ -48,8 +63,20 @@ async def _database_checks(services: Services) -> dict[str, str]:
     return checks
 
 
-@get("/readyz", tags=["operations"], summary="Readiness: database, migrations and keyring")
-async def readyz(state: State) -> Response[Readiness | dict[str, object]]:
+@get(
+    "/readyz",
+    tags=["operations"],
+    summary="Readiness: database, migrations and keyring",
+    responses={
+        503: ResponseSpec(
+            ProblemBody,
+            description="A check failed (`/problems/not-ready`); `checks` says which",
+            media_type="application/problem+json",
+            generate_examples=False,
+        )
+    },
+)
+async def readyz(state: State) -> Readiness:
     try:
         services = provide_services(state)
     except RuntimeError:
@@ -62,17 +89,9 @@ async def readyz(state: State) -> Response[Readiness | dict[str, object]]:
             checks["keyring"] = "ok" if ok else "failed"
         except Exception as exc:  # noqa: BLE001
             checks["keyring"] = f"failed: {type(exc).__name__}"
-    if all(value == "ok" for value in checks.values()):
-        return Response(Readiness(status="ready", checks=checks))
-    problem = CATALOGUE["not-ready"]
-    body: dict[str, object] = {
-        "type": problem_type(problem.slug),
-        "title": problem.title,
-        "status": problem.status,
-        "detail": "; ".join(f"{k}: {v}" for k, v in checks.items() if v != "ok"),
-        "checks": checks,
-    }
-    return Response(body, status_code=503, media_type="application/problem+json")
+    if any(value != "ok" for value in checks.values()):
+        raise NotReady(checks)
+    return Readiness(status="ready", checks=checks)
 
 
 @get("/metrics", tags=["operations"], summary="Prometheus metrics", media_type="text/plain")

@@ -36,6 +36,7 @@ from calbroker.store.keyring import KeyringError
 
 __all__ = [
     "CATALOGUE",
+    "UPSTREAM_PROBLEMS",
     "V1_PROBLEMS",
     "FieldErrorBody",
     "Problem",
@@ -373,6 +374,7 @@ def _from_domain(exc: errors.CalbrokerError) -> ProblemDetailsException:
             headers = {"WWW-Authenticate": f'Bearer realm="calbroker", error="{exc.reason}"'}
         case _:
             pass
+    extra.update(exc.extensions())
     if isinstance(exc, errors.UpstreamError):
         if exc.upstream_code:
             extra["upstream_code"] = exc.upstream_code
@@ -494,6 +496,11 @@ def _spec(description: str, slug: str, detail: str, errors: list[dict[str, str]]
 
 
 V1_PROBLEMS: Mapping[int, ResponseSpec] = {
+    400: _spec(
+        "The body is not valid JSON (`/problems/malformed-body`)",
+        "malformed-body",
+        "The request body is not valid JSON.",
+    ),
     401: _spec(
         "Missing, malformed or revoked API key (`/problems/unauthorized`)",
         "unauthorized",
@@ -513,3 +520,25 @@ V1_PROBLEMS: Mapping[int, ResponseSpec] = {
     ),
 }
 """Problem responses every /v1 operation can return; handlers add their own on top."""
+
+
+UPSTREAM_PROBLEMS: Mapping[int, ResponseSpec] = {
+    502: _spec(
+        "Microsoft answered with an error (`/problems/upstream-rejected`, `/problems/credentials-rejected`); "
+        "`upstream_code` names it",
+        "credentials-rejected",
+        "AADSTS7000222: The provided client secret keys for app '…' are expired.",
+    ),
+    503: _spec(
+        "Microsoft is throttling or unavailable (`/problems/upstream-throttled` with `Retry-After`, "
+        "`/problems/upstream-unavailable`)",
+        "upstream-throttled",
+        "Microsoft Graph answered 429 and the back-off did not end within the request's deadline.",
+    ),
+    504: _spec(
+        "Microsoft did not answer within the deadline (`/problems/upstream-timeout`)",
+        "upstream-timeout",
+        "Microsoft Graph did not answer within the request deadline.",
+    ),
+}
+"""For operations that wait on Microsoft and report its failure as the whole answer."""

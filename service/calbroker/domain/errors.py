@@ -19,6 +19,7 @@
     └── UpstreamError                  Microsoft answered badly or not at all
         ├── UpstreamThrottled          429 / ErrorServerBusy past our deadline (carries retry_after)
         ├── UpstreamUnavailable        5xx, connection refused, TLS failure
+        │   └── ConnectionClosed       the connection was revoked or re-keyed mid-request
         ├── UpstreamTimeout            no answer within the request deadline
         ├── UpstreamRejected           4xx we did not expect: a bug or an API change upstream
         └── CredentialsRejected        secret wrong/expired, consent missing, tenant unknown
@@ -51,6 +52,10 @@ class CalbrokerError(Exception):
     def __init__(self, detail: str) -> None:
         super().__init__(detail)
         self.detail = detail
+
+    def extensions(self) -> dict[str, object]:
+        """Extra members for the problem document (RFC 9457 extensions); none by default."""
+        return {}
 
 
 class InvalidRequest(CalbrokerError):
@@ -186,6 +191,10 @@ class UpstreamThrottled(UpstreamError):
 
 class UpstreamUnavailable(UpstreamError):
     slug = "upstream-unavailable"
+
+
+class ConnectionClosed(UpstreamUnavailable):
+    """The provider was closed under a running request (connection revoked or credentials replaced)."""
 
 
 class UpstreamTimeout(UpstreamError):

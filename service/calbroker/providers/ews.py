@@ -34,6 +34,7 @@ from calbroker.domain.connections import AccessLevel, Connection, EwsServiceAcco
 from calbroker.domain.errors import (
     AccessLevelInsufficient,
     CalbrokerError,
+    ConnectionClosed,
     InvalidRequest,
     TeamsUnavailable,
     UpstreamRejected,
@@ -356,9 +357,10 @@ class EwsProvider:
 
     def _check_open(self) -> None:
         if self._closed:
-            raise RuntimeError(
-                f"the EWS provider of connection {self._connection.id} is closed (its credentials "
-                "changed or the app is shutting down); get a fresh one from the registry"
+            # A request raced a revocation or a credential change: a retryable 503, not a 500.
+            raise ConnectionClosed(
+                f"The connection {self._connection.id} was revoked or its credentials replaced while this "
+                "request ran; retry it."
             )
 
     def _account(self, mailbox: str) -> Any:

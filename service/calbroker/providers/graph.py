@@ -26,6 +26,7 @@ from calbroker.domain.connections import AccessLevel, Connection, Credentials, G
 from calbroker.domain.errors import (
     AccessLevelInsufficient,
     CalbrokerError,
+    ConnectionClosed,
     CredentialsRejected,
     MailboxError,
     MailboxNotFound,
@@ -411,9 +412,10 @@ class GraphProvider:
 
     def _check_open(self) -> None:
         if self._closed:
-            raise RuntimeError(
-                f"GraphProvider for connection {self._connection.id} is closed (aclose() was called); "
-                "get the current provider from the registry"
+            # A request raced a revocation or a credential change: a retryable 503, not a 500.
+            raise ConnectionClosed(
+                f"The connection {self._connection.id} was revoked or its credentials replaced while this "
+                "request ran; retry it."
             )
 
 
