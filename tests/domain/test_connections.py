@@ -17,7 +17,7 @@ from calbroker.domain.connections import (
     normalize_email,
     route_mailbox,
 )
-from calbroker.domain.errors import InvalidRequest, MailboxNotConnected, MailboxOutOfScope
+from calbroker.domain.errors import AccessLevelInsufficient, InvalidRequest, MailboxNotConnected, MailboxOutOfScope
 
 APP = uuid.uuid4()
 
@@ -26,14 +26,12 @@ def _connection(domains: tuple[str, ...], allowed: tuple[str, ...] = (), *, day:
     return Connection(
         id=uuid.uuid4(),
         application_id=APP,
-        kind=ConnectionKind.GRAPH,
         method=ConnectionMethod.GRAPH_APP,
-        access_level=AccessLevel.FULL,
         display_name="x",
         domains=domains,
         allowed_mailboxes=allowed,
         created_at=datetime(2026, 1, day, tzinfo=UTC),
-        **kw,  # type: ignore[arg-type]
+        **{"kind": ConnectionKind.GRAPH, "access_level": AccessLevel.FULL, **kw},  # type: ignore[arg-type]
     )
 
 
@@ -74,3 +72,21 @@ def test_addresses_and_domains_are_normalised() -> None:
     assert normalize_domain("Contoso.com.") == "contoso.com"
     with pytest.raises(InvalidRequest):
         normalize_domain("https://contoso.com")
+
+
+@pytest.mark.parametrize(
+    ("kind", "remedy"),
+    [(ConnectionKind.GRAPH, "Calendars.ReadWrite"), (ConnectionKind.EWS, "ApplicationImpersonation")],
+)
+def test_free_busy_only_refuses_calendar_access_with_the_protocols_remedy(kind: ConnectionKind, remedy: str) -> None:
+    connection = _connection(("contoso.com",), kind=kind, access_level=AccessLevel.FREE_BUSY)
+    with pytest.raises(AccessLevelInsufficient, match="free/busy-only") as caught:
+        connection.require_calendar_access("book events")
+    assert caught.value.detail.startswith("Cannot book events: connection 'x' has free/busy-only access.")
+    assert remedy in caught.value.detail
+
+
+@pytest.mark.parametrize("level", [AccessLevel.FULL, AccessLevel.RESTRICTED])
+def test_calendar_levels_may_open_calendars(level: AccessLevel) -> None:
+    _connection(("contoso.com",), access_level=level).require_calendar_access("book events")
+    assert level.opens_calendars

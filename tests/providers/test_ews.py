@@ -39,7 +39,7 @@ from calbroker.domain.errors import (
 from calbroker.domain.intervals import Interval
 from calbroker.domain.schedules import MailboxSchedule, ScheduleResult
 from calbroker.domain.working_hours import WorkingHours
-from calbroker.providers import Deadline, EwsLimits, EwsProvider, check_ews_endpoint, require_calendar_access
+from calbroker.providers import Deadline, EwsLimits, EwsProvider, check_ews_endpoint
 from calbroker.providers._ews_schedules import Change, Rule, zone_from_rule
 from calbroker.providers._windows_zones import zone_for
 from calbroker.sandbox import SandboxThread
@@ -421,7 +421,7 @@ async def test_free_busy_account_reads_availability_but_never_items(
     routes = sandbox_control.stats()["routes"]
     assert not {"ews:GetFolder", "ews:FindItem", "ews:GetItem"} & set(routes)
     with pytest.raises(AccessLevelInsufficient, match="free/busy-only"):
-        require_calendar_access(provider.connection, "create events")
+        provider.connection.require_calendar_access("create events")
     # The same account claimed as "full": verifying with item access is refused by Exchange.
     with pytest.raises(ImpersonationDenied) as denied:
         await make_provider("free_busy", AccessLevel.FULL).verify(mailbox, Deadline.after(10))
@@ -434,7 +434,7 @@ async def test_restricted_account_reads_calendars(make_provider: MakeProvider, s
 
     await provider.verify(mailbox, Deadline.after(10))
 
-    require_calendar_access(provider.connection, "create events")
+    provider.connection.require_calendar_access("create events")
     routes = sandbox_control.stats()["routes"]
     assert routes.get("ews:FindItem", 0) >= 1  # opened the calendar as the impersonated user
     assert routes.get(AVAILABILITY, 0) == 1

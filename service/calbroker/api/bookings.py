@@ -28,10 +28,9 @@ import asyncpg
 from calbroker.api.schedules import ScheduleReader
 from calbroker.config import Settings
 from calbroker.domain.busy import blocking_statuses
-from calbroker.domain.connections import AccessLevel, Connection, ConnectionKind, ConnectionStatus, route_mailbox
+from calbroker.domain.connections import Connection, ConnectionKind, ConnectionStatus, route_mailbox
 from calbroker.domain.errors import (
     AccessDenied,
-    AccessLevelInsufficient,
     CalbrokerError,
     Conflict,
     ConflictingInterval,
@@ -454,7 +453,7 @@ class Bookings:
         async with self._pool.acquire() as conn:
             connections = await list_connections(conn, application_id)
         connection = route_mailbox(connections, mailbox)
-        self._require_calendars(connection, f"read the calendar of {mailbox}")
+        connection.require_calendar_access(f"read the calendar of {mailbox}")
         provider = await self._schedules.provider(connection)
         events = await provider.list_events(mailbox, window, deadline)
         async with self._pool.acquire() as conn:
@@ -490,7 +489,7 @@ class Bookings:
                     "changed through calbroker."
                 )
             connection = found
-        self._require_calendars(connection, "book events")
+        connection.require_calendar_access("book events")
         provider = await self._schedules.provider(connection)
         teams: CalendarProvider | None = None
         if connection.kind is ConnectionKind.EWS:
@@ -506,14 +505,6 @@ class Bookings:
                     mailbox=who,
                 )
         return _Route(connection, provider, teams)
-
-    @staticmethod
-    def _require_calendars(connection: Connection, action: str) -> None:
-        if connection.access_level is AccessLevel.FREE_BUSY:
-            raise AccessLevelInsufficient(
-                f"Cannot {action}: connection {connection.display_name!r} has free/busy-only access. Ask the "
-                "tenant admin to reconnect with full or restricted (calendar folders) access."
-            )
 
     @staticmethod
     def _internal(connection: Connection, spec: EventSpec) -> list[str]:

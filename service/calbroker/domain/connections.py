@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
 
-from calbroker.domain.errors import InvalidRequest, MailboxNotConnected, MailboxOutOfScope
+from calbroker.domain.errors import AccessLevelInsufficient, InvalidRequest, MailboxNotConnected, MailboxOutOfScope
 
 __all__ = [
     "AccessLevel",
@@ -63,6 +63,11 @@ class AccessLevel(StrEnum):
     """Calendar folders only."""
     FREE_BUSY = "free_busy"
     """Free/busy (availability) only: no event reads or writes."""
+
+    @property
+    def opens_calendars(self) -> bool:
+        """Whether items in calendar folders may be read or written (not only free/busy)."""
+        return self is not AccessLevel.FREE_BUSY
 
 
 class ConnectionStatus(StrEnum):
@@ -177,6 +182,28 @@ class Connection:
 
     def allows(self, mailbox: str) -> bool:
         return not self.allowed_mailboxes or mailbox in self.allowed_mailboxes
+
+    def require_calendar_access(self, action: str) -> None:
+        """Refuse `action` on a free/busy-only connection, saying what the tenant admin must grant.
+
+        One rule for every door (providers, bookings, calendar views), so the message is the same
+        wherever the refusal surfaces; only the remedy differs by protocol.
+        """
+        if self.access_level.opens_calendars:
+            return
+        if self.kind is ConnectionKind.EWS:
+            remedy = (
+                "Ask the Exchange admin to grant the service account ApplicationImpersonation (full, or restricted "
+                "to calendar folders) instead of AvailabilityOnly, and reconnect with that access level."
+            )
+        else:
+            remedy = (
+                "Ask the tenant admin to reconnect with full or restricted access (application permission "
+                "Calendars.ReadWrite)."
+            )
+        raise AccessLevelInsufficient(
+            f"Cannot {action}: connection {self.display_name!r} has free/busy-only access. {remedy}"
+        )
 
 
 def route_mailbox(connections: Iterable[Connection], mailbox: str) -> Connection:

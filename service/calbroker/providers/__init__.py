@@ -8,8 +8,6 @@ from calbroker.providers.ews import (
     EwsLimits,
     EwsProvider,
     check_ews_endpoint,
-    may_open_calendars,
-    require_calendar_access,
 )
 from calbroker.providers.graph import GraphLimits, GraphProvider
 from calbroker.providers.protocol import CalendarProvider, Deadline
@@ -22,6 +20,4 @@ __all__ = [
     "GraphLimits",
     "GraphProvider",
     "check_ews_endpoint",
-    "may_open_calendars",
-    "require_calendar_access",
 ]

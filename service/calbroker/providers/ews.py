@@ -30,9 +30,8 @@ from exchangelib.protocol import Protocol as ExchangeProtocol
 from exchangelib.services import GetRoomLists, GetRooms, GetServerTimeZones, GetUserAvailability
 from exchangelib.transport import BASIC, NTLM
 
-from calbroker.domain.connections import AccessLevel, Connection, EwsServiceAccount
+from calbroker.domain.connections import Connection, EwsServiceAccount
 from calbroker.domain.errors import (
-    AccessLevelInsufficient,
     CalbrokerError,
     ConnectionClosed,
     InvalidRequest,
@@ -53,8 +52,6 @@ __all__ = [
     "EwsLimits",
     "EwsProvider",
     "check_ews_endpoint",
-    "may_open_calendars",
-    "require_calendar_access",
 ]
 
 T = TypeVar("T")
@@ -158,21 +155,6 @@ def check_ews_endpoint(url: str, *, allow_http: bool = False) -> str:
             "(e.g. https://mail.contoso.com/EWS/Exchange.asmx)",
         )
     return urlunsplit((scheme, netloc, path, "", ""))
-
-
-def may_open_calendars(level: AccessLevel) -> bool:
-    """Whether the access level allows reading or writing calendar items (not only free/busy)."""
-    return level is not AccessLevel.FREE_BUSY
-
-
-def require_calendar_access(connection: Connection, action: str) -> None:
-    """Raise AccessLevelInsufficient unless `connection` may open calendars to do `action`."""
-    if not may_open_calendars(connection.access_level):
-        raise AccessLevelInsufficient(
-            f"Cannot {action}: connection {connection.display_name!r} has free/busy-only access "
-            "(AvailabilityOnly). Ask the Exchange admin to grant the service account ApplicationImpersonation "
-            "(full or restricted to calendar folders) and reconnect with that access level."
-        )
 
 
 class _Availability(GetUserAvailability):  # type: ignore[misc]  # exchangelib ships no types
@@ -460,7 +442,7 @@ class EwsProvider:
         await self._run("connecting to Exchange", partial(_probe_version, protocol=self._protocol), deadline)
         now = datetime.now(UTC).replace(microsecond=0)
         window = Interval(now, now + _VERIFY_SPAN)
-        if may_open_calendars(self._connection.access_level):
+        if self._connection.access_level.opens_calendars:
             await self._run(
                 "reading the calendar",
                 partial(_calendar_probe, account_for=partial(self._account, test_mailbox), window=window),
@@ -498,7 +480,7 @@ class EwsProvider:
         """CreateItem with invitations; when an earlier attempt may have got through (`may_exist`),
         a FindItem on the marker comes first. Never retried on a dropped connection: that is the
         case the marker lookup of the caller's retry heals."""
-        require_calendar_access(self._connection, "create events")
+        self._connection.require_calendar_access("create events")
         if spec.teams_meeting and join_url is None:
             raise self._no_teams(spec.organizer)
         call = partial(
@@ -520,7 +502,7 @@ class EwsProvider:
         join_url: str | None,
         deadline: Deadline,
     ) -> UpstreamEvent:
-        require_calendar_access(self._connection, "update events")
+        self._connection.require_calendar_access("update events")
         call = partial(
             _ews_events.update_event,
             account_for=partial(self._event_accounts.get, spec.organizer),
@@ -532,7 +514,7 @@ class EwsProvider:
         return await self._run("UpdateItem", call, deadline, mailbox=spec.organizer)
 
     async def cancel_event(self, organizer: str, upstream_id: str, *, notify: bool, deadline: Deadline) -> None:
-        require_calendar_access(self._connection, "cancel events")
+        self._connection.require_calendar_access("cancel events")
         call = partial(
             _ews_events.cancel_event,
             account_for=partial(self._event_accounts.get, organizer),
@@ -542,19 +524,19 @@ class EwsProvider:
         await self._run("DeleteItem", call, deadline, mailbox=organizer)
 
     async def get_event(self, organizer: str, upstream_id: str, deadline: Deadline) -> UpstreamEvent | None:
-        require_calendar_access(self._connection, "read events")
+        self._connection.require_calendar_access("read events")
         call = partial(
             _ews_events.get_event, account_for=partial(self._event_accounts.get, organizer), upstream_id=upstream_id
         )
         return await self._run("GetItem", call, deadline, mailbox=organizer)
 
     async def find_event(self, organizer: str, marker: str, deadline: Deadline) -> UpstreamEvent | None:
-        require_calendar_access(self._connection, "read events")
+        self._connection.require_calendar_access("read events")
         call = partial(_ews_events.find_event, account_for=partial(self._event_accounts.get, organizer), marker=marker)
         return await self._run("FindItem", call, deadline, mailbox=organizer)
 
     async def list_events(self, mailbox: str, window: Interval, deadline: Deadline) -> list[UpstreamEvent]:
-        require_calendar_access(self._connection, "read calendars")
+        self._connection.require_calendar_access("read calendars")
         call = partial(_ews_events.list_events, account_for=partial(self._event_accounts.get, mailbox), window=window)
         return await self._run("FindItem", call, deadline, mailbox=mailbox)
 

@@ -22,9 +22,8 @@ import aiohttp
 
 from calbroker.config import Cloud, OperatorApp
 from calbroker.domain.busy import BusyBlock
-from calbroker.domain.connections import AccessLevel, Connection, Credentials, GraphDelegated
+from calbroker.domain.connections import Connection, Credentials, GraphDelegated
 from calbroker.domain.errors import (
-    AccessLevelInsufficient,
     CalbrokerError,
     ConnectionClosed,
     CredentialsRejected,
@@ -183,7 +182,7 @@ class GraphProvider:
         mailbox = test_mailbox.strip().lower()
         now = datetime.now(UTC).replace(microsecond=0)
         window = Interval(now, now + timedelta(days=1))
-        if self._connection.access_level is AccessLevel.FREE_BUSY:
+        if not self._connection.access_level.opens_calendars:
             found = (await self.fetch_schedules([mailbox], window, deadline))[mailbox]
             if isinstance(found, CalbrokerError):
                 raise found
@@ -217,7 +216,7 @@ class GraphProvider:
         self, spec: EventSpec, *, marker: str, may_exist: bool, join_url: str | None, deadline: Deadline
     ) -> UpstreamEvent:
         """`transactionId` makes the POST itself idempotent, so `may_exist` needs no lookup here."""
-        self._require_writes("create events")
+        self._connection.require_calendar_access("create events")
         return await self._events.create(spec, marker=marker, deadline=deadline)
 
     async def update_event(
@@ -229,23 +228,23 @@ class GraphProvider:
         join_url: str | None,
         deadline: Deadline,
     ) -> UpstreamEvent:
-        self._require_writes("update events")
+        self._connection.require_calendar_access("update events")
         return await self._events.update(spec, upstream_id, changed, deadline)
 
     async def cancel_event(self, organizer: str, upstream_id: str, *, notify: bool, deadline: Deadline) -> None:
-        self._require_writes("cancel events")
+        self._connection.require_calendar_access("cancel events")
         await self._events.cancel(organizer, upstream_id, notify=notify, deadline=deadline)
 
     async def get_event(self, organizer: str, upstream_id: str, deadline: Deadline) -> UpstreamEvent | None:
-        self._require_writes("read events")
+        self._connection.require_calendar_access("read events")
         return await self._events.get(organizer, upstream_id, deadline)
 
     async def find_event(self, organizer: str, marker: str, deadline: Deadline) -> UpstreamEvent | None:
-        self._require_writes("read events")
+        self._connection.require_calendar_access("read events")
         return await self._events.find(organizer, marker, deadline)
 
     async def list_events(self, mailbox: str, window: Interval, deadline: Deadline) -> list[UpstreamEvent]:
-        self._require_writes("read calendars")
+        self._connection.require_calendar_access("read calendars")
         return await self._events.calendar_view(mailbox, window, deadline)
 
     async def create_online_meeting(
@@ -257,13 +256,6 @@ class GraphProvider:
 
     async def delete_online_meeting(self, organizer: str, meeting_id: str, deadline: Deadline) -> None:
         await self._events.delete_online_meeting(organizer, meeting_id, deadline)
-
-    def _require_writes(self, action: str) -> None:
-        if self._connection.access_level is AccessLevel.FREE_BUSY:
-            raise AccessLevelInsufficient(
-                f"Cannot {action}: connection {self._connection.display_name!r} has free/busy-only access. "
-                "Ask the tenant admin to reconnect with full or restricted access (Calendars.ReadWrite)."
-            )
 
     # --- getSchedule -----------------------------------------------------------------------------
 
