@@ -34,14 +34,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from litestar.testing import AsyncTestClient
 
 from bench.engine import build_query, median_ms
-from calbroker.api.onboarding import ConnectionDraft, verify_and_save
-from calbroker.app import create_app, open_services
+from calbroker.app import create_app
 from calbroker.config import MasterKey, Settings, sandbox_cloud
 from calbroker.domain import Interval, ResponseFormat
 from calbroker.domain.connections import AccessLevel, ConnectionMethod, GraphClientSecret
 from calbroker.logs import configure_logging
 from calbroker.providers import Deadline
 from calbroker.sandbox import SandboxThread, start_sandbox_in_thread, this_week_monday
+from calbroker.services import ConnectionDraft, open_services, verify_and_save
 from calbroker.store.applications import create_application
 from calbroker.store.database import embedded_server_url, ensure_database
 
@@ -113,6 +113,7 @@ async def run(rtt_ms: float, runs: int) -> dict[str, Any]:
             contoso = sandbox.directory.tenants["contoso"]
             app = next(a for a in sandbox.directory.apps.values() if a.key == "contoso-secret")
             connection = await verify_and_save(
+                services,
                 ConnectionDraft(
                     application_id=issued.application.id,
                     method=ConnectionMethod.GRAPH_APP,
@@ -123,13 +124,9 @@ async def run(rtt_ms: float, runs: int) -> dict[str, Any]:
                     cloud="sandbox",
                     tenant_id=contoso.id,
                 ),
-                settings=settings,
-                pool=services.pool,
-                keyring=services.keyring,
-                registry=services.providers,
                 actor="bench",
             )
-            provider = services.providers.build(
+            provider = services.upstream.registry.build(
                 connection, GraphClientSecret(contoso.id, app.client_id, app.secrets[0].value)
             )
             start = datetime.combine(

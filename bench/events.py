@@ -36,13 +36,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import httpx
 
-from calbroker.api.onboarding import ConnectionDraft, verify_and_save
 from calbroker.app import create_app
 from calbroker.config import MasterKey, Settings, sandbox_cloud
 from calbroker.domain.connections import AccessLevel, ConnectionMethod, EwsServiceAccount, GraphClientSecret
 from calbroker.logs import configure_logging
 from calbroker.providers import Deadline
 from calbroker.sandbox import SandboxThread, start_sandbox_in_thread, this_week_monday
+from calbroker.services import ConnectionDraft, verify_and_save
 from calbroker.store.applications import create_application
 from calbroker.store.database import embedded_server_url, ensure_database
 
@@ -114,11 +114,8 @@ async def _connect(app: Any, sandbox: SandboxThread, application_id: uuid.UUID) 
     ]
     for draft in drafts:
         await verify_and_save(
+            services,
             draft,
-            settings=services.settings,
-            pool=services.pool,
-            keyring=services.keyring,
-            registry=services.providers,
             actor="bench",
         )
 

@@ -1,3 +1,15 @@
-"""Test-wide fixtures: a real PostgreSQL and the Microsoft 365 sandbox (never mocks)."""
+"""Test-wide fixtures: a real PostgreSQL and the Microsoft 365 sandbox (never mocks).
+
+Hypothesis runs the `quick` profile by default (a fast inner loop) and the `thorough` profile
+when HYPOTHESIS_PROFILE=thorough, which `.ci/run` sets: CI keeps the full example counts.
+"""
+
+import os
+
+from hypothesis import HealthCheck, settings
+
+settings.register_profile("quick", max_examples=50, deadline=None)
+settings.register_profile("thorough", max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "quick"))
 
 pytest_plugins = ("tests.fixtures.database", "tests.fixtures.api", "tests.fixtures.sandbox")

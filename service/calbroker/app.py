@@ -1,19 +1,17 @@
-"""The composition root: `create_app(settings)` wires store, providers and API routes.
+"""The composition root: `create_app(settings)` wires the services into the API's routes.
 
-The lifespan owns every long-lived resource (database pool, keyring, later HTTP sessions and
-provider clients) and closes them in reverse order; handlers reach them only through
-dependencies, never through module globals.
+The lifespan opens the services bundle (database pool, keyring, HTTP session, thread pool,
+provider registry) and closes it in reverse order; handlers reach it only through dependencies,
+never through module globals.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from importlib import metadata
 from pathlib import Path
 
-import aiohttp
 import msgspec
 from litestar import Litestar, Router, get
 from litestar.datastructures import State
@@ -27,7 +25,7 @@ from prometheus_client import CollectorRegistry
 
 from calbroker.api.auth import provide_caller, require_api_key
 from calbroker.api.availability import availability
-from calbroker.api.connect_pages import connect_callback, connect_page, connect_submit
+from calbroker.api.connect import connect_callback, connect_page, connect_submit
 from calbroker.api.connections import (
     connection_rooms,
     create_connect_link,
@@ -36,28 +34,19 @@ from calbroker.api.connections import (
     revoke_connection,
     verify_connection,
 )
-from calbroker.api.events import delete_event, get_event, list_events, provide_bookings, put_event
+from calbroker.api.dependencies import provide_bookings, provide_deadline, provide_schedules, provide_services
+from calbroker.api.events import delete_event, get_event, list_events, put_event
 from calbroker.api.free_busy import free_busy
 from calbroker.api.health import healthz, metrics, readyz
 from calbroker.api.me import me
 from calbroker.api.problem_pages import problem_index, problem_page, register_template_filters
 from calbroker.api.problems import problem_plugin
-from calbroker.api.schedules import ScheduleReader
-from calbroker.api.services import Services, provide_deadline, provide_schedules, provide_services
 from calbroker.api.telemetry import HttpMetrics, RequestTelemetry
 from calbroker.config import Settings
-from calbroker.domain.connections import Connection, Credentials
-from calbroker.logs import get_logger
-from calbroker.providers.registry import ProviderRegistry
-from calbroker.store.connections import update_credentials
-from calbroker.store.database import connect_pool, resolve_database_url
-from calbroker.store.keyring import load_keyring
-from calbroker.store.migrations import migrate
-from calbroker.workers.health import HealthDeps, health_checker
+from calbroker.services import open_services
+from calbroker.workers.health import health_checker
 
-__all__ = ["create_app", "open_services", "openapi_document"]
-
-log = get_logger(__name__)
+__all__ = ["create_app", "openapi_document"]
 
 
 def _version() -> str:
@@ -67,51 +56,14 @@ def _version() -> str:
         return "0.0.0"
 
 
-@asynccontextmanager
-async def open_services(settings: Settings, *, pool_size: int | None = None) -> AsyncIterator[Services]:
-    """Every long-lived resource, opened in order and closed in reverse (the API and the CLI share it)."""
-    async with AsyncExitStack() as stack:
-        url = await resolve_database_url(settings)
-        pool = await stack.enter_async_context(connect_pool(url, max_size=pool_size or settings.database_pool_size))
-        async with pool.acquire() as conn:
-            applied = await migrate(conn)
-        if applied:
-            log.info("migrations applied", versions=[m.version for m in applied])
-        keyring = load_keyring(settings)
-        session = await stack.enter_async_context(
-            aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(total=settings.upstream_deadline_s),
-                connector=aiohttp.TCPConnector(limit=200, limit_per_host=50, ttl_dns_cache=300),
-                headers={"User-Agent": f"calbroker/{_version()}"},
-            )
-        )
-        # msal and exchangelib are synchronous: they run here, never on the event loop.
-        executor = stack.enter_context(ThreadPoolExecutor(max_workers=32, thread_name_prefix="upstream"))
-
-        async def persist_renewed(connection: Connection, credentials: Credentials) -> None:
-            async with pool.acquire() as conn:
-                await update_credentials(conn, keyring, connection, credentials, actor="provider")
-
-        registry = ProviderRegistry(settings, session, executor, credentials_sink=persist_renewed)
-        stack.push_async_callback(registry.aclose)
-        yield Services(
-            settings=settings,
-            pool=pool,
-            keyring=keyring,
-            providers=registry,
-            schedules=ScheduleReader(pool, keyring, registry),
-        )
-
-
 def _lifespan(settings: Settings) -> Callable[[Litestar], AbstractAsyncContextManager[None]]:
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         async with open_services(settings) as services:
             app.state.services = services
-            deps = HealthDeps(settings, services.pool, services.keyring, services.providers)
             try:
-                # Connection health checks run here until a worker process exists (off when unset).
-                async with health_checker(deps):
+                # Connection health checks (off when the interval is unset).
+                async with health_checker(services):
                     yield
             finally:
                 app.state.pop("services", None)

@@ -20,7 +20,6 @@ from pathlib import Path
 
 import asyncpg
 
-from calbroker.api.onboarding import ConnectionDraft, verify_and_save
 from calbroker.config import ConfigError, Settings
 from calbroker.domain.connections import (
     AccessLevel,
@@ -30,9 +29,11 @@ from calbroker.domain.connections import (
     GraphClientSecret,
 )
 from calbroker.domain.errors import CalbrokerError, InvalidRequest
+from calbroker.domain.secret_expiry import parse_secret_expiry
 from calbroker.logs import configure_logging, get_logger
 from calbroker.providers.certificates import certificate_credentials
 from calbroker.redaction import redact_text
+from calbroker.services import ConnectionDraft, open_services, verify_and_save
 from calbroker.store.applications import (
     create_application,
     get_application,
@@ -41,7 +42,7 @@ from calbroker.store.applications import (
     rotate_key,
 )
 from calbroker.store.connections import delete_connection, get_connection, list_connections
-from calbroker.store.database import resolve_database_url
+from calbroker.store.database import connect_pool, resolve_database_url
 from calbroker.store.keyring import KeyringError, add_key_to_file, generate_master_key, load_keyring
 from calbroker.store.migrations import MigrationError, migrate
 from calbroker.store.secrets import rewrap_all
@@ -54,14 +55,12 @@ _ACTOR = "cli"
 
 @asynccontextmanager
 async def _database(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
+    """A small migrated pool for commands that only read and write rows (no upstream calls)."""
     url = await resolve_database_url(settings)
-    pool = await asyncpg.create_pool(url, min_size=1, max_size=2)
-    try:
+    async with connect_pool(url, max_size=2) as pool:
         async with pool.acquire() as conn:
             await migrate(conn)
         yield pool
-    finally:
-        await pool.close()
 
 
 async def _cmd_migrate(settings: Settings, _args: argparse.Namespace) -> int:
@@ -210,7 +209,6 @@ async def _cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def _cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
-    from calbroker.app import open_services  # noqa: PLC0415
     from calbroker.demo import (  # noqa: PLC0415
         demo_instructions,
         demo_settings,
@@ -262,28 +260,14 @@ def _csv(value: str | None) -> list[str]:
 
 
 def _expiry(value: str | None) -> datetime | None:
-    if not value:
-        return None
-    try:
-        return datetime.fromisoformat(value).replace(tzinfo=UTC) if len(value) == 10 else datetime.fromisoformat(value)
-    except ValueError:
-        raise InvalidRequest.field("secret_expires", "must be a date like 2027-06-30") from None
+    return parse_secret_expiry(value, now=datetime.now(UTC), field="--secret-expires") if value else None
 
 
 async def _add_connection(settings: Settings, draft: ConnectionDraft) -> int:
-    from calbroker.app import open_services  # noqa: PLC0415
-
     async with open_services(settings, pool_size=2) as services:
         async with services.pool.acquire() as conn:
             await get_application(conn, draft.application_id)
-        connection = await verify_and_save(
-            draft,
-            settings=settings,
-            pool=services.pool,
-            keyring=services.keyring,
-            registry=services.providers,
-            actor=_ACTOR,
-        )
+        connection = await verify_and_save(services, draft, actor=_ACTOR)
     print(f"verified with {draft.test_mailbox} and saved connection {connection.id} ({connection.display_name})")
     return 0
 

@@ -16,11 +16,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from calbroker.api.onboarding import ConnectionDraft, verify_and_save
-from calbroker.api.services import Services
 from calbroker.config import Settings, sandbox_cloud
 from calbroker.domain.connections import AccessLevel, ConnectionMethod, EwsServiceAccount, GraphClientSecret
 from calbroker.sandbox import SandboxThread, start_sandbox_in_thread, this_week_monday
+from calbroker.services import ConnectionDraft, Services, verify_and_save
 from calbroker.store.applications import IssuedKey, create_application, list_applications, rotate_key
 from calbroker.store.connections import delete_connection, list_connections
 
@@ -92,6 +91,7 @@ async def prepare_demo(services: Services, sandbox: SandboxThread, base_url: str
     graph_app = next(app for app in directory.apps.values() if app.key == "contoso-secret")
     service_account = fabrikam.service_accounts["svc-full"]
     graph = await verify_and_save(
+        services,
         ConnectionDraft(
             application_id=application_id,
             method=ConnectionMethod.GRAPH_APP,
@@ -103,13 +103,10 @@ async def prepare_demo(services: Services, sandbox: SandboxThread, base_url: str
             cloud="sandbox",
             tenant_id=contoso.id,
         ),
-        settings=services.settings,
-        pool=services.pool,
-        keyring=services.keyring,
-        registry=services.providers,
         actor="demo",
     )
     ews = await verify_and_save(
+        services,
         ConnectionDraft(
             application_id=application_id,
             method=ConnectionMethod.EWS,
@@ -122,10 +119,6 @@ async def prepare_demo(services: Services, sandbox: SandboxThread, base_url: str
             display_name="Fabrikam (Exchange on-premises, EWS)",
             cloud="sandbox",
         ),
-        settings=services.settings,
-        pool=services.pool,
-        keyring=services.keyring,
-        registry=services.providers,
         actor="demo",
     )
 

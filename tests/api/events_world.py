@@ -18,8 +18,6 @@ from typing import Any
 
 import httpx
 
-from calbroker.api.onboarding import ConnectionDraft, verify_and_save
-from calbroker.api.services import Services
 from calbroker.app import create_app
 from calbroker.config import MasterKey, Settings, sandbox_cloud
 from calbroker.domain.connections import (
@@ -31,6 +29,7 @@ from calbroker.domain.connections import (
     GraphClientSecret,
 )
 from calbroker.sandbox import SandboxThread
+from calbroker.services import ConnectionDraft, Services, verify_and_save
 from calbroker.store.connections import NewConnection, save_connection
 from tests.fixtures.sandbox import SandboxControl
 
@@ -165,11 +164,8 @@ async def connect_teams_bridge(services: Services, application_id: uuid.UUID, sa
 
 async def _save(services: Services, draft: ConnectionDraft) -> Connection:
     return await verify_and_save(
+        services,
         draft,
-        settings=services.settings,
-        pool=services.pool,
-        keyring=services.keyring,
-        registry=services.providers,
         actor="test",
     )
 

@@ -7,6 +7,8 @@ log line and audit entry of the module is scanned for the secrets typed in at th
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import html
 import io
 import re
@@ -22,6 +24,7 @@ import pytest
 from litestar.testing import AsyncTestClient
 
 from calbroker.app import create_app
+from calbroker.cli import main
 from calbroker.config import OperatorApp, Settings
 from calbroker.logs import configure_logging
 from calbroker.sandbox import SandboxThread
@@ -342,6 +345,54 @@ async def test_own_app_registration_wrong_secret_then_corrected(
     assert "already been used" in used.text
     again = await browser.submit(hidden_fields(failed.text), right)
     assert again.status_code == 410
+
+
+async def test_the_cli_and_the_connect_form_store_the_same_expiry_instant(
+    web: AsyncTestClient,  # type: ignore[type-arg]
+    browser: FormBrowser,
+    app_a: IssuedKey,
+    sandbox_control: SandboxControl,
+    link_settings: Settings,
+    pool: asyncpg.Pool,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """One parser behind both doors: a date typed in either is the same instant in the store."""
+    typed = (date.today() + timedelta(days=321)).isoformat()
+    link = await new_link(web, app_a)
+    done = await browser.submit(
+        await browser.open_form(link["url"], "graph_app"),
+        graph_app_fields(sandbox_control, secret_expires_on=typed),
+    )
+    from_form = uuid.UUID(landed(done)["connection_id"])
+    fields = graph_app_fields(sandbox_control)
+    key = link_settings.master_keys[0]
+    env = {
+        "DATABASE_URL": str(link_settings.database_url),
+        "CALBROKER_MASTER_KEYS": f"{key.kid}:{base64.b64encode(key.key).decode()}",
+        "CALBROKER_DATA_DIR": str(link_settings.data_dir),
+        "CALBROKER_SANDBOX_URL": sandbox_control.url,
+        "CALBROKER_SANDBOX_CA": str(link_settings.clouds["sandbox"].ca_bundle),
+        "CALBROKER_ALLOW_PRIVATE_UPSTREAMS": "true",
+        "CALBROKER_LOG_LEVEL": "warning",
+    }
+    command = [
+        "connections", "add-graph", "--application", str(app_a.application.id), "--tenant-id", fields["tenant_id"],
+        "--client-id", fields["client_id"], "--client-secret", fields["client_secret"], "--domains", "contoso.com",
+        "--test-mailbox", "adele.vance@contoso.com", "--cloud", "sandbox", "--secret-expires", typed,
+    ]  # fmt: skip
+    assert await asyncio.to_thread(main, command, env) == 0
+    capsys.readouterr()
+    async with pool.acquire() as conn:
+        stored = {
+            row["id"]: row["secret_expires_at"]
+            for row in await conn.fetch(
+                "SELECT id, secret_expires_at FROM connections WHERE application_id = $1", app_a.application.id
+            )
+        }
+    from_cli = [value for connection_id, value in stored.items() if connection_id != from_form and value is not None]
+    assert stored[from_form] is not None
+    assert stored[from_form].date().isoformat() == typed
+    assert stored[from_form] in from_cli
 
 
 @pytest.mark.parametrize(

@@ -11,9 +11,7 @@ import asyncpg
 import pytest
 from litestar.testing import AsyncTestClient
 
-from calbroker.api.onboarding import ConnectionDraft, verify_and_save
-from calbroker.api.services import Services
-from calbroker.app import create_app, open_services
+from calbroker.app import create_app
 from calbroker.config import Settings
 from calbroker.domain.connections import (
     AccessLevel,
@@ -24,6 +22,7 @@ from calbroker.domain.connections import (
     GraphClientSecret,
 )
 from calbroker.sandbox import SandboxThread
+from calbroker.services import ConnectionDraft, Services, open_services, verify_and_save
 from calbroker.store.applications import IssuedKey
 from tests.fixtures.connect import connect_settings, operator_of
 from tests.fixtures.sandbox import SandboxControl
@@ -56,11 +55,8 @@ def auth(key: IssuedKey) -> dict[str, str]:
 
 async def save(services: Services, draft: ConnectionDraft) -> Connection:
     return await verify_and_save(
+        services,
         draft,
-        settings=services.settings,
-        pool=services.pool,
-        keyring=services.keyring,
-        registry=services.providers,
         actor="test",
     )
 

@@ -8,7 +8,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 
 from calbroker.domain import (
     AvailabilityQuery,
@@ -67,7 +67,6 @@ def as_found(slots: tuple[Slot, ...]) -> list[Found]:
 # Properties: the engine agrees with the oracle on queries that use every feature at once.
 
 
-@settings(max_examples=500, deadline=None)
 @given(queries())
 def test_slots_match_the_per_minute_oracle(availability: AvailabilityQuery) -> None:
     result = find_availability(availability)
@@ -75,7 +74,6 @@ def test_slots_match_the_per_minute_oracle(availability: AvailabilityQuery) -> N
     assert result.periods == ()
 
 
-@settings(max_examples=500, deadline=None)
 @given(queries(ResponseFormat.PERIODS))
 def test_periods_match_the_brute_force_oracle(availability: AvailabilityQuery) -> None:
     result = find_availability(availability)
@@ -83,7 +81,6 @@ def test_periods_match_the_brute_force_oracle(availability: AvailabilityQuery) -
     assert result.slots == ()
 
 
-@settings(max_examples=300, deadline=None)
 @given(queries())
 def test_explanations_name_every_blocker_of_the_first_rejected_candidates(
     availability: AvailabilityQuery,

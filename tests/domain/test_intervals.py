@@ -7,7 +7,7 @@ from itertools import pairwise
 from zoneinfo import ZoneInfo
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from calbroker.domain import Interval, contains, dilate, intersect, normalize, overlapping, subtract, union
@@ -140,7 +140,6 @@ def assert_normal_form(intervals: tuple[Interval, ...]) -> None:
         assert earlier.end < later.start, "sorted and neither overlapping nor touching"
 
 
-@settings(max_examples=200, deadline=None)
 @given(interval_lists, interval_lists)
 def test_algebra_matches_set_operations_on_minutes(left: list[Interval], right: list[Interval]) -> None:
     for result, expected in (
@@ -153,7 +152,6 @@ def test_algebra_matches_set_operations_on_minutes(left: list[Interval], right: 
         assert minutes(result) == expected
 
 
-@settings(max_examples=150, deadline=None)
 @given(interval_lists, st.integers(0, 30), st.integers(0, 30))
 def test_dilate_matches_widening_each_interval(intervals: list[Interval], before: int, after: int) -> None:
     result = dilate(intervals, before * MINUTE, after * MINUTE)
@@ -162,7 +160,6 @@ def test_dilate_matches_widening_each_interval(intervals: list[Interval], before
     assert minutes(result) == minutes(widened)
 
 
-@settings(max_examples=150, deadline=None)
 @given(interval_lists, st.integers(0, 300), st.integers(1, 60))
 def test_contains_matches_subset_of_minutes(intervals: list[Interval], start: int, length: int) -> None:
     candidate = iv(start, start + length)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import random
 from datetime import UTC, datetime, timedelta
 
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from calbroker.domain import BusyBlock, BusyStatus, Interval, Member, blocking, dilate, normalize, subtract
@@ -28,7 +28,6 @@ intervals = st.builds(iv, st.integers(-120, 1440), st.integers(1, 600))
 blocks = st.builds(BusyBlock, intervals, st.sampled_from(BusyStatus))
 
 
-@settings(max_examples=400, deadline=None)
 @given(
     st.lists(intervals, max_size=4),
     st.lists(blocks, max_size=10),

@@ -7,7 +7,7 @@ from itertools import pairwise
 from zoneinfo import ZoneInfo
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from calbroker.domain import Interval, Weekday, WeeklyPeriod, WorkingHours, expand
@@ -97,7 +97,6 @@ def test_weekly_period_refuses_empty_backwards_or_zoned_times(start: time, end: 
         WeeklyPeriod(Weekday.MONDAY, start, end)
 
 
-@settings(max_examples=200, deadline=None)
 @given(working_hours(), windows_near_transitions(max_hours=72))
 def test_expand_matches_checking_every_minute(week: WorkingHours, window_spec: tuple[datetime, int, str]) -> None:
     origin, length, _ = window_spec
@@ -113,7 +112,6 @@ def test_expand_matches_checking_every_minute(week: WorkingHours, window_spec: t
     assert expand(week, window) == tuple(Interval(start, end) for start, end in expected)
 
 
-@settings(max_examples=100, deadline=None)
 @given(
     st.sampled_from(["Europe/London", "America/New_York", "Australia/Lord_Howe", "Asia/Kolkata", "UTC"]),
     st.integers(0, 400),

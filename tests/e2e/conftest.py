@@ -7,12 +7,10 @@ from dataclasses import dataclass
 
 import pytest
 
-from calbroker.api.onboarding import ConnectionDraft, verify_and_save
-from calbroker.api.services import Services
-from calbroker.app import open_services
 from calbroker.config import Settings, sandbox_cloud
 from calbroker.domain.connections import AccessLevel, Connection, ConnectionMethod, EwsServiceAccount, GraphClientSecret
 from calbroker.sandbox import SandboxThread
+from calbroker.services import ConnectionDraft, Services, open_services, verify_and_save
 from calbroker.store.applications import IssuedKey
 from tests.fixtures.database import new_master_key
 
@@ -80,11 +78,8 @@ async def tenant_services(settings: Settings) -> AsyncIterator[Services]:
 
 async def connect(services: Services, draft: ConnectionDraft) -> Connection:
     return await verify_and_save(
+        services,
         draft,
-        settings=services.settings,
-        pool=services.pool,
-        keyring=services.keyring,
-        registry=services.providers,
         actor="test",
     )
 

@@ -16,10 +16,10 @@ from zoneinfo import ZoneInfo
 
 from litestar.testing import AsyncTestClient
 
-from calbroker.api.services import Services
 from calbroker.domain import Interval
 from calbroker.providers import Deadline
 from calbroker.sandbox import SandboxThread
+from calbroker.services import Services
 from calbroker.store.applications import IssuedKey
 from tests.e2e.conftest import Tenants
 from tests.fixtures.sandbox import SandboxControl

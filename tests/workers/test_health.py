@@ -11,15 +11,13 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 import pytest
 
-from calbroker.api.onboarding import ConnectionDraft, verify_and_save
-from calbroker.api.services import Services
-from calbroker.app import open_services
 from calbroker.config import Settings
 from calbroker.domain.connections import AccessLevel, Connection, ConnectionMethod, GraphAdminConsent, GraphClientSecret
 from calbroker.sandbox import SandboxThread
+from calbroker.services import ConnectionDraft, Services, open_services, verify_and_save
 from calbroker.store.applications import IssuedKey
 from calbroker.store.audit import list_audit
-from calbroker.workers.health import HealthDeps, check_due_connections, health_checker
+from calbroker.workers.health import check_due_connections, health_checker
 from tests.fixtures.connect import connect_settings, operator_of
 from tests.fixtures.sandbox import SandboxControl
 
@@ -32,11 +30,6 @@ async def services(settings: Settings, sandbox: SandboxThread) -> AsyncIterator[
         connect_settings(settings, sandbox, public_url="http://127.0.0.1:9"), pool_size=3
     ) as opened:
         yield opened
-
-
-@pytest.fixture
-def deps(services: Services) -> HealthDeps:
-    return HealthDeps(services.settings, services.pool, services.keyring, services.providers)
 
 
 @pytest.fixture(autouse=True)
@@ -56,11 +49,8 @@ async def due_now(pool: asyncpg.Pool, *connections: Connection) -> None:
 
 async def connect(services: Services, draft: ConnectionDraft) -> Connection:
     return await verify_and_save(
+        services,
         draft,
-        settings=services.settings,
-        pool=services.pool,
-        keyring=services.keyring,
-        registry=services.providers,
         actor="test",
     )
 
@@ -95,7 +85,6 @@ async def status_of(pool: asyncpg.Pool, connection: Connection) -> tuple[str, st
 
 async def test_a_failing_connection_turns_degraded_and_recovers(
     services: Services,
-    deps: HealthDeps,
     sandbox: SandboxThread,
     sandbox_control: SandboxControl,
     make_application: MakeApplication,
@@ -120,21 +109,21 @@ async def test_a_failing_connection_turns_degraded_and_recovers(
             ),
         )
         await due_now(pool, connection)
-        first = await check_due_connections(deps)
+        first = await check_due_connections(services)
         assert (first.checked, first.healthy, first.degraded) == (1, 1, 0)
         assert await status_of(pool, connection) == ("active", None)
-        assert (await check_due_connections(deps)).checked == 0  # not due again until the interval passed
+        assert (await check_due_connections(services)).checked == 0  # not due again until the interval passed
 
         sandbox_control.delete(f"/_sandbox/tenants/contoso/consent/{operator.client_id}")
         await due_now(pool, connection)
-        assert (await check_due_connections(deps)).degraded == 1
+        assert (await check_due_connections(services)).degraded == 1
         status, error = await status_of(pool, connection)
         assert status == "degraded"
         assert error  # the cached token is refused for the mailbox now (a fresh one would not be issued)
 
         sandbox_control.post(f"/_sandbox/tenants/contoso/consent/{operator.client_id}")
         await due_now(pool, connection)
-        assert (await check_due_connections(deps)).healthy == 1
+        assert (await check_due_connections(services)).healthy == 1
         assert await status_of(pool, connection) == ("active", None)
         async with pool.acquire() as conn:
             actions = [e.action for e in await list_audit(conn, key.application.id)]
@@ -145,7 +134,6 @@ async def test_a_failing_connection_turns_degraded_and_recovers(
 
 async def test_secret_expiry_is_announced_once_per_threshold(
     services: Services,
-    deps: HealthDeps,
     sandbox: SandboxThread,
     make_application: MakeApplication,
     pool: asyncpg.Pool,
@@ -154,13 +142,13 @@ async def test_secret_expiry_is_announced_once_per_threshold(
     connection = await contoso_secret(services, sandbox, key.application.id, datetime.now(UTC) + timedelta(days=20))
     for _ in range(2):
         await due_now(pool, connection)
-        assert (await check_due_connections(deps)).checked == 1
+        assert (await check_due_connections(services)).checked == 1
     async with pool.acquire() as conn:
         await conn.execute(
             "UPDATE connections SET secret_expires_at = now() + interval '5 days' WHERE id = $1", connection.id
         )
     await due_now(pool, connection)
-    assert (await check_due_connections(deps)).warned == 1
+    assert (await check_due_connections(services)).warned == 1
     async with pool.acquire() as conn:
         expiring = [e for e in await list_audit(conn, key.application.id) if e.action == "connection.expiring"]
     assert [(e.details["code"], e.details["threshold_days"]) for e in expiring] == [
@@ -171,7 +159,6 @@ async def test_secret_expiry_is_announced_once_per_threshold(
 
 async def test_replicas_never_check_the_same_connection_twice_in_a_round(
     services: Services,
-    deps: HealthDeps,
     sandbox: SandboxThread,
     make_application: MakeApplication,
     pool: asyncpg.Pool,
@@ -181,7 +168,7 @@ async def test_replicas_never_check_the_same_connection_twice_in_a_round(
     later = datetime.now(UTC) + timedelta(days=300)
     connections = [await contoso_secret(services, sandbox, key.application.id, later) for _ in range(4)]
     await due_now(pool, *connections)
-    rounds = await asyncio.gather(*(check_due_connections(deps) for _ in range(3)))
+    rounds = await asyncio.gather(*(check_due_connections(services) for _ in range(3)))
     assert sum(r.checked for r in rounds) == 4
     assert sum(r.healthy for r in rounds) == 4
 
@@ -192,10 +179,7 @@ async def test_the_periodic_checker_runs_in_the_background_and_stops(
     key = await make_application("background")
     connection = await contoso_secret(services, sandbox, key.application.id, datetime.now(UTC) + timedelta(days=300))
     await due_now(pool, connection)
-    deps = HealthDeps(
-        replace(services.settings, health_check_interval_s=10.0), services.pool, services.keyring, services.providers
-    )
-    async with health_checker(deps):
+    async with health_checker(replace(services, settings=replace(services.settings, health_check_interval_s=10.0))):
         for _ in range(100):
             async with pool.acquire() as conn:
                 checked = await conn.fetchval(

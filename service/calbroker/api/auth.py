@@ -8,7 +8,7 @@ from litestar import Request
 from litestar.connection import ASGIConnection
 from litestar.handlers.base import BaseRouteHandler
 
-from calbroker.api.services import provide_services
+from calbroker.api.dependencies import provide_services
 from calbroker.domain.errors import Unauthenticated
 from calbroker.store.applications import ApiKey, Application, authenticate
 

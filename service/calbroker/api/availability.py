@@ -17,7 +17,6 @@ from litestar.params import Body as BodyParam
 from calbroker.api.auth import Caller
 from calbroker.api.free_busy import parse_mailboxes
 from calbroker.api.problems import V1_PROBLEMS, embedded_problem
-from calbroker.api.schedules import ScheduleReader
 from calbroker.api.wire import Body, Days, Minutes, Period, Response, interval, zone
 from calbroker.domain import (
     DEFAULT_MAX_RESULTS,
@@ -38,6 +37,7 @@ from calbroker.domain.busy import BusyStatus
 from calbroker.domain.errors import CalbrokerError, InvalidRequest, LimitExceeded
 from calbroker.domain.working_hours import Weekday, WeeklyPeriod, WorkingHours
 from calbroker.providers.protocol import Deadline
+from calbroker.services import ScheduleReader
 
 __all__ = ["availability"]
 

@@ -20,7 +20,6 @@ from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 
 from calbroker.api.auth import Caller
 from calbroker.api.problems import UPSTREAM_PROBLEMS, V1_PROBLEMS, embedded_problem, problem_response
-from calbroker.api.services import Services
 from calbroker.api.wire import Body, Response
 from calbroker.config import Settings
 from calbroker.domain.connections import (
@@ -31,9 +30,10 @@ from calbroker.domain.connections import (
     ConnectionStatus,
     normalize_email,
 )
-from calbroker.domain.errors import CalbrokerError, Conflict, InvalidRequest, UpstreamThrottled
+from calbroker.domain.errors import Conflict, InvalidRequest
 from calbroker.domain.secret_expiry import secret_warning
 from calbroker.providers.protocol import Deadline
+from calbroker.services import Services
 from calbroker.store.connect_links import create_link
 from calbroker.store.connection_checks import test_mailbox_of
 from calbroker.store.connections import delete_connection, get_connection, list_connections, mark_connection_health
@@ -339,7 +339,7 @@ async def revoke_connection(
         connection = await get_connection(conn, caller.application.id, connection_id)
         if connection.status is not ConnectionStatus.REVOKED:
             await delete_connection(conn, connection, actor=f"key:{caller.key.prefix}")
-    await services.providers.forget(connection)
+    await services.upstream.forget(connection)
 
 
 @post(
@@ -369,16 +369,8 @@ async def verify_connection(
     if not mailbox:
         raise InvalidRequest.field("test_mailbox", "no test mailbox is known for this connection; pass one")
     mailbox = normalize_email(mailbox, field_name="test_mailbox")
-    await services.providers.forget(connection)  # fresh tokens: this is the "check it now" button
-    error: CalbrokerError | None = None
-    try:
-        provider = await services.schedules.provider(connection)
-        await provider.verify(mailbox, deadline)
-    except UpstreamThrottled:
-        raise
-    except CalbrokerError as exc:
-        error = exc
-        await services.providers.forget(connection)
+    # Fresh tokens: this is the "check it now" button.
+    error = await services.upstream.verify(connection, mailbox, deadline, fresh=True)
     async with services.pool.acquire() as conn:
         await mark_connection_health(conn, connection.id, error=error.detail if error else None)
         updated = await get_connection(conn, caller.application.id, connection.id)
@@ -403,7 +395,7 @@ async def connection_rooms(
 ) -> RoomList:
     """Graph places (needs Place.Read.All) or EWS room lists; book them as attendees of type `resource`."""
     connection = _live(await _own_connection(services, caller, connection_id))
-    provider = await services.schedules.provider(connection)
+    provider = await services.upstream.provider(connection)
     rooms = await provider.list_rooms(deadline)
     return RoomList(
         rooms=[

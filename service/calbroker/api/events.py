@@ -18,15 +18,12 @@ from zoneinfo import ZoneInfo
 import msgspec
 from litestar import Response as HttpResponse
 from litestar import delete, get, put
-from litestar.datastructures import State
 from litestar.di import NamedDependency
 from litestar.openapi import ResponseSpec
 from litestar.params import FromPath, JSONBody, QueryParameter
 
 from calbroker.api.auth import Caller
-from calbroker.api.bookings import Bookings, CalendarEntry
 from calbroker.api.problems import V1_PROBLEMS, problem_response
-from calbroker.api.services import provide_services
 from calbroker.api.wire import Body, Response, span, zone
 from calbroker.domain.busy import BusyStatus
 from calbroker.domain.connections import normalize_email
@@ -44,9 +41,10 @@ from calbroker.domain.events import (
 )
 from calbroker.domain.intervals import Interval
 from calbroker.providers.protocol import Deadline
+from calbroker.services import Bookings, CalendarEntry
 from calbroker.store.events import EventRecord, EventState
 
-__all__ = ["delete_event", "get_event", "list_events", "provide_bookings", "put_event"]
+__all__ = ["delete_event", "get_event", "list_events", "put_event"]
 
 MAX_VIEW_SPAN = timedelta(days=62)
 MAX_PAGE = 500
@@ -219,12 +217,6 @@ class CalendarView(Response):
     mailbox: str
     events: list[CalendarEventOut]
     next_cursor: Annotated[str | None, msgspec.Meta(description="Pass as `cursor` for the next page")] = None
-
-
-def provide_bookings(state: State) -> Bookings:
-    """Dependency: the booking service over the app's pool, providers and settings (it holds nothing else)."""
-    services = provide_services(state)
-    return Bookings(services.pool, services.schedules, services.settings)
 
 
 def _event_id(raw: str) -> str:

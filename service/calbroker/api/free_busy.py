@@ -15,7 +15,6 @@ from litestar.params import Body as BodyParam
 
 from calbroker.api.auth import Caller
 from calbroker.api.problems import V1_PROBLEMS, embedded_problem
-from calbroker.api.schedules import ScheduleReader
 from calbroker.api.wire import Body, Response, span, zone
 from calbroker.domain import BusyStatus, Interval
 from calbroker.domain.connections import normalize_email
@@ -23,6 +22,7 @@ from calbroker.domain.errors import CalbrokerError, LimitExceeded
 from calbroker.domain.schedules import MailboxSchedule
 from calbroker.domain.working_hours import Weekday, WorkingHours
 from calbroker.providers.protocol import Deadline
+from calbroker.services import ScheduleReader
 
 __all__ = ["MAX_FREE_BUSY_MAILBOXES", "MAX_FREE_BUSY_SPAN", "free_busy"]
 

@@ -10,10 +10,11 @@ from litestar.datastructures import State
 from litestar.openapi import ResponseSpec
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from calbroker.api.dependencies import provide_services
 from calbroker.api.problems import ProblemBody
-from calbroker.api.services import Services, provide_services
 from calbroker.api.telemetry import HttpMetrics
 from calbroker.domain.errors import CalbrokerError
+from calbroker.services import Services
 from calbroker.store.migrations import applied_versions, available_migrations
 
 __all__ = ["healthz", "metrics", "readyz"]

@@ -7,9 +7,11 @@ so the warning is part of the connection itself, computed from the date the admi
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 
-__all__ = ["WARNING_DAYS", "SecretWarning", "secret_warning"]
+from calbroker.domain.errors import InvalidRequest
+
+__all__ = ["WARNING_DAYS", "SecretWarning", "parse_secret_expiry", "secret_warning"]
 
 WARNING_DAYS = (30, 7)
 """Thresholds, widest first: each is announced once as the expiry date comes closer."""
@@ -48,3 +50,33 @@ def secret_warning(expires_at: datetime | None, now: datetime) -> SecretWarning 
                 "through a new authorize link before then.",
             )
     return None
+
+
+def parse_secret_expiry(raw: str, *, now: datetime, field: str = "secret_expires_on") -> datetime:
+    """The instant a secret stops working, from what an admin types; one parser for every door.
+
+    Entra shows a secret's expiry as a date (``2027-06-30``), and the secret works through that
+    day, so a date means its last second in UTC. A full RFC 3339 time with an offset (Graph's
+    ``endDateTime``) is taken as given; a time without an offset is ambiguous and refused, and so
+    is an expiry that has already passed.
+    """
+    text = raw.strip()
+    try:
+        if len(text) == 10:
+            expires = datetime.combine(date.fromisoformat(text), time(23, 59, 59), UTC)
+        else:
+            expires = datetime.fromisoformat(text)
+    except ValueError:
+        raise InvalidRequest.field(field, "enter the date as shown under Expires, e.g. 2027-06-30") from None
+    if expires.tzinfo is None or expires.utcoffset() is None:
+        raise InvalidRequest.field(
+            field, "a time needs a UTC offset (e.g. 2027-06-30T10:00:00Z); or enter just the date, e.g. 2027-06-30"
+        )
+    expires = expires.astimezone(UTC)
+    if expires <= now:
+        raise InvalidRequest.field(
+            field,
+            f"{expires:%Y-%m-%d} has passed, so this secret has expired: create a new client secret under "
+            "Certificates & secrets and enter its Value and expiry date",
+        )
+    return expires

@@ -5,7 +5,7 @@ availability go quietly empty; here it turns `degraded` with the reason in `last
 (and back to `active` once it works again), and a secret nearing its expiry date is announced
 once per threshold (30 and 7 days) in the audit log as `connection.expiring`.
 
-Until a worker process exists the API runs this in its lifespan (`health_checker`); claims go
+`health_checker` runs it for as long as its block lasts (the API lifespan starts it); claims go
 through PostgreSQL (`SKIP LOCKED`), so any number of replicas can run it side by side.
 `check_due_connections` is the burst mode tests call: one round, then return.
 """
@@ -20,19 +20,18 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
-from calbroker.config import Settings
-from calbroker.domain.connections import Connection, ConnectionStatus, Credentials
-from calbroker.domain.errors import CalbrokerError, NotFound, UpstreamThrottled
+from calbroker.domain.connections import Connection, ConnectionStatus
+from calbroker.domain.errors import NotFound, UpstreamThrottled
 from calbroker.domain.secret_expiry import secret_warning
 from calbroker.logs import get_logger
 from calbroker.providers.protocol import Deadline
-from calbroker.providers.registry import ProviderRegistry
+from calbroker.services import Services
 from calbroker.store.audit import record_audit
 from calbroker.store.connection_checks import DueCheck, claim_due_checks, record_check, record_expiry_warning
-from calbroker.store.connections import get_connection, load_credentials, mark_connection_health
-from calbroker.store.keyring import Keyring, KeyringError
+from calbroker.store.connections import get_connection, mark_connection_health
+from calbroker.store.keyring import KeyringError
 
-__all__ = ["HealthDeps", "HealthRound", "check_due_connections", "health_checker"]
+__all__ = ["HealthRound", "check_due_connections", "health_checker"]
 
 log = get_logger(__name__)
 
@@ -40,16 +39,6 @@ _ACTOR = "health-check"
 _BATCH = 50
 _CONCURRENCY = 8
 _LONGEST_NAP_S = 30.0
-
-
-@dataclass(frozen=True, slots=True)
-class HealthDeps:
-    """What the checker needs, opened and closed by whoever runs it (the app lifespan today)."""
-
-    settings: Settings
-    pool: asyncpg.Pool
-    keyring: Keyring
-    registry: ProviderRegistry
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,10 +58,10 @@ class _Outcome:
     warned: bool
 
 
-async def check_due_connections(deps: HealthDeps, *, every: timedelta | None = None) -> HealthRound:
+async def check_due_connections(services: Services, *, every: timedelta | None = None) -> HealthRound:
     """Check every connection that is due (claimed across replicas), then return."""
-    interval = every or timedelta(seconds=deps.settings.health_check_interval_s or 300)
-    async with deps.pool.acquire() as conn:
+    interval = every or timedelta(seconds=services.settings.health_check_interval_s or 300)
+    async with services.pool.acquire() as conn:
         due = await claim_due_checks(conn, limit=_BATCH, every=interval)
     if not due:
         return HealthRound()
@@ -80,7 +69,7 @@ async def check_due_connections(deps: HealthDeps, *, every: timedelta | None = N
 
     async def bounded(check: DueCheck) -> _Outcome:
         async with limit:
-            return await _check(deps, check)
+            return await _check(services, check)
 
     async with asyncio.TaskGroup() as group:
         tasks = [group.create_task(bounded(check)) for check in due]
@@ -102,35 +91,25 @@ async def check_due_connections(deps: HealthDeps, *, every: timedelta | None = N
     return result
 
 
-async def _verify(deps: HealthDeps, connection: Connection, mailbox: str) -> str | None:
+async def _verify(services: Services, connection: Connection, mailbox: str) -> str | None:
     """None when the connection works, else the admin-readable reason it does not."""
-
-    async def credentials() -> Credentials:
-        async with deps.pool.acquire() as conn:
-            return await load_credentials(conn, deps.keyring, connection)
-
     try:
-        provider = await deps.registry.provider_for(connection, credentials)
-        await provider.verify(mailbox, Deadline.after(deps.settings.upstream_deadline_s))
-    except UpstreamThrottled:
-        raise
-    except CalbrokerError as exc:
-        # The next check starts from a fresh token client: msal remembers refusals for a while.
-        await deps.registry.forget(connection)
-        return exc.detail
+        error = await services.upstream.verify(
+            connection, mailbox, Deadline.after(services.settings.upstream_deadline_s)
+        )
     except KeyringError:
         return "The stored credentials cannot be decrypted on this server (a master key is missing)."
-    return None
+    return error.detail if error is not None else None
 
 
-async def _check(deps: HealthDeps, check: DueCheck) -> _Outcome:
-    async with deps.pool.acquire() as conn:
+async def _check(services: Services, check: DueCheck) -> _Outcome:
+    async with services.pool.acquire() as conn:
         try:
             connection = await get_connection(conn, check.application_id, check.connection_id)
         except NotFound:
             return _Outcome(checked=False, healthy=True, warned=False)
     try:
-        error = await _verify(deps, connection, check.test_mailbox)
+        error = await _verify(services, connection, check.test_mailbox)
     except UpstreamThrottled:
         log.info("health.throttled", connection_id=str(connection.id))  # busy, not broken: next round
         return _Outcome(checked=False, healthy=True, warned=False)
@@ -138,7 +117,7 @@ async def _check(deps: HealthDeps, check: DueCheck) -> _Outcome:
     announce = warning is not None and (
         check.expiry_warned_days is None or warning.threshold_days < check.expiry_warned_days
     )
-    async with deps.pool.acquire() as conn, conn.transaction():
+    async with services.pool.acquire() as conn, conn.transaction():
         await mark_connection_health(conn, connection.id, error=error)
         await record_check(conn, connection.id)
         if error is not None and connection.status is ConnectionStatus.ACTIVE:
@@ -179,11 +158,11 @@ async def _check(deps: HealthDeps, check: DueCheck) -> _Outcome:
     return _Outcome(checked=True, healthy=error is None, warned=announce)
 
 
-async def _run_forever(deps: HealthDeps, interval_s: float) -> None:
+async def _run_forever(services: Services, interval_s: float) -> None:
     nap = min(interval_s, _LONGEST_NAP_S)
     while True:
         try:
-            await check_due_connections(deps, every=timedelta(seconds=interval_s))
+            await check_due_connections(services, every=timedelta(seconds=interval_s))
         except (OSError, asyncpg.PostgresError) as exc:
             # The database or network blinked; the next round retries. Anything else is a bug
             # and ends the task loudly (its exception is logged when the lifespan closes).
@@ -192,13 +171,13 @@ async def _run_forever(deps: HealthDeps, interval_s: float) -> None:
 
 
 @contextlib.asynccontextmanager
-async def health_checker(deps: HealthDeps) -> AsyncIterator[None]:
+async def health_checker(services: Services) -> AsyncIterator[None]:
     """Run the periodic checker for the duration of the block (nothing if it is switched off)."""
-    interval = deps.settings.health_check_interval_s
+    interval = services.settings.health_check_interval_s
     if not interval:
         yield
         return
-    task = asyncio.create_task(_run_forever(deps, interval), name="calbroker-health-checks")
+    task = asyncio.create_task(_run_forever(services, interval), name="calbroker-health-checks")
     try:
         yield
     finally:

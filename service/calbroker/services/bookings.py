@@ -25,7 +25,6 @@ from enum import Enum
 
 import asyncpg
 
-from calbroker.api.schedules import ScheduleReader
 from calbroker.config import Settings
 from calbroker.domain.busy import blocking_statuses
 from calbroker.domain.connections import Connection, ConnectionKind, ConnectionStatus, route_mailbox
@@ -48,6 +47,7 @@ from calbroker.domain.schedules import ScheduleResult
 from calbroker.logs import get_logger
 from calbroker.providers.protocol import CalendarProvider, Deadline
 from calbroker.redaction import redact_text
+from calbroker.services.upstream import Upstream
 from calbroker.store.connections import list_connections
 from calbroker.store.database import Connection as DbConnection
 from calbroker.store.events import (
@@ -164,11 +164,11 @@ def _conflicts_upstream(
 
 
 class Bookings:
-    """The event operations of the API; built per request from the app's long-lived resources."""
+    """Event writes and calendar views for applications, over the process's pool and providers."""
 
-    def __init__(self, pool: asyncpg.Pool, schedules: ScheduleReader, settings: Settings) -> None:
+    def __init__(self, pool: asyncpg.Pool, upstream: Upstream, settings: Settings) -> None:
         self._pool = pool
-        self._schedules = schedules
+        self._upstream = upstream
         self._settings = settings
 
     # --- PUT --------------------------------------------------------------------------------------
@@ -454,7 +454,7 @@ class Bookings:
             connections = await list_connections(conn, application_id)
         connection = route_mailbox(connections, mailbox)
         connection.require_calendar_access(f"read the calendar of {mailbox}")
-        provider = await self._schedules.provider(connection)
+        provider = await self._upstream.provider(connection)
         events = await provider.list_events(mailbox, window, deadline)
         async with self._pool.acquire() as conn:
             by_id, by_uid = await managed_events(
@@ -490,12 +490,12 @@ class Bookings:
                 )
             connection = found
         connection.require_calendar_access("book events")
-        provider = await self._schedules.provider(connection)
+        provider = await self._upstream.provider(connection)
         teams: CalendarProvider | None = None
         if connection.kind is ConnectionKind.EWS:
             partner = _teams_partner(connections, connection, who)
             if partner is not None:
-                teams = await self._schedules.provider(partner)
+                teams = await self._upstream.provider(partner)
             elif spec is not None and spec.teams_meeting:
                 raise TeamsUnavailable(
                     f"{who} is on Exchange on-premises (EWS), which cannot create Teams meetings. Add a "

@@ -1,5 +1,5 @@
 """The connect pages' forms: what each method asks, how a submission becomes a `ConnectionDraft`,
-and how a failure becomes messages next to the fields that caused it.
+how a failure becomes messages next to the fields that caused it, and the page that shows them.
 
 Pure functions over the submitted values (no I/O), so the page handlers stay thin and the
 mapping from Microsoft's refusals to "what to fix" is in one place. Secrets (client secret,
@@ -13,9 +13,19 @@ import re
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, time
+from datetime import UTC, datetime
 
-from calbroker.api.onboarding import ConnectionDraft
+from litestar.response import Template
+
+from calbroker.api.connect.guides import (
+    GRAPH_PERMISSIONS,
+    METHODS,
+    access_policy_commands,
+    ews_level_guides,
+    graph_level_labels,
+)
+from calbroker.api.connect.messages import CONNECT_HEADERS
+from calbroker.api.connect.session import Visit
 from calbroker.config import Settings
 from calbroker.domain.connections import (
     AccessLevel,
@@ -40,17 +50,21 @@ from calbroker.domain.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
+from calbroker.domain.secret_expiry import parse_secret_expiry
 from calbroker.providers.certificates import certificate_credentials
 from calbroker.redaction import redact_text
+from calbroker.services.onboarding import ConnectionDraft
 
 __all__ = [
     "CLOUD_NAMES",
+    "FORM_FIELDS",
     "SECRET_FIELDS",
     "FormState",
     "access_levels_for",
     "default_cloud",
     "draft_from_form",
     "failure_state",
+    "form_page",
     "kept_values",
     "parse_list",
     "precheck_consent",
@@ -148,24 +162,6 @@ def _domains(values: Mapping[str, str], test_mailbox: str) -> list[str]:
     return [test_mailbox.rpartition("@")[2]] if "@" in test_mailbox else []
 
 
-def _expiry(raw: str) -> datetime:
-    try:
-        day = date.fromisoformat(raw.strip())
-    except ValueError:
-        raise InvalidRequest.field(
-            "secret_expires_on", "enter the date as shown under Expires, e.g. 2027-06-30"
-        ) from None
-    # Entra shows the expiry as a date; the secret stops working at the end of that day (UTC).
-    expires = datetime.combine(day, time(23, 59, 59), UTC)
-    if expires <= datetime.now(UTC):
-        raise InvalidRequest.field(
-            "secret_expires_on",
-            f"{day:%Y-%m-%d} has passed, so this secret has expired: create a new client secret under "
-            "Certificates & secrets and enter its Value and expiry date",
-        )
-    return expires
-
-
 def _graph_app_credentials(
     values: Mapping[str, str], certificate: bytes | None, secrets: Mapping[str, str]
 ) -> tuple[Credentials, datetime, str]:
@@ -197,7 +193,10 @@ def _graph_app_credentials(
             "this is the secret’s ID (a GUID), not its Value: copy the Value column, shown only right after "
             "the secret is created (create a new one if it is hidden now)",
         )
-    expires = _expiry(_required(values, "secret_expires_on", "enter the date shown under Expires for this secret"))
+    expires = parse_secret_expiry(
+        _required(values, "secret_expires_on", "enter the date shown under Expires for this secret"),
+        now=datetime.now(UTC),
+    )
     return GraphClientSecret(tenant_id, client_id, secret.strip()), expires, tenant_id
 
 
@@ -349,3 +348,92 @@ def _credentials_field(exc: CredentialsRejected, method: ConnectionMethod) -> st
         "AADSTS700027": "certificate",
         "AADSTS700024": "certificate",
     }.get(code, "")
+
+
+FORM_FIELDS: Mapping[ConnectionMethod, frozenset[str]] = {
+    ConnectionMethod.GRAPH_CONSENT: frozenset({"test_mailbox", "domains", "access_level"}),
+    ConnectionMethod.GRAPH_APP: frozenset(
+        {
+            "tenant_id",
+            "client_id",
+            "client_secret",
+            "secret_expires_on",
+            "certificate",
+            "certificate_password",
+            "cloud",
+            "access_level",
+            "test_mailbox",
+            "domains",
+            "allowed_mailboxes",
+        }
+    ),
+    ConnectionMethod.EWS: frozenset(
+        {
+            "endpoint",
+            "username",
+            "password",
+            "auth_type",
+            "access_level",
+            "test_mailbox",
+            "domains",
+            "allowed_mailboxes",
+        }
+    ),
+    ConnectionMethod.GRAPH_DELEGATED: frozenset({"mailbox"}),
+}
+
+
+def form_page(
+    visit: Visit,
+    method: ConnectionMethod,
+    state: FormState,
+    *,
+    status: int = 200,
+    back: bool = False,
+    new_session: bool = False,
+) -> Template:
+    settings = visit.services.settings
+    link = visit.link
+    values = state.values
+    levels = access_levels_for(method, link.access_level)
+    context = visit.context() | {
+        "method": method.value,
+        "info": METHODS[method],
+        "values": values,
+        "errors": state.errors,
+        "general": state.general,
+        "general_title": state.title,
+        "can_recheck": state.can_recheck,
+        "back": back and len(link.methods) > 1,
+        "levels": [level.value for level in levels],
+        "level": values.get("access_level") or levels[0].value,
+        "level_fixed": link.access_level is not None,
+    }
+    match method:
+        case ConnectionMethod.GRAPH_APP:
+            chosen = values.get("cloud") or default_cloud(settings)
+            context |= {
+                "permissions": GRAPH_PERMISSIONS,
+                "level_labels": graph_level_labels(),
+                "policy_commands": access_policy_commands(values),
+                "clouds": [(name, CLOUD_NAMES.get(name, name)) for name in settings.clouds],
+                "cloud": chosen,
+                "cloud_label": CLOUD_NAMES.get(chosen, chosen),
+            }
+        case ConnectionMethod.GRAPH_CONSENT:
+            operator = settings.operator_app
+            context |= {
+                "level_labels": graph_level_labels(),
+                "operator_client_id": operator.client_id if operator else "",
+            }
+        case ConnectionMethod.EWS:
+            context |= {"guides": [g for g in ews_level_guides(values) if g.level.value in context["levels"]]}
+        case ConnectionMethod.GRAPH_DELEGATED:
+            pass
+    return Template(
+        f"connect/{method.value}.html",
+        context=context,
+        status_code=status,
+        headers=CONNECT_HEADERS,
+        cookies=visit.cookies(new_session),
+    )

@@ -1,32 +1,17 @@
-"""The long-lived resources handlers use, opened by the app lifespan and closed by it."""
+"""What handlers receive by name: the process's services, one of them, or a per-request deadline."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-import asyncpg
 from litestar.datastructures import State
 
-from calbroker.api.schedules import ScheduleReader
-from calbroker.config import Settings
 from calbroker.providers.protocol import Deadline
-from calbroker.providers.registry import ProviderRegistry
-from calbroker.store.keyring import Keyring
+from calbroker.services import Bookings, ScheduleReader, Services
 
-__all__ = ["Services", "provide_deadline", "provide_schedules", "provide_services"]
-
-
-@dataclass(frozen=True, slots=True)
-class Services:
-    settings: Settings
-    pool: asyncpg.Pool
-    keyring: Keyring
-    providers: ProviderRegistry
-    schedules: ScheduleReader
+__all__ = ["provide_bookings", "provide_deadline", "provide_schedules", "provide_services"]
 
 
 def provide_services(state: State) -> Services:
-    """Dependency: the resources of the running app (absent only before start-up)."""
+    """The resources of the running app (absent only before start-up)."""
     services = state.get("services")
     if not isinstance(services, Services):
         raise RuntimeError("calbroker services are used before the app lifespan started")
@@ -35,6 +20,10 @@ def provide_services(state: State) -> Services:
 
 def provide_schedules(state: State) -> ScheduleReader:
     return provide_services(state).schedules
+
+
+def provide_bookings(state: State) -> Bookings:
+    return provide_services(state).bookings
 
 
 def provide_deadline(state: State) -> Deadline:

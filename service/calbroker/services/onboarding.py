@@ -11,8 +11,6 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
-import asyncpg
-
 from calbroker.config import Settings
 from calbroker.domain.connections import (
     AccessLevel,
@@ -28,11 +26,10 @@ from calbroker.domain.errors import InvalidRequest
 from calbroker.providers.endpoints import check_upstream_url
 from calbroker.providers.ews import check_ews_endpoint
 from calbroker.providers.protocol import Deadline
-from calbroker.providers.registry import ProviderRegistry
+from calbroker.services.bundle import Services
 from calbroker.store.connection_checks import save_test_mailbox
 from calbroker.store.connections import NewConnection, save_connection
 from calbroker.store.database import Connection as DbConnection
-from calbroker.store.keyring import Keyring
 
 __all__ = ["ConnectionDraft", "SaveHook", "verify_and_save"]
 
@@ -122,14 +119,7 @@ async def _normalised(draft: ConnectionDraft, settings: Settings) -> tuple[NewCo
 
 
 async def verify_and_save(
-    draft: ConnectionDraft,
-    *,
-    settings: Settings,
-    pool: asyncpg.Pool,
-    keyring: Keyring,
-    registry: ProviderRegistry,
-    actor: str,
-    on_save: SaveHook | None = None,
+    services: Services, draft: ConnectionDraft, *, actor: str, on_save: SaveHook | None = None
 ) -> Connection:
     """Verify the credentials against upstream with the test mailbox, then store them sealed.
 
@@ -138,7 +128,7 @@ async def verify_and_save(
     which case nothing was written. The test mailbox is kept for the health checks; `on_save`
     lets an authorize link claim itself atomically with the save (single use across replicas).
     """
-    new, test_mailbox = await _normalised(draft, settings)
+    new, test_mailbox = await _normalised(draft, services.settings)
     candidate = Connection(
         id=uuid.uuid4(),
         application_id=new.application_id,
@@ -157,7 +147,7 @@ async def verify_and_save(
     async def keep_renewed(credentials: Credentials) -> None:
         renewed.append(credentials)
 
-    provider = registry.build(candidate, new.credentials, on_renewed=keep_renewed)
+    provider = services.upstream.registry.build(candidate, new.credentials, on_renewed=keep_renewed)
     try:
         await provider.verify(test_mailbox, Deadline.after(_VERIFY_DEADLINE_S))
     finally:
@@ -166,8 +156,8 @@ async def verify_and_save(
         # Verifying a delegated sign-in redeems its refresh token, and Entra may rotate it on the
         # spot: the one typed in is then spent, so the rotated one is what gets saved.
         new = replace(new, credentials=renewed[-1])
-    async with pool.acquire() as conn, conn.transaction():
-        connection = await save_connection(conn, keyring, new, actor=actor)
+    async with services.pool.acquire() as conn, conn.transaction():
+        connection = await save_connection(conn, services.keyring, new, actor=actor)
         await save_test_mailbox(conn, connection.id, test_mailbox, first_check_in=_FIRST_HEALTH_CHECK)
         if on_save is not None:
             await on_save(conn, connection)

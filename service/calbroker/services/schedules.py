@@ -20,10 +20,9 @@ from calbroker.domain.errors import CalbrokerError, MailboxError, UpstreamError,
 from calbroker.domain.intervals import Interval
 from calbroker.domain.schedules import ScheduleResult
 from calbroker.logs import get_logger
-from calbroker.providers.protocol import CalendarProvider, Deadline
-from calbroker.providers.registry import ProviderRegistry
-from calbroker.store.connections import list_connections, load_credentials
-from calbroker.store.keyring import Keyring
+from calbroker.providers.protocol import Deadline
+from calbroker.services.upstream import Upstream
+from calbroker.store.connections import list_connections
 
 __all__ = ["Coalescer", "ScheduleReader"]
 
@@ -71,10 +70,9 @@ class _Batch:
 class ScheduleReader:
     """Busy time for an application's mailboxes, whichever connection and protocol serves each."""
 
-    def __init__(self, pool: asyncpg.Pool, keyring: Keyring, registry: ProviderRegistry) -> None:
+    def __init__(self, pool: asyncpg.Pool, upstream: Upstream) -> None:
         self._pool = pool
-        self._keyring = keyring
-        self._registry = registry
+        self._upstream = upstream
         self.coalescer: Coalescer[tuple[str, tuple[str, ...], Interval], dict[str, ScheduleResult]] = Coalescer()
 
     async def read(
@@ -94,17 +92,11 @@ class ScheduleReader:
                 continue
             batches.setdefault(connection.id, []).append(mailbox)
         jobs = [_Batch(by_id[cid], tuple(sorted(found))) for cid, found in batches.items()]
-        outcomes = await asyncio.gather(*(self._read_batch(job, window, deadline) for job in jobs))
-        for outcome in outcomes:
-            results.update(outcome)
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(self._read_batch(job, window, deadline)) for job in jobs]
+        for task in tasks:
+            results.update(task.result())
         return {mailbox: results[mailbox] for mailbox in dict.fromkeys(mailboxes)}
-
-    async def provider(self, connection: Connection) -> CalendarProvider:
-        async def credentials():  # type: ignore[no-untyped-def]
-            async with self._pool.acquire() as conn:
-                return await load_credentials(conn, self._keyring, connection)
-
-        return await self._registry.provider_for(connection, credentials)
 
     async def _read_batch(self, job: _Batch, window: Interval, deadline: Deadline) -> dict[str, ScheduleResult]:
         key = (str(job.connection.id), job.mailboxes, window)
@@ -119,7 +111,7 @@ class ScheduleReader:
             return dict.fromkeys(job.mailboxes, failure)
 
     async def _fetch(self, job: _Batch, window: Interval, deadline: Deadline) -> dict[str, ScheduleResult]:
-        provider = await self.provider(job.connection)
+        provider = await self._upstream.provider(job.connection)
         found = await provider.fetch_schedules(job.mailboxes, window, deadline)
         missing = [m for m in job.mailboxes if m not in found]
         if missing:
