@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from datetime import UTC, datetime, time, timedelta
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo
@@ -30,14 +29,13 @@ from calbroker.domain import (
     Member,
     ResponseFormat,
     Slot,
-    find_availability,
     intersect,
 )
 from calbroker.domain.busy import BusyStatus
-from calbroker.domain.errors import CalbrokerError, InvalidRequest, LimitExceeded
+from calbroker.domain.errors import InvalidRequest, LimitExceeded
 from calbroker.domain.working_hours import Weekday, WeeklyPeriod, WorkingHours
 from calbroker.providers.protocol import Deadline
-from calbroker.services import ScheduleReader
+from calbroker.services import AvailabilityAnswer, ScheduleReader, answer_availability
 
 __all__ = ["availability"]
 
@@ -68,6 +66,13 @@ class WeeklyPeriodIn(Body):
 class WorkingHoursIn(Body):
     weekly_periods: Annotated[list[WeeklyPeriodIn], msgspec.Meta(min_length=1, max_length=100)]
 
+    def to_domain(self, tz: ZoneInfo) -> WorkingHours:
+        periods = tuple(
+            WeeklyPeriod(Weekday(_DAYS.index(p.day)), time.fromisoformat(p.start_time), _wall_time(p.end_time))
+            for p in self.weekly_periods
+        )
+        return WorkingHours(periods, tz)
+
 
 class AvailabilityRequest(Body):
     participants: Annotated[list[Participants], msgspec.Meta(min_length=1)]
@@ -83,6 +88,69 @@ class AvailabilityRequest(Body):
     response_format: Literal["slots", "periods"] = "slots"
     max_results: Annotated[int, msgspec.Meta(ge=1, le=MAX_RESULTS)] = DEFAULT_MAX_RESULTS
     explain: bool = False
+
+    def to_domain(self, now: datetime) -> AvailabilityQuery:
+        """The query in domain terms, checked against every documented limit before anything is read."""
+        tz = zone(self.tzid)
+        groups, available = self._groups()
+        hours = self.working_hours.to_domain(tz) if isinstance(self.working_hours, WorkingHoursIn) else None
+        before = self.buffer.before.delta() if self.buffer and self.buffer.before else timedelta(0)
+        after = self.buffer.after.delta() if self.buffer and self.buffer.after else timedelta(0)
+        return AvailabilityQuery(
+            groups=groups,
+            members={e: Member(e, available_periods=p, working_hours=hours) for e, p in available.items()},
+            duration=self.duration.delta(),
+            query_periods=tuple(interval(p, f"query_periods[{i}]") for i, p in enumerate(self.query_periods)),
+            now=now,
+            tz=tz,
+            start_interval=self.start_interval.delta() if self.start_interval else None,
+            buffer_before=before,
+            buffer_after=after,
+            apply_working_hours=self.working_hours is not None,
+            minimum_notice=self.minimum_notice.delta() if self.minimum_notice else timedelta(0),
+            maximum_advance=self.maximum_advance.delta() if self.maximum_advance else None,
+            tentative_as_busy=self.tentative_as_busy,
+            response_format=ResponseFormat(self.response_format),
+            max_results=self.max_results,
+            explain=self.explain,
+        )
+
+    def _groups(self) -> tuple[tuple[Group, ...], dict[str, tuple[Interval, ...] | None]]:
+        """Groups of normalised members, and each member's available periods (None: unrestricted)."""
+        groups: list[Group] = []
+        available: dict[str, tuple[Interval, ...] | None] = {}
+        for g, participants in enumerate(self.participants):
+            field = f"participants[{g}]"
+            emails = parse_mailboxes([m.email for m in participants.members], f"{field}.members", MAX_MEMBERS)
+            if len(emails) != len(participants.members):
+                raise InvalidRequest.field(f"{field}.members", "a member is listed twice in one group")
+            for i, member in enumerate(participants.members):
+                if member.available_periods is None:
+                    continue
+                if len(member.available_periods) > MAX_QUERY_PERIODS:
+                    raise LimitExceeded(
+                        field=f"{field}.members[{i}].available_periods",
+                        limit=MAX_QUERY_PERIODS,
+                        actual=len(member.available_periods),
+                        message=f"at most {MAX_QUERY_PERIODS} periods",
+                    )
+                periods = tuple(
+                    interval(p, f"{field}.members[{i}].available_periods[{j}]")
+                    for j, p in enumerate(member.available_periods)
+                )
+                email = emails[i]
+                # The same member in two groups with different periods: both restrictions apply.
+                previous = available.get(email)
+                available[email] = periods if previous is None else intersect(previous, periods)
+            for email in emails:
+                available.setdefault(email, None)
+            required = None if participants.required == "all" else participants.required
+            if required is not None and required > len(emails):
+                raise InvalidRequest.field(
+                    f"{field}.required", f'must be between 1 and the group\'s {len(emails)} members, or "all"'
+                )
+            groups.append(Group(tuple(emails), required))
+        return tuple(groups), available
 
 
 class SlotOut(Response):
@@ -121,54 +189,21 @@ class AvailabilityResponse(Response):
     periods: list[SlotOut] | None = None
     explanations: list[ExplanationOut] | None = None
 
+    @classmethod
+    def from_domain(cls, answer: AvailabilityAnswer, query: AvailabilityQuery) -> AvailabilityResponse:
+        """Times in the request's zone; only the list the request's `response_format` asked for."""
+        tz, result = query.tz, answer.result
+        slots = query.response_format is ResponseFormat.SLOTS
+        return cls(
+            slots=[_slot_out(s, tz) for s in result.slots] if slots else None,
+            periods=None if slots else [_slot_out(s, tz) for s in result.periods],
+            member_errors=[MemberError(email=e, problem=embedded_problem(error)) for e, error in answer.member_errors],
+            explanations=[_explanation_out(e, tz) for e in result.explanations] if query.explain else None,
+        )
+
 
 def _wall_time(value: str) -> time | None:
     return None if value == "24:00" else time.fromisoformat(value)
-
-
-def _request_working_hours(spec: WorkingHoursIn, request: AvailabilityRequest) -> WorkingHours:
-    periods = tuple(
-        WeeklyPeriod(Weekday(_DAYS.index(p.day)), time.fromisoformat(p.start_time), _wall_time(p.end_time))
-        for p in spec.weekly_periods
-    )
-    return WorkingHours(periods, zone(request.tzid))
-
-
-def _groups(request: AvailabilityRequest) -> tuple[tuple[Group, ...], dict[str, tuple[Interval, ...] | None]]:
-    groups: list[Group] = []
-    available: dict[str, tuple[Interval, ...] | None] = {}
-    for g, participants in enumerate(request.participants):
-        field = f"participants[{g}]"
-        emails = parse_mailboxes([m.email for m in participants.members], f"{field}.members", MAX_MEMBERS)
-        if len(emails) != len(participants.members):
-            raise InvalidRequest.field(f"{field}.members", "a member is listed twice in one group")
-        for i, member in enumerate(participants.members):
-            if member.available_periods is None:
-                continue
-            if len(member.available_periods) > MAX_QUERY_PERIODS:
-                raise LimitExceeded(
-                    field=f"{field}.members[{i}].available_periods",
-                    limit=MAX_QUERY_PERIODS,
-                    actual=len(member.available_periods),
-                    message=f"at most {MAX_QUERY_PERIODS} periods",
-                )
-            periods = tuple(
-                interval(p, f"{field}.members[{i}].available_periods[{j}]")
-                for j, p in enumerate(member.available_periods)
-            )
-            email = emails[i]
-            # The same member in two groups with different periods: both restrictions apply.
-            previous = available.get(email)
-            available[email] = periods if previous is None else intersect(previous, periods)
-        for email in emails:
-            available.setdefault(email, None)
-        required = None if participants.required == "all" else participants.required
-        if required is not None and required > len(emails):
-            raise InvalidRequest.field(
-                f"{field}.required", f'must be between 1 and the group\'s {len(emails)} members, or "all"'
-            )
-        groups.append(Group(tuple(emails), required))
-    return tuple(groups), available
 
 
 def _slot_out(slot: Slot, tz: ZoneInfo) -> SlotOut:
@@ -249,68 +284,6 @@ async def availability(
     A member whose calendar could not be read is unavailable everywhere and listed in
     `member_errors` with the reason; the query still answers for everyone else.
     """
-    tz = zone(data.tzid)
-    groups, available = _groups(data)
-    if len(available) > MAX_MEMBERS:
-        raise LimitExceeded(
-            field="participants",
-            limit=MAX_MEMBERS,
-            actual=len(available),
-            message=f"at most {MAX_MEMBERS} members",
-        )
-    if len(data.query_periods) > MAX_QUERY_PERIODS:
-        raise LimitExceeded(
-            field="query_periods",
-            limit=MAX_QUERY_PERIODS,
-            actual=len(data.query_periods),
-            message=f"at most {MAX_QUERY_PERIODS} query periods",
-        )
-    periods = tuple(interval(p, f"query_periods[{i}]") for i, p in enumerate(data.query_periods))
-    before = data.buffer.before.delta() if data.buffer and data.buffer.before else timedelta(0)
-    after = data.buffer.after.delta() if data.buffer and data.buffer.after else timedelta(0)
-    override = (
-        _request_working_hours(data.working_hours, data) if isinstance(data.working_hours, WorkingHoursIn) else None
-    )
-    now = datetime.now(UTC)
-    # Validate everything the engine checks before spending an upstream call on it.
-    probe = AvailabilityQuery(
-        groups=groups,
-        members={e: Member(e) for e in available},
-        duration=data.duration.delta(),
-        query_periods=periods,
-        now=now,
-        tz=tz,
-        start_interval=data.start_interval.delta() if data.start_interval else None,
-        buffer_before=before,
-        buffer_after=after,
-        apply_working_hours=data.working_hours is not None,
-        minimum_notice=data.minimum_notice.delta() if data.minimum_notice else timedelta(0),
-        maximum_advance=data.maximum_advance.delta() if data.maximum_advance else None,
-        tentative_as_busy=data.tentative_as_busy,
-        response_format=ResponseFormat(data.response_format),
-        max_results=data.max_results,
-        explain=data.explain,
-    )
-    # Busy time just outside the query periods still matters once buffers dilate it.
-    window = Interval(min(p.start for p in periods) - before, max(p.end for p in periods) + after)
-    found = await schedules.read(caller.application.id, list(available), window, deadline)
-    members: dict[str, Member] = {}
-    errors: list[MemberError] = []
-    for email, periods_of_member in available.items():
-        result = found[email]
-        if isinstance(result, CalbrokerError):
-            errors.append(MemberError(email=email, problem=embedded_problem(result)))
-            members[email] = Member(email, available_periods=periods_of_member, unavailable_reason=result.detail)
-            continue
-        hours = override if override is not None else result.working_hours
-        members[email] = Member(email, busy=result.busy, available_periods=periods_of_member, working_hours=hours)
-    query = replace(probe, members=members)
-    outcome = find_availability(query)
-    slots = [_slot_out(s, tz) for s in outcome.slots]
-    periods_out = [_slot_out(s, tz) for s in outcome.periods]
-    return AvailabilityResponse(
-        slots=slots if query.response_format is ResponseFormat.SLOTS else None,
-        periods=periods_out if query.response_format is ResponseFormat.PERIODS else None,
-        member_errors=errors,
-        explanations=[_explanation_out(e, tz) for e in outcome.explanations] if data.explain else None,
-    )
+    query = data.to_domain(datetime.now(UTC))
+    answer = await answer_availability(schedules, caller.application.id, query, deadline)
+    return AvailabilityResponse.from_domain(answer, query)

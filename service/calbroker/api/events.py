@@ -89,13 +89,6 @@ class EventIn(Body):
     def to_domain(self) -> EventSpec:
         tz = zone(self.tzid)
         interval = span(self.start, self.end)
-        if len(self.attendees) > MAX_ATTENDEES:
-            raise LimitExceeded(
-                field="attendees",
-                limit=MAX_ATTENDEES,
-                actual=len(self.attendees),
-                message=f"at most {MAX_ATTENDEES} attendees per event (got {len(self.attendees)})",
-            )
         return EventSpec(
             organizer=normalize_email(self.organizer, field_name="organizer"),
             interval=interval,

@@ -172,6 +172,14 @@ class AvailabilityQuery:
         return tuple(sorted(set(chain.from_iterable(group.members for group in self.groups))))
 
     @property
+    def busy_window(self) -> Interval:
+        """Where busy time matters: the query periods widened by the buffers that dilate busy blocks."""
+        return Interval(
+            min(p.start for p in self.query_periods) - self.buffer_before,
+            max(p.end for p in self.query_periods) + self.buffer_after,
+        )
+
+    @property
     def step(self) -> timedelta:
         """The start interval in effect: as asked, else the duration capped at an hour."""
         if self.start_interval is not None:

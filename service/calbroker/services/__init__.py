@@ -5,6 +5,7 @@ connection, bundled as `Services` and opened once per process by `open_services`
 routing and no SQL of their own: they compose the store and the providers.
 """
 
+from calbroker.services.availability import AvailabilityAnswer, answer_availability
 from calbroker.services.bookings import Bookings, CalendarEntry, Outcome
 from calbroker.services.bundle import Services, open_services
 from calbroker.services.onboarding import ConnectionDraft, SaveHook, verify_and_save
@@ -12,6 +13,7 @@ from calbroker.services.schedules import Coalescer, ScheduleReader
 from calbroker.services.upstream import Upstream
 
 __all__ = [
+    "AvailabilityAnswer",
     "Bookings",
     "CalendarEntry",
     "Coalescer",
@@ -21,6 +23,7 @@ __all__ = [
     "ScheduleReader",
     "Services",
     "Upstream",
+    "answer_availability",
     "open_services",
     "verify_and_save",
 ]

@@ -1,0 +1,48 @@
+"""Availability for an application's mailboxes: read everyone's busy time, then run the engine (design §6).
+
+The one composition behind `POST /v1/availability`: a member whose calendar could not be read is
+unavailable everywhere and comes back in `member_errors` with the reason, never silently free.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, replace
+
+from calbroker.domain.availability import AvailabilityQuery, AvailabilityResult, find_availability
+from calbroker.domain.errors import CalbrokerError
+from calbroker.domain.participants import Member
+from calbroker.providers.protocol import Deadline
+from calbroker.services.schedules import ScheduleReader
+
+__all__ = ["AvailabilityAnswer", "answer_availability"]
+
+
+@dataclass(frozen=True, slots=True)
+class AvailabilityAnswer:
+    result: AvailabilityResult
+    member_errors: tuple[tuple[str, CalbrokerError], ...]
+    """Members whose free/busy could not be read, in the query's member order, with the reason."""
+
+
+async def answer_availability(
+    schedules: ScheduleReader, application_id: uuid.UUID, query: AvailabilityQuery, deadline: Deadline
+) -> AvailabilityAnswer:
+    """Fill each member's busy time (and working hours, unless the query set them) and find the slots.
+
+    `query` has been validated against every limit before this spends an upstream call; its
+    members carry their requested available periods and, when the request overrides them, working
+    hours.
+    """
+    found = await schedules.read(application_id, list(query.members), query.busy_window, deadline)
+    members: dict[str, Member] = {}
+    errors: list[tuple[str, CalbrokerError]] = []
+    for email, member in query.members.items():
+        result = found[email]
+        if isinstance(result, CalbrokerError):
+            errors.append((email, result))
+            members[email] = replace(member, unavailable_reason=result.detail)
+            continue
+        hours = member.working_hours if member.working_hours is not None else result.working_hours
+        members[email] = replace(member, busy=result.busy, working_hours=hours)
+    return AvailabilityAnswer(find_availability(replace(query, members=members)), tuple(errors))
