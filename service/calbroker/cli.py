@@ -24,6 +24,7 @@ from calbroker.config import ConfigError, Settings
 from calbroker.domain.connections import (
     AccessLevel,
     ConnectionMethod,
+    Credentials,
     EwsServiceAccount,
     GraphCertificate,
     GraphClientSecret,
@@ -263,6 +264,30 @@ def _expiry(value: str | None) -> datetime | None:
     return parse_secret_expiry(value, now=datetime.now(UTC), field="--secret-expires") if value else None
 
 
+def _draft(
+    args: argparse.Namespace,
+    method: ConnectionMethod,
+    credentials: Credentials,
+    *,
+    tenant_id: str | None = None,
+    secret_expires_at: datetime | None = None,
+) -> ConnectionDraft:
+    """The draft the `connections add-*` options describe (every method shares these)."""
+    return ConnectionDraft(
+        application_id=args.application,
+        method=method,
+        access_level=AccessLevel(args.access_level),
+        credentials=credentials,
+        domains=_csv(args.domains),
+        test_mailbox=args.test_mailbox,
+        display_name=args.name,
+        cloud=args.cloud,
+        tenant_id=tenant_id,
+        allowed_mailboxes=_csv(args.allowed_mailboxes),
+        secret_expires_at=secret_expires_at,
+    )
+
+
 async def _add_connection(settings: Settings, draft: ConnectionDraft) -> int:
     async with open_services(settings, pool_size=2) as services:
         async with services.pool.acquire() as conn:
@@ -285,42 +310,14 @@ async def _cmd_connections_add_graph(settings: Settings, args: argparse.Namespac
         )
     else:
         raise InvalidRequest.field("client_secret", "give --client-secret (or - for stdin) or --certificate PEM")
-    return await _add_connection(
-        settings,
-        ConnectionDraft(
-            application_id=args.application,
-            method=ConnectionMethod.GRAPH_APP,
-            access_level=AccessLevel(args.access_level),
-            credentials=credentials,
-            domains=_csv(args.domains),
-            test_mailbox=args.test_mailbox,
-            display_name=args.name,
-            cloud=args.cloud,
-            tenant_id=args.tenant_id,
-            allowed_mailboxes=_csv(args.allowed_mailboxes),
-            secret_expires_at=expires,
-        ),
-    )
+    draft = _draft(args, ConnectionMethod.GRAPH_APP, credentials, tenant_id=args.tenant_id, secret_expires_at=expires)
+    return await _add_connection(settings, draft)
 
 
 async def _cmd_connections_add_ews(settings: Settings, args: argparse.Namespace) -> int:
-    credentials = EwsServiceAccount(
-        args.endpoint, args.username, _secret_argument(args.password, "password"), args.auth_type
-    )
-    return await _add_connection(
-        settings,
-        ConnectionDraft(
-            application_id=args.application,
-            method=ConnectionMethod.EWS,
-            access_level=AccessLevel(args.access_level),
-            credentials=credentials,
-            domains=_csv(args.domains),
-            test_mailbox=args.test_mailbox,
-            display_name=args.name,
-            cloud=args.cloud,
-            allowed_mailboxes=_csv(args.allowed_mailboxes),
-        ),
-    )
+    password = _secret_argument(args.password, "password")
+    credentials = EwsServiceAccount(args.endpoint, args.username, password, args.auth_type)
+    return await _add_connection(settings, _draft(args, ConnectionMethod.EWS, credentials))
 
 
 async def _cmd_connections_list(settings: Settings, args: argparse.Namespace) -> int:
