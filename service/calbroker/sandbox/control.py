@@ -8,7 +8,7 @@ and steer the sandbox.
   `PUT /_sandbox/latency {"ms": 20}` is a shortcut.
 - `GET /_sandbox/stats`, `DELETE /_sandbox/stats` — request counters per route key (and per
   mailbox, client and status) / reset them, together with the throttling windows.
-- `GET|POST|DELETE /_sandbox/faults`, `DELETE /_sandbox/faults/{id}` — fault rules (see faults.py).
+- `GET|POST|DELETE /_sandbox/faults`, `DELETE /_sandbox/faults/{id}` — fault rules (see `faults`).
 - `POST /_sandbox/reset {"seed"?, "anchor"?}` — back to the seed (directory, consent, calendars,
   subscriptions, faults, stats, settings).
 - `GET|POST /_sandbox/mailboxes/{email}/events` (window `?start=&end=`; body = Graph event JSON),
@@ -34,12 +34,12 @@ from aiohttp import web
 
 from calbroker.sandbox.calendars import CalendarError, Event, EventDraft, Response
 from calbroker.sandbox.directory import AppRegistration, Mailbox, Tenant
-from calbroker.sandbox.entra import EntraAuthority
-from calbroker.sandbox.graph_events import parse_event
-from calbroker.sandbox.odata import GraphError
+from calbroker.sandbox.entra.authority import EntraAuthority
+from calbroker.sandbox.graph.events import parse_event
+from calbroker.sandbox.graph.odata import GraphError
+from calbroker.sandbox.graph.subscriptions import SubscriptionBook
 from calbroker.sandbox.seed import WELL_KNOWN
 from calbroker.sandbox.state import SandboxState
-from calbroker.sandbox.subscriptions import SubscriptionBook
 from calbroker.sandbox.timezones import parse_iso_instant
 
 __all__ = ["describe_tenants", "routes"]

@@ -2,7 +2,7 @@
 `SandboxThread` for tests with blocking clients, and the CLI loop.
 
 One HTTPS port serves everything: Entra ID (`/{tenant}/…`), Graph (`/v1.0/…`), EWS
-(`/EWS/Exchange.asmx`, mounted from `calbroker.sandbox.ews` when present) and the control plane
+(`/EWS/Exchange.asmx`, mounted from `calbroker.sandbox.ews.endpoint` when present) and the control plane
 (`/_sandbox/…`). A middleware adds the base round-trip latency to every non-control request and
 turns `DropConnection` into a closed socket.
 """
@@ -25,13 +25,15 @@ from typing import Any, TextIO, TypeVar
 
 from aiohttp import web
 
-from calbroker.sandbox import control, entra, entra_pages, graph
+from calbroker.sandbox import control, graph
 from calbroker.sandbox.directory import Directory
+from calbroker.sandbox.entra import authority as entra
+from calbroker.sandbox.entra import pages as entra_pages
 from calbroker.sandbox.faults import DropConnection
-from calbroker.sandbox.odata import GraphContext
+from calbroker.sandbox.graph.odata import GraphContext
+from calbroker.sandbox.graph.subscriptions import SubscriptionBook
 from calbroker.sandbox.seed import DEFAULT_ANCHOR, WELL_KNOWN
 from calbroker.sandbox.state import SandboxSettings, SandboxState
-from calbroker.sandbox.subscriptions import SubscriptionBook
 from calbroker.sandbox.tls import load_key_material
 
 __all__ = ["Sandbox", "SandboxThread", "build_app", "describe", "run_sandbox_cli", "start_sandbox_in_thread"]
@@ -61,9 +63,9 @@ def _middleware(state: SandboxState) -> Any:
 def _ews_routes(state: SandboxState) -> Iterable[web.AbstractRouteDef]:
     """The EWS seam: `calbroker.sandbox.ews.routes(state)` when that module exists and defines it."""
     try:
-        ews = importlib.import_module("calbroker.sandbox.ews")
+        ews = importlib.import_module("calbroker.sandbox.ews.endpoint")
     except ModuleNotFoundError as exc:
-        if exc.name != "calbroker.sandbox.ews":
+        if exc.name != "calbroker.sandbox.ews.endpoint":
             raise
         return ()
     factory = getattr(ews, "routes", None)

@@ -15,7 +15,7 @@ Hooks for a surface's handler (EWS uses exactly these):
   round-trip latency is applied to every request by the server's middleware.
 - `state.clock()` is "now" (UTC); `state.base_url` is the sandbox's https origin once it listens.
 
-Mounting seam: `server.build_app(state)` imports `calbroker.sandbox.ews` and, when that module
+Mounting seam: `server.build_app(state)` imports `calbroker.sandbox.ews.endpoint` and, when that module
 defines `routes(state: SandboxState) -> Iterable[aiohttp.web.AbstractRouteDef]`, adds those routes
 (expected: `POST /EWS/Exchange.asmx`) behind the same middleware (latency, `DropConnection`).
 """
@@ -32,8 +32,7 @@ from typing import Any
 from calbroker.sandbox.calendars import CalendarStore, Change
 from calbroker.sandbox.directory import Directory
 from calbroker.sandbox.faults import DropConnection, FaultAction, FaultBook, FaultRule, RequestStats, Throttle
-from calbroker.sandbox.seed import DEFAULT_ANCHOR, build_directory
-from calbroker.sandbox.seed_calendars import build_calendars
+from calbroker.sandbox.seed import DEFAULT_ANCHOR, build_calendars, build_directory
 from calbroker.sandbox.tls import KeyMaterial
 
 __all__ = ["SandboxSettings", "SandboxState"]

@@ -17,7 +17,7 @@ from urllib.parse import urlencode
 
 from aiohttp import web
 
-from calbroker.sandbox.entra import (
+from calbroker.sandbox.entra.authority import (
     GRAPH_RESOURCE,
     RESERVED_SCOPES,
     AuthorizationCode,

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta, tzinfo
 
 from calbroker.sandbox import timezones
-from calbroker.sandbox.ews_xml import Element, MalformedRequest, child, find_text, format_duration, t
+from calbroker.sandbox.ews.soap import Element, MalformedRequest, child, find_text, format_duration, t
 
 WEEKDAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
 

@@ -19,8 +19,8 @@ from calbroker.sandbox.directory import Mailbox, ServicePrincipal, Tenant
 from calbroker.sandbox.faults import FaultRule
 
 if TYPE_CHECKING:
+    from calbroker.sandbox.graph.subscriptions import SubscriptionBook
     from calbroker.sandbox.state import SandboxState
-    from calbroker.sandbox.subscriptions import SubscriptionBook
 
 __all__ = [
     "JSON_CONTENT_TYPE",

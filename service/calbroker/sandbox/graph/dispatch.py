@@ -21,10 +21,11 @@ import yarl
 from aiohttp import web
 from multidict import CIMultiDict
 
-from calbroker.sandbox import graph_calendar, graph_directory, graph_events, graph_online_meetings, subscriptions
 from calbroker.sandbox.directory import ExchangeLocation
+from calbroker.sandbox.entra.tokens import TokenError, verify
 from calbroker.sandbox.faults import FaultAction, Throttled
-from calbroker.sandbox.odata import (
+from calbroker.sandbox.graph import calendar, events, online_meetings, subscriptions, users
+from calbroker.sandbox.graph.odata import (
     ACCESS_DENIED,
     JSON_CONTENT_TYPE,
     Caller,
@@ -37,7 +38,6 @@ from calbroker.sandbox.odata import (
     error_body,
     make_route,
 )
-from calbroker.sandbox.tokens import TokenError, verify
 
 __all__ = ["GRAPH_AUDIENCES", "authenticate", "dispatch", "routes"]
 
@@ -401,10 +401,10 @@ async def batch(ctx: GraphContext, req: GraphRequest) -> GraphResponse:
 
 
 ROUTES: tuple[Route, ...] = (
-    *graph_directory.ROUTES,
-    *graph_online_meetings.ROUTES,
-    *graph_calendar.ROUTES,
-    *graph_events.ROUTES,
+    *users.ROUTES,
+    *online_meetings.ROUTES,
+    *calendar.ROUTES,
+    *events.ROUTES,
     *subscriptions.ROUTES,
     make_route("POST", r"/\$batch", "graph:batch", batch, set(), family="batch"),
 )

@@ -10,8 +10,8 @@ from typing import Any
 
 from calbroker.sandbox.calendars import GRAPH_DIGITS, teams_meeting
 from calbroker.sandbox.directory import Mailbox, WorkingHours, stable_id
-from calbroker.sandbox.graph_events import READ, parse_when, resolve_zone
-from calbroker.sandbox.odata import (
+from calbroker.sandbox.graph.events import READ, parse_when, resolve_zone
+from calbroker.sandbox.graph.odata import (
     GraphContext,
     GraphError,
     GraphRequest,

@@ -5,13 +5,21 @@ with a custom specified external ID. If the external ID already exists, this API
 onlineMeeting object with that external ID." App-only calls (`POST /users/{userId}/onlineMeetings/
 createOrGet`, OnlineMeetings.ReadWrite.All) need a Teams application access policy granted to the
 user, like plain create (https://learn.microsoft.com/graph/api/application-post-onlinemeetings).
-The meeting itself is made by `graph_calendar.create_online_meeting`, so both routes share one store.
+The meeting itself is made by `graph.calendar.create_online_meeting`, so both routes share one store.
 """
 
 from __future__ import annotations
 
-from calbroker.sandbox import graph_calendar
-from calbroker.sandbox.odata import GraphContext, GraphError, GraphRequest, GraphResponse, Route, body_get, make_route
+from calbroker.sandbox.graph import calendar
+from calbroker.sandbox.graph.odata import (
+    GraphContext,
+    GraphError,
+    GraphRequest,
+    GraphResponse,
+    Route,
+    body_get,
+    make_route,
+)
 
 __all__ = ["ROUTES"]
 
@@ -34,7 +42,7 @@ async def create_or_get(ctx: GraphContext, req: GraphRequest) -> GraphResponse:
                 **{k: v for k, v in meeting.items() if k != "organizerId"},
             }
             return GraphResponse(200, body)
-    return await graph_calendar.create_online_meeting(ctx, req)
+    return await calendar.create_online_meeting(ctx, req)
 
 
 ROUTES: tuple[Route, ...] = (

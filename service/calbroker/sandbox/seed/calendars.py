@@ -24,7 +24,7 @@ from calbroker.sandbox.calendars import (
 )
 from calbroker.sandbox.directory import Directory, Mailbox, Tenant
 from calbroker.sandbox.recurrence import Recurrence
-from calbroker.sandbox.seed import WEEKDAYS, WELL_KNOWN
+from calbroker.sandbox.seed.tenants import WEEKDAYS, WELL_KNOWN
 from calbroker.sandbox.timezones import utc_offset_changes, zone
 
 __all__ = ["build_calendars"]

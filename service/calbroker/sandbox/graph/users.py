@@ -9,7 +9,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 from calbroker.sandbox.directory import Mailbox, RoomList, Tenant
-from calbroker.sandbox.odata import GraphContext, GraphError, GraphRequest, GraphResponse, Route, make_route
+from calbroker.sandbox.graph.odata import GraphContext, GraphError, GraphRequest, GraphResponse, Route, make_route
 
 __all__ = ["ROUTES", "user_json"]
 

@@ -26,7 +26,7 @@ from calbroker.sandbox.events import (
     Sensitivity,
     ShowAs,
 )
-from calbroker.sandbox.ews_xml import (
+from calbroker.sandbox.ews.soap import (
     Element,
     MalformedRequest,
     find_text,

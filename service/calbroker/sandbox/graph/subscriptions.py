@@ -28,7 +28,7 @@ import yarl
 
 from calbroker.sandbox.calendars import Change
 from calbroker.sandbox.directory import ExchangeLocation, stable_id
-from calbroker.sandbox.odata import (
+from calbroker.sandbox.graph.odata import (
     GraphContext,
     GraphError,
     GraphRequest,

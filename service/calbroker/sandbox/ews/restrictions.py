@@ -18,8 +18,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from calbroker.sandbox.events import Event
-from calbroker.sandbox.ews_items import extended_key
-from calbroker.sandbox.ews_xml import Element, MalformedRequest, local_name, t
+from calbroker.sandbox.ews.items import extended_key
+from calbroker.sandbox.ews.soap import Element, MalformedRequest, local_name, t
 
 __all__ = ["compile_restriction"]
 

@@ -25,7 +25,7 @@ from calbroker.sandbox.calendars import (
 )
 from calbroker.sandbox.directory import Mailbox
 from calbroker.sandbox.faults import FaultAction
-from calbroker.sandbox.odata import (
+from calbroker.sandbox.graph.odata import (
     GraphContext,
     GraphError,
     GraphRequest,

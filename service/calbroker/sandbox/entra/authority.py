@@ -1,6 +1,6 @@
 """Entra ID v2.0: OpenID discovery, JWKS and the token endpoint (client credentials with secret or
 certificate assertion, authorization code + PKCE, refresh token), with Entra's AADSTS error bodies.
-The sign-in and admin-consent pages live in `entra_pages`.
+The sign-in and admin-consent pages live in `entra.pages`.
 
 What msal sends is listed in upstream.md Part 2A; error bodies follow "Token Issuance Endpoint
 Errors" (https://learn.microsoft.com/previous-versions/azure/dn645548(v=azure.100)) and the
@@ -21,9 +21,7 @@ from typing import Any
 from aiohttp import web
 
 from calbroker.sandbox.directory import AppRegistration, Mailbox, ServicePrincipal, Tenant
-from calbroker.sandbox.faults import FaultAction
-from calbroker.sandbox.state import SandboxState
-from calbroker.sandbox.tokens import (
+from calbroker.sandbox.entra.tokens import (
     TokenError,
     b64url_decode,
     b64url_encode,
@@ -33,6 +31,8 @@ from calbroker.sandbox.tokens import (
     sign,
     verify,
 )
+from calbroker.sandbox.faults import FaultAction
+from calbroker.sandbox.state import SandboxState
 
 __all__ = [
     "RESERVED_SCOPES",

@@ -15,7 +15,7 @@ from datetime import timedelta
 
 from calbroker.sandbox.directory import Directory
 from calbroker.sandbox.events import Attendee, AttendeeType, Event, EventType
-from calbroker.sandbox.ews_items import (
+from calbroker.sandbox.ews.items import (
     ATTENDEE_LISTS,
     BUSY_TYPES,
     FOLDER_CHANGE_KEY,
@@ -28,8 +28,7 @@ from calbroker.sandbox.ews_items import (
     folder_id,
     item_id,
 )
-from calbroker.sandbox.ews_timezones import WEEKDAYS, windows_id
-from calbroker.sandbox.ews_xml import (
+from calbroker.sandbox.ews.soap import (
     Element,
     child,
     find_text,
@@ -39,6 +38,7 @@ from calbroker.sandbox.ews_xml import (
     t,
     xml_bool,
 )
+from calbroker.sandbox.ews.timezones import WEEKDAYS, windows_id
 from calbroker.sandbox.recurrence import Recurrence
 
 # --- rendering --------------------------------------------------------------------------------------
