@@ -3,7 +3,7 @@
 Every handler — Entra, Graph, EWS, control plane — receives the one `SandboxState`. Read
 `state.directory` and `state.calendars` on each request: `reset()` replaces them.
 
-Hooks for a surface's handler (EWS uses exactly these):
+The hooks every surface's handler uses:
 
 - `fault = await state.checkpoint("ews:FindItem", mailbox=..., client_id=account.username)`: counts the
   call in `state.stats`, applies injected latency, hangs (`timeout`) or drops the connection
@@ -14,10 +14,6 @@ Hooks for a surface's handler (EWS uses exactly these):
 - `state.settings` holds the limits (`ews_max_mailboxes`, `ews_max_window_days`, …); the base
   round-trip latency is applied to every request by the server's middleware.
 - `state.clock()` is "now" (UTC); `state.base_url` is the sandbox's https origin once it listens.
-
-Mounting seam: `server.build_app(state)` imports `calbroker.sandbox.ews.endpoint` and, when that module
-defines `routes(state: SandboxState) -> Iterable[aiohttp.web.AbstractRouteDef]`, adds those routes
-(expected: `POST /EWS/Exchange.asmx`) behind the same middleware (latency, `DropConnection`).
 """
 
 from __future__ import annotations
