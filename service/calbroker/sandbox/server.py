@@ -28,8 +28,7 @@ from calbroker.sandbox.directory import Directory
 from calbroker.sandbox.entra import authority as entra
 from calbroker.sandbox.entra import pages as entra_pages
 from calbroker.sandbox.faults import DropConnection
-from calbroker.sandbox.graph.odata import GraphContext
-from calbroker.sandbox.graph.subscriptions import SubscriptionBook
+from calbroker.sandbox.graph import GraphContext, SubscriptionBook
 from calbroker.sandbox.seed import DEFAULT_ANCHOR, WELL_KNOWN
 from calbroker.sandbox.state import SandboxSettings, SandboxState
 from calbroker.sandbox.tls import load_key_material

@@ -3,9 +3,9 @@ meetings, getSchedule, change-notification subscriptions and JSON `$batch`."""
 
 from __future__ import annotations
 
-from calbroker.sandbox.graph.dispatch import routes
-from calbroker.sandbox.graph.events import parse_event
+from calbroker.sandbox.graph.endpoint import routes
+from calbroker.sandbox.graph.events import parse_draft, parse_event
 from calbroker.sandbox.graph.odata import GraphContext, GraphError
 from calbroker.sandbox.graph.subscriptions import Subscription, SubscriptionBook
 
-__all__ = ["GraphContext", "GraphError", "Subscription", "SubscriptionBook", "parse_event", "routes"]
+__all__ = ["GraphContext", "GraphError", "Subscription", "SubscriptionBook", "parse_draft", "parse_event", "routes"]

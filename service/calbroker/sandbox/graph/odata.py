@@ -90,9 +90,21 @@ class GraphRequest:
     mailbox: Mailbox | None = None
     raw_query: dict[str, str] = field(default_factory=dict)  # as sent, for nextLinks
     fault: FaultRule | None = None  # a behaviour fault (e.g. omit_join_url) the handler must honour
+    routes: tuple[Route, ...] = ()  # the table this call was dispatched against ($batch reuses it)
 
     def option(self, name: str) -> str | None:
         return self.query.get(name.lower())
+
+    @property
+    def target(self) -> Mailbox:
+        """The mailbox named by `/users/{user}`, resolved before any handler of such a route runs."""
+        assert self.mailbox is not None, self.path
+        return self.mailbox
+
+    def select(self) -> set[str] | None:
+        """The properties of `$select`, or None for the default set."""
+        raw = self.option("$select")
+        return {s.strip() for s in raw.split(",") if s.strip()} if raw else None
 
 
 @dataclass(slots=True)
@@ -111,7 +123,7 @@ class GraphContext:
 
     @property
     def graph_url(self) -> str:
-        return self.state.base_url + "/v1.0"
+        return self.state.graph_url
 
 
 Handler = Callable[[GraphContext, GraphRequest], Awaitable[GraphResponse]]
