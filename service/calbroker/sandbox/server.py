@@ -23,10 +23,8 @@ from typing import Any, TextIO, TypeVar
 
 from aiohttp import web
 
-from calbroker.sandbox import control, ews, graph
+from calbroker.sandbox import control, entra, ews, graph
 from calbroker.sandbox.directory import Directory
-from calbroker.sandbox.entra import authority as entra
-from calbroker.sandbox.entra import pages as entra_pages
 from calbroker.sandbox.faults import DropConnection
 from calbroker.sandbox.graph import GraphContext, SubscriptionBook
 from calbroker.sandbox.seed import DEFAULT_ANCHOR, WELL_KNOWN
@@ -68,7 +66,6 @@ def build_app(state: SandboxState) -> web.Application:
     app.add_routes(graph.routes(GraphContext(state, subscriptions)))
     app.add_routes(ews.routes(state))
     app.add_routes(entra.routes(state, authority))
-    app.add_routes(entra_pages.routes(state, authority))
 
     async def subscription_client(_: web.Application) -> AsyncIterator[None]:
         await subscriptions.start()
