@@ -22,6 +22,7 @@ from calbroker.sandbox.ews.items import (
     INDEX_NAMES,
     ITEM_TYPES,
     MONTHS,
+    RECURRENCE_PATTERNS,
     RESPONSE_TYPES,
     SENSITIVITIES,
     extended_key,
@@ -176,15 +177,7 @@ def _appointment_state(event: Event) -> str:
 
 def _render_recurrence(parent: Element, recurrence: Recurrence) -> None:
     node = child(parent, t("Recurrence"))
-    kinds = {
-        "daily": "DailyRecurrence",
-        "weekly": "WeeklyRecurrence",
-        "absoluteMonthly": "AbsoluteMonthlyRecurrence",
-        "relativeMonthly": "RelativeMonthlyRecurrence",
-        "absoluteYearly": "AbsoluteYearlyRecurrence",
-        "relativeYearly": "RelativeYearlyRecurrence",
-    }
-    pattern = child(node, t(kinds[recurrence.pattern_type]))
+    pattern = child(node, t(RECURRENCE_PATTERNS[recurrence.pattern_type]))
     days = " ".join(d.capitalize() for d in recurrence.days_of_week)
     month = MONTHS[(recurrence.month or recurrence.start_date.month) - 1]
     index = INDEX_NAMES.get(recurrence.index, "First")

@@ -10,7 +10,7 @@ item by a custom property (a marker) without listing the whole folder:
 https://learn.microsoft.com/en-us/exchange/client-developer/exchange-web-services/how-to-get-custom-extended-properties-by-using-ews-in-exchange
 
 Only what is listed above is modelled. `compile_restriction` returns None for anything else, and the
-caller then keeps the sandbox's older behaviour of not filtering at all.
+caller then does not filter at all.
 """
 
 from __future__ import annotations
