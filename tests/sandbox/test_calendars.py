@@ -9,13 +9,14 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from calbroker.sandbox.calendars import (
+from calbroker.sandbox.calendars import CalendarStore
+from calbroker.sandbox.directory import Directory
+from calbroker.sandbox.events import (
     EWS_DIGITS,
     GRAPH_DIGITS,
     Attendee,
     AttendeeType,
     CalendarError,
-    CalendarStore,
     Change,
     ChangeType,
     EventDraft,
@@ -23,7 +24,6 @@ from calbroker.sandbox.calendars import (
     Response,
     ShowAs,
 )
-from calbroker.sandbox.directory import Directory
 from calbroker.sandbox.recurrence import Recurrence
 from calbroker.sandbox.seed import build_directory
 from calbroker.sandbox.tls import load_key_material

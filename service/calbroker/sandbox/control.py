@@ -32,9 +32,9 @@ from typing import Any
 
 from aiohttp import web
 
-from calbroker.sandbox.calendars import CalendarError, Event, Response
 from calbroker.sandbox.directory import AppRegistration, Mailbox, Tenant
 from calbroker.sandbox.entra import EntraAuthority
+from calbroker.sandbox.events import CalendarError, Event, Response
 from calbroker.sandbox.graph import GraphError, SubscriptionBook, parse_draft, parse_event
 from calbroker.sandbox.seed import WELL_KNOWN
 from calbroker.sandbox.state import SandboxState

@@ -25,8 +25,9 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any
 
-from calbroker.sandbox.calendars import CalendarStore, Change
+from calbroker.sandbox.calendars import CalendarStore
 from calbroker.sandbox.directory import Directory
+from calbroker.sandbox.events import Change
 from calbroker.sandbox.faults import DropConnection, FaultAction, FaultBook, FaultRule, RequestStats, Throttle
 from calbroker.sandbox.seed import DEFAULT_ANCHOR, build_calendars, build_directory
 from calbroker.sandbox.tls import KeyMaterial

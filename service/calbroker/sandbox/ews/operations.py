@@ -16,8 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from datetime import timedelta
 
-from calbroker.sandbox.calendars import CalendarError
-from calbroker.sandbox.events import Event, Response
+from calbroker.sandbox.events import CalendarError, Event, Response
 from calbroker.sandbox.ews.access import Call, ItemError
 from calbroker.sandbox.ews.items import (
     FOLDER_CHANGE_KEY,

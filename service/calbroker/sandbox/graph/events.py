@@ -13,7 +13,7 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import quote
 
-from calbroker.sandbox.calendars import (
+from calbroker.sandbox.events import (
     Attendee,
     AttendeeType,
     CalendarError,
@@ -25,11 +25,13 @@ from calbroker.sandbox.calendars import (
 )
 from calbroker.sandbox.faults import FaultAction
 from calbroker.sandbox.graph.odata import (
+    Filters,
     GraphContext,
     GraphError,
     GraphRequest,
     GraphResponse,
     Route,
+    apply_filter,
     body_get,
     graph_instant,
     make_route,
@@ -373,7 +375,7 @@ async def calendar_view(ctx: GraphContext, req: GraphRequest) -> GraphResponse:
     return _listing(ctx, req, events, f"users('{mailbox.id}')/calendarView")
 
 
-_FILTERS = (
+_FILTERS: Filters[Event] = (
     (re.compile(r"^\s*iCalUId\s+eq\s+'([^']*)'\s*$", re.I), lambda e, m: e.ical_uid == m.group(1)),
     (re.compile(r"^\s*transactionId\s+eq\s+'([^']*)'\s*$", re.I), lambda e, m: e.transaction_id == m.group(1)),
     (re.compile(r"^\s*subject\s+eq\s+'([^']*)'\s*$", re.I), lambda e, m: e.subject == m.group(1)),
@@ -391,15 +393,8 @@ async def list_events(ctx: GraphContext, req: GraphRequest) -> GraphResponse:
     # https://learn.microsoft.com/graph/api/user-list-events — singles and series masters, not expanded
     mailbox = req.target
     events = ctx.state.calendars.events(mailbox.email)
-    raw_filter = req.option("$filter")
-    if raw_filter:
-        for pattern, predicate in _FILTERS:
-            match = pattern.match(raw_filter)
-            if match:
-                events = [e for e in events if predicate(e, match)]
-                break
-        else:
-            raise GraphError(400, "ErrorInvalidUrlQueryFilter", "The query filter contains one or more invalid nodes.")
+    invalid = GraphError(400, "ErrorInvalidUrlQueryFilter", "The query filter contains one or more invalid nodes.")
+    events = apply_filter(events, req.option("$filter"), _FILTERS, invalid)
     return _listing(ctx, req, events, f"users('{mailbox.id}')/events")
 
 

@@ -25,11 +25,13 @@ if TYPE_CHECKING:
 __all__ = [
     "JSON_CONTENT_TYPE",
     "Caller",
+    "Filters",
     "GraphContext",
     "GraphError",
     "GraphRequest",
     "GraphResponse",
     "Route",
+    "apply_filter",
     "body_get",
     "error_body",
     "graph_instant",
@@ -209,6 +211,21 @@ def prefer(headers: Mapping[str, str]) -> tuple[str | None, int | None]:
     tz_match = _PREFER_TZ.search(raw)
     page_match = _PREFER_PAGE.search(raw)
     return (tz_match.group(1).strip() if tz_match else None, int(page_match.group(1)) if page_match else None)
+
+
+# The `$filter` forms an endpoint understands: a pattern and the predicate its match stands for.
+Filters = tuple[tuple[re.Pattern[str], Callable[[T, re.Match[str]], bool]], ...]
+
+
+def apply_filter(items: list[T], raw: str | None, filters: Filters[T], invalid: GraphError) -> list[T]:
+    """`items` that pass `$filter` (`raw`); a clause none of `filters` matches answers `invalid`."""
+    if not raw:
+        return items
+    for pattern, predicate in filters:
+        match = pattern.match(raw)
+        if match:
+            return [item for item in items if predicate(item, match)]
+    raise invalid
 
 
 def graph_instant(moment: datetime) -> str:

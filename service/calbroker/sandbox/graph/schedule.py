@@ -9,8 +9,8 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from calbroker.sandbox.calendars import GRAPH_DIGITS
 from calbroker.sandbox.directory import WorkingHours
+from calbroker.sandbox.events import GRAPH_DIGITS
 from calbroker.sandbox.graph.events import READ, parse_when, resolve_zone
 from calbroker.sandbox.graph.odata import (
     GraphContext,

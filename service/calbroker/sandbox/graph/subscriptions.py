@@ -26,8 +26,8 @@ from urllib.parse import quote, urlsplit
 import aiohttp
 import yarl
 
-from calbroker.sandbox.calendars import Change
 from calbroker.sandbox.directory import ExchangeLocation, stable_id
+from calbroker.sandbox.events import Change
 from calbroker.sandbox.graph.events import READ
 from calbroker.sandbox.graph.odata import (
     GraphContext,

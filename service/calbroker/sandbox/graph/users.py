@@ -4,12 +4,20 @@ from __future__ import annotations
 
 import base64
 import re
-from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlencode
 
 from calbroker.sandbox.directory import Mailbox, Tenant
-from calbroker.sandbox.graph.odata import GraphContext, GraphError, GraphRequest, GraphResponse, Route, make_route
+from calbroker.sandbox.graph.odata import (
+    Filters,
+    GraphContext,
+    GraphError,
+    GraphRequest,
+    GraphResponse,
+    Route,
+    apply_filter,
+    make_route,
+)
 
 __all__ = ["ROUTES", "user_json"]
 
@@ -50,7 +58,7 @@ def user_json(mailbox: Mailbox, select: set[str] | None = None) -> dict[str, Any
     return item
 
 
-_USER_FILTERS: tuple[tuple[re.Pattern[str], Callable[[Mailbox, re.Match[str]], bool]], ...] = (
+_USER_FILTERS: Filters[Mailbox] = (
     (re.compile(r"^\s*mail\s+eq\s+'([^']*)'\s*$", re.I), lambda m, x: m.email == x.group(1).lower()),
     (
         re.compile(r"^\s*userPrincipalName\s+eq\s+'([^']*)'\s*$", re.I),
@@ -77,15 +85,8 @@ _USER_FILTERS: tuple[tuple[re.Pattern[str], Callable[[Mailbox, re.Match[str]], b
 async def list_users(ctx: GraphContext, req: GraphRequest) -> GraphResponse:
     # https://learn.microsoft.com/graph/api/user-list — $filter (eq/startswith/proxyAddresses), $top, $skiptoken
     users = sorted(req.caller.tenant.mailboxes.values(), key=lambda m: m.display_name.lower())
-    raw_filter = req.option("$filter")
-    if raw_filter:
-        for pattern, predicate in _USER_FILTERS:
-            match = pattern.match(raw_filter)
-            if match:
-                users = [u for u in users if predicate(u, match)]
-                break
-        else:
-            raise GraphError(400, "Request_UnsupportedQuery", "Unsupported or invalid query filter clause specified.")
+    invalid = GraphError(400, "Request_UnsupportedQuery", "Unsupported or invalid query filter clause specified.")
+    users = apply_filter(users, req.option("$filter"), _USER_FILTERS, invalid)
     try:
         size = min(int(req.option("$top") or ctx.state.settings.users_page_size), 999)
         token = req.option("$skiptoken")
