@@ -22,7 +22,7 @@ from calbroker.domain.events import Attendee, AttendeeType, EventSpec
 from calbroker.domain.intervals import Interval
 from calbroker.providers import Deadline, EwsProvider
 from calbroker.sandbox import SandboxThread
-from calbroker.sandbox.ews_items import parse_item_id
+from calbroker.sandbox.ews import parse_item_id
 from tests.fixtures.sandbox import SandboxControl
 
 ANNA = "anna.schmidt@fabrikam.com"

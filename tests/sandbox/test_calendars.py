@@ -9,13 +9,14 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from calbroker.sandbox.calendars import (
+from calbroker.sandbox.calendars import CalendarStore
+from calbroker.sandbox.directory import Directory
+from calbroker.sandbox.events import (
     EWS_DIGITS,
     GRAPH_DIGITS,
     Attendee,
     AttendeeType,
     CalendarError,
-    CalendarStore,
     Change,
     ChangeType,
     EventDraft,
@@ -23,7 +24,6 @@ from calbroker.sandbox.calendars import (
     Response,
     ShowAs,
 )
-from calbroker.sandbox.directory import Directory
 from calbroker.sandbox.recurrence import Recurrence
 from calbroker.sandbox.seed import build_directory
 from calbroker.sandbox.tls import load_key_material
@@ -117,6 +117,45 @@ def test_recurrence_patterns(recurrence: Recurrence, expected: list[date]) -> No
     starts = [s.date() for s in recurrence.starts(first, first + timedelta(days=400))][: len(expected)]
     assert starts == expected
     assert Recurrence.from_graph(recurrence.to_graph(), "UTC") == recurrence
+
+
+@pytest.mark.parametrize(
+    ("recurrence", "expected"),
+    [
+        # firstDayOfWeek decides which weeks an every-other-week series skips.
+        (
+            Recurrence("weekly", date(2026, 11, 1), "UTC", interval=2, days_of_week=("sunday", "monday")),
+            [date(2026, 11, 1), date(2026, 11, 2), date(2026, 11, 15), date(2026, 11, 16)],
+        ),
+        (
+            Recurrence(
+                "weekly",
+                date(2026, 11, 1),
+                "UTC",
+                interval=2,
+                days_of_week=("sunday", "monday"),
+                first_day_of_week="monday",
+            ),
+            [date(2026, 11, 1), date(2026, 11, 9), date(2026, 11, 15), date(2026, 11, 23)],
+        ),
+        (
+            Recurrence("relativeYearly", date(2026, 1, 1), "UTC", days_of_week=("thursday",), month=11, index="last"),
+            [date(2026, 11, 26), date(2027, 11, 25), date(2028, 11, 30)],
+        ),
+        (
+            Recurrence("absoluteYearly", date(2026, 1, 1), "UTC", day_of_month=29, month=2),
+            [date(2028, 2, 29), date(2032, 2, 29)],
+        ),
+        (
+            Recurrence("daily", date(2026, 1, 1), "UTC", range_type="endDate", end_date=date(2026, 1, 3)),
+            [date(2026, 1, 1), date(2026, 1, 2), date(2026, 1, 3)],
+        ),
+    ],
+)
+def test_recurrence_expansion_follows_graph(recurrence: Recurrence, expected: list[date]) -> None:
+    first = datetime.combine(recurrence.start_date, datetime.min.time(), UTC).replace(hour=9)
+    until = datetime.combine(expected[-1], datetime.min.time(), UTC) + timedelta(days=1)
+    assert [s.date() for s in recurrence.starts(first, until)] == expected
 
 
 def test_meeting_reaches_attendees_and_rooms_decide(store: CalendarStore) -> None:

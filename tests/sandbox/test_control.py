@@ -13,8 +13,7 @@ from pathlib import Path
 import pytest
 
 from calbroker.sandbox import SandboxThread, describe
-from calbroker.sandbox.seed import DEFAULT_ANCHOR, build_directory
-from calbroker.sandbox.seed_calendars import build_calendars
+from calbroker.sandbox.seed import DEFAULT_ANCHOR, build_calendars, build_directory
 from tests.fixtures.sandbox import SandboxControl
 
 

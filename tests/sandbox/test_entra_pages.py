@@ -17,7 +17,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from calbroker.sandbox import SandboxThread
-from calbroker.sandbox.tokens import load_public_key, verify
+from calbroker.sandbox.entra import load_public_key, verify
 from tests.fixtures.sandbox import SandboxControl
 
 GLOBAL_ADMINISTRATOR = "62e90394-69f5-4237-9190-012177145e10"

@@ -46,7 +46,7 @@ from exchangelib.protocol import CachingProtocol
 from exchangelib.services import GetUserAvailability
 
 from calbroker.sandbox import SandboxThread
-from calbroker.sandbox.calendars import Change
+from calbroker.sandbox.events import Change
 from tests.fixtures.sandbox import SandboxControl
 
 BERLIN = EWSTimeZone("Europe/Berlin")

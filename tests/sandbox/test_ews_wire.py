@@ -20,8 +20,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from calbroker.sandbox.ews import routes
-from calbroker.sandbox.ews_timezones import LegacyTimeZone, legacy_timezone, timezone_definition
+from calbroker.sandbox.ews import LegacyTimeZone, legacy_timezone, routes, timezone_definition
 from calbroker.sandbox.state import SandboxState
 from calbroker.sandbox.tls import load_key_material
 

@@ -8,10 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from calbroker.sandbox.calendars import EventType, Sensitivity, ShowAs
 from calbroker.sandbox.directory import AppCertificate, EwsAccess, ExchangeLocation
-from calbroker.sandbox.seed import DEFAULT_ANCHOR, WELL_KNOWN, build_directory
-from calbroker.sandbox.seed_calendars import build_calendars
+from calbroker.sandbox.events import EventType, Sensitivity, ShowAs
+from calbroker.sandbox.seed import DEFAULT_ANCHOR, WELL_KNOWN, build_calendars, build_directory
 from calbroker.sandbox.tls import load_key_material
 
 

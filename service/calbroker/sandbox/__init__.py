@@ -10,7 +10,7 @@ from __future__ import annotations
 from calbroker.sandbox.calendars import CalendarStore
 from calbroker.sandbox.directory import Directory, EwsAccess, ExchangeLocation
 from calbroker.sandbox.faults import DropConnection, FaultAction, FaultRule, Throttled
-from calbroker.sandbox.seed import DEFAULT_ANCHOR, WELL_KNOWN
+from calbroker.sandbox.seed import DEFAULT_ANCHOR, WELL_KNOWN, build_calendars, build_directory
 from calbroker.sandbox.server import (
     Sandbox,
     SandboxThread,
@@ -21,6 +21,7 @@ from calbroker.sandbox.server import (
     this_week_monday,
 )
 from calbroker.sandbox.state import SandboxSettings, SandboxState
+from calbroker.sandbox.tls import KeyMaterial, load_key_material
 
 __all__ = [
     "DEFAULT_ANCHOR",
@@ -32,13 +33,17 @@ __all__ = [
     "ExchangeLocation",
     "FaultAction",
     "FaultRule",
+    "KeyMaterial",
     "Sandbox",
     "SandboxSettings",
     "SandboxState",
     "SandboxThread",
     "Throttled",
     "build_app",
+    "build_calendars",
+    "build_directory",
     "describe",
+    "load_key_material",
     "run_sandbox_cli",
     "start_sandbox_in_thread",
     "this_week_monday",

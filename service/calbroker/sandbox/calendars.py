@@ -38,10 +38,8 @@ from typing import Any
 
 from calbroker.sandbox.directory import Directory, Mailbox
 from calbroker.sandbox.events import (
-    EWS_DIGITS,
     GRAPH_DIGITS,
     Attendee,
-    AttendeeType,
     BusyItem,
     CalendarError,
     Change,
@@ -51,30 +49,11 @@ from calbroker.sandbox.events import (
     EventType,
     OnlineMeeting,
     Response,
-    Sensitivity,
     ShowAs,
 )
 from calbroker.sandbox.timezones import zone
 
-__all__ = [
-    "EWS_DIGITS",
-    "GRAPH_DIGITS",
-    "Attendee",
-    "AttendeeType",
-    "BusyItem",
-    "CalendarError",
-    "CalendarStore",
-    "Change",
-    "ChangeType",
-    "Event",
-    "EventDraft",
-    "EventType",
-    "OnlineMeeting",
-    "Response",
-    "Sensitivity",
-    "ShowAs",
-    "teams_meeting",
-]
+__all__ = ["CalendarStore", "teams_meeting"]
 
 
 _UPDATABLE = frozenset(f.name for f in dataclasses.fields(EventDraft)) - {"transaction_id"}

@@ -8,7 +8,7 @@ and steer the sandbox.
   `PUT /_sandbox/latency {"ms": 20}` is a shortcut.
 - `GET /_sandbox/stats`, `DELETE /_sandbox/stats` — request counters per route key (and per
   mailbox, client and status) / reset them, together with the throttling windows.
-- `GET|POST|DELETE /_sandbox/faults`, `DELETE /_sandbox/faults/{id}` — fault rules (see faults.py).
+- `GET|POST|DELETE /_sandbox/faults`, `DELETE /_sandbox/faults/{id}` — fault rules (see `faults`).
 - `POST /_sandbox/reset {"seed"?, "anchor"?}` — back to the seed (directory, consent, calendars,
   subscriptions, faults, stats, settings).
 - `GET|POST /_sandbox/mailboxes/{email}/events` (window `?start=&end=`; body = Graph event JSON),
@@ -32,14 +32,12 @@ from typing import Any
 
 from aiohttp import web
 
-from calbroker.sandbox.calendars import CalendarError, Event, EventDraft, Response
 from calbroker.sandbox.directory import AppRegistration, Mailbox, Tenant
 from calbroker.sandbox.entra import EntraAuthority
-from calbroker.sandbox.graph_events import parse_event
-from calbroker.sandbox.odata import GraphError
+from calbroker.sandbox.events import CalendarError, Event, Response
+from calbroker.sandbox.graph import GraphError, SubscriptionBook, parse_draft, parse_event
 from calbroker.sandbox.seed import WELL_KNOWN
 from calbroker.sandbox.state import SandboxState
-from calbroker.sandbox.subscriptions import SubscriptionBook
 from calbroker.sandbox.timezones import parse_iso_instant
 
 __all__ = ["describe_tenants", "routes"]
@@ -175,7 +173,7 @@ def describe_tenants(state: SandboxState) -> dict[str, Any]:
         "seed": state.seed,
         "anchor": state.anchor.isoformat(),
         "authority_host": state.base_url,
-        "graph_url": state.base_url + "/v1.0",
+        "graph_url": state.graph_url,
         "ews_url": state.base_url + "/EWS/Exchange.asmx",
         "ca_pem": state.keys.ca_path.read_text(),
         "well_known": dict(WELL_KNOWN),
@@ -314,13 +312,7 @@ def routes(state: SandboxState, subscriptions: SubscriptionBook, authority: Entr
 
     async def add_event(request: web.Request) -> Any:
         mailbox = _mailbox(state, request)
-        fields = parse_event(await _json(request), mailbox.time_zone)
-        if "start" not in fields or "end" not in fields:
-            raise ControlError(400, "start and end are required")
-        draft = EventDraft(subject=fields.pop("subject", ""), start=fields.pop("start"), end=fields.pop("end"))
-        for name, value in fields.items():
-            setattr(draft, name, value)
-        event = state.calendars.create(mailbox.email, draft)
+        event = state.calendars.create(mailbox.email, parse_draft(await _json(request), mailbox.time_zone))
         return web.json_response(_event_summary(event), status=201)
 
     async def patch_event(request: web.Request) -> Any:
@@ -353,11 +345,7 @@ def routes(state: SandboxState, subscriptions: SubscriptionBook, authority: Entr
         return _event_summary(updated)
 
     async def list_subscriptions(request: web.Request) -> Any:
-        return {
-            "subscriptions": [
-                {**s.to_json(state.base_url + "/v1.0"), "mailbox": s.mailbox} for s in subscriptions.all()
-            ]
-        }
+        return {"subscriptions": [{**s.to_json(state.graph_url), "mailbox": s.mailbox} for s in subscriptions.all()]}
 
     async def lifecycle(request: web.Request) -> Any:
         body = await _json(request)

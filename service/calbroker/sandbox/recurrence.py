@@ -1,24 +1,27 @@
 """Recurrence patterns (Graph's patternedRecurrence) and their expansion into wall-clock occurrences.
 
-Occurrences keep their wall-clock time in the recurrence time zone, so a weekly 09:00 meeting in
-New York stays at 09:00 local across the DST switch and moves by an hour in UTC — as Outlook does.
+Dates come from `dateutil.rrule` (RFC 5545); occurrences keep their wall-clock time in the
+recurrence time zone, so a weekly 09:00 meeting in New York stays at 09:00 local across the DST
+switch and moves by an hour in UTC — as Outlook does.
 Shape: https://learn.microsoft.com/en-us/graph/api/resources/patternedrecurrence
 """
 
 from __future__ import annotations
 
-import calendar
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime, time
+from itertools import islice
 from typing import Any
+
+from dateutil.rrule import DAILY, MONTHLY, WEEKLY, YEARLY, rrule, weekdays
 
 from calbroker.sandbox.timezones import windows_name, zone
 
 __all__ = ["Recurrence", "RecurrenceError"]
 
 _WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
-_INDEXES = {"first": 0, "second": 1, "third": 2, "fourth": 3, "last": -1}
+_INDEXES = {"first": 1, "second": 2, "third": 3, "fourth": 4, "last": -1}
 _PATTERNS = {"daily", "weekly", "absoluteMonthly", "relativeMonthly", "absoluteYearly", "relativeYearly"}
 _RANGES = {"endDate", "noEnd", "numbered"}
 # Guard against runaway expansion (a daily noEnd series queried decades ahead).
@@ -114,55 +117,37 @@ class Recurrence:
 
     # --- expansion --------------------------------------------------------------------------------
 
-    def _dates(self) -> Iterator[date]:
-        """Candidate occurrence dates in order, from `start_date`, ignoring the range's end."""
-        start = self.start_date
+    def _rule(self) -> rrule:
+        """The pattern and range as an RFC 5545 rule over dates (midnight), from `start_date`.
+
+        Graph's patterns map one to one: `firstDayOfWeek` is `wkst`, `index` is the weekday's
+        ordinal in the month (`last` = -1), and a day of month a month lacks is skipped (as
+        Exchange does), which is also RFC 5545's rule for invalid dates.
+        """
+        first_day = _WEEKDAYS.index(self.first_day_of_week) if self.first_day_of_week in _WEEKDAYS else 6
+        weekday = weekdays[_WEEKDAYS.index(self.days_of_week[0])] if self.days_of_week else None
+        month = self.month or self.start_date.month
         match self.pattern_type:
             case "daily":
-                day = start
-                while True:
-                    yield day
-                    day += timedelta(days=self.interval)
+                options: dict[str, Any] = {"freq": DAILY}
             case "weekly":
-                first = _WEEKDAYS.index(self.first_day_of_week) if self.first_day_of_week in _WEEKDAYS else 6
-                week_start = start - timedelta(days=(start.weekday() - first) % 7)
-                offsets = sorted((_WEEKDAYS.index(d) - first) % 7 for d in self.days_of_week)
-                while True:
-                    for offset in offsets:
-                        day = week_start + timedelta(days=offset)
-                        if day >= start:
-                            yield day
-                    week_start += timedelta(weeks=self.interval)
-            case "absoluteMonthly" | "relativeMonthly":
-                year, month = start.year, start.month
-                while True:
-                    day_or_none = self._day_in_month(year, month)
-                    if day_or_none is not None and day_or_none >= start:
-                        yield day_or_none
-                    month += self.interval
-                    year, month = year + (month - 1) // 12, (month - 1) % 12 + 1
-            case _:  # yearly
-                year = start.year
-                while True:
-                    day_or_none = self._day_in_month(year, self.month or start.month)
-                    if day_or_none is not None and day_or_none >= start:
-                        yield day_or_none
-                    year += self.interval
-
-    def _day_in_month(self, year: int, month: int) -> date | None:
-        if self.pattern_type in ("absoluteMonthly", "absoluteYearly"):
-            wanted = self.day_of_month or self.start_date.day
-            if wanted > calendar.monthrange(year, month)[1]:
-                return None  # Exchange skips months without that day
-            return date(year, month, wanted)
-        weekday = _WEEKDAYS.index(self.days_of_week[0])
-        days = [
-            date(year, month, d)
-            for d in range(1, calendar.monthrange(year, month)[1] + 1)
-            if date(year, month, d).weekday() == weekday
-        ]
-        position = _INDEXES.get(self.index, 0)
-        return days[position] if -len(days) <= position < len(days) else None
+                days = [weekdays[_WEEKDAYS.index(d)] for d in self.days_of_week]
+                options = {"freq": WEEKLY, "byweekday": days, "wkst": weekdays[first_day]}
+            case "absoluteMonthly":
+                options = {"freq": MONTHLY, "bymonthday": self.day_of_month or self.start_date.day}
+            case "relativeMonthly":
+                assert weekday is not None
+                options = {"freq": MONTHLY, "byweekday": weekday(_INDEXES.get(self.index, 1))}
+            case "absoluteYearly":
+                options = {"freq": YEARLY, "bymonth": month, "bymonthday": self.day_of_month or self.start_date.day}
+            case _:  # relativeYearly
+                assert weekday is not None
+                options = {"freq": YEARLY, "bymonth": month, "byweekday": weekday(_INDEXES.get(self.index, 1))}
+        if self.range_type == "numbered":
+            options["count"] = self.number_of_occurrences
+        elif self.range_type == "endDate" and self.end_date is not None:
+            options["until"] = datetime.combine(self.end_date, time())
+        return rrule(dtstart=datetime.combine(self.start_date, time()), interval=self.interval, **options)
 
     def starts(self, first_start: datetime, until: datetime) -> Iterator[datetime]:
         """Occurrence starts (aware, in the recurrence zone) from the series start until `until` (exclusive).
@@ -173,14 +158,8 @@ class Recurrence:
         tz = zone(self.time_zone)
         local_time = first_start.astimezone(tz).time()
         until_utc = until.astimezone(UTC)
-        for count, day in enumerate(self._dates()):
-            if count > _MAX_STEPS:
-                return
-            if self.range_type == "endDate" and self.end_date is not None and day > self.end_date:
-                return
-            if self.range_type == "numbered" and count >= self.number_of_occurrences:
-                return
-            moment = datetime.combine(day, local_time, tz).astimezone(UTC)
+        for day in islice(self._rule(), _MAX_STEPS + 1):
+            moment = datetime.combine(day.date(), local_time, tz).astimezone(UTC)
             if moment >= until_utc:
                 return
             yield moment.astimezone(tz)

@@ -2,9 +2,8 @@
 `SandboxThread` for tests with blocking clients, and the CLI loop.
 
 One HTTPS port serves everything: Entra ID (`/{tenant}/…`), Graph (`/v1.0/…`), EWS
-(`/EWS/Exchange.asmx`, mounted from `calbroker.sandbox.ews` when present) and the control plane
-(`/_sandbox/…`). A middleware adds the base round-trip latency to every non-control request and
-turns `DropConnection` into a closed socket.
+(`/EWS/Exchange.asmx`) and the control plane (`/_sandbox/…`). A middleware adds the base
+round-trip latency to every non-control request and turns `DropConnection` into a closed socket.
 """
 
 from __future__ import annotations
@@ -12,12 +11,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import importlib
 import shutil
 import sys
 import tempfile
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import date, timedelta
 from pathlib import Path
 from types import TracebackType
@@ -25,13 +23,12 @@ from typing import Any, TextIO, TypeVar
 
 from aiohttp import web
 
-from calbroker.sandbox import control, entra, entra_pages, graph
+from calbroker.sandbox import control, entra, ews, graph
 from calbroker.sandbox.directory import Directory
 from calbroker.sandbox.faults import DropConnection
-from calbroker.sandbox.odata import GraphContext
+from calbroker.sandbox.graph import GraphContext, SubscriptionBook
 from calbroker.sandbox.seed import DEFAULT_ANCHOR, WELL_KNOWN
 from calbroker.sandbox.state import SandboxSettings, SandboxState
-from calbroker.sandbox.subscriptions import SubscriptionBook
 from calbroker.sandbox.tls import load_key_material
 
 __all__ = ["Sandbox", "SandboxThread", "build_app", "describe", "run_sandbox_cli", "start_sandbox_in_thread"]
@@ -58,18 +55,6 @@ def _middleware(state: SandboxState) -> Any:
     return middleware
 
 
-def _ews_routes(state: SandboxState) -> Iterable[web.AbstractRouteDef]:
-    """The EWS seam: `calbroker.sandbox.ews.routes(state)` when that module exists and defines it."""
-    try:
-        ews = importlib.import_module("calbroker.sandbox.ews")
-    except ModuleNotFoundError as exc:
-        if exc.name != "calbroker.sandbox.ews":
-            raise
-        return ()
-    factory = getattr(ews, "routes", None)
-    return factory(state) if callable(factory) else ()
-
-
 def build_app(state: SandboxState) -> web.Application:
     """The aiohttp application playing Entra ID, Graph, EWS and the control plane over `state`."""
     app = web.Application(middlewares=[_middleware(state)], client_max_size=16 * 1024 * 1024)
@@ -79,9 +64,8 @@ def build_app(state: SandboxState) -> web.Application:
     app[SUBSCRIPTIONS_KEY] = subscriptions
     app.add_routes(control.routes(state, subscriptions, authority))
     app.add_routes(graph.routes(GraphContext(state, subscriptions)))
-    app.add_routes(list(_ews_routes(state)))
+    app.add_routes(ews.routes(state))
     app.add_routes(entra.routes(state, authority))
-    app.add_routes(entra_pages.routes(state, authority))
 
     async def subscription_client(_: web.Application) -> AsyncIterator[None]:
         await subscriptions.start()
@@ -151,7 +135,7 @@ class Sandbox:
 
     @property
     def ews_url(self) -> str:
-        return self.url + "/EWS/Exchange.asmx"
+        return self.url + ews.EWS_PATH
 
     async def __aenter__(self) -> Sandbox:
         if self._runner is not None:
@@ -335,6 +319,7 @@ def describe(sandbox: Sandbox) -> str:
 
 
 def this_week_monday(today: date) -> date:
+    """The calendar anchor that centres the seeded calendars on `today`'s week (`--anchor this-week`)."""
     return today - timedelta(days=today.weekday())
 
 

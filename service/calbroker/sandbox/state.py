@@ -3,7 +3,7 @@
 Every handler — Entra, Graph, EWS, control plane — receives the one `SandboxState`. Read
 `state.directory` and `state.calendars` on each request: `reset()` replaces them.
 
-Hooks for a surface's handler (EWS uses exactly these):
+The hooks every surface's handler uses:
 
 - `fault = await state.checkpoint("ews:FindItem", mailbox=..., client_id=account.username)`: counts the
   call in `state.stats`, applies injected latency, hangs (`timeout`) or drops the connection
@@ -14,10 +14,6 @@ Hooks for a surface's handler (EWS uses exactly these):
 - `state.settings` holds the limits (`ews_max_mailboxes`, `ews_max_window_days`, …); the base
   round-trip latency is applied to every request by the server's middleware.
 - `state.clock()` is "now" (UTC); `state.base_url` is the sandbox's https origin once it listens.
-
-Mounting seam: `server.build_app(state)` imports `calbroker.sandbox.ews` and, when that module
-defines `routes(state: SandboxState) -> Iterable[aiohttp.web.AbstractRouteDef]`, adds those routes
-(expected: `POST /EWS/Exchange.asmx`) behind the same middleware (latency, `DropConnection`).
 """
 
 from __future__ import annotations
@@ -29,11 +25,11 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any
 
-from calbroker.sandbox.calendars import CalendarStore, Change
+from calbroker.sandbox.calendars import CalendarStore
 from calbroker.sandbox.directory import Directory
+from calbroker.sandbox.events import Change
 from calbroker.sandbox.faults import DropConnection, FaultAction, FaultBook, FaultRule, RequestStats, Throttle
-from calbroker.sandbox.seed import DEFAULT_ANCHOR, build_directory
-from calbroker.sandbox.seed_calendars import build_calendars
+from calbroker.sandbox.seed import DEFAULT_ANCHOR, build_calendars, build_directory
 from calbroker.sandbox.tls import KeyMaterial
 
 __all__ = ["SandboxSettings", "SandboxState"]

@@ -2,99 +2,36 @@
 
 Graph and EWS speak Windows time-zone ids ("Pacific Standard Time"); Python speaks IANA. Graph also
 accepts IANA names in `timeZone` and `Prefer: outlook.timezone`
-(https://learn.microsoft.com/en-us/graph/api/resources/datetimetimezone). The table covers the zones
-the seed uses plus the common ones; its pairs follow the CLDR windowsZones mapping.
+(https://learn.microsoft.com/en-us/graph/api/resources/datetimetimezone). The mapping is CLDR's
+windowsZones table as exchangelib ships it (`exchangelib.winzone`).
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta, tzinfo
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from exchangelib.winzone import IANA_TO_MS_TIMEZONE_MAP, MS_TIMEZONE_TO_IANA_MAP
+
 __all__ = [
-    "IANA_TO_WINDOWS",
     "WINDOWS_TO_IANA",
     "UnknownTimeZone",
     "format_graph_datetime",
     "parse_graph_datetime",
     "parse_iso_instant",
+    "utc_offset_changes",
     "windows_name",
     "zone",
 ]
 
-WINDOWS_TO_IANA: dict[str, str] = {
-    "UTC": "Etc/UTC",
-    "Dateline Standard Time": "Etc/GMT+12",
-    "Hawaiian Standard Time": "Pacific/Honolulu",
-    "Alaskan Standard Time": "America/Anchorage",
-    "Pacific Standard Time": "America/Los_Angeles",
-    "US Mountain Standard Time": "America/Phoenix",
-    "Mountain Standard Time": "America/Denver",
-    "Central Standard Time": "America/Chicago",
-    "Canada Central Standard Time": "America/Regina",
-    "Central Standard Time (Mexico)": "America/Mexico_City",
-    "Eastern Standard Time": "America/New_York",
-    "Atlantic Standard Time": "America/Halifax",
-    "Newfoundland Standard Time": "America/St_Johns",
-    "E. South America Standard Time": "America/Sao_Paulo",
-    "Argentina Standard Time": "America/Argentina/Buenos_Aires",
-    "Greenwich Standard Time": "Atlantic/Reykjavik",
-    "GMT Standard Time": "Europe/London",
-    "Morocco Standard Time": "Africa/Casablanca",
-    "W. Europe Standard Time": "Europe/Berlin",
-    "Romance Standard Time": "Europe/Paris",
-    "Central Europe Standard Time": "Europe/Budapest",
-    "Central European Standard Time": "Europe/Warsaw",
-    "GTB Standard Time": "Europe/Bucharest",
-    "FLE Standard Time": "Europe/Kiev",
-    "Israel Standard Time": "Asia/Jerusalem",
-    "Egypt Standard Time": "Africa/Cairo",
-    "South Africa Standard Time": "Africa/Johannesburg",
-    "Turkey Standard Time": "Europe/Istanbul",
-    "Russian Standard Time": "Europe/Moscow",
-    "Arabian Standard Time": "Asia/Dubai",
-    "Iran Standard Time": "Asia/Tehran",
-    "Pakistan Standard Time": "Asia/Karachi",
-    "India Standard Time": "Asia/Kolkata",
-    "Nepal Standard Time": "Asia/Kathmandu",
-    "SE Asia Standard Time": "Asia/Bangkok",
-    "China Standard Time": "Asia/Shanghai",
-    "Singapore Standard Time": "Asia/Singapore",
-    "Tokyo Standard Time": "Asia/Tokyo",
-    "Korea Standard Time": "Asia/Seoul",
-    "W. Australia Standard Time": "Australia/Perth",
-    "Cen. Australia Standard Time": "Australia/Adelaide",
-    "E. Australia Standard Time": "Australia/Brisbane",
-    "AUS Eastern Standard Time": "Australia/Sydney",
-    "New Zealand Standard Time": "Pacific/Auckland",
+# Every Windows id with CLDR's zone for it (territory 001); exchangelib adds a non-id UTC alias.
+WINDOWS_TO_IANA: Mapping[str, str] = {
+    ms_id: iana for ms_id, iana in MS_TIMEZONE_TO_IANA_MAP.items() if not ms_id.startswith("tzone://")
 }
-
-IANA_TO_WINDOWS: dict[str, str] = {iana: win for win, iana in WINDOWS_TO_IANA.items()}
-# Aliases that clients commonly send; CLDR lists them under the same Windows ids.
-IANA_TO_WINDOWS.update(
-    {
-        "UTC": "UTC",
-        "Etc/GMT": "UTC",
-        "GMT": "UTC",
-        "Asia/Calcutta": "India Standard Time",
-        "Europe/Kyiv": "FLE Standard Time",
-        "America/Buenos_Aires": "Argentina Standard Time",
-        "Europe/Dublin": "GMT Standard Time",
-        "Europe/Amsterdam": "W. Europe Standard Time",
-        "Europe/Zurich": "W. Europe Standard Time",
-        "Europe/Vienna": "W. Europe Standard Time",
-        "Europe/Rome": "W. Europe Standard Time",
-        "Europe/Stockholm": "W. Europe Standard Time",
-        "Europe/Madrid": "Romance Standard Time",
-        "Europe/Brussels": "Romance Standard Time",
-        "Europe/Prague": "Central Europe Standard Time",
-        "America/Toronto": "Eastern Standard Time",
-        "America/Vancouver": "Pacific Standard Time",
-        "Australia/Melbourne": "AUS Eastern Standard Time",
-    }
-)
-
+# Windows ids are case-insensitive in practice.
+_WINDOWS_BY_LOWER = {ms_id.lower(): iana for ms_id, iana in WINDOWS_TO_IANA.items()}
 _UTC_NAMES = {"utc", "etc/utc", "gmt", "etc/gmt", "z", "coordinated universal time", "tzone://microsoft/utc"}
 
 
@@ -111,11 +48,7 @@ def zone(name: str | None) -> tzinfo:
     if name is None or name.strip().lower() in _UTC_NAMES:
         return UTC
     cleaned = name.strip()
-    iana = WINDOWS_TO_IANA.get(cleaned)
-    if iana is None:
-        # Windows ids are case-insensitive in practice.
-        lowered = {k.lower(): v for k, v in WINDOWS_TO_IANA.items()}
-        iana = lowered.get(cleaned.lower(), cleaned)
+    iana = _WINDOWS_BY_LOWER.get(cleaned.lower(), cleaned)
     try:
         return ZoneInfo(iana)
     except (ZoneInfoNotFoundError, ValueError) as exc:
@@ -126,7 +59,8 @@ def windows_name(iana: str) -> str:
     """The Windows id for an IANA name; unknown names are returned unchanged."""
     if iana.strip().lower() in _UTC_NAMES:
         return "UTC"
-    return IANA_TO_WINDOWS.get(iana, iana)
+    found = IANA_TO_MS_TIMEZONE_MAP.get(iana)
+    return str(found[0]) if found else iana
 
 
 def format_graph_datetime(moment: datetime, tz_name: str | None) -> str:

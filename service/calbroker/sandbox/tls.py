@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import ipaddress
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -124,6 +125,19 @@ def _certificate(
     return builder.sign(issuer_key or key, hashes.SHA256())
 
 
+def _load_or_create_certificate(
+    path: Path, key: rsa.RSAPrivateKey, create: Callable[[], x509.Certificate]
+) -> x509.Certificate:
+    """The certificate in `path` if it is for `key`; else a new one from `create`, written there."""
+    if path.exists():
+        cert = x509.load_pem_x509_certificate(path.read_bytes())
+        if cert.public_key() == key.public_key():
+            return cert
+    cert = create()
+    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return cert
+
+
 def _server_cert_covers(path: Path, hosts: tuple[str, ...], ca: x509.Certificate) -> bool:
     if not path.exists():
         return False
@@ -147,14 +161,9 @@ def load_key_material(state_dir: Path, host: str) -> KeyMaterial:
     state_dir.mkdir(parents=True, exist_ok=True)
     ca_key = _load_or_create_key(state_dir / "ca-key.pem")
     ca_path = state_dir / "ca.pem"
-    ca_cert: x509.Certificate | None = None
-    if ca_path.exists():
-        ca_cert = x509.load_pem_x509_certificate(ca_path.read_bytes())
-        if ca_cert.public_key() != ca_key.public_key():
-            ca_cert = None
-    if ca_cert is None:
-        ca_cert = _certificate("calbroker sandbox CA", ca_key, ca=True)
-        ca_path.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
+    ca_cert = _load_or_create_certificate(
+        ca_path, ca_key, lambda: _certificate("calbroker sandbox CA", ca_key, ca=True)
+    )
 
     hosts = tuple(dict.fromkeys((host, "127.0.0.1", "localhost", "::1")))
     server_key_path = state_dir / "server-key.pem"
@@ -165,27 +174,16 @@ def load_key_material(state_dir: Path, host: str) -> KeyMaterial:
         server_cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
 
     signing_key = _load_or_create_key(state_dir / "token-signing-key.pem")
-    signing_cert_path = state_dir / "token-signing.pem"
-    if signing_cert_path.exists():
-        signing_cert = x509.load_pem_x509_certificate(signing_cert_path.read_bytes())
-        if signing_cert.public_key() != signing_key.public_key():
-            signing_cert = _certificate("sandbox token signing", signing_key)
-    else:
-        signing_cert = _certificate("sandbox token signing", signing_key)
-    signing_cert_path.write_bytes(signing_cert.public_bytes(serialization.Encoding.PEM))
+    signing_cert = _load_or_create_certificate(
+        state_dir / "token-signing.pem", signing_key, lambda: _certificate("sandbox token signing", signing_key)
+    )
     sha1, _ = _thumbprints(signing_cert)
     kid = base64.urlsafe_b64encode(bytes.fromhex(sha1)).decode().rstrip("=")
 
     app_key = _load_or_create_key(state_dir / "contoso-app-key.pem")
-    app_cert_path = state_dir / "contoso-app.pem"
-    app_cert: x509.Certificate | None = None
-    if app_cert_path.exists():
-        app_cert = x509.load_pem_x509_certificate(app_cert_path.read_bytes())
-        if app_cert.public_key() != app_key.public_key():
-            app_cert = None
-    if app_cert is None:
-        app_cert = _certificate("contoso-scheduling", app_key)
-        app_cert_path.write_bytes(app_cert.public_bytes(serialization.Encoding.PEM))
+    app_cert = _load_or_create_certificate(
+        state_dir / "contoso-app.pem", app_key, lambda: _certificate("contoso-scheduling", app_key)
+    )
     app_sha1, app_sha256 = _thumbprints(app_cert)
     certificate = AppCertificate(
         key_id=stable_id("certificate", "contoso-certificate"),

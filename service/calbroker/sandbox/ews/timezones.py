@@ -12,12 +12,13 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta, tzinfo
 
 from calbroker.sandbox import timezones
-from calbroker.sandbox.ews_xml import Element, MalformedRequest, child, find_text, format_duration, t
+from calbroker.sandbox.ews.soap import Element, MalformedRequest, child, find_text, format_duration, t
 
 WEEKDAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
 
-# Display names for TimeZoneDefinition/@Name (Windows registry "Display" values); ids come from
-# calbroker.sandbox.timezones so Graph and EWS share one id table.
+# Display names for TimeZoneDefinition/@Name (Windows registry "Display" values) of the zones the seed
+# and common clients use; other zones show their id. Ids come from `calbroker.sandbox.timezones`
+# (CLDR), so Graph and EWS share one id table.
 _DISPLAY_NAMES: dict[str, str] = {
     "UTC": "(UTC) Coordinated Universal Time",
     "Dateline Standard Time": "(UTC-12:00) International Date Line West",

@@ -1,22 +1,29 @@
-"""Graph directory endpoints: users (list, get, /me), organization, domains and places (rooms, room lists)."""
+"""Graph directory endpoints: users (list, get, /me), organization and domains."""
 
 from __future__ import annotations
 
 import base64
 import re
-from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlencode
 
-from calbroker.sandbox.directory import Mailbox, RoomList, Tenant
-from calbroker.sandbox.odata import GraphContext, GraphError, GraphRequest, GraphResponse, Route, make_route
+from calbroker.sandbox.directory import Mailbox, Tenant
+from calbroker.sandbox.graph.odata import (
+    Filters,
+    GraphContext,
+    GraphError,
+    GraphRequest,
+    GraphResponse,
+    Route,
+    apply_filter,
+    make_route,
+)
 
 __all__ = ["ROUTES", "user_json"]
 
 USERS = {"User.Read.All", "User.ReadBasic.All", "User.ReadWrite.All", "Directory.Read.All", "User.Read"}
 ORGANIZATION = {"Organization.Read.All", "Directory.Read.All", "User.Read.All", "User.Read"}
 DOMAINS = {"Domain.Read.All", "Directory.Read.All", "User.Read.All"}
-PLACES = {"Place.Read.All"}
 
 
 def user_json(mailbox: Mailbox, select: set[str] | None = None) -> dict[str, Any]:
@@ -51,12 +58,7 @@ def user_json(mailbox: Mailbox, select: set[str] | None = None) -> dict[str, Any
     return item
 
 
-def _select(req: GraphRequest) -> set[str] | None:
-    raw = req.option("$select")
-    return {s.strip() for s in raw.split(",") if s.strip()} if raw else None
-
-
-_USER_FILTERS: tuple[tuple[re.Pattern[str], Callable[[Mailbox, re.Match[str]], bool]], ...] = (
+_USER_FILTERS: Filters[Mailbox] = (
     (re.compile(r"^\s*mail\s+eq\s+'([^']*)'\s*$", re.I), lambda m, x: m.email == x.group(1).lower()),
     (
         re.compile(r"^\s*userPrincipalName\s+eq\s+'([^']*)'\s*$", re.I),
@@ -83,15 +85,8 @@ _USER_FILTERS: tuple[tuple[re.Pattern[str], Callable[[Mailbox, re.Match[str]], b
 async def list_users(ctx: GraphContext, req: GraphRequest) -> GraphResponse:
     # https://learn.microsoft.com/graph/api/user-list — $filter (eq/startswith/proxyAddresses), $top, $skiptoken
     users = sorted(req.caller.tenant.mailboxes.values(), key=lambda m: m.display_name.lower())
-    raw_filter = req.option("$filter")
-    if raw_filter:
-        for pattern, predicate in _USER_FILTERS:
-            match = pattern.match(raw_filter)
-            if match:
-                users = [u for u in users if predicate(u, match)]
-                break
-        else:
-            raise GraphError(400, "Request_UnsupportedQuery", "Unsupported or invalid query filter clause specified.")
+    invalid = GraphError(400, "Request_UnsupportedQuery", "Unsupported or invalid query filter clause specified.")
+    users = apply_filter(users, req.option("$filter"), _USER_FILTERS, invalid)
     try:
         size = min(int(req.option("$top") or ctx.state.settings.users_page_size), 999)
         token = req.option("$skiptoken")
@@ -101,7 +96,7 @@ async def list_users(ctx: GraphContext, req: GraphRequest) -> GraphResponse:
     chunk = users[offset : offset + size]
     body: dict[str, Any] = {
         "@odata.context": f"{ctx.graph_url}/$metadata#users",
-        "value": [user_json(u, _select(req)) for u in chunk],
+        "value": [user_json(u, req.select()) for u in chunk],
     }
     if offset + size < len(users):
         query = {k: v for k, v in req.raw_query.items() if k.lower() != "$skiptoken"}
@@ -113,8 +108,7 @@ async def list_users(ctx: GraphContext, req: GraphRequest) -> GraphResponse:
 
 async def get_user(ctx: GraphContext, req: GraphRequest) -> GraphResponse:
     # https://learn.microsoft.com/graph/api/user-get
-    assert req.mailbox is not None
-    body = {"@odata.context": f"{ctx.graph_url}/$metadata#users/$entity", **user_json(req.mailbox, _select(req))}
+    body = {"@odata.context": f"{ctx.graph_url}/$metadata#users/$entity", **user_json(req.target, req.select())}
     return GraphResponse(200, body)
 
 
@@ -177,89 +171,9 @@ async def list_domains(ctx: GraphContext, req: GraphRequest) -> GraphResponse:
     return GraphResponse(200, {"@odata.context": f"{ctx.graph_url}/$metadata#domains", "value": value})
 
 
-def room_json(room: Mailbox, tenant: Tenant) -> dict[str, Any]:
-    """A room place (https://learn.microsoft.com/graph/api/resources/room)."""
-    return {
-        "id": room.id,
-        "emailAddress": room.email,
-        "displayName": room.display_name,
-        "address": {
-            "street": tenant.street or None,
-            "city": room.city,
-            "state": tenant.state or None,
-            "postalCode": tenant.postal_code or None,
-            "countryOrRegion": tenant.country_code or None,
-        },
-        "geoCoordinates": None,
-        "phone": None,
-        "nickname": room.display_name,
-        "label": room.alias,
-        "capacity": room.capacity,
-        "building": room.building,
-        "floorLabel": str(room.floor) if room.floor is not None else None,
-        "floorNumber": room.floor,
-        "isManaged": True,
-        "isWheelChairAccessible": False,
-        "bookingType": "standard",
-        "tags": list(room.tags),
-        "audioDeviceName": None,
-        "videoDeviceName": None,
-        "displayDeviceName": "surface hub" if room.tags else None,
-    }
-
-
-def room_list_json(room_list: RoomList) -> dict[str, Any]:
-    """A roomList place (https://learn.microsoft.com/graph/api/resources/roomlist)."""
-    return {
-        "id": room_list.id,
-        "displayName": room_list.display_name,
-        "address": {"city": room_list.city, "countryOrRegion": room_list.country},
-        "geoCoordinates": None,
-        "phone": None,
-        "emailAddress": room_list.email,
-    }
-
-
-async def list_places(ctx: GraphContext, req: GraphRequest) -> GraphResponse:
-    # https://learn.microsoft.com/graph/api/place-list — rooms, room lists, rooms of one list
-    tenant = req.caller.tenant
-    directory = ctx.state.directory
-    kind = req.params["kind"].lower()
-    list_email = req.params.get("list")
-    if list_email is not None:
-        room_list = tenant.room_lists.get(list_email.lower())
-        if room_list is None:
-            raise GraphError(404, "ErrorItemNotFound", "The specified object was not found in the store.")
-        value = [room_json(tenant.mailboxes[e], tenant) for e in room_list.rooms]
-        context = f"places('{list_email}')/microsoft.graph.roomList/rooms"
-    elif kind == "microsoft.graph.room":
-        value = [room_json(r, tenant) for r in directory.rooms(tenant)]
-        context = "places/microsoft.graph.room"
-    else:
-        value = [room_list_json(r) for r in directory.room_lists(tenant)]
-        context = "places/microsoft.graph.roomList"
-    return GraphResponse(200, {"@odata.context": f"{ctx.graph_url}/$metadata#{context}", "value": value})
-
-
 ROUTES: tuple[Route, ...] = (
     make_route("GET", r"/users", "graph:users.list", list_users, USERS - {"User.Read"}, family="directory"),
     make_route("GET", r"/users/{user}", "graph:users.get", get_user, USERS, family="directory"),
     make_route("GET", r"/organization", "graph:organization.list", list_organization, ORGANIZATION, family="directory"),
     make_route("GET", r"/domains", "graph:domains.list", list_domains, DOMAINS, family="directory"),
-    make_route(
-        "GET",
-        r"/places/(?P<kind>microsoft\.graph\.room|microsoft\.graph\.roomlist)",
-        "graph:places.list",
-        list_places,
-        PLACES,
-        family="directory",
-    ),
-    make_route(
-        "GET",
-        r"/places/(?P<list>[^/]+@[^/]+)/(?P<kind>microsoft\.graph\.roomlist)/rooms",
-        "graph:places.list",
-        list_places,
-        PLACES,
-        family="directory",
-    ),
 )

@@ -17,7 +17,8 @@ from urllib.parse import urlencode
 
 from aiohttp import web
 
-from calbroker.sandbox.entra import (
+from calbroker.sandbox.directory import AppRegistration
+from calbroker.sandbox.entra.authority import (
     GRAPH_RESOURCE,
     RESERVED_SCOPES,
     AuthorizationCode,
@@ -67,35 +68,44 @@ def _redirect(uri: str, params: dict[str, str]) -> web.HTTPFound:
     return web.HTTPFound(uri + separator + urlencode({k: v for k, v in params.items() if v is not None}))
 
 
+async def _params(request: web.Request) -> dict[str, str]:
+    """The query string, overlaid by the form on a POST: both pages accept either."""
+    params = dict(request.query)
+    if request.method == "POST":
+        params.update({k: str(v) for k, v in (await request.post()).items()})
+    return params
+
+
+def _client(state: SandboxState, params: dict[str, str], *, directory: str | None) -> tuple[AppRegistration, str]:
+    """The app named by `client_id` and the redirect URI it registered, or the AADSTS error Entra shows."""
+    client_id = params.get("client_id", "").lower()
+    app = state.directory.app(client_id)
+    if app is None:
+        where = f" in the directory '{directory}'" if directory is not None else ""
+        raise EntraError(
+            400, "unauthorized_client", 700016, f"Application with identifier '{client_id}' was not found{where}."
+        )
+    redirect_uri = params.get("redirect_uri", "")
+    if not app.redirect_uri_allowed(redirect_uri):
+        raise EntraError(
+            400,
+            "invalid_request",
+            50011,
+            f"The redirect URI '{redirect_uri}' specified in the request does not match the redirect URIs "
+            f"configured for the application '{client_id}'.",
+        )
+    return app, redirect_uri
+
+
 async def _consent(state: SandboxState, request: web.Request) -> web.StreamResponse:
     # GET/POST /{tenant}/adminconsent and /{tenant}/v2.0/adminconsent
     # https://learn.microsoft.com/entra/identity-platform/v2-admin-consent
     v2 = "/v2.0/" in request.path
-    params = dict(request.query)
-    if request.method == "POST":
-        params.update({k: str(v) for k, v in (await request.post()).items()})
+    params = await _params(request)
     await state.checkpoint("entra:adminconsent", client_id=params.get("client_id"))
     try:
         tenant = resolve_tenant(state, request.match_info["tenant"], allow_generic=True)
-        client_id = params.get("client_id", "").lower()
-        app = state.directory.app(client_id)
-        if app is None:
-            raise EntraError(
-                400,
-                "unauthorized_client",
-                700016,
-                f"Application with identifier '{client_id}' was not found in the directory "
-                f"'{tenant.display_name if tenant else 'Microsoft'}'.",
-            )
-        redirect_uri = params.get("redirect_uri", "")
-        if not app.redirect_uri_allowed(redirect_uri):
-            raise EntraError(
-                400,
-                "invalid_request",
-                50011,
-                f"The redirect URI '{redirect_uri}' specified in the request does not match the redirect URIs "
-                f"configured for the application '{client_id}'.",
-            )
+        app, redirect_uri = _client(state, params, directory=tenant.display_name if tenant else "Microsoft")
     except EntraError as exc:
         return _error_page(exc)
     scope = params.get("scope", GRAPH_RESOURCE + "/.default")
@@ -159,29 +169,14 @@ async def _consent(state: SandboxState, request: web.Request) -> web.StreamRespo
 async def _authorize(state: SandboxState, authority: EntraAuthority, request: web.Request) -> web.StreamResponse:
     # GET/POST /{tenant}/oauth2/v2.0/authorize — sign-in form, then code + state
     # https://learn.microsoft.com/entra/identity-platform/v2-oauth2-auth-code-flow
-    params = dict(request.query)
-    if request.method == "POST":
-        params.update({k: str(v) for k, v in (await request.post()).items()})
+    params = await _params(request)
     await state.checkpoint("entra:authorize", client_id=params.get("client_id"))
     try:
         tenant = resolve_tenant(state, request.match_info["tenant"], allow_generic=True)
-        client_id = params.get("client_id", "").lower()
-        app = state.directory.app(client_id)
-        if app is None:
-            raise EntraError(
-                400, "unauthorized_client", 700016, f"Application with identifier '{client_id}' was not found."
-            )
-        redirect_uri = params.get("redirect_uri", "")
-        if not app.redirect_uri_allowed(redirect_uri):
-            raise EntraError(
-                400,
-                "invalid_request",
-                50011,
-                f"The redirect URI '{redirect_uri}' specified in the request does not match the redirect URIs "
-                f"configured for the application '{client_id}'.",
-            )
+        app, redirect_uri = _client(state, params, directory=None)
     except EntraError as exc:
         return _error_page(exc)
+    client_id = app.client_id
     state_param = params.get("state", "")
     if params.get("response_type") != "code":
         raise _redirect(redirect_uri, {"error": "unsupported_response_type", "state": state_param})

@@ -1,5 +1,5 @@
-"""Microsoft Graph v1.0 at `/v1.0/*`: bearer-token checks, routing, Microsoft's enforcement
-(roles, application access policy, on-premises mailboxes, throttling), faults, and JSON `$batch`.
+"""One Graph call, from the wire or from inside `$batch`: bearer-token checks, routing and
+Microsoft's enforcement (roles, application access policy, on-premises mailboxes, throttling), faults.
 
 Enforcement order for one call: token (401 InvalidAuthenticationToken) → route → mailbox
 (404 ErrorInvalidUser / Request_ResourceNotFound) → permission (403 ErrorAccessDenied /
@@ -11,35 +11,25 @@ the stats under its route key, whatever it answers.
 
 from __future__ import annotations
 
-import asyncio
-import json
 import uuid
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-import yarl
-from aiohttp import web
-from multidict import CIMultiDict
-
-from calbroker.sandbox import graph_calendar, graph_directory, graph_events, graph_online_meetings, subscriptions
 from calbroker.sandbox.directory import ExchangeLocation
+from calbroker.sandbox.entra import TokenError, verify
 from calbroker.sandbox.faults import FaultAction, Throttled
-from calbroker.sandbox.odata import (
+from calbroker.sandbox.graph.odata import (
     ACCESS_DENIED,
-    JSON_CONTENT_TYPE,
     Caller,
     GraphContext,
     GraphError,
     GraphRequest,
     GraphResponse,
     Route,
-    body_get,
     error_body,
-    make_route,
 )
-from calbroker.sandbox.tokens import TokenError, verify
 
-__all__ = ["GRAPH_AUDIENCES", "authenticate", "dispatch", "routes"]
+__all__ = ["GRAPH_AUDIENCES", "authenticate", "dispatch", "normalise_path"]
 
 # Graph accepts its App ID URI and its application id as audience.
 GRAPH_AUDIENCES = frozenset(
@@ -48,9 +38,6 @@ GRAPH_AUDIENCES = frozenset(
 _WWW_AUTHENTICATE = (
     'Bearer realm="", authorization_uri="https://login.microsoftonline.com/common/oauth2/authorize", '
     'client_id="00000003-0000-0000-c000-000000000000"'
-)
-_DIAGNOSTIC = (
-    '{"ServerInfo":{"DataCenter":"Sandbox","Slice":"E","Ring":"5","ScaleUnit":"000","RoleInstance":"SANDBOX"}}'
 )
 _DEFAULT_ERRORS = {
     400: ("BadRequest", "Bad request."),
@@ -198,16 +185,16 @@ async def dispatch(
     body: Any,
     caller: Caller | GraphError,
     client_request_id: str = "",
-    table: Iterable[Route] | None = None,
+    table: tuple[Route, ...],
 ) -> tuple[str, GraphResponse]:
-    """Run one Graph call (direct or inside `$batch`); returns (route key, response)."""
+    """Run one Graph call (direct or inside `$batch`) against `table`; returns (route key, response)."""
     state = ctx.state
     request_id = str(uuid.uuid4())
     key = "graph:unknown"
     counted = False
     try:
         try:
-            route, params = _find(ROUTES if table is None else table, method.upper(), path)
+            route, params = _find(table, method.upper(), path)
         except GraphError:
             if isinstance(caller, GraphError):
                 raise caller from None  # an invalid token answers 401 before routing
@@ -226,6 +213,7 @@ async def dispatch(
             request_id=request_id,
             client_request_id=client_request_id,
             params=params,
+            routes=table,
         )
         if route.needs_mailbox:
             _resolve_mailbox(ctx, route, req)
@@ -263,165 +251,8 @@ async def dispatch(
     return key, response
 
 
-def _inner_target(url: str) -> tuple[str, dict[str, str]]:
-    parsed = yarl.URL(url)
-    path = parsed.path
-    if parsed.is_absolute():
-        path = path.split("/v1.0", 1)[-1]
-    if not path.startswith("/"):
-        path = "/" + path
-    return path, {k: v for k, v in parsed.query.items()}
-
-
-def _order_ok(items: list[dict[str, Any]]) -> bool:
-    """dependsOn must reference ids of the batch and form no cycle."""
-    graph = {str(i["id"]).lower(): [str(d).lower() for d in i.get("dependsOn") or []] for i in items}
-    visiting: set[str] = set()
-    done: set[str] = set()
-
-    def visit(node: str) -> bool:
-        if node in done:
-            return True
-        if node in visiting or node not in graph:
-            return False
-        visiting.add(node)
-        ok = all(visit(dep) for dep in graph[node])
-        visiting.discard(node)
-        done.add(node)
-        return ok
-
-    return all(visit(node) for node in graph)
-
-
-async def batch(ctx: GraphContext, req: GraphRequest) -> GraphResponse:
-    # https://learn.microsoft.com/graph/json-batching — at most 20 requests, unique ids (else 400),
-    # dependsOn ordering with 424 for dependants of a failed request; each inner request is
-    # evaluated against throttling individually.
-    settings = ctx.state.settings
-    items = body_get(req.body, "requests")
-    if not isinstance(items, list) or not items or not all(isinstance(i, dict) for i in items):
-        raise GraphError(400, "BadRequest", "Invalid batch payload format.")
-    if len(items) > settings.batch_max_requests:
-        raise GraphError(
-            400,
-            "BadRequest",
-            f"The number of batch requests ({len(items)}) exceeds the limit of {settings.batch_max_requests}.",
-        )
-    normalised: list[dict[str, Any]] = []
-    for item in items:
-        lowered = {k.lower(): v for k, v in item.items()}
-        if not lowered.get("id") or not lowered.get("method") or not lowered.get("url"):
-            raise GraphError(400, "BadRequest", "Invalid batch payload format.")
-        if "body" in lowered and not any(k.lower() == "content-type" for k in (lowered.get("headers") or {})):
-            raise GraphError(
-                400, "BadRequest", f"Write request id : {lowered['id']} does not contain Content-Type header or body."
-            )
-        normalised.append(
-            {
-                "id": str(lowered["id"]),
-                "method": str(lowered["method"]),
-                "url": str(lowered["url"]),
-                "headers": lowered.get("headers") or {},
-                "body": lowered.get("body"),
-                "dependsOn": lowered.get("dependson") or [],
-            }
-        )
-    ids = [i["id"].lower() for i in normalised]
-    if len(set(ids)) != len(ids):
-        raise GraphError(400, "BadRequest", "Batch request ids must be unique.")
-    if not _order_ok(normalised):
-        raise GraphError(400, "BadRequest", "dependsOn must reference requests of this batch without cycles.")
-    results: dict[str, dict[str, Any]] = {}
-    finished = {i: asyncio.Event() for i in ids}
-    gate = asyncio.Semaphore(settings.batch_concurrency)
-    inner_routes = [r for r in ROUTES if r.key != "graph:batch"]
-
-    async def run(item: dict[str, Any]) -> None:
-        key = item["id"].lower()
-        try:
-            for dep in item["dependsOn"]:
-                await finished[str(dep).lower()].wait()
-            if any(results[str(dep).lower()]["status"] >= 400 for dep in item["dependsOn"]):
-                results[key] = {
-                    "id": item["id"],
-                    "status": 424,
-                    "headers": {"Content-Type": JSON_CONTENT_TYPE},
-                    "body": error_body(
-                        "FailedDependency",
-                        "A dependent request failed.",
-                        str(uuid.uuid4()),
-                        req.client_request_id,
-                        ctx.state.clock(),
-                    ),
-                }
-                return
-            path, query = _inner_target(item["url"])
-            try:
-                path = _normalise_path(path, req.caller)
-            except GraphError as exc:
-                results[key] = {
-                    "id": item["id"],
-                    "status": exc.status,
-                    "headers": {"Content-Type": JSON_CONTENT_TYPE},
-                    "body": error_body(
-                        exc.code, exc.message, str(uuid.uuid4()), req.client_request_id, ctx.state.clock()
-                    ),
-                }
-                return
-            inner_headers = CIMultiDict(req.headers)
-            inner_headers.update({str(k): str(v) for k, v in item["headers"].items()})
-            async with gate:
-                _, response = await dispatch(
-                    ctx,
-                    method=item["method"],
-                    path=path,
-                    query=query,
-                    headers=inner_headers,
-                    body=item["body"],
-                    caller=req.caller,
-                    client_request_id=req.client_request_id,
-                    table=inner_routes,
-                )
-            out_headers = {
-                k: v for k, v in response.headers.items() if k.lower() not in ("request-id", "client-request-id")
-            }
-            out_headers.setdefault("Cache-Control", "no-cache")
-            if response.body is not None:
-                out_headers.setdefault("OData-Version", "4.0")
-                out_headers.setdefault("Content-Type", JSON_CONTENT_TYPE)
-            entry: dict[str, Any] = {"id": item["id"], "status": response.status, "headers": out_headers}
-            if response.body is not None:
-                entry["body"] = response.body
-            results[key] = entry
-        finally:
-            finished[key].set()
-
-    await asyncio.gather(*(run(item) for item in normalised))
-    return GraphResponse(200, {"responses": [results[i] for i in ids]})
-
-
-ROUTES: tuple[Route, ...] = (
-    *graph_directory.ROUTES,
-    *graph_online_meetings.ROUTES,
-    *graph_calendar.ROUTES,
-    *graph_events.ROUTES,
-    *subscriptions.ROUTES,
-    make_route("POST", r"/\$batch", "graph:batch", batch, set(), family="batch"),
-)
-
-
-def _render(response: GraphResponse) -> web.Response:
-    headers = dict(response.headers)
-    headers.setdefault("x-ms-ags-diagnostic", _DIAGNOSTIC)
-    headers.setdefault("Cache-Control", "no-cache")
-    if response.body is None:
-        return web.Response(status=response.status, headers=headers)
-    headers["Content-Type"] = JSON_CONTENT_TYPE
-    headers.setdefault("OData-Version", "4.0")
-    return web.Response(status=response.status, body=json.dumps(response.body).encode(), headers=headers)
-
-
-def _normalise_path(tail: str, caller: Caller | GraphError) -> str:
+def normalise_path(tail: str, caller: Caller | GraphError) -> str:
+    """The path after `/v1.0` with `/me` replaced by the signed-in user (delegated tokens only)."""
     path = "/" + tail.strip("/")
     lowered = path.lower()
     if lowered == "/me" or lowered.startswith("/me/"):
@@ -430,46 +261,3 @@ def _normalise_path(tail: str, caller: Caller | GraphError) -> str:
         if isinstance(caller, Caller):
             raise GraphError(400, "BadRequest", "/me request is only valid with delegated authentication flow.")
     return path
-
-
-def routes(ctx: GraphContext) -> list[web.RouteDef]:
-    """The aiohttp routes serving Graph under `/v1.0/`."""
-
-    async def handle(request: web.Request) -> web.StreamResponse:
-        client_request_id = request.headers.get("client-request-id", "")
-        try:
-            caller: Caller | GraphError = authenticate(ctx, request.headers.get("Authorization"))
-        except GraphError as exc:
-            caller = exc
-        body: Any = None
-        try:
-            path = _normalise_path(request.match_info["tail"], caller)
-            if request.can_read_body:
-                raw = await request.read()
-                if raw.strip():
-                    try:
-                        body = json.loads(raw)
-                    except ValueError:
-                        raise GraphError(
-                            400,
-                            "BadRequest",
-                            "Unable to read JSON request payload. Please ensure Content-Type header is set and "
-                            "payload is of valid JSON format.",
-                        ) from None
-        except GraphError as exc:
-            request_id = str(uuid.uuid4())
-            payload = error_body(exc.code, exc.message, request_id, client_request_id, ctx.state.clock())
-            return _render(GraphResponse(exc.status, payload, {"request-id": request_id, **exc.headers}))
-        _, response = await dispatch(
-            ctx,
-            method=request.method,
-            path=path,
-            query={k: v for k, v in request.query.items()},
-            headers=request.headers,
-            body=body,
-            caller=caller,
-            client_request_id=client_request_id,
-        )
-        return _render(response)
-
-    return [web.route("*", "/v1.0/{tail:.*}", handle)]

@@ -22,8 +22,8 @@ from datetime import datetime
 
 from calbroker.sandbox.calendars import CalendarStore
 from calbroker.sandbox.directory import Directory, Mailbox, ServiceAccount
-from calbroker.sandbox.ews_items import TimeContext
-from calbroker.sandbox.ews_xml import Impersonation, SoapFault
+from calbroker.sandbox.ews.items import TimeContext
+from calbroker.sandbox.ews.soap import Impersonation, SoapFault
 
 ACCESS_DENIED = "Access is denied. Check credentials and try again."
 NO_MAILBOX = "The SMTP address has no mailbox associated with it."

@@ -19,17 +19,19 @@ from calbroker.sandbox.directory import Mailbox, ServicePrincipal, Tenant
 from calbroker.sandbox.faults import FaultRule
 
 if TYPE_CHECKING:
+    from calbroker.sandbox.graph.subscriptions import SubscriptionBook
     from calbroker.sandbox.state import SandboxState
-    from calbroker.sandbox.subscriptions import SubscriptionBook
 
 __all__ = [
     "JSON_CONTENT_TYPE",
     "Caller",
+    "Filters",
     "GraphContext",
     "GraphError",
     "GraphRequest",
     "GraphResponse",
     "Route",
+    "apply_filter",
     "body_get",
     "error_body",
     "graph_instant",
@@ -90,9 +92,21 @@ class GraphRequest:
     mailbox: Mailbox | None = None
     raw_query: dict[str, str] = field(default_factory=dict)  # as sent, for nextLinks
     fault: FaultRule | None = None  # a behaviour fault (e.g. omit_join_url) the handler must honour
+    routes: tuple[Route, ...] = ()  # the table this call was dispatched against ($batch reuses it)
 
     def option(self, name: str) -> str | None:
         return self.query.get(name.lower())
+
+    @property
+    def target(self) -> Mailbox:
+        """The mailbox named by `/users/{user}`, resolved before any handler of such a route runs."""
+        assert self.mailbox is not None, self.path
+        return self.mailbox
+
+    def select(self) -> set[str] | None:
+        """The properties of `$select`, or None for the default set."""
+        raw = self.option("$select")
+        return {s.strip() for s in raw.split(",") if s.strip()} if raw else None
 
 
 @dataclass(slots=True)
@@ -111,7 +125,7 @@ class GraphContext:
 
     @property
     def graph_url(self) -> str:
-        return self.state.base_url + "/v1.0"
+        return self.state.graph_url
 
 
 Handler = Callable[[GraphContext, GraphRequest], Awaitable[GraphResponse]]
@@ -197,6 +211,21 @@ def prefer(headers: Mapping[str, str]) -> tuple[str | None, int | None]:
     tz_match = _PREFER_TZ.search(raw)
     page_match = _PREFER_PAGE.search(raw)
     return (tz_match.group(1).strip() if tz_match else None, int(page_match.group(1)) if page_match else None)
+
+
+# The `$filter` forms an endpoint understands: a pattern and the predicate its match stands for.
+Filters = tuple[tuple[re.Pattern[str], Callable[[T, re.Match[str]], bool]], ...]
+
+
+def apply_filter(items: list[T], raw: str | None, filters: Filters[T], invalid: GraphError) -> list[T]:
+    """`items` that pass `$filter` (`raw`); a clause none of `filters` matches answers `invalid`."""
+    if not raw:
+        return items
+    for pattern, predicate in filters:
+        match = pattern.match(raw)
+        if match:
+            return [item for item in items if predicate(item, match)]
+    raise invalid
 
 
 def graph_instant(moment: datetime) -> str:

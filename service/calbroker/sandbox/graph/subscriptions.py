@@ -26,9 +26,10 @@ from urllib.parse import quote, urlsplit
 import aiohttp
 import yarl
 
-from calbroker.sandbox.calendars import Change
 from calbroker.sandbox.directory import ExchangeLocation, stable_id
-from calbroker.sandbox.odata import (
+from calbroker.sandbox.events import Change
+from calbroker.sandbox.graph.events import READ
+from calbroker.sandbox.graph.odata import (
     GraphContext,
     GraphError,
     GraphRequest,
@@ -48,7 +49,6 @@ _RESOURCE = re.compile(
 )
 _CHANGE_TYPES = {"created", "updated", "deleted"}
 _LIFECYCLE = {"reauthorizationRequired", "subscriptionRemoved", "missed"}
-READ = {"Calendars.Read", "Calendars.ReadWrite", "Calendars.ReadBasic"}
 # https://learn.microsoft.com/en-us/answers/questions/416427/subscription-validation-request-failed-notificatio.html
 _VALIDATION_FAILED = (
     "Subscription validation request failed. Notification endpoint must respond with 200 OK to validation request."

@@ -26,7 +26,7 @@ from calbroker.sandbox.events import (
     Sensitivity,
     ShowAs,
 )
-from calbroker.sandbox.ews_xml import (
+from calbroker.sandbox.ews.soap import (
     Element,
     MalformedRequest,
     find_text,
@@ -165,6 +165,7 @@ SENSITIVITIES = {
     Sensitivity.PRIVATE: "Private",
     Sensitivity.CONFIDENTIAL: "Confidential",
 }
+_SENSITIVITY = {v: k for k, v in SENSITIVITIES.items()}
 RESPONSE_TYPES = {
     Response.NONE: "Unknown",
     Response.ORGANIZER: "Organizer",
@@ -184,6 +185,17 @@ ATTENDEE_LISTS = (
     ("OptionalAttendees", AttendeeType.OPTIONAL),
     ("Resources", AttendeeType.RESOURCE),
 )
+# Graph's pattern and range types (the store's) and the EWS elements that carry them.
+RECURRENCE_PATTERNS = {
+    "daily": "DailyRecurrence",
+    "weekly": "WeeklyRecurrence",
+    "absoluteMonthly": "AbsoluteMonthlyRecurrence",
+    "relativeMonthly": "RelativeMonthlyRecurrence",
+    "absoluteYearly": "AbsoluteYearlyRecurrence",
+    "relativeYearly": "RelativeYearlyRecurrence",
+}
+_PATTERN_TYPES = {v: k for k, v in RECURRENCE_PATTERNS.items()}
+_RANGE_TYPES = {"NoEndRecurrence": "noEnd", "EndDateRecurrence": "endDate", "NumberedRecurrence": "numbered"}
 INDEX_NAMES = {"first": "First", "second": "Second", "third": "Third", "fourth": "Fourth", "last": "Last"}
 MONTHS = (
     "January",
@@ -233,29 +245,20 @@ def _recurrence(elem: Element, start: datetime, zone: tzinfo) -> Recurrence:
     days = tuple(d.lower() for d in (find_text(pattern, t("DaysOfWeek")) or "").split())
     index = (find_text(pattern, t("DayOfWeekIndex")) or "First").lower()
     month_name = find_text(pattern, t("Month"))
-    types = {
-        "DailyRecurrence": "daily",
-        "WeeklyRecurrence": "weekly",
-        "AbsoluteMonthlyRecurrence": "absoluteMonthly",
-        "RelativeMonthlyRecurrence": "relativeMonthly",
-        "AbsoluteYearlyRecurrence": "absoluteYearly",
-        "RelativeYearlyRecurrence": "relativeYearly",
-    }
-    ranges = {"NoEndRecurrence": "noEnd", "EndDateRecurrence": "endDate", "NumberedRecurrence": "numbered"}
 
     def day(text: str | None) -> date | None:
         return date.fromisoformat(text[:10]) if text else None
 
     try:
         return Recurrence(
-            pattern_type=_enum(kind, types, "recurrence pattern"),
+            pattern_type=_enum(kind, _PATTERN_TYPES, "recurrence pattern"),
             interval=int(find_text(pattern, t("Interval")) or "1"),
             days_of_week=days,
             day_of_month=int(find_text(pattern, t("DayOfMonth")) or "0"),
             month=MONTHS.index(month_name) + 1 if month_name else 0,
             index=index,
             first_day_of_week=(find_text(pattern, t("FirstDayOfWeek")) or "Sunday").lower(),
-            range_type=_enum(local_name(range_.tag), ranges, "recurrence range"),
+            range_type=_enum(local_name(range_.tag), _RANGE_TYPES, "recurrence range"),
             start_date=day(find_text(range_, t("StartDate"))) or start.astimezone(zone).date(),
             end_date=day(find_text(range_, t("EndDate"))),
             number_of_occurrences=int(find_text(range_, t("NumberOfOccurrences")) or "0"),
@@ -312,7 +315,7 @@ def draft_from_xml(elem: Element, times: TimeContext) -> EventDraft:
         show_as=_enum(find_text(elem, t("LegacyFreeBusyStatus")) or "Busy", _SHOW_AS, "LegacyFreeBusyStatus"),
         sensitivity=_enum(
             find_text(elem, t("Sensitivity")) or "Normal",
-            {v: k for k, v in SENSITIVITIES.items()},
+            _SENSITIVITY,
             "Sensitivity",
         ),
         importance=(find_text(elem, t("Importance")) or "Normal").lower(),
@@ -390,7 +393,7 @@ def changes_from_updates(updates: Element, event: Event, times: TimeContext) -> 
             case "item:Sensitivity":
                 changes["sensitivity"] = _enum(
                     find_text(source, t("Sensitivity")) or "Normal",
-                    {v: k for k, v in SENSITIVITIES.items()},
+                    _SENSITIVITY,
                     "Sensitivity",
                 )
             case "item:Importance":

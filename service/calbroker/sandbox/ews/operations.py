@@ -16,10 +16,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from datetime import timedelta
 
-from calbroker.sandbox.calendars import CalendarError
-from calbroker.sandbox.events import Event, Response
-from calbroker.sandbox.ews_access import Call, ItemError
-from calbroker.sandbox.ews_items import (
+from calbroker.sandbox.events import CalendarError, Event, Response
+from calbroker.sandbox.ews.access import Call, ItemError
+from calbroker.sandbox.ews.items import (
     FOLDER_CHANGE_KEY,
     InvalidId,
     UnsupportedUpdate,
@@ -30,9 +29,9 @@ from calbroker.sandbox.ews_items import (
     parse_folder_id,
     parse_item_id,
 )
-from calbroker.sandbox.ews_render import RenderContext, Shape, render_calendar_item
-from calbroker.sandbox.ews_restrictions import compile_restriction
-from calbroker.sandbox.ews_xml import (
+from calbroker.sandbox.ews.render import RenderContext, Shape, render_calendar_item
+from calbroker.sandbox.ews.restrictions import compile_restriction
+from calbroker.sandbox.ews.soap import (
     XSI_NS,
     Element,
     MalformedRequest,

@@ -10,7 +10,7 @@ item by a custom property (a marker) without listing the whole folder:
 https://learn.microsoft.com/en-us/exchange/client-developer/exchange-web-services/how-to-get-custom-extended-properties-by-using-ews-in-exchange
 
 Only what is listed above is modelled. `compile_restriction` returns None for anything else, and the
-caller then keeps the sandbox's older behaviour of not filtering at all.
+caller then does not filter at all.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from calbroker.sandbox.events import Event
-from calbroker.sandbox.ews_items import extended_key
-from calbroker.sandbox.ews_xml import Element, MalformedRequest, local_name, t
+from calbroker.sandbox.ews.items import extended_key
+from calbroker.sandbox.ews.soap import Element, MalformedRequest, local_name, t
 
 __all__ = ["compile_restriction"]
 

@@ -1,4 +1,4 @@
-"""Deterministic tenants: the same seed gives the same directory (calendars: `seed_calendars`).
+"""Deterministic tenants: the same seed gives the same directory (calendars: `seed.calendars`).
 
 The directory's credentials (tenant ids, client ids, secrets, passwords) depend on nothing but their
 names, so they are stable across seeds and runs; users beyond the well-known ones and every calendar

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 from calbroker.sandbox import timezones
 from calbroker.sandbox.directory import Mailbox, Tenant
-from calbroker.sandbox.ews_access import Call
-from calbroker.sandbox.ews_timezones import timezone_definition
-from calbroker.sandbox.ews_xml import Element, child, find_text, m, parse_bool, response_message, t, xml_bool
+from calbroker.sandbox.ews.access import Call
+from calbroker.sandbox.ews.soap import Element, child, find_text, m, parse_bool, response_message, t, xml_bool
+from calbroker.sandbox.ews.timezones import timezone_definition
 
 MAX_CANDIDATES = 100
 _NO_RESULTS = "No results were found."

@@ -20,10 +20,9 @@ from calbroker.sandbox import timezones
 from calbroker.sandbox.calendars import CalendarStore
 from calbroker.sandbox.directory import Directory, EwsAccess, Mailbox, ServiceAccount
 from calbroker.sandbox.events import EWS_DIGITS
-from calbroker.sandbox.ews_items import BUSY_TYPES
-from calbroker.sandbox.ews_render import event_hex_id, weekday_names
-from calbroker.sandbox.ews_timezones import LegacyTimeZone, legacy_timezone
-from calbroker.sandbox.ews_xml import (
+from calbroker.sandbox.ews.items import BUSY_TYPES
+from calbroker.sandbox.ews.render import event_hex_id, weekday_names
+from calbroker.sandbox.ews.soap import (
     Element,
     SoapFault,
     child,
@@ -35,6 +34,7 @@ from calbroker.sandbox.ews_xml import (
     t,
     xml_bool,
 )
+from calbroker.sandbox.ews.timezones import LegacyTimeZone, legacy_timezone
 
 _INVALID_WINDOW = "The time duration specified for FreeBusyViewOptions.TimeWindow is invalid."
 _VIEWS = ("MergedOnly", "FreeBusy", "FreeBusyMerged", "Detailed", "DetailedMerged")

@@ -13,7 +13,7 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import quote
 
-from calbroker.sandbox.calendars import (
+from calbroker.sandbox.events import (
     Attendee,
     AttendeeType,
     CalendarError,
@@ -23,14 +23,15 @@ from calbroker.sandbox.calendars import (
     Sensitivity,
     ShowAs,
 )
-from calbroker.sandbox.directory import Mailbox
 from calbroker.sandbox.faults import FaultAction
-from calbroker.sandbox.odata import (
+from calbroker.sandbox.graph.odata import (
+    Filters,
     GraphContext,
     GraphError,
     GraphRequest,
     GraphResponse,
     Route,
+    apply_filter,
     body_get,
     graph_instant,
     make_route,
@@ -47,7 +48,7 @@ from calbroker.sandbox.timezones import (
     zone,
 )
 
-__all__ = ["READ", "ROUTES", "WRITE", "event_json", "parse_event", "parse_when", "resolve_zone"]
+__all__ = ["READ", "ROUTES", "WRITE", "event_json", "parse_draft", "parse_event", "parse_when", "resolve_zone"]
 
 READ = {"Calendars.ReadBasic", "Calendars.Read", "Calendars.ReadWrite"}
 WRITE = {"Calendars.ReadWrite"}
@@ -158,6 +159,19 @@ def parse_event(body: Any, default_tz: str) -> dict[str, Any]:
             props[str(prop_id)] = str(value)
         fields["extended_properties"] = props
     return fields
+
+
+def parse_draft(body: Any, default_tz: str) -> EventDraft:
+    """A new event's Graph JSON as an `EventDraft`, or Graph's 400 when it lacks a start or an end."""
+    fields = parse_event(body, default_tz)
+    if "start" not in fields or "end" not in fields:
+        raise GraphError(
+            400, "ErrorInvalidRequest", "Your request can't be completed. The event must have a start and an end."
+        )
+    draft = EventDraft(subject=fields.pop("subject", ""), start=fields.pop("start"), end=fields.pop("end"))
+    for name, value in fields.items():
+        setattr(draft, name, value)
+    return draft
 
 
 def _address(email: str, name: str) -> dict[str, Any]:
@@ -288,11 +302,6 @@ def event_json(
     return item
 
 
-def _select(req: GraphRequest) -> set[str] | None:
-    raw = req.option("$select")
-    return {s.strip() for s in raw.split(",") if s.strip()} if raw else None
-
-
 def _expand(req: GraphRequest) -> str | None:
     raw = req.option("$expand")
     if raw and raw.lower().startswith("singlevalueextendedproperties"):
@@ -315,11 +324,6 @@ def _tz(req: GraphRequest) -> str | None:
     if tz_name:
         resolve_zone(tz_name)
     return tz_name
-
-
-def _mailbox(req: GraphRequest) -> Mailbox:
-    assert req.mailbox is not None
-    return req.mailbox
 
 
 def _window(req: GraphRequest) -> tuple[datetime, datetime]:
@@ -354,7 +358,7 @@ def _listing(ctx: GraphContext, req: GraphRequest, events: list[Event], context:
     )
     omit = req.fault is not None and req.fault.action is FaultAction.OMIT_JOIN_URL
     value = [
-        event_json(ctx, e, tz_name=tz_name, select=_select(req), expand_properties=_expand(req), omit_join_url=omit)
+        event_json(ctx, e, tz_name=tz_name, select=req.select(), expand_properties=_expand(req), omit_join_url=omit)
         for e in chunk_events
     ]
     body: dict[str, Any] = {"@odata.context": f"{ctx.graph_url}/$metadata#{context}", "value": value}
@@ -366,12 +370,12 @@ def _listing(ctx: GraphContext, req: GraphRequest, events: list[Event], context:
 async def calendar_view(ctx: GraphContext, req: GraphRequest) -> GraphResponse:
     # https://learn.microsoft.com/graph/api/user-list-calendarview
     start, end = _window(req)
-    mailbox = _mailbox(req)
+    mailbox = req.target
     events = ctx.state.calendars.occurrences(mailbox.email, start, end)
     return _listing(ctx, req, events, f"users('{mailbox.id}')/calendarView")
 
 
-_FILTERS = (
+_FILTERS: Filters[Event] = (
     (re.compile(r"^\s*iCalUId\s+eq\s+'([^']*)'\s*$", re.I), lambda e, m: e.ical_uid == m.group(1)),
     (re.compile(r"^\s*transactionId\s+eq\s+'([^']*)'\s*$", re.I), lambda e, m: e.transaction_id == m.group(1)),
     (re.compile(r"^\s*subject\s+eq\s+'([^']*)'\s*$", re.I), lambda e, m: e.subject == m.group(1)),
@@ -387,25 +391,18 @@ _FILTERS = (
 
 async def list_events(ctx: GraphContext, req: GraphRequest) -> GraphResponse:
     # https://learn.microsoft.com/graph/api/user-list-events — singles and series masters, not expanded
-    mailbox = _mailbox(req)
+    mailbox = req.target
     events = ctx.state.calendars.events(mailbox.email)
-    raw_filter = req.option("$filter")
-    if raw_filter:
-        for pattern, predicate in _FILTERS:
-            match = pattern.match(raw_filter)
-            if match:
-                events = [e for e in events if predicate(e, match)]
-                break
-        else:
-            raise GraphError(400, "ErrorInvalidUrlQueryFilter", "The query filter contains one or more invalid nodes.")
+    invalid = GraphError(400, "ErrorInvalidUrlQueryFilter", "The query filter contains one or more invalid nodes.")
+    events = apply_filter(events, req.option("$filter"), _FILTERS, invalid)
     return _listing(ctx, req, events, f"users('{mailbox.id}')/events")
 
 
 def _created_response(ctx: GraphContext, req: GraphRequest, event: Event, status: int) -> GraphResponse:
-    mailbox = _mailbox(req)
+    mailbox = req.target
     omit = req.fault is not None and req.fault.action is FaultAction.OMIT_JOIN_URL
     body = event_json(
-        ctx, event, tz_name=_tz(req), select=_select(req), expand_properties=_expand(req), omit_join_url=omit
+        ctx, event, tz_name=_tz(req), select=req.select(), expand_properties=_expand(req), omit_join_url=omit
     )
     body = {"@odata.context": f"{ctx.graph_url}/$metadata#users('{mailbox.id}')/events/$entity", **body}
     headers = _headers(req)
@@ -422,15 +419,8 @@ def _calendar_error(exc: CalendarError) -> GraphError:
 async def create_event(ctx: GraphContext, req: GraphRequest) -> GraphResponse:
     # https://learn.microsoft.com/graph/api/user-post-events — 201 with the event; a repeated
     # transactionId returns the event created first (event resource: transactionId).
-    mailbox = _mailbox(req)
-    fields = parse_event(req.body, mailbox.time_zone)
-    if "start" not in fields or "end" not in fields:
-        raise GraphError(
-            400, "ErrorInvalidRequest", "Your request can't be completed. The event must have a start and an end."
-        )
-    draft = EventDraft(subject=fields.pop("subject", ""), start=fields.pop("start"), end=fields.pop("end"))
-    for name, value in fields.items():
-        setattr(draft, name, value)
+    mailbox = req.target
+    draft = parse_draft(req.body, mailbox.time_zone)
     try:
         event = ctx.state.calendars.create(mailbox.email, draft)
     except CalendarError as exc:
@@ -439,7 +429,7 @@ async def create_event(ctx: GraphContext, req: GraphRequest) -> GraphResponse:
 
 
 def _event(ctx: GraphContext, req: GraphRequest) -> Event:
-    event = ctx.state.calendars.get(_mailbox(req).email, req.params["id"])
+    event = ctx.state.calendars.get(req.target.email, req.params["id"])
     if event is None:
         raise GraphError(404, "ErrorItemNotFound", "The specified object was not found in the store.")
     return event
@@ -456,7 +446,7 @@ async def update_event(ctx: GraphContext, req: GraphRequest) -> GraphResponse:
     changes = parse_event(req.body, event.time_zone)
     changes.pop("transaction_id", None)
     try:
-        updated = ctx.state.calendars.update(_mailbox(req).email, event.id, changes)
+        updated = ctx.state.calendars.update(req.target.email, event.id, changes)
     except CalendarError as exc:
         raise _calendar_error(exc) from None
     return _created_response(ctx, req, updated, 200)
@@ -466,7 +456,7 @@ async def delete_event(ctx: GraphContext, req: GraphRequest) -> GraphResponse:
     # https://learn.microsoft.com/graph/api/event-delete — 204; the organizer's delete cancels the meeting
     event = _event(ctx, req)
     try:
-        ctx.state.calendars.delete(_mailbox(req).email, event.id)
+        ctx.state.calendars.delete(req.target.email, event.id)
     except CalendarError as exc:
         raise _calendar_error(exc) from None
     return GraphResponse(204)
@@ -476,7 +466,7 @@ async def cancel_event(ctx: GraphContext, req: GraphRequest) -> GraphResponse:
     # https://learn.microsoft.com/graph/api/event-cancel — 202; attendees get 400
     event = _event(ctx, req)
     try:
-        ctx.state.calendars.cancel(_mailbox(req).email, event.id, str(body_get(req.body, "comment") or ""))
+        ctx.state.calendars.cancel(req.target.email, event.id, str(body_get(req.body, "comment") or ""))
     except CalendarError as exc:
         raise _calendar_error(exc) from None
     return GraphResponse(202)
@@ -491,7 +481,7 @@ async def respond_event(ctx: GraphContext, req: GraphRequest) -> GraphResponse:
         "tentativelyaccept": Response.TENTATIVELY_ACCEPTED,
     }[req.params["action"].lower()]
     try:
-        ctx.state.calendars.respond(_mailbox(req).email, event.id, response)
+        ctx.state.calendars.respond(req.target.email, event.id, response)
     except CalendarError as exc:
         raise _calendar_error(exc) from None
     return GraphResponse(202)
@@ -503,10 +493,10 @@ async def event_instances(ctx: GraphContext, req: GraphRequest) -> GraphResponse
     start, end = _window(req)
     instances = [
         e
-        for e in ctx.state.calendars.occurrences(_mailbox(req).email, start, end)
+        for e in ctx.state.calendars.occurrences(req.target.email, start, end)
         if e.series_master_id == master.id or (master.recurrence is None and e.id == master.id)
     ]
-    return _listing(ctx, req, instances, f"users('{_mailbox(req).id}')/events('{master.id}')/instances")
+    return _listing(ctx, req, instances, f"users('{req.target.id}')/events('{master.id}')/instances")
 
 
 _EVENTS = r"/users/{user}(?:/calendar)?/events"

@@ -3,7 +3,7 @@
 Like IIS in front of on-premises Exchange, an unauthenticated request gets ``401`` with one
 ``WWW-Authenticate`` header per enabled scheme (Negotiate, NTLM, Basic). exchangelib's auth-type
 guess picks NTLM when offered (``transport.get_auth_method_from_response``), so NTLM is served for
-real (``ews_ntlm``): an NTLM-authenticated TCP connection stays authenticated for later requests,
+real (``ntlm``): an NTLM-authenticated TCP connection stays authenticated for later requests,
 which then carry no Authorization header (requests_ntlm relies on that).
 """
 
@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from aiohttp import web
 
 from calbroker.sandbox.directory import Directory, ServiceAccount
-from calbroker.sandbox.ews_ntlm import Authenticate, NtlmError, challenge_message, message_type, new_server_challenge
+from calbroker.sandbox.ews.ntlm import Authenticate, NtlmError, challenge_message, message_type, new_server_challenge
 
 _UNAUTHORIZED = "401 - Unauthorized: Access is denied due to invalid credentials."
 

@@ -13,18 +13,11 @@ import random
 from collections.abc import Callable
 from datetime import UTC, date, datetime, time, timedelta
 
-from calbroker.sandbox.calendars import (
-    Attendee,
-    AttendeeType,
-    CalendarStore,
-    EventDraft,
-    Response,
-    Sensitivity,
-    ShowAs,
-)
+from calbroker.sandbox.calendars import CalendarStore
 from calbroker.sandbox.directory import Directory, Mailbox, Tenant
+from calbroker.sandbox.events import Attendee, AttendeeType, EventDraft, Response, Sensitivity, ShowAs
 from calbroker.sandbox.recurrence import Recurrence
-from calbroker.sandbox.seed import WEEKDAYS, WELL_KNOWN
+from calbroker.sandbox.seed.tenants import WEEKDAYS, WELL_KNOWN
 from calbroker.sandbox.timezones import utc_offset_changes, zone
 
 __all__ = ["build_calendars"]

@@ -1,12 +1,12 @@
 """The sandbox's EWS endpoint: ``POST /EWS/Exchange.asmx`` answering as on-premises Exchange SE/2019.
 
-SOAP 1.1 over HTTP; Basic or NTLM credentials of a tenant's service account (``ews_auth``); the
-``ExchangeImpersonation`` header with the three Cronofy access levels (``ews_access``); Exchange's
+SOAP 1.1 over HTTP; Basic or NTLM credentials of a tenant's service account (``auth``); the
+``ExchangeImpersonation`` header with the three Cronofy access levels (``access``); Exchange's
 faults and per-item response codes. Operations and the pages they follow:
 
 - ConvertId (exchangelib's version probe): .../web-service-reference/convertid-operation
 - GetServerTimeZones: .../web-service-reference/getservertimezones-operation
-- GetUserAvailability: .../web-service-reference/getuseravailability-operation (``ews_availability``)
+- GetUserAvailability: .../web-service-reference/getuseravailability-operation (``availability``)
 - GetFolder: .../web-service-reference/getfolder-operation
 - FindItem + CalendarView: .../web-service-reference/finditem-operation and
   .../exchange-web-services/how-to-get-appointments-and-meetings-by-using-ews-in-exchange
@@ -32,12 +32,12 @@ from aiohttp import web
 
 from calbroker.sandbox import timezones
 from calbroker.sandbox.directory import Mailbox, ServiceAccount
-from calbroker.sandbox.ews_access import Call, impersonate
-from calbroker.sandbox.ews_auth import EwsAuthenticator
-from calbroker.sandbox.ews_availability import AvailabilityLimits, get_user_availability
-from calbroker.sandbox.ews_directory import get_room_lists, get_rooms, get_server_time_zones, resolve_names
-from calbroker.sandbox.ews_items import TimeContext
-from calbroker.sandbox.ews_operations import (
+from calbroker.sandbox.ews.access import Call, impersonate
+from calbroker.sandbox.ews.auth import EwsAuthenticator
+from calbroker.sandbox.ews.availability import AvailabilityLimits, get_user_availability
+from calbroker.sandbox.ews.items import TimeContext
+from calbroker.sandbox.ews.lookups import get_room_lists, get_rooms, get_server_time_zones, resolve_names
+from calbroker.sandbox.ews.operations import (
     convert_id,
     create_item,
     delete_item,
@@ -46,7 +46,7 @@ from calbroker.sandbox.ews_operations import (
     get_item,
     update_item,
 )
-from calbroker.sandbox.ews_xml import (
+from calbroker.sandbox.ews.soap import (
     Element,
     MalformedRequest,
     ServerVersion,

@@ -15,21 +15,21 @@ from datetime import timedelta
 
 from calbroker.sandbox.directory import Directory
 from calbroker.sandbox.events import Attendee, AttendeeType, Event, EventType
-from calbroker.sandbox.ews_items import (
+from calbroker.sandbox.ews.items import (
     ATTENDEE_LISTS,
     BUSY_TYPES,
     FOLDER_CHANGE_KEY,
     INDEX_NAMES,
     ITEM_TYPES,
     MONTHS,
+    RECURRENCE_PATTERNS,
     RESPONSE_TYPES,
     SENSITIVITIES,
     extended_key,
     folder_id,
     item_id,
 )
-from calbroker.sandbox.ews_timezones import WEEKDAYS, windows_id
-from calbroker.sandbox.ews_xml import (
+from calbroker.sandbox.ews.soap import (
     Element,
     child,
     find_text,
@@ -39,6 +39,7 @@ from calbroker.sandbox.ews_xml import (
     t,
     xml_bool,
 )
+from calbroker.sandbox.ews.timezones import WEEKDAYS, windows_id
 from calbroker.sandbox.recurrence import Recurrence
 
 # --- rendering --------------------------------------------------------------------------------------
@@ -176,15 +177,7 @@ def _appointment_state(event: Event) -> str:
 
 def _render_recurrence(parent: Element, recurrence: Recurrence) -> None:
     node = child(parent, t("Recurrence"))
-    kinds = {
-        "daily": "DailyRecurrence",
-        "weekly": "WeeklyRecurrence",
-        "absoluteMonthly": "AbsoluteMonthlyRecurrence",
-        "relativeMonthly": "RelativeMonthlyRecurrence",
-        "absoluteYearly": "AbsoluteYearlyRecurrence",
-        "relativeYearly": "RelativeYearlyRecurrence",
-    }
-    pattern = child(node, t(kinds[recurrence.pattern_type]))
+    pattern = child(node, t(RECURRENCE_PATTERNS[recurrence.pattern_type]))
     days = " ".join(d.capitalize() for d in recurrence.days_of_week)
     month = MONTHS[(recurrence.month or recurrence.start_date.month) - 1]
     index = INDEX_NAMES.get(recurrence.index, "First")
