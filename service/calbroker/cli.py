@@ -31,7 +31,7 @@ from calbroker.domain.connections import (
 )
 from calbroker.domain.errors import CalbrokerError, InvalidRequest
 from calbroker.logs import configure_logging, get_logger
-from calbroker.providers.certificates import certificate_credentials
+from calbroker.providers.graph import certificate_credentials
 from calbroker.redaction import redact_text
 from calbroker.store.applications import (
     create_application,

@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
 from calbroker.domain.errors import UpstreamUnavailable
-from calbroker.providers.id_tokens import IdTokenRejected, OpenIdKeys, public_keys, verify_id_token
+from calbroker.providers.graph.id_tokens import IdTokenRejected, OpenIdKeys, public_keys, verify_id_token
 from calbroker.sandbox import SandboxThread
 from tests.fixtures.sandbox import SandboxControl
 

@@ -39,9 +39,8 @@ from calbroker.domain.errors import (
 from calbroker.domain.intervals import Interval
 from calbroker.domain.schedules import MailboxSchedule, ScheduleResult
 from calbroker.domain.working_hours import WorkingHours
-from calbroker.providers import Deadline, EwsLimits, EwsProvider, check_ews_endpoint
-from calbroker.providers._ews_schedules import Change, Rule, zone_from_rule
-from calbroker.providers._windows_zones import zone_for
+from calbroker.providers import Deadline, EwsLimits, EwsProvider, check_ews_endpoint, zone_for
+from calbroker.providers.ews.schedules import Change, Rule, zone_from_rule
 from calbroker.sandbox import SandboxThread
 from tests.fixtures.sandbox import SandboxControl
 

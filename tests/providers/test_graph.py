@@ -46,9 +46,8 @@ from calbroker.domain.errors import (
 from calbroker.domain.intervals import Interval
 from calbroker.domain.schedules import MailboxSchedule, ScheduleResult
 from calbroker.domain.working_hours import Weekday, WeeklyPeriod, WorkingHours
-from calbroker.providers import Deadline, GraphLimits, GraphProvider
-from calbroker.providers import _graph_wire as wire
-from calbroker.providers._windows_zones import WINDOWS_TO_IANA, zone_for
+from calbroker.providers import WINDOWS_TO_IANA, Deadline, GraphLimits, GraphProvider, zone_for
+from calbroker.providers.graph import wire
 from calbroker.sandbox import SandboxThread
 from tests.fixtures.sandbox import SandboxControl
 

@@ -40,7 +40,7 @@ from calbroker.domain.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
-from calbroker.providers.certificates import certificate_credentials
+from calbroker.providers.graph import certificate_credentials
 from calbroker.redaction import redact_text
 
 __all__ = [

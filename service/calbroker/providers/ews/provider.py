@@ -41,10 +41,10 @@ from calbroker.domain.errors import (
 from calbroker.domain.events import EventSpec, OnlineMeeting, UpstreamEvent
 from calbroker.domain.intervals import Interval
 from calbroker.domain.schedules import MailboxSchedule, Room, ScheduleResult
-from calbroker.providers import _ews_events
-from calbroker.providers._ews_calls import EwsCalls, per_mailbox, translate_error
-from calbroker.providers._ews_schedules import merge_schedules, schedule_from_view
-from calbroker.providers._ews_tls import trusting_adapter
+from calbroker.providers.ews import events
+from calbroker.providers.ews.calls import EwsCalls, per_mailbox, translate_error
+from calbroker.providers.ews.schedules import merge_schedules, schedule_from_view
+from calbroker.providers.ews.tls import trusting_adapter
 from calbroker.providers.protocol import Deadline
 
 __all__ = [
@@ -300,8 +300,8 @@ class EwsProvider:
         )
         self._protocol = _fresh_protocol(self._config, cloud_ca_bundle, limits.http_timeout_s)
         self._calls = EwsCalls(executor, limits.concurrency, limits.http_timeout_s)
-        _ews_events.register_marker()
-        self._event_accounts = _ews_events.Accounts(self._account)
+        events.register_marker()
+        self._event_accounts = events.Accounts(self._account)
         self._utc_zone_definition: Any = None
         self._zone_lock = asyncio.Lock()
         self._closed = False
@@ -472,7 +472,7 @@ class EwsProvider:
                 rooms.setdefault(room.email, room)
         return sorted(rooms.values(), key=lambda room: room.email)
 
-    # --- events (the exchangelib side lives in _ews_events) -----------------------------------------
+    # --- events (the exchangelib side lives in events.py) -----------------------------------------
 
     async def create_event(
         self, spec: EventSpec, *, marker: str, may_exist: bool, join_url: str | None, deadline: Deadline
@@ -484,7 +484,7 @@ class EwsProvider:
         if spec.teams_meeting and join_url is None:
             raise self._no_teams(spec.organizer)
         call = partial(
-            _ews_events.create_event,
+            events.create_event,
             account_for=partial(self._event_accounts.get, spec.organizer),
             spec=spec,
             marker=marker,
@@ -504,7 +504,7 @@ class EwsProvider:
     ) -> UpstreamEvent:
         self._connection.require_calendar_access("update events")
         call = partial(
-            _ews_events.update_event,
+            events.update_event,
             account_for=partial(self._event_accounts.get, spec.organizer),
             spec=spec,
             upstream_id=upstream_id,
@@ -516,7 +516,7 @@ class EwsProvider:
     async def cancel_event(self, organizer: str, upstream_id: str, *, notify: bool, deadline: Deadline) -> None:
         self._connection.require_calendar_access("cancel events")
         call = partial(
-            _ews_events.cancel_event,
+            events.cancel_event,
             account_for=partial(self._event_accounts.get, organizer),
             upstream_id=upstream_id,
             notify=notify,
@@ -526,18 +526,18 @@ class EwsProvider:
     async def get_event(self, organizer: str, upstream_id: str, deadline: Deadline) -> UpstreamEvent | None:
         self._connection.require_calendar_access("read events")
         call = partial(
-            _ews_events.get_event, account_for=partial(self._event_accounts.get, organizer), upstream_id=upstream_id
+            events.get_event, account_for=partial(self._event_accounts.get, organizer), upstream_id=upstream_id
         )
         return await self._run("GetItem", call, deadline, mailbox=organizer)
 
     async def find_event(self, organizer: str, marker: str, deadline: Deadline) -> UpstreamEvent | None:
         self._connection.require_calendar_access("read events")
-        call = partial(_ews_events.find_event, account_for=partial(self._event_accounts.get, organizer), marker=marker)
+        call = partial(events.find_event, account_for=partial(self._event_accounts.get, organizer), marker=marker)
         return await self._run("FindItem", call, deadline, mailbox=organizer)
 
     async def list_events(self, mailbox: str, window: Interval, deadline: Deadline) -> list[UpstreamEvent]:
         self._connection.require_calendar_access("read calendars")
-        call = partial(_ews_events.list_events, account_for=partial(self._event_accounts.get, mailbox), window=window)
+        call = partial(events.list_events, account_for=partial(self._event_accounts.get, mailbox), window=window)
         return await self._run("FindItem", call, deadline, mailbox=mailbox)
 
     async def create_online_meeting(

@@ -30,7 +30,7 @@ from calbroker.domain.intervals import Interval
 from calbroker.domain.schedules import MailboxSchedule, Room, ScheduleResult
 from calbroker.domain.working_hours import Weekday, WeeklyPeriod, WorkingHours
 from calbroker.logs import get_logger
-from calbroker.providers._windows_zones import zone_for
+from calbroker.providers.windows_zones import zone_for
 
 __all__ = [
     "DateTimeTimeZone",

@@ -38,8 +38,8 @@ import requests
 from calbroker.config import Cloud, OperatorApp
 from calbroker.domain.errors import CredentialsRejected, UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from calbroker.logs import get_logger
-from calbroker.providers._graph_auth import DELEGATED_SCOPES, _MsalHttpClient
-from calbroker.providers.id_tokens import IdToken, OpenIdKeys, verify_id_token
+from calbroker.providers.graph.auth import DELEGATED_SCOPES, _MsalHttpClient
+from calbroker.providers.graph.id_tokens import IdToken, OpenIdKeys, verify_id_token
 
 __all__ = [
     "ADMIN_ROLES",

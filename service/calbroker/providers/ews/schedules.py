@@ -35,7 +35,7 @@ from calbroker.domain.errors import UpstreamError
 from calbroker.domain.intervals import Interval, from_us, to_us
 from calbroker.domain.schedules import MailboxSchedule
 from calbroker.domain.working_hours import Weekday, WeeklyPeriod, WorkingHours
-from calbroker.providers._windows_zones import WINDOWS_TO_IANA
+from calbroker.providers.windows_zones import WINDOWS_TO_IANA
 
 __all__ = [
     "BUSY_TYPES",

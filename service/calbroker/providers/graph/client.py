@@ -33,8 +33,8 @@ from calbroker.domain.errors import (
     UpstreamUnavailable,
 )
 from calbroker.logs import get_logger
-from calbroker.providers import _graph_wire as wire
-from calbroker.providers._graph_auth import GraphTokens
+from calbroker.providers.graph import wire
+from calbroker.providers.graph.auth import GraphTokens
 from calbroker.providers.protocol import Deadline
 
 __all__ = ["GraphClient", "GraphResponse"]
@@ -55,7 +55,7 @@ _RETRY_STATUSES = frozenset({429, 503, 504})
 
 @dataclass(frozen=True, slots=True)
 class GraphResponse:
-    """A successful Graph answer; decode it with one of the typed decoders in `_graph_wire`."""
+    """A successful Graph answer; decode it with one of the typed decoders in `wire`."""
 
     status: int
     body: bytes

@@ -39,10 +39,10 @@ from calbroker.domain.intervals import Interval
 from calbroker.domain.schedules import MailboxSchedule, Room, ScheduleResult
 from calbroker.domain.working_hours import WorkingHours
 from calbroker.logs import get_logger
-from calbroker.providers import _graph_wire as wire
-from calbroker.providers._graph_auth import GraphCredentials, GraphTokens
-from calbroker.providers._graph_client import GraphClient, GraphResponse
-from calbroker.providers._graph_events import GraphEvents
+from calbroker.providers.graph import wire
+from calbroker.providers.graph.auth import GraphCredentials, GraphTokens
+from calbroker.providers.graph.client import GraphClient, GraphResponse
+from calbroker.providers.graph.events import GraphEvents
 from calbroker.providers.protocol import Deadline
 
 __all__ = ["GraphLimits", "GraphProvider", "GraphResponse"]
@@ -210,7 +210,7 @@ class GraphProvider:
         found = (room.to_domain(lists.get((room.email_address or "").lower())) for room in rooms)
         return sorted((room for room in found if room is not None), key=lambda room: room.email)
 
-    # --- events (the Graph side lives in _graph_events) ----------------------------------------------
+    # --- events (the Graph side lives in events.py) ----------------------------------------------
 
     async def create_event(
         self, spec: EventSpec, *, marker: str, may_exist: bool, join_url: str | None, deadline: Deadline

@@ -29,17 +29,17 @@ from calbroker.domain.errors import CredentialsRejected, TeamsUnavailable, Upstr
 from calbroker.domain.events import Attendee, AttendeeType, EventSpec, OnlineMeeting, UpstreamEvent
 from calbroker.domain.intervals import Interval
 from calbroker.logs import get_logger
-from calbroker.providers._graph_client import GraphResponse
-from calbroker.providers._graph_wire import DateTimeTimeZone, GraphModel
-from calbroker.providers._windows_zones import WINDOWS_TO_IANA
+from calbroker.providers.graph.client import GraphResponse
+from calbroker.providers.graph.wire import DateTimeTimeZone, GraphModel
 from calbroker.providers.protocol import Deadline
+from calbroker.providers.windows_zones import WINDOWS_TO_IANA
 
 __all__ = ["MARKER_PROPERTY", "GraphEvents"]
 
 _log = get_logger(__name__)
 
 MARKER_PROPERTY = "String {00020329-0000-0000-C000-000000000046} Name CalbrokerEventId"
-"""PS_PUBLIC_STRINGS named property in Graph's id form; EWS writes the same one (`_ews_events`)."""
+"""PS_PUBLIC_STRINGS named property in Graph's id form; EWS writes the same one (`ews/events.py`)."""
 
 _PREFER_UTC = {"Prefer": 'outlook.timezone="UTC"'}
 _NOT_FOUND = frozenset({"erroritemnotfound", "itemnotfound", "notfound", "request_resourcenotfound"})
