@@ -1,4 +1,5 @@
-"""The port every upstream adapter implements, and the deadline that bounds a request's upstream time."""
+"""The port every upstream adapter implements, the deadline that bounds a request's upstream time, and
+the rules every adapter's free/busy answer follows (one answer per mailbox, never a silent "free")."""
 
 from __future__ import annotations
 
@@ -8,12 +9,12 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from calbroker.domain.connections import Connection
-from calbroker.domain.errors import UpstreamTimeout
+from calbroker.domain.errors import ConnectionClosed, UpstreamTimeout
 from calbroker.domain.events import EventSpec, OnlineMeeting, UpstreamEvent
 from calbroker.domain.intervals import Interval
 from calbroker.domain.schedules import Room, ScheduleResult
 
-__all__ = ["CalendarProvider", "Deadline"]
+__all__ = ["CalendarProvider", "Deadline", "connection_closed"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,3 +121,11 @@ class CalendarProvider(Protocol):
     async def aclose(self) -> None:
         """Release sessions and threads; the provider refuses use afterwards."""
         ...
+
+
+def connection_closed(connection_id: object) -> ConnectionClosed:
+    """What a closed provider answers: a request raced a revocation or a credential change, so it is
+    a retryable 503, not a 500."""
+    return ConnectionClosed(
+        f"The connection {connection_id} was revoked or its credentials replaced while this request ran; retry it."
+    )

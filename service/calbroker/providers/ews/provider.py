@@ -19,7 +19,7 @@ from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from exchangelib import IMPERSONATION, Account, Configuration, Credentials, EWSDateTime
@@ -33,7 +33,6 @@ from exchangelib.transport import BASIC, NTLM
 from calbroker.domain.connections import Connection, EwsServiceAccount
 from calbroker.domain.errors import (
     CalbrokerError,
-    ConnectionClosed,
     InvalidRequest,
     TeamsUnavailable,
     UpstreamRejected,
@@ -53,8 +52,6 @@ __all__ = [
     "EwsProvider",
     "check_ews_endpoint",
 ]
-
-T = TypeVar("T")
 
 EWS_PATH = "/EWS/Exchange.asmx"
 
@@ -272,9 +269,9 @@ class EwsProvider:
     """`CalendarProvider` for one EWS connection; keep it for the process lifetime and `aclose()` it.
 
     One exchangelib `Configuration` and `Protocol` (its session pool, `max_connections` =
-    `limits.concurrency`) per provider; `Account` objects are built per call. Every exchangelib
-    call runs in `executor` through `_run`, which bounds concurrency, applies the deadline and
-    back-off and maps errors — event operations added later go through it too.
+    `limits.concurrency`) per provider; impersonating `Account`s are kept per organizer
+    (`events.Accounts`). Every exchangelib call runs in `executor` through `EwsCalls.run`, which
+    bounds concurrency, applies the deadline and back-off, and maps errors.
     """
 
     def __init__(
@@ -299,12 +296,11 @@ class EwsProvider:
             max_connections=limits.concurrency,
         )
         self._protocol = _fresh_protocol(self._config, cloud_ca_bundle, limits.http_timeout_s)
-        self._calls = EwsCalls(executor, limits.concurrency, limits.http_timeout_s)
+        self._calls = EwsCalls(executor, limits.concurrency, limits.http_timeout_s, connection_id=connection.id)
         events.register_marker()
         self._event_accounts = events.Accounts(self._account)
         self._utc_zone_definition: Any = None
         self._zone_lock = asyncio.Lock()
-        self._closed = False
 
     @property
     def connection(self) -> Connection:
@@ -321,29 +317,6 @@ class EwsProvider:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         await self.aclose()
-
-    # --- the one way to call exchangelib ---------------------------------------------------------
-
-    async def _run(
-        self,
-        what: str,
-        call: Callable[[float], T],
-        deadline: Deadline,
-        *,
-        mailbox: str | None = None,
-        idempotent: bool = True,
-    ) -> T:
-        """`call(http_timeout_s)` in the executor with back-off, deadline and error mapping."""
-        self._check_open()
-        return await self._calls.run(what, call, deadline, mailbox=mailbox, idempotent=idempotent)
-
-    def _check_open(self) -> None:
-        if self._closed:
-            # A request raced a revocation or a credential change: a retryable 503, not a 500.
-            raise ConnectionClosed(
-                f"The connection {self._connection.id} was revoked or its credentials replaced while this "
-                "request ran; retry it."
-            )
 
     def _account(self, mailbox: str) -> Any:
         """An impersonating Account on our Protocol (call in a worker thread)."""
@@ -362,7 +335,7 @@ class EwsProvider:
         """The request ``<t:TimeZone>`` for UTC, from the server's own definition, fetched once."""
         async with self._zone_lock:
             if self._utc_zone_definition is None:
-                self._utc_zone_definition = await self._run(
+                self._utc_zone_definition = await self._calls.run(
                     "GetServerTimeZones", partial(_utc_definition, protocol=self._protocol), deadline
                 )
         return TimeZone.from_server_timezone(tz_definition=self._utc_zone_definition, for_year=year)
@@ -378,7 +351,7 @@ class EwsProvider:
         mailbox or of a whole call, becomes that mailbox's error; a mailbox with an error in any
         window piece reports the error, never a partial calendar.
         """
-        self._check_open()
+        self._calls.check_open()
         wanted = list(dict.fromkeys(mailboxes))
         if not wanted:
             return {}
@@ -420,7 +393,7 @@ class EwsProvider:
             interval=self._limits.merged_interval,
         )
         try:
-            results = await self._run("GetUserAvailability", call, deadline)
+            results = await self._calls.run("GetUserAvailability", call, deadline)
         except CalbrokerError as error:
             return {mailbox: per_mailbox(error, mailbox) for mailbox in batch}
         answers: dict[str, ScheduleResult] = {}
@@ -439,11 +412,11 @@ class EwsProvider:
         free_busy: GetUserAvailability only. restricted/full: also open the calendar as the
         impersonated user (GetFolder + FindItem with a CalendarView), which is what events need.
         """
-        await self._run("connecting to Exchange", partial(_probe_version, protocol=self._protocol), deadline)
+        await self._calls.run("connecting to Exchange", partial(_probe_version, protocol=self._protocol), deadline)
         now = datetime.now(UTC).replace(microsecond=0)
         window = Interval(now, now + _VERIFY_SPAN)
         if self._connection.access_level.opens_calendars:
-            await self._run(
+            await self._calls.run(
                 "reading the calendar",
                 partial(_calendar_probe, account_for=partial(self._account, test_mailbox), window=window),
                 deadline,
@@ -455,12 +428,14 @@ class EwsProvider:
 
     async def list_rooms(self, deadline: Deadline) -> list[Room]:
         """Rooms of every room list (GetRoomLists + GetRooms); rooms in no list are invisible to EWS."""
-        lists = await self._run("GetRoomLists", partial(_room_lists, protocol=self._protocol), deadline)
+        lists = await self._calls.run("GetRoomLists", partial(_room_lists, protocol=self._protocol), deadline)
         try:
             async with asyncio.TaskGroup() as group:
                 tasks = [
                     group.create_task(
-                        self._run("GetRooms", partial(_rooms, protocol=self._protocol, room_list=room_list), deadline)
+                        self._calls.run(
+                            "GetRooms", partial(_rooms, protocol=self._protocol, room_list=room_list), deadline
+                        )
                     )
                     for room_list in lists
                 ]
@@ -491,7 +466,7 @@ class EwsProvider:
             join_url=join_url,
             look_first=may_exist,
         )
-        return await self._run("CreateItem", call, deadline, mailbox=spec.organizer, idempotent=False)
+        return await self._calls.run("CreateItem", call, deadline, mailbox=spec.organizer, idempotent=False)
 
     async def update_event(
         self,
@@ -511,7 +486,7 @@ class EwsProvider:
             changed=changed,
             join_url=join_url,
         )
-        return await self._run("UpdateItem", call, deadline, mailbox=spec.organizer)
+        return await self._calls.run("UpdateItem", call, deadline, mailbox=spec.organizer)
 
     async def cancel_event(self, organizer: str, upstream_id: str, *, notify: bool, deadline: Deadline) -> None:
         self._connection.require_calendar_access("cancel events")
@@ -521,24 +496,24 @@ class EwsProvider:
             upstream_id=upstream_id,
             notify=notify,
         )
-        await self._run("DeleteItem", call, deadline, mailbox=organizer)
+        await self._calls.run("DeleteItem", call, deadline, mailbox=organizer)
 
     async def get_event(self, organizer: str, upstream_id: str, deadline: Deadline) -> UpstreamEvent | None:
         self._connection.require_calendar_access("read events")
         call = partial(
             events.get_event, account_for=partial(self._event_accounts.get, organizer), upstream_id=upstream_id
         )
-        return await self._run("GetItem", call, deadline, mailbox=organizer)
+        return await self._calls.run("GetItem", call, deadline, mailbox=organizer)
 
     async def find_event(self, organizer: str, marker: str, deadline: Deadline) -> UpstreamEvent | None:
         self._connection.require_calendar_access("read events")
         call = partial(events.find_event, account_for=partial(self._event_accounts.get, organizer), marker=marker)
-        return await self._run("FindItem", call, deadline, mailbox=organizer)
+        return await self._calls.run("FindItem", call, deadline, mailbox=organizer)
 
     async def list_events(self, mailbox: str, window: Interval, deadline: Deadline) -> list[UpstreamEvent]:
         self._connection.require_calendar_access("read calendars")
         call = partial(events.list_events, account_for=partial(self._event_accounts.get, mailbox), window=window)
-        return await self._run("FindItem", call, deadline, mailbox=mailbox)
+        return await self._calls.run("FindItem", call, deadline, mailbox=mailbox)
 
     async def create_online_meeting(
         self, organizer: str, *, subject: str, interval: Interval, external_id: str, deadline: Deadline
@@ -558,10 +533,9 @@ class EwsProvider:
 
     async def aclose(self) -> None:
         """Wait briefly for running requests, close the session pool, drop our cached Protocol."""
-        if self._closed:
+        if self._calls.closed:
             return
-        self._closed = True
-        await self._calls.drain(timeout_s=5.0)
+        await self._calls.aclose(timeout_s=5.0)
         self._protocol.close()
         try:
             cached, _ = ExchangeProtocol[self._config]

@@ -12,7 +12,7 @@ import itertools
 import math
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -25,7 +25,6 @@ from calbroker.domain.busy import BusyBlock
 from calbroker.domain.connections import Connection, Credentials, GraphDelegated
 from calbroker.domain.errors import (
     CalbrokerError,
-    ConnectionClosed,
     CredentialsRejected,
     MailboxError,
     MailboxNotFound,
@@ -41,11 +40,11 @@ from calbroker.domain.working_hours import WorkingHours
 from calbroker.logs import get_logger
 from calbroker.providers.graph import wire
 from calbroker.providers.graph.auth import GraphCredentials, GraphTokens
-from calbroker.providers.graph.client import GraphClient, GraphResponse
+from calbroker.providers.graph.client import GraphClient
 from calbroker.providers.graph.events import GraphEvents
 from calbroker.providers.protocol import Deadline
 
-__all__ = ["GraphLimits", "GraphProvider", "GraphResponse"]
+__all__ = ["GraphLimits", "GraphProvider"]
 
 _PROVEN_KEPT = 256
 # https://learn.microsoft.com/graph/throttling-limits#outlook-service-limits: 4 concurrent requests
@@ -130,6 +129,7 @@ class GraphProvider:
             session,
             executor,
             self._tokens,
+            connection_id=connection.id,
             max_concurrency=limits.max_concurrency,
             max_attempts=limits.max_attempts,
             retry_backoff_s=limits.retry_backoff_s,
@@ -138,15 +138,14 @@ class GraphProvider:
         self._refused: dict[str, float] = {}
         self._proven: OrderedDict[str, None] = OrderedDict()
         """Mailboxes Graph has answered for lately: safe to put in a getSchedule URL (most recent last)."""
-        self._events = GraphEvents(self._request)
-        self._closed = False
+        self._events = GraphEvents(self._client)
 
     @property
     def connection(self) -> Connection:
         return self._connection
 
     async def aclose(self) -> None:
-        self._closed = True
+        self._client.close()
         self._tokens.close()
 
     # --- the port ------------------------------------------------------------------------------
@@ -155,7 +154,7 @@ class GraphProvider:
         self, mailboxes: Sequence[str], window: Interval, deadline: Deadline
     ) -> dict[str, ScheduleResult]:
         """Busy blocks and working hours in ⌈N / max_schedules⌉ × chunks getSchedule calls, concurrently."""
-        self._check_open()
+        self._client.check_open()
         wanted = list(dict.fromkeys(m.strip().lower() for m in mailboxes))
         if not wanted:
             return {}
@@ -178,7 +177,7 @@ class GraphProvider:
 
     async def verify(self, test_mailbox: str, deadline: Deadline) -> None:
         """A token, then the cheapest real call that needs the connection's access level."""
-        self._check_open()
+        self._client.check_open()
         mailbox = test_mailbox.strip().lower()
         now = datetime.now(UTC).replace(microsecond=0)
         window = Interval(now, now + timedelta(days=1))
@@ -195,15 +194,17 @@ class GraphProvider:
                 "$select": "subject",
             }
         )
-        await self._request("GET", f"/users/{_quote(mailbox)}/calendarView?{query}", deadline=deadline, mailbox=mailbox)
+        await self._client.request(
+            "GET", f"/users/{_quote(mailbox)}/calendarView?{query}", deadline=deadline, mailbox=mailbox
+        )
 
     async def list_rooms(self, deadline: Deadline) -> list[Room]:
         """Room mailboxes (`/places/microsoft.graph.room`, every page), with their room list when readable."""
-        self._check_open()
+        self._client.check_open()
         rooms: list[wire.Place] = []
         url: str | None = "/places/microsoft.graph.room?$top=100"
         while url is not None:
-            page = (await self._request("GET", url, deadline=deadline)).decode(wire.places_decoder)
+            page = (await self._client.request("GET", url, deadline=deadline)).decode(wire.places_decoder)
             rooms.extend(page.value)
             url = page.next_link
         lists = await self._room_lists(deadline)
@@ -318,7 +319,7 @@ class GraphProvider:
         )
         self._in_flight[via] += 1
         try:
-            response = await self._request(
+            response = await self._client.request(
                 "POST",
                 f"/users/{_quote(via)}/calendar/getSchedule",
                 json=body,
@@ -357,7 +358,7 @@ class GraphProvider:
     async def _room_lists(self, deadline: Deadline) -> dict[str, str]:
         """Room email → room list name; empty if the tenant has none or the app may not read them."""
         try:
-            page = (await self._request("GET", "/places/microsoft.graph.roomlist", deadline=deadline)).decode(
+            page = (await self._client.request("GET", "/places/microsoft.graph.roomlist", deadline=deadline)).decode(
                 wire.places_decoder
             )
         except UpstreamError as exc:
@@ -368,7 +369,7 @@ class GraphProvider:
         async def rooms_of(room_list: wire.Place) -> None:
             assert room_list.email_address is not None
             path = f"/places/{_quote(room_list.email_address)}/microsoft.graph.roomlist/rooms"
-            members = (await self._request("GET", path, deadline=deadline)).decode(wire.places_decoder)
+            members = (await self._client.request("GET", path, deadline=deadline)).decode(wire.places_decoder)
             for room in members.value:
                 if room.email_address:
                     names[room.email_address.lower()] = room_list.display_name or room_list.email_address
@@ -381,34 +382,6 @@ class GraphProvider:
         except* UpstreamError as exc:
             _log.info("graph.room_lists_unreadable", error=str(exc.exceptions[0]))
         return names
-
-    # --- one request: auth, retries and error mapping ---------------------------------------------
-
-    async def _request(
-        self,
-        method: str,
-        path: str,
-        *,
-        deadline: Deadline,
-        json: object | None = None,
-        headers: Mapping[str, str] | None = None,
-        mailbox: str | None = None,
-        idempotent: bool = True,
-    ) -> GraphResponse:
-        """The one way this provider talks to Graph: auth, retries and error mapping live in
-        `GraphClient.request` (see there); event methods reuse it."""
-        self._check_open()
-        return await self._client.request(
-            method, path, deadline=deadline, json=json, headers=headers, mailbox=mailbox, idempotent=idempotent
-        )
-
-    def _check_open(self) -> None:
-        if self._closed:
-            # A request raced a revocation or a credential change: a retryable 503, not a 500.
-            raise ConnectionClosed(
-                f"The connection {self._connection.id} was revoked or its credentials replaced while this "
-                "request ran; retry it."
-            )
 
 
 # --- helpers ---------------------------------------------------------------------------------------
