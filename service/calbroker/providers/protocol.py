@@ -9,12 +9,20 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from calbroker.domain.connections import Connection
-from calbroker.domain.errors import ConnectionClosed, UpstreamTimeout
+from calbroker.domain.errors import (
+    CalbrokerError,
+    ConnectionClosed,
+    MailboxError,
+    UpstreamError,
+    UpstreamRejected,
+    UpstreamThrottled,
+    UpstreamTimeout,
+)
 from calbroker.domain.events import EventSpec, OnlineMeeting, UpstreamEvent
 from calbroker.domain.intervals import Interval
-from calbroker.domain.schedules import Room, ScheduleResult
+from calbroker.domain.schedules import MailboxSchedule, Room, ScheduleResult
 
-__all__ = ["CalendarProvider", "Deadline", "connection_closed"]
+__all__ = ["CalendarProvider", "Deadline", "connection_closed", "for_mailbox", "merge_schedules"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,3 +137,33 @@ def connection_closed(connection_id: object) -> ConnectionClosed:
     return ConnectionClosed(
         f"The connection {connection_id} was revoked or its credentials replaced while this request ran; retry it."
     )
+
+
+def for_mailbox(error: CalbrokerError, mailbox: str) -> MailboxError | UpstreamError:
+    """`error` as one mailbox's answer: a failure of a whole upstream call becomes each member's error."""
+    if isinstance(error, MailboxError):
+        return error if error.mailbox == mailbox else type(error)(error.detail, mailbox=mailbox)
+    if isinstance(error, UpstreamThrottled):
+        return UpstreamThrottled(
+            error.detail, retry_after=error.retry_after, upstream_code=error.upstream_code, mailbox=mailbox
+        )
+    if isinstance(error, UpstreamError):
+        return type(error)(error.detail, upstream_code=error.upstream_code, mailbox=mailbox)
+    return UpstreamRejected(error.detail, mailbox=mailbox)
+
+
+def merge_schedules(mailbox: str, parts: Sequence[ScheduleResult]) -> ScheduleResult:
+    """One mailbox's answers for the pieces of a split window, as one answer.
+
+    Any error makes the mailbox an error (a mailbox's own error before a failure of the call), never
+    a partial calendar; a busy block both neighbouring pieces report (upstream returns whole
+    items) appears once.
+    """
+    schedules = [part for part in parts if isinstance(part, MailboxSchedule)]
+    errors = [part for part in parts if not isinstance(part, MailboxSchedule)]
+    if errors:
+        return next((error for error in errors if isinstance(error, MailboxError)), errors[0])
+    blocks = {block for schedule in schedules for block in schedule.busy}
+    ordered = sorted(blocks, key=lambda b: (b.interval.start_us, b.interval.end_us, b.status))
+    hours = next((schedule.working_hours for schedule in schedules if schedule.working_hours is not None), None)
+    return MailboxSchedule(mailbox, tuple(ordered), hours)

@@ -61,10 +61,8 @@ from calbroker.domain.errors import (
     CalbrokerError,
     CredentialsRejected,
     ImpersonationDenied,
-    MailboxError,
     MailboxNotFound,
     MailboxOutOfScope,
-    UpstreamError,
     UpstreamRejected,
     UpstreamThrottled,
     UpstreamTimeout,
@@ -248,19 +246,6 @@ def translate_error(exc: BaseException, *, what: str, mailbox: str | None = None
     return UpstreamRejected(
         f"Exchange failed {what}: {type(cause).__name__}", upstream_code=type(cause).__name__, mailbox=mailbox
     )
-
-
-def per_mailbox(error: CalbrokerError, mailbox: str) -> MailboxError | UpstreamError:
-    """`error` as the result of one mailbox (a whole-batch failure becomes each member's answer)."""
-    if isinstance(error, MailboxError):
-        return error if error.mailbox == mailbox else type(error)(error.detail, mailbox=mailbox)
-    if isinstance(error, UpstreamThrottled):
-        return UpstreamThrottled(
-            error.detail, retry_after=error.retry_after, upstream_code=error.upstream_code, mailbox=mailbox
-        )
-    if isinstance(error, UpstreamError):
-        return type(error)(error.detail, upstream_code=error.upstream_code, mailbox=mailbox)
-    return UpstreamRejected(error.detail, mailbox=mailbox)
 
 
 class EwsCalls:

@@ -41,10 +41,10 @@ from calbroker.domain.events import EventSpec, OnlineMeeting, UpstreamEvent
 from calbroker.domain.intervals import Interval
 from calbroker.domain.schedules import MailboxSchedule, Room, ScheduleResult
 from calbroker.providers.ews import events
-from calbroker.providers.ews.calls import EwsCalls, per_mailbox, translate_error
-from calbroker.providers.ews.schedules import merge_schedules, schedule_from_view
+from calbroker.providers.ews.calls import EwsCalls, translate_error
+from calbroker.providers.ews.schedules import schedule_from_view
 from calbroker.providers.ews.tls import trusting_adapter
-from calbroker.providers.protocol import Deadline
+from calbroker.providers.protocol import Deadline, for_mailbox, merge_schedules
 
 __all__ = [
     "EWS_PATH",
@@ -361,25 +361,18 @@ class EwsProvider:
         try:
             zones = {year: await self._utc_timezone(year, deadline) for year in {p.start.year for p in pieces}}
         except CalbrokerError as error:
-            return {mailbox: per_mailbox(error, mailbox) for mailbox in wanted}
+            return {mailbox: for_mailbox(error, mailbox) for mailbox in wanted}
         async with asyncio.TaskGroup() as group:
             tasks = [
                 group.create_task(self._fetch_batch(batch, piece, zones[piece.start.year], deadline))
                 for piece in pieces
                 for batch in batches
             ]
-        schedules: defaultdict[str, list[MailboxSchedule]] = defaultdict(list)
-        errors: dict[str, ScheduleResult] = {}
+        results: defaultdict[str, list[ScheduleResult]] = defaultdict(list)
         for task in tasks:
             for mailbox, result in task.result().items():
-                if isinstance(result, MailboxSchedule):
-                    schedules[mailbox].append(result)
-                else:
-                    errors.setdefault(mailbox, result)
-        return {
-            mailbox: errors[mailbox] if mailbox in errors else merge_schedules(mailbox, schedules[mailbox])
-            for mailbox in wanted
-        }
+                results[mailbox].append(result)
+        return {mailbox: merge_schedules(mailbox, results[mailbox]) for mailbox in wanted}
 
     async def _fetch_batch(
         self, batch: list[str], piece: Interval, timezone: Any, deadline: Deadline
@@ -395,11 +388,11 @@ class EwsProvider:
         try:
             results = await self._calls.run("GetUserAvailability", call, deadline)
         except CalbrokerError as error:
-            return {mailbox: per_mailbox(error, mailbox) for mailbox in batch}
+            return {mailbox: for_mailbox(error, mailbox) for mailbox in batch}
         answers: dict[str, ScheduleResult] = {}
         for mailbox, result in zip(batch, results, strict=True):
             if isinstance(result, Exception):
-                answers[mailbox] = per_mailbox(
+                answers[mailbox] = for_mailbox(
                     translate_error(result, what="GetUserAvailability", mailbox=mailbox), mailbox
                 )
             else:

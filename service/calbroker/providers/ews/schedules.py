@@ -41,7 +41,6 @@ __all__ = [
     "BUSY_TYPES",
     "Rule",
     "busy_blocks",
-    "merge_schedules",
     "merged_blocks",
     "rule_from_timezone",
     "schedule_from_view",
@@ -277,18 +276,3 @@ def schedule_from_view(
     else:
         blocks = []  # a FreeBusy/Detailed view without events: the calendar is free in the window
     return MailboxSchedule(mailbox, tuple(blocks), working_hours_from_view(view, window.start.year))
-
-
-def merge_schedules(mailbox: str, parts: Sequence[MailboxSchedule]) -> MailboxSchedule:
-    """Schedules of consecutive windows → one; an event spanning a window edge is reported by both."""
-    seen: set[tuple[int, int, BusyStatus]] = set()
-    blocks: list[BusyBlock] = []
-    for part in parts:
-        for block in part.busy:
-            key = (block.interval.start_us, block.interval.end_us, block.status)
-            if key not in seen:
-                seen.add(key)
-                blocks.append(block)
-    blocks.sort(key=lambda b: (b.interval.start_us, b.interval.end_us))
-    hours = next((p.working_hours for p in parts if p.working_hours is not None), None)
-    return MailboxSchedule(mailbox, tuple(blocks), hours)

@@ -3,7 +3,8 @@
 `GraphProvider` is the `CalendarProvider` for one Graph connection. The browser round trips of the
 operator's multi-tenant app (admin consent, the admin's sign-in, delegated sign-in) and the
 checks on the ID tokens they return live here too, as do certificate credentials for an app
-registration. Everything else in this package is its inside.
+registration and `read_schedules`, the pure reading of a getSchedule answer. Everything else in
+this package is its inside.
 """
 
 from calbroker.providers.graph.certificates import certificate_credentials, certificate_thumbprint
@@ -20,6 +21,7 @@ from calbroker.providers.graph.sign_in import (
     redeem_sign_in,
     sign_in_url,
 )
+from calbroker.providers.graph.wire import read_schedules
 
 __all__ = [
     "ADMIN_ROLES",
@@ -34,6 +36,7 @@ __all__ = [
     "certificate_credentials",
     "certificate_thumbprint",
     "pkce_challenge",
+    "read_schedules",
     "redeem_admin_sign_in",
     "redeem_sign_in",
     "sign_in_url",

@@ -62,10 +62,7 @@ class GraphResponse:
     headers: Mapping[str, str]
 
     def decode(self, decoder: msgspec.json.Decoder[T]) -> T:
-        try:
-            return decoder.decode(self.body)
-        except msgspec.MsgspecError as exc:
-            raise UpstreamRejected(f"Microsoft Graph sent an answer calbroker cannot read: {exc}") from None
+        return wire.decode(self.body, decoder)
 
 
 class GraphClient:

@@ -21,28 +21,23 @@ from urllib.parse import quote, urlencode
 import aiohttp
 
 from calbroker.config import Cloud, OperatorApp
-from calbroker.domain.busy import BusyBlock
 from calbroker.domain.connections import Connection, Credentials, GraphDelegated
 from calbroker.domain.errors import (
     CalbrokerError,
     CredentialsRejected,
-    MailboxError,
     MailboxNotFound,
     MailboxOutOfScope,
     UpstreamError,
-    UpstreamThrottled,
-    UpstreamUnavailable,
 )
 from calbroker.domain.events import EventSpec, OnlineMeeting, UpstreamEvent
 from calbroker.domain.intervals import Interval
 from calbroker.domain.schedules import MailboxSchedule, Room, ScheduleResult
-from calbroker.domain.working_hours import WorkingHours
 from calbroker.logs import get_logger
 from calbroker.providers.graph import wire
 from calbroker.providers.graph.auth import GraphCredentials, GraphTokens
 from calbroker.providers.graph.client import GraphClient
 from calbroker.providers.graph.events import GraphEvents
-from calbroker.providers.protocol import Deadline
+from calbroker.providers.protocol import Deadline, for_mailbox, merge_schedules
 
 __all__ = ["GraphLimits", "GraphProvider"]
 
@@ -85,10 +80,6 @@ class GraphLimits:
             raise ValueError("GraphLimits.max_window must be at least 5 minutes")
         if not 5 <= self.availability_view_interval <= 1440:
             raise ValueError("GraphLimits.availability_view_interval must be 5–1440 minutes")
-
-
-_Piece = tuple[tuple[BusyBlock, ...], WorkingHours | None] | MailboxError | UpstreamError
-"""One mailbox in one window chunk: busy blocks and working hours, or the error."""
 
 
 class GraphProvider:
@@ -167,12 +158,12 @@ class GraphProvider:
                 for batch in batches
                 for rotation, chunk in enumerate(chunks)
             ]
-        pieces: dict[str, list[_Piece]] = {m: [] for m in wanted}
+        pieces: dict[str, list[ScheduleResult]] = {m: [] for m in wanted}
         for batch, task in tasks:
             answers = task.result()
             for mailbox in batch:
                 pieces[mailbox].append(answers[mailbox])
-        merged = {mailbox: _merge(mailbox, found) for mailbox, found in pieces.items()}
+        merged = {mailbox: merge_schedules(mailbox, found) for mailbox, found in pieces.items()}
         return {requested: merged[requested.strip().lower()] for requested in mailboxes}
 
     async def verify(self, test_mailbox: str, deadline: Deadline) -> None:
@@ -262,26 +253,26 @@ class GraphProvider:
 
     async def _fetch_batch(
         self, batch: list[str], chunk: Interval, rotation: int, deadline: Deadline
-    ) -> dict[str, _Piece]:
-        """One batch over one chunk; never raises a CalbrokerError, every mailbox gets its piece.
+    ) -> dict[str, ScheduleResult]:
+        """One batch over one chunk; never raises a CalbrokerError, every mailbox gets its answer.
 
         Graph applies the access policy to the mailbox in the URL as well as to each schedule, so
         a 403 "Access to OData is disabled." (or a 404) for the whole request is about the URL
         mailbox: it gets that error and the batch goes again through another of its mailboxes.
         """
-        found: dict[str, _Piece] = {}
+        found: dict[str, ScheduleResult] = {}
         pending = list(batch)
         while pending:
             via = self._own_mailbox or self._pick_url_mailbox(pending, rotation)
             try:
-                response = await self._get_schedule(via, pending, chunk, deadline)
+                answers = await self._get_schedule(via, pending, chunk, deadline)
             except (MailboxOutOfScope, MailboxNotFound) as exc:
                 if self._own_mailbox is not None:
                     # The delegated user's own mailbox, which every call goes through, is refused.
                     broken = CredentialsRejected(
                         f"The signed-in mailbox {via} of this connection cannot be read: {exc.detail}"
                     )
-                    found.update((mailbox, _for_mailbox(broken, mailbox)) for mailbox in pending)
+                    found.update((mailbox, for_mailbox(broken, mailbox)) for mailbox in pending)
                     return found
                 _log.info("graph.url_mailbox_refused", mailbox=via, error=exc.slug)
                 self._refused[via] = time.monotonic() + self._limits.refused_ttl_s
@@ -291,14 +282,13 @@ class GraphProvider:
                     pending.remove(via)
                 continue
             except UpstreamError as exc:
-                found.update((mailbox, _for_mailbox(exc, mailbox)) for mailbox in pending)
+                found.update((mailbox, for_mailbox(exc, mailbox)) for mailbox in pending)
                 return found
-            pieces = _pieces(response, pending)
             self._remember(via)
-            for mailbox, piece in pieces.items():
-                if not isinstance(piece, CalbrokerError):
+            for mailbox, answer in answers.items():
+                if isinstance(answer, MailboxSchedule):
                     self._remember(mailbox)
-            found.update(pieces)
+            found.update(answers)
             return found
         return found
 
@@ -310,7 +300,7 @@ class GraphProvider:
 
     async def _get_schedule(
         self, via: str, schedules: list[str], chunk: Interval, deadline: Deadline
-    ) -> wire.ScheduleResponse:
+    ) -> dict[str, ScheduleResult]:
         body = wire.ScheduleRequest(
             schedules=schedules,
             start_time=wire.DateTimeTimeZone.utc(chunk.start),
@@ -331,7 +321,7 @@ class GraphProvider:
             self._in_flight[via] -= 1
             if self._in_flight[via] <= 0:
                 del self._in_flight[via]
-        return response.decode(wire.schedule_decoder)
+        return wire.read_schedules(response.body, schedules)
 
     def _pick_url_mailbox(self, pending: list[str], rotation: int) -> str:
         """The batch mailbox to put in the URL: not recently refused, least busy, rotating per chunk.
@@ -401,46 +391,3 @@ def _chunks(window: Interval, longest: timedelta) -> list[Interval]:
         step = timedelta(minutes=step // timedelta(minutes=1))
     bounds = [window.start + step * i for i in range(count)] + [window.end]
     return [Interval(lo, hi) for lo, hi in itertools.pairwise(bounds) if lo < hi]
-
-
-def _pieces(response: wire.ScheduleResponse, schedules: list[str]) -> dict[str, _Piece]:
-    """Match scheduleInformation entries to the requested mailboxes: by scheduleId, else by position."""
-    by_id = {(info.schedule_id or "").strip().lower(): info for info in response.value}
-    found: dict[str, _Piece] = {}
-    for position, mailbox in enumerate(schedules):
-        info = by_id.get(mailbox)
-        if info is None and len(response.value) == len(schedules):
-            info = response.value[position]
-        if info is None:
-            found[mailbox] = UpstreamUnavailable(
-                f"Microsoft Graph's getSchedule answer had no entry for {mailbox}", mailbox=mailbox
-            )
-            continue
-        result = wire.schedule_result(info, mailbox)
-        found[mailbox] = (result.busy, result.working_hours) if isinstance(result, MailboxSchedule) else result
-    return found
-
-
-def _merge(mailbox: str, pieces: list[_Piece]) -> ScheduleResult:
-    """Chunks back together: any error makes the mailbox an error (the most specific one wins),
-    busy blocks repeated by neighbouring chunks (getSchedule returns whole items) appear once."""
-    errors = [p for p in pieces if isinstance(p, CalbrokerError)]
-    if errors:
-        return next((e for e in errors if isinstance(e, MailboxError)), errors[0])
-    blocks: set[BusyBlock] = set()
-    working_hours: WorkingHours | None = None
-    for piece in pieces:
-        assert not isinstance(piece, CalbrokerError)
-        blocks.update(piece[0])
-        working_hours = working_hours or piece[1]
-    ordered = sorted(blocks, key=lambda b: (b.interval.start_us, b.interval.end_us, b.status))
-    return MailboxSchedule(mailbox, tuple(ordered), working_hours)
-
-
-def _for_mailbox(error: UpstreamError, mailbox: str) -> UpstreamError:
-    """A batch-wide error, restated for one of its mailboxes."""
-    if isinstance(error, UpstreamThrottled):
-        return UpstreamThrottled(
-            error.detail, retry_after=error.retry_after, upstream_code=error.upstream_code, mailbox=mailbox
-        )
-    return type(error)(error.detail, upstream_code=error.upstream_code, mailbox=mailbox)
