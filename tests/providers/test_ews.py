@@ -345,7 +345,7 @@ async def test_a_60_day_window_costs_two_calls_and_reports_edge_events_once(
 ) -> None:
     mailbox = sandbox_control.tenants()["well_known"]["fabrikam_colleague"]
     window = Interval(ANCHOR, ANCHOR + timedelta(days=60))
-    edge = ANCHOR + timedelta(days=42)  # where the provider splits the window
+    edge = ANCHOR + timedelta(days=30)  # where the provider splits the window (in two equal parts)
     created = sandbox_control.post(
         f"/_sandbox/mailboxes/{mailbox}/events",
         {

@@ -189,16 +189,6 @@ def _utc(moment: datetime) -> Any:
     return EWSDateTime.from_datetime(moment.astimezone(UTC))
 
 
-def _split_window(window: Interval, span: timedelta) -> list[Interval]:
-    pieces: list[Interval] = []
-    start = window.start
-    while start < window.end:
-        end = min(start + span, window.end)
-        pieces.append(Interval(start, end))
-        start = end
-    return pieces
-
-
 # --- the untyped exchangelib surface, run in worker threads ------------------------------------
 
 
@@ -355,7 +345,7 @@ class EwsProvider:
         wanted = list(dict.fromkeys(mailboxes))
         if not wanted:
             return {}
-        pieces = _split_window(window, self._limits.max_window)
+        pieces = window.split(self._limits.max_window)
         size = self._limits.mailboxes_per_request
         batches = [wanted[i : i + size] for i in range(0, len(wanted), size)]
         try:

@@ -8,8 +8,6 @@ the request's deadline allows, and every failure lands on the mailboxes it conce
 from __future__ import annotations
 
 import asyncio
-import itertools
-import math
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
@@ -149,7 +147,7 @@ class GraphProvider:
         wanted = list(dict.fromkeys(m.strip().lower() for m in mailboxes))
         if not wanted:
             return {}
-        chunks = _chunks(window, self._limits.max_window)
+        chunks = window.split(self._limits.max_window)
         size = self._limits.max_schedules
         batches = [wanted[i : i + size] for i in range(0, len(wanted), size)]
         async with asyncio.TaskGroup() as group:
@@ -379,15 +377,3 @@ class GraphProvider:
 
 def _quote(mailbox: str) -> str:
     return quote(mailbox, safe="@")
-
-
-def _chunks(window: Interval, longest: timedelta) -> list[Interval]:
-    """The window in equal chunks no longer than `longest`, on whole minutes where possible."""
-    count = math.ceil(window.duration / longest)
-    if count <= 1:
-        return [window]
-    step = window.duration / count
-    if step >= timedelta(minutes=2):
-        step = timedelta(minutes=step // timedelta(minutes=1))
-    bounds = [window.start + step * i for i in range(count)] + [window.end]
-    return [Interval(lo, hi) for lo, hi in itertools.pairwise(bounds) if lo < hi]
