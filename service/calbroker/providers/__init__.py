@@ -4,7 +4,7 @@ They translate Microsoft's wire formats into domain values and own retries, thro
 batching and token caches. Nothing here knows SQL or HTTP routing.
 
     providers/   the port (`CalendarProvider`, `Deadline`), the registry that keeps one provider per
-                 connection, the address policy for admin-typed URLs, Windows time-zone names
+                 connection, the address policy for admin-typed URLs, Windows time zones (by name and by rule)
       graph/     Microsoft Graph: `GraphProvider`, sign-in through the operator's app, ID tokens
       ews/       EWS for on-premises Exchange: `EwsProvider`, `check_ews_endpoint`
 
@@ -17,7 +17,7 @@ from calbroker.providers.ews import EwsLimits, EwsProvider, check_ews_endpoint
 from calbroker.providers.graph import GraphLimits, GraphProvider
 from calbroker.providers.protocol import CalendarProvider, Deadline
 from calbroker.providers.registry import CredentialsSink, ProviderRegistry
-from calbroker.providers.windows_zones import WINDOWS_TO_IANA, zone_for
+from calbroker.providers.windows_zones import WINDOWS_TO_IANA, ZoneRule, ZoneTransition, zone_for, zone_from_rule
 
 __all__ = [
     "WINDOWS_TO_IANA",
@@ -29,7 +29,10 @@ __all__ = [
     "GraphLimits",
     "GraphProvider",
     "ProviderRegistry",
+    "ZoneRule",
+    "ZoneTransition",
     "check_ews_endpoint",
     "check_upstream_url",
     "zone_for",
+    "zone_from_rule",
 ]

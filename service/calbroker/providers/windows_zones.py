@@ -1,166 +1,60 @@
-"""Windows time zone names (what Exchange reports) to IANA zones, from CLDR's windowsZones.xml.
+"""Windows time zones, as Exchange names them or describes them, to IANA zones.
 
-Graph's `workingHours.timeZone.name` and `dateTimeTimeZone.timeZone` are usually Windows names
-("Pacific Standard Time"), sometimes IANA names or "UTC". The table is CLDR's territory "001"
-(default) mapping — https://github.com/unicode-org/cldr/blob/main/common/supplemental/windowsZones.xml —
-with renamed IANA zones replaced by their current names (Asia/Calcutta → Asia/Kolkata).
+- By name: Graph's `workingHours.timeZone.name` and `dateTimeTimeZone.timeZone` are usually Windows
+  names ("Pacific Standard Time"), sometimes IANA names or "UTC". The table is CLDR's territory
+  "001" (default) mapping, https://github.com/unicode-org/cldr/blob/main/common/supplemental/windowsZones.xml ,
+  as exchangelib ships it (`exchangelib.winzone`).
+- By rule: EWS availability describes a zone only as the legacy Bias/StandardTime/DaylightTime
+  rule for one year (https://learn.microsoft.com/en-us/exchange/client-developer/web-service-reference/timezone-availability);
+  `zone_from_rule` finds the table's zone with exactly that rule's offsets.
 """
 
 from __future__ import annotations
 
+import calendar
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta
 from functools import lru_cache
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-__all__ = ["WINDOWS_TO_IANA", "zone_for"]
+from exchangelib.winzone import MS_TIMEZONE_TO_IANA_MAP
+
+from calbroker.domain.intervals import from_us, to_us
+
+__all__ = ["WINDOWS_TO_IANA", "ZoneRule", "ZoneTransition", "zone_for", "zone_from_rule"]
+
+# exchangelib's table is CLDR 2021a: it names these zones by IANA names renamed since, and lacks the
+# Windows zones added since.
+_RENAMED = {
+    "America/Buenos_Aires": "America/Argentina/Buenos_Aires",
+    "America/Godthab": "America/Nuuk",
+    "America/Indianapolis": "America/Indiana/Indianapolis",
+    "Asia/Calcutta": "Asia/Kolkata",
+    "Asia/Katmandu": "Asia/Kathmandu",
+    "Asia/Rangoon": "Asia/Yangon",
+    "Europe/Kiev": "Europe/Kyiv",
+}
+_ADDED = {
+    "Alberta Standard Time": "America/Edmonton",
+    "British Columbia Standard Time": "America/Vancouver",
+    "Manitoba Standard Time": "America/Winnipeg",
+}
 
 WINDOWS_TO_IANA: dict[str, str] = {
-    "AUS Central Standard Time": "Australia/Darwin",
-    "AUS Eastern Standard Time": "Australia/Sydney",
-    "Afghanistan Standard Time": "Asia/Kabul",
-    "Alaskan Standard Time": "America/Anchorage",
-    "Alberta Standard Time": "America/Edmonton",
-    "Aleutian Standard Time": "America/Adak",
-    "Altai Standard Time": "Asia/Barnaul",
-    "Arab Standard Time": "Asia/Riyadh",
-    "Arabian Standard Time": "Asia/Dubai",
-    "Arabic Standard Time": "Asia/Baghdad",
-    "Argentina Standard Time": "America/Argentina/Buenos_Aires",
-    "Astrakhan Standard Time": "Europe/Astrakhan",
-    "Atlantic Standard Time": "America/Halifax",
-    "Aus Central W. Standard Time": "Australia/Eucla",
-    "Azerbaijan Standard Time": "Asia/Baku",
-    "Azores Standard Time": "Atlantic/Azores",
-    "Bahia Standard Time": "America/Bahia",
-    "Bangladesh Standard Time": "Asia/Dhaka",
-    "Belarus Standard Time": "Europe/Minsk",
-    "Bougainville Standard Time": "Pacific/Bougainville",
-    "British Columbia Standard Time": "America/Vancouver",
-    "Canada Central Standard Time": "America/Regina",
-    "Cape Verde Standard Time": "Atlantic/Cape_Verde",
-    "Caucasus Standard Time": "Asia/Yerevan",
-    "Cen. Australia Standard Time": "Australia/Adelaide",
-    "Central America Standard Time": "America/Guatemala",
-    "Central Asia Standard Time": "Asia/Bishkek",
-    "Central Brazilian Standard Time": "America/Cuiaba",
-    "Central Europe Standard Time": "Europe/Budapest",
-    "Central European Standard Time": "Europe/Warsaw",
-    "Central Pacific Standard Time": "Pacific/Guadalcanal",
-    "Central Standard Time": "America/Chicago",
-    "Central Standard Time (Mexico)": "America/Mexico_City",
-    "Chatham Islands Standard Time": "Pacific/Chatham",
-    "China Standard Time": "Asia/Shanghai",
-    "Cuba Standard Time": "America/Havana",
-    "Dateline Standard Time": "Etc/GMT+12",
-    "E. Africa Standard Time": "Africa/Nairobi",
-    "E. Australia Standard Time": "Australia/Brisbane",
-    "E. Europe Standard Time": "Europe/Chisinau",
-    "E. South America Standard Time": "America/Sao_Paulo",
-    "Easter Island Standard Time": "Pacific/Easter",
-    "Eastern Standard Time": "America/New_York",
-    "Eastern Standard Time (Mexico)": "America/Cancun",
-    "Egypt Standard Time": "Africa/Cairo",
-    "Ekaterinburg Standard Time": "Asia/Yekaterinburg",
-    "FLE Standard Time": "Europe/Kyiv",
-    "Fiji Standard Time": "Pacific/Fiji",
-    "GMT Standard Time": "Europe/London",
-    "GTB Standard Time": "Europe/Bucharest",
-    "Georgian Standard Time": "Asia/Tbilisi",
-    "Greenland Standard Time": "America/Nuuk",
-    "Greenwich Standard Time": "Atlantic/Reykjavik",
-    "Haiti Standard Time": "America/Port-au-Prince",
-    "Hawaiian Standard Time": "Pacific/Honolulu",
-    "India Standard Time": "Asia/Kolkata",
-    "Iran Standard Time": "Asia/Tehran",
-    "Israel Standard Time": "Asia/Jerusalem",
-    "Jordan Standard Time": "Asia/Amman",
-    "Kaliningrad Standard Time": "Europe/Kaliningrad",
-    "Korea Standard Time": "Asia/Seoul",
-    "Libya Standard Time": "Africa/Tripoli",
-    "Line Islands Standard Time": "Pacific/Kiritimati",
-    "Lord Howe Standard Time": "Australia/Lord_Howe",
-    "Magadan Standard Time": "Asia/Magadan",
-    "Magallanes Standard Time": "America/Punta_Arenas",
-    "Manitoba Standard Time": "America/Winnipeg",
-    "Marquesas Standard Time": "Pacific/Marquesas",
-    "Mauritius Standard Time": "Indian/Mauritius",
-    "Middle East Standard Time": "Asia/Beirut",
-    "Montevideo Standard Time": "America/Montevideo",
-    "Morocco Standard Time": "Africa/Casablanca",
-    "Mountain Standard Time": "America/Denver",
-    "Mountain Standard Time (Mexico)": "America/Mazatlan",
-    "Myanmar Standard Time": "Asia/Yangon",
-    "N. Central Asia Standard Time": "Asia/Novosibirsk",
-    "Namibia Standard Time": "Africa/Windhoek",
-    "Nepal Standard Time": "Asia/Kathmandu",
-    "New Zealand Standard Time": "Pacific/Auckland",
-    "Newfoundland Standard Time": "America/St_Johns",
-    "Norfolk Standard Time": "Pacific/Norfolk",
-    "North Asia East Standard Time": "Asia/Irkutsk",
-    "North Asia Standard Time": "Asia/Krasnoyarsk",
-    "North Korea Standard Time": "Asia/Pyongyang",
-    "Omsk Standard Time": "Asia/Omsk",
-    "Pacific SA Standard Time": "America/Santiago",
-    "Pacific Standard Time": "America/Los_Angeles",
-    "Pacific Standard Time (Mexico)": "America/Tijuana",
-    "Pakistan Standard Time": "Asia/Karachi",
-    "Paraguay Standard Time": "America/Asuncion",
-    "Qyzylorda Standard Time": "Asia/Qyzylorda",
-    "Romance Standard Time": "Europe/Paris",
-    "Russia Time Zone 10": "Asia/Srednekolymsk",
-    "Russia Time Zone 11": "Asia/Kamchatka",
-    "Russia Time Zone 3": "Europe/Samara",
-    "Russian Standard Time": "Europe/Moscow",
-    "SA Eastern Standard Time": "America/Cayenne",
-    "SA Pacific Standard Time": "America/Bogota",
-    "SA Western Standard Time": "America/La_Paz",
-    "SE Asia Standard Time": "Asia/Bangkok",
-    "Saint Pierre Standard Time": "America/Miquelon",
-    "Sakhalin Standard Time": "Asia/Sakhalin",
-    "Samoa Standard Time": "Pacific/Apia",
-    "Sao Tome Standard Time": "Africa/Sao_Tome",
-    "Saratov Standard Time": "Europe/Saratov",
-    "Singapore Standard Time": "Asia/Singapore",
-    "South Africa Standard Time": "Africa/Johannesburg",
-    "South Sudan Standard Time": "Africa/Juba",
-    "Sri Lanka Standard Time": "Asia/Colombo",
-    "Sudan Standard Time": "Africa/Khartoum",
-    "Syria Standard Time": "Asia/Damascus",
-    "Taipei Standard Time": "Asia/Taipei",
-    "Tasmania Standard Time": "Australia/Hobart",
-    "Tocantins Standard Time": "America/Araguaina",
-    "Tokyo Standard Time": "Asia/Tokyo",
-    "Tomsk Standard Time": "Asia/Tomsk",
-    "Tonga Standard Time": "Pacific/Tongatapu",
-    "Transbaikal Standard Time": "Asia/Chita",
-    "Turkey Standard Time": "Europe/Istanbul",
-    "Turks And Caicos Standard Time": "America/Grand_Turk",
-    "US Eastern Standard Time": "America/Indiana/Indianapolis",
-    "US Mountain Standard Time": "America/Phoenix",
-    "UTC": "Etc/UTC",
-    "UTC+12": "Etc/GMT-12",
-    "UTC+13": "Etc/GMT-13",
-    "UTC-02": "Etc/GMT+2",
-    "UTC-08": "Etc/GMT+8",
-    "UTC-09": "Etc/GMT+9",
-    "UTC-11": "Etc/GMT+11",
-    "Ulaanbaatar Standard Time": "Asia/Ulaanbaatar",
-    "Venezuela Standard Time": "America/Caracas",
-    "Vladivostok Standard Time": "Asia/Vladivostok",
-    "Volgograd Standard Time": "Europe/Volgograd",
-    "W. Australia Standard Time": "Australia/Perth",
-    "W. Central Africa Standard Time": "Africa/Lagos",
-    "W. Europe Standard Time": "Europe/Berlin",
-    "W. Mongolia Standard Time": "Asia/Hovd",
-    "West Asia Standard Time": "Asia/Tashkent",
-    "West Bank Standard Time": "Asia/Hebron",
-    "West Pacific Standard Time": "Pacific/Port_Moresby",
-    "Yakutsk Standard Time": "Asia/Yakutsk",
-    "Yukon Standard Time": "America/Whitehorse",
+    **{
+        windows: _RENAMED.get(iana, iana)
+        for windows, iana in MS_TIMEZONE_TO_IANA_MAP.items()
+        if not windows.startswith("tzone://")  # a UTC alias, not a zone of the table
+    },
+    **_ADDED,
 }
+"""Windows zone name → IANA zone name (CLDR's default territory)."""
 
 # Names Exchange uses for UTC besides the CLDR one.
 _UTC_NAMES = frozenset({"utc", "etc/utc", "gmt", "z", "tzone://microsoft/utc", "coordinated universal time"})
 _BY_LOWER = {name.lower(): iana for name, iana in WINDOWS_TO_IANA.items()}
+_SAMPLE_US = 6 * 3600 * 1_000_000
 
 
 @lru_cache(maxsize=512)
@@ -181,3 +75,114 @@ def zone_for(name: str | None) -> ZoneInfo | None:
         return ZoneInfo(cleaned)
     except (ZoneInfoNotFoundError, ValueError):
         return None
+
+
+@dataclass(frozen=True, slots=True)
+class ZoneTransition:
+    """One yearly transition of a legacy time zone: the `occurrence`-th `weekday` of `month` (5 = last)."""
+
+    bias: int
+    month: int
+    weekday: int  # 0 = Monday
+    occurrence: int
+    at: time
+
+    def local(self, year: int) -> datetime:
+        first_weekday, days = calendar.monthrange(year, self.month)
+        day = 1 + (self.weekday - first_weekday) % 7 + 7 * (max(self.occurrence, 1) - 1)
+        while day > days:
+            day -= 7
+        return datetime.combine(date(year, self.month, day), self.at)
+
+
+@dataclass(frozen=True, slots=True)
+class ZoneRule:
+    """The Availability ``<t:TimeZone>``: Bias is minutes *west* of UTC; each change adds its own bias."""
+
+    bias: int
+    standard: ZoneTransition | None
+    daylight: ZoneTransition | None
+
+    @property
+    def standard_offset(self) -> timedelta:
+        return -timedelta(minutes=self.bias + (self.standard.bias if self.standard else 0))
+
+    @property
+    def daylight_offset(self) -> timedelta | None:
+        if self.standard is None or self.daylight is None or 0 in (self.standard.month, self.daylight.month):
+            return None
+        offset = -timedelta(minutes=self.bias + self.daylight.bias)
+        return None if offset == self.standard_offset else offset
+
+    def offset_us(self, moment_us: int, year: int) -> int:
+        """The rule's UTC offset at an instant of `year`, microseconds."""
+        standard = self.standard_offset // timedelta(microseconds=1)
+        daylight_offset = self.daylight_offset
+        if daylight_offset is None or self.standard is None or self.daylight is None:
+            return standard
+        daylight = daylight_offset // timedelta(microseconds=1)
+        # Each change happens at a local time measured in the offset in force before it.
+        to_daylight = to_us(self.daylight.local(year).replace(tzinfo=UTC)) - standard
+        to_standard = to_us(self.standard.local(year).replace(tzinfo=UTC)) - daylight
+        if to_daylight < to_standard:  # northern hemisphere: summer inside the calendar year
+            in_daylight = to_daylight <= moment_us < to_standard
+        else:
+            in_daylight = moment_us >= to_daylight or moment_us < to_standard
+        return daylight if in_daylight else standard
+
+    def breakpoints_us(self, year: int) -> list[int]:
+        if self.daylight_offset is None or self.standard is None or self.daylight is None:
+            return []
+        standard = self.standard_offset // timedelta(microseconds=1)
+        daylight = self.daylight_offset // timedelta(microseconds=1)
+        return [
+            to_us(self.daylight.local(year).replace(tzinfo=UTC)) - standard,
+            to_us(self.standard.local(year).replace(tzinfo=UTC)) - daylight,
+        ]
+
+
+def _candidates() -> Iterable[str]:
+    """The table's IANA zones in the order of their Windows names, so a rule's zone is deterministic."""
+    seen: set[str] = set()
+    for _, name in sorted(WINDOWS_TO_IANA.items()):
+        if name not in seen:
+            seen.add(name)
+            yield name
+
+
+def _offset_us(zone: ZoneInfo, moment_us: int) -> int:
+    offset = from_us(moment_us).astimezone(zone).utcoffset()
+    return 0 if offset is None else offset // timedelta(microseconds=1)
+
+
+def _matches(zone: ZoneInfo, rule: ZoneRule, year: int) -> bool:
+    """Whether `zone` has exactly the rule's UTC offsets throughout `year`.
+
+    Checked where the rule changes (just before and at each change, so a zone changing at another
+    instant fails) and every six hours (so a zone with changes the rule lacks fails; no zone
+    changes and changes back within six hours).
+    """
+    start = to_us(datetime(year, 1, 1, tzinfo=UTC))
+    end = to_us(datetime(year + 1, 1, 1, tzinfo=UTC))
+    probes = [to_us(datetime(year, month, 15, tzinfo=UTC)) for month in (1, 7)]  # cheap filter first
+    for change in rule.breakpoints_us(year):
+        probes += [change - 1, change]
+    probes += range(start, end, _SAMPLE_US)
+    return all(_offset_us(zone, p) == rule.offset_us(p, year) for p in probes)
+
+
+@lru_cache(maxsize=256)
+def zone_from_rule(rule: ZoneRule, year: int) -> ZoneInfo | None:
+    """A deterministic IANA zone whose offsets over `year` are exactly the rule's, or None."""
+    for name in _candidates():
+        zone = ZoneInfo(name)
+        if _matches(zone, rule, year):
+            return zone
+    if rule.daylight_offset is None:
+        minutes = rule.standard_offset // timedelta(minutes=1)
+        if minutes == 0:
+            return ZoneInfo("UTC")
+        if minutes % 60 == 0 and -12 * 60 <= minutes <= 14 * 60:
+            # POSIX-style names invert the sign: Etc/GMT-5 is UTC+5.
+            return ZoneInfo(f"Etc/GMT{-minutes // 60:+d}")
+    return None
