@@ -9,7 +9,14 @@ this package is its inside.
 
 from calbroker.providers.graph.certificates import certificate_credentials, certificate_thumbprint
 from calbroker.providers.graph.events import MARKER_PROPERTY
-from calbroker.providers.graph.id_tokens import IdToken, IdTokenRejected
+from calbroker.providers.graph.id_tokens import (
+    IdToken,
+    IdTokenRejected,
+    OpenIdKeys,
+    OpenIdMetadata,
+    SigningKeys,
+    verify_id_token,
+)
 from calbroker.providers.graph.provider import GraphLimits, GraphProvider
 from calbroker.providers.graph.sign_in import (
     ADMIN_ROLES,
@@ -30,7 +37,10 @@ __all__ = [
     "GraphProvider",
     "IdToken",
     "IdTokenRejected",
+    "OpenIdKeys",
+    "OpenIdMetadata",
     "SignedIn",
+    "SigningKeys",
     "admin_consent_url",
     "admin_sign_in_url",
     "certificate_credentials",
@@ -40,4 +50,5 @@ __all__ = [
     "redeem_admin_sign_in",
     "redeem_sign_in",
     "sign_in_url",
+    "verify_id_token",
 ]
