@@ -74,7 +74,8 @@ _VERIFY_SPAN = timedelta(days=1)
 
 @dataclass(frozen=True, slots=True)
 class EwsLimits:
-    """Per-connection limits; the defaults are Exchange's documented ones (upstream.md §7)."""
+    """Per-connection limits; the defaults are Exchange's (upstream.md §7). `ProviderRegistry` sets the
+    two a server may differ in from `Settings` (CALBROKER_EWS_MAX_MAILBOXES, CALBROKER_EWS_MAX_WINDOW_DAYS)."""
 
     mailboxes_per_request: int = 100
     """MailboxDataArray entries per GetUserAvailability [unverified: 100]."""

@@ -48,7 +48,8 @@ _log = get_logger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class GraphLimits:
-    """Upstream limits and retry policy; the [unverified] ones (upstream.md §2) are settings."""
+    """Upstream limits and retry policy. `ProviderRegistry` sets the [unverified] ones (upstream.md §2)
+    from `Settings` (CALBROKER_GRAPH_MAX_SCHEDULES, CALBROKER_GRAPH_MAX_WINDOW_DAYS)."""
 
     max_schedules: int = 20
     """Schedules per getSchedule call [unverified, commonly reported]."""
