@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import subprocess
 import sys
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -57,6 +58,10 @@ def test_full_configuration(tmp_path: Path) -> None:
         ({"CALBROKER_MAX_BODY_BYTES": "-1"}, "CALBROKER_MAX_BODY_BYTES"),
         ({"CALBROKER_HEALTH_CHECK_INTERVAL_S": "5"}, "CALBROKER_HEALTH_CHECK_INTERVAL_S"),
         ({"CALBROKER_HEALTH_CHECK_INTERVAL_S": "often"}, "CALBROKER_HEALTH_CHECK_INTERVAL_S"),
+        ({"CALBROKER_GRAPH_MAX_SCHEDULES": "0"}, "CALBROKER_GRAPH_MAX_SCHEDULES"),
+        ({"CALBROKER_GRAPH_MAX_WINDOW_DAYS": "62.5"}, "CALBROKER_GRAPH_MAX_WINDOW_DAYS"),
+        ({"CALBROKER_EWS_MAX_MAILBOXES": "many"}, "CALBROKER_EWS_MAX_MAILBOXES"),
+        ({"CALBROKER_EWS_MAX_WINDOW_DAYS": "-1"}, "CALBROKER_EWS_MAX_WINDOW_DAYS"),
     ],
 )
 def test_invalid_values_name_the_variable(env: dict[str, str], variable: str, tmp_path: Path) -> None:
@@ -73,6 +78,24 @@ def test_health_checks_run_every_five_minutes_unless_switched_off(tmp_path: Path
     assert Settings.from_env({"CALBROKER_HEALTH_CHECK_INTERVAL_S": "60"}, cwd=tmp_path).health_check_interval_s == 60
     assert Settings.from_env({"CALBROKER_HEALTH_CHECK_INTERVAL_S": "0"}, cwd=tmp_path).health_check_interval_s is None
     assert Settings(data_dir=tmp_path).health_check_interval_s is None
+
+
+def test_microsofts_undocumented_limits_are_settings(tmp_path: Path) -> None:
+    defaults = Settings.from_env({}, cwd=tmp_path)
+    assert (defaults.graph_max_schedules, defaults.graph_max_window) == (20, timedelta(days=62))
+    assert (defaults.ews_max_mailboxes, defaults.ews_max_window) == (100, timedelta(days=42))
+    assert defaults == Settings(data_dir=tmp_path / ".calbroker", health_check_interval_s=300)
+    tuned = Settings.from_env(
+        {
+            "CALBROKER_GRAPH_MAX_SCHEDULES": "10",
+            "CALBROKER_GRAPH_MAX_WINDOW_DAYS": "31",
+            "CALBROKER_EWS_MAX_MAILBOXES": "50",
+            "CALBROKER_EWS_MAX_WINDOW_DAYS": "60",
+        },
+        cwd=tmp_path,
+    )
+    assert (tuned.graph_max_schedules, tuned.graph_max_window) == (10, timedelta(days=31))
+    assert (tuned.ews_max_mailboxes, tuned.ews_max_window) == (50, timedelta(days=60))
 
 
 def test_master_key_errors_never_echo_key_material() -> None:

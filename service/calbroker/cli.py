@@ -32,7 +32,7 @@ from calbroker.domain.connections import (
 from calbroker.domain.errors import CalbrokerError, InvalidRequest
 from calbroker.domain.secret_expiry import parse_secret_expiry
 from calbroker.logs import configure_logging, get_logger
-from calbroker.providers.certificates import certificate_credentials
+from calbroker.providers.graph import certificate_credentials
 from calbroker.redaction import redact_text
 from calbroker.services import ConnectionDraft, open_services, verify_and_save
 from calbroker.store.applications import (

@@ -13,6 +13,7 @@ import ipaddress
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -157,6 +158,15 @@ def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:
     return int(raw)
 
 
+def _days(env: Mapping[str, str], name: str, default: timedelta) -> timedelta:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    if not raw.isdigit() or int(raw) <= 0:
+        raise ConfigError(name, f"must be a positive whole number of days, got {raw!r}")
+    return timedelta(days=int(raw))
+
+
 def _interval(env: Mapping[str, str], name: str, default: int) -> float | None:
     """Whole seconds, at least 10; 0 switches the periodic job off."""
     raw = env.get(name, "").strip()
@@ -237,6 +247,15 @@ class Settings:
     """How often each connection is re-verified by the API process; None disables the checker
     (the default for hand-built settings, so tests never see background upstream calls).
     `from_env` turns it on: CALBROKER_HEALTH_CHECK_INTERVAL_S, default 300, 0 disables."""
+    graph_max_schedules: int = 20
+    """Mailboxes per Graph getSchedule call: commonly reported, not documented (upstream.md §2)."""
+    graph_max_window: timedelta = timedelta(days=62)
+    """Longest getSchedule window, longer ones are split: commonly reported, not documented."""
+    ews_max_mailboxes: int = 100
+    """Mailboxes per EWS GetUserAvailability call (Exchange's default, upstream.md §7)."""
+    ews_max_window: timedelta = timedelta(days=42)
+    """Longest GetUserAvailability window, longer ones are split: Exchange's default, which an
+    Exchange administrator can change."""
 
     @property
     def embedded_database(self) -> bool:
@@ -304,4 +323,8 @@ class Settings:
             max_body_bytes=_positive_int(env, "CALBROKER_MAX_BODY_BYTES", 2 * 1024 * 1024),
             database_pool_size=_positive_int(env, "CALBROKER_DB_POOL_SIZE", 10),
             health_check_interval_s=_interval(env, "CALBROKER_HEALTH_CHECK_INTERVAL_S", 300),
+            graph_max_schedules=_positive_int(env, "CALBROKER_GRAPH_MAX_SCHEDULES", 20),
+            graph_max_window=_days(env, "CALBROKER_GRAPH_MAX_WINDOW_DAYS", timedelta(days=62)),
+            ews_max_mailboxes=_positive_int(env, "CALBROKER_EWS_MAX_MAILBOXES", 100),
+            ews_max_window=_days(env, "CALBROKER_EWS_MAX_WINDOW_DAYS", timedelta(days=42)),
         )

@@ -2,7 +2,9 @@
 keys from its JWKS, and every way a token can be tampered with, replayed or stale.
 
 A genuine ID token is obtained the way calbroker gets one (authorization code at the tenant,
-redeemed with the operator app's secret); the forgeries are built from it with `cryptography`.
+redeemed with the operator app's secret) and checked against the sandbox's published keys through
+`OpenIdKeys` (PyJWT's `PyJWKClient`); the forgeries are built from it with `cryptography`, and the
+tokens whose claims a test chooses are signed by an issuer the test plays (`OwnIssuer`).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import hashlib
 import hmac
 import json
 import ssl
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -21,9 +24,11 @@ import pytest
 import requests
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from jwt import PyJWK, PyJWKClientError, PyJWKSet
+from jwt.algorithms import RSAAlgorithm
 
 from calbroker.domain.errors import UpstreamUnavailable
-from calbroker.providers.id_tokens import IdTokenRejected, OpenIdKeys, public_keys, verify_id_token
+from calbroker.providers.graph import IdTokenRejected, OpenIdKeys, SigningKeys, verify_id_token
 from calbroker.sandbox import SandboxThread
 from tests.fixtures.sandbox import SandboxControl
 
@@ -96,24 +101,50 @@ def real(
 
 
 @pytest.fixture
-def keys(sandbox: SandboxThread, http: requests.Session) -> dict[str, rsa.RSAPublicKey]:
-    jwks = http.get(f"{sandbox.authority_host}/common/discovery/v2.0/keys").json()
-    return public_keys(jwks)
+def keys(sandbox: SandboxThread) -> SigningKeys:
+    """The sandbox Entra's published keys, as calbroker reads them."""
+    return OpenIdKeys().signing_keys(f"{sandbox.authority_host}/common/discovery/v2.0/keys", ca_bundle=sandbox.ca_path)
 
 
-def check(real: dict[str, Any], keys: dict[str, rsa.RSAPublicKey], token: str | None = None, **overrides: Any) -> Any:
+class KeySet:
+    """A key set published by nobody but this test: PyJWT's reading of a JWKS (`PyJWKSet`), served by kid."""
+
+    def __init__(self, jwks: dict[str, Any]) -> None:
+        self._jwks = jwks
+
+    def get_signing_key(self, kid: str) -> PyJWK:
+        for key in PyJWKSet.from_dict(self._jwks).keys:
+            if key.key_id == kid:
+                return key
+        raise PyJWKClientError(f"no key {kid!r}")
+
+
+class OwnIssuer:
+    """An issuer the test plays, with one RSA key: for tokens whose claims the test chooses."""
+
+    def __init__(self) -> None:
+        self.private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+    def get_signing_key(self, kid: str) -> PyJWK:
+        return PyJWK(RSAAlgorithm.to_jwk(self.private.public_key(), as_dict=True))
+
+    def sign(self, header: dict[str, Any], payload: bytes) -> str:
+        signing_input = b64(json.dumps(header).encode()) + "." + b64(payload)
+        return signing_input + "." + b64(self.private.sign(signing_input.encode(), padding.PKCS1v15(), hashes.SHA256()))
+
+
+def check(real: dict[str, Any], keys: SigningKeys, token: str | None = None, **overrides: Any) -> Any:
     options: dict[str, Any] = {
-        "key_for": keys.get,
+        "keys": keys,
         "issuer": real["issuer"],
         "audience": real["client_id"],
         "nonce": NONCE,
         "tenant_id": real["tenant"],
-        "now": datetime.now(UTC),
     } | overrides
     return verify_id_token(token or real["token"], **options)
 
 
-def refused(real: dict[str, Any], keys: dict[str, rsa.RSAPublicKey], token: str | None = None, **overrides: Any) -> str:
+def refused(real: dict[str, Any], keys: SigningKeys, token: str | None = None, **overrides: Any) -> str:
     with pytest.raises(IdTokenRejected) as caught:
         check(real, keys, token, **overrides)
     return caught.value.check
@@ -128,7 +159,7 @@ def encode(header: dict[str, Any], claims: dict[str, Any]) -> str:
     return b64(json.dumps(header).encode()) + "." + b64(json.dumps(claims).encode())
 
 
-def test_a_genuine_token_verifies(real: dict[str, Any], keys: dict[str, rsa.RSAPublicKey]) -> None:
+def test_a_genuine_token_verifies(real: dict[str, Any], keys: SigningKeys) -> None:
     verified = check(real, keys)
     assert verified.tenant_id == real["tenant"]
     assert verified.username.startswith("admin@")
@@ -137,16 +168,14 @@ def test_a_genuine_token_verifies(real: dict[str, Any], keys: dict[str, rsa.RSAP
     assert GLOBAL_ADMINISTRATOR in verified.directory_roles
 
 
-def test_a_tampered_payload_breaks_the_signature(real: dict[str, Any], keys: dict[str, rsa.RSAPublicKey]) -> None:
+def test_a_tampered_payload_breaks_the_signature(real: dict[str, Any], keys: SigningKeys) -> None:
     header, claims, signature = parts(real["token"])
     for change in ({"tid": "11111111-1111-1111-1111-111111111111"}, {"wids": [GLOBAL_ADMINISTRATOR]}, {"exp": 2**40}):
         forged = encode(header, claims | change) + "." + signature
         assert refused(real, keys, forged) == "signature"
 
 
-def test_a_token_signed_with_another_key_under_the_same_kid_is_refused(
-    real: dict[str, Any], keys: dict[str, rsa.RSAPublicKey]
-) -> None:
+def test_a_token_signed_with_another_key_under_the_same_kid_is_refused(real: dict[str, Any], keys: SigningKeys) -> None:
     header, claims, _ = parts(real["token"])
     impostor = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     signing_input = encode(header, claims)
@@ -154,13 +183,13 @@ def test_a_token_signed_with_another_key_under_the_same_kid_is_refused(
     assert refused(real, keys, signing_input + "." + b64(signature)) == "signature"
 
 
-def test_weaker_or_confused_algorithms_are_refused(real: dict[str, Any], keys: dict[str, rsa.RSAPublicKey]) -> None:
+def test_weaker_or_confused_algorithms_are_refused(real: dict[str, Any], keys: SigningKeys) -> None:
     header, claims, signature = parts(real["token"])
     unsigned = encode(header | {"alg": "none"}, claims)
     assert refused(real, keys, unsigned + ".") == "format"  # no signature at all
     assert refused(real, keys, unsigned + "." + signature) == "algorithm"
     # HS256 keyed with the issuer's public key (the classic RS/HS confusion): the key is public.
-    public_pem = keys[header["kid"]].public_bytes(
+    public_pem = keys.get_signing_key(header["kid"]).key.public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
     confused = encode(header | {"alg": "HS256"}, claims)
@@ -169,7 +198,7 @@ def test_weaker_or_confused_algorithms_are_refused(real: dict[str, Any], keys: d
     assert refused(real, keys, encode(header | {"alg": "PS256"}, claims) + "." + signature) == "algorithm"
 
 
-def test_a_key_the_issuer_does_not_publish_is_refused(real: dict[str, Any], keys: dict[str, rsa.RSAPublicKey]) -> None:
+def test_a_key_the_issuer_does_not_publish_is_refused(real: dict[str, Any], keys: SigningKeys) -> None:
     header, claims, signature = parts(real["token"])
     assert refused(real, keys, encode(header | {"kid": "someone-elses"}, claims) + "." + signature) == "key"
     assert refused(real, keys, encode({k: v for k, v in header.items() if k != "kid"}, claims) + "." + signature) == (
@@ -187,46 +216,46 @@ def test_a_key_the_issuer_does_not_publish_is_refused(real: dict[str, Any], keys
     ],
 )
 def test_a_token_for_another_app_sign_in_tenant_or_issuer_is_refused(
-    real: dict[str, Any], keys: dict[str, rsa.RSAPublicKey], overrides: dict[str, Any], failed: str
+    real: dict[str, Any], keys: SigningKeys, overrides: dict[str, Any], failed: str
 ) -> None:
     assert refused(real, keys, **overrides) == failed
 
 
 def test_a_lifetime_that_is_no_number_is_refused(real: dict[str, Any]) -> None:
     """Python's json reads NaN and Infinity, which compare false with everything: even a validly
-    signed token must not become immortal through them (signed here with a key of our own)."""
+    signed token must not become immortal through them (signed here by an issuer of our own)."""
     header, claims, _ = parts(real["token"])
-    own = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    own = OwnIssuer()
     for raw in (b"NaN", b"Infinity", b'"2099-01-01"', b"true"):
         payload = json.dumps(claims | {"exp": "@"}).encode().replace(b'"@"', raw)
-        signing_input = b64(json.dumps(header).encode()) + "." + b64(payload)
-        signature = own.sign(signing_input.encode(), padding.PKCS1v15(), hashes.SHA256())
-        token = signing_input + "." + b64(signature)
-        assert refused(real, {}, token, key_for=lambda _kid: own.public_key()) == "format", raw
-    valid = encode(header, claims)
-    token = valid + "." + b64(own.sign(valid.encode(), padding.PKCS1v15(), hashes.SHA256()))
-    check(real, {}, token, key_for=lambda _kid: own.public_key())  # the same token with a number passes
+        assert refused(real, own, own.sign(header, payload)) == "format", raw
+    check(real, own, own.sign(header, json.dumps(claims).encode()))  # the same token with a number passes
 
 
-def test_lifetime_is_checked_with_two_minutes_of_skew(real: dict[str, Any], keys: dict[str, rsa.RSAPublicKey]) -> None:
-    _, claims, _ = parts(real["token"])
-    expires = datetime.fromtimestamp(claims["exp"], UTC)
-    issued = datetime.fromtimestamp(claims["nbf"], UTC)
-    check(real, keys, now=expires + timedelta(seconds=60))  # a slow clock here is tolerated…
-    assert refused(real, keys, now=expires + timedelta(minutes=3)) == "expired"  # …an old token is not
-    check(real, keys, now=issued - timedelta(seconds=60))
-    assert refused(real, keys, now=issued - timedelta(minutes=3)) == "not_yet_valid"
+def test_lifetime_is_checked_with_two_minutes_of_skew(real: dict[str, Any]) -> None:
+    """The genuine token's claims at times around now, signed by an issuer of our own."""
+    header, claims, _ = parts(real["token"])
+    own = OwnIssuer()
+    now = int(datetime.now(UTC).timestamp())
+
+    def signed(**times: int) -> str:
+        return own.sign(header, json.dumps(claims | times).encode())
+
+    check(real, own, signed(exp=now - 60))  # a slow clock here is tolerated…
+    assert refused(real, own, signed(exp=now - 180)) == "expired"  # …an old token is not
+    check(real, own, signed(nbf=now + 60, iat=now + 60))
+    assert refused(real, own, signed(nbf=now + 180, iat=now + 180)) == "not_yet_valid"
 
 
 @pytest.mark.parametrize(
     "garbage",
     ["", "abc", "a.b", "a.b.c.d", "e30.e30.e30", "eyJhbGciOiJSUzI1NiJ9.e30=.AAAA", "eyJ!bGciOiJSUzI1NiJ9.e30.AAAA"],
 )
-def test_malformed_tokens_are_refused(real: dict[str, Any], keys: dict[str, rsa.RSAPublicKey], garbage: str) -> None:
+def test_malformed_tokens_are_refused(real: dict[str, Any], keys: SigningKeys, garbage: str) -> None:
     assert refused(real, keys, garbage or "x") in {"format", "algorithm"}
 
 
-def test_only_rsa_signing_keys_of_2048_bits_or_more_are_used() -> None:
+def test_only_rsa_signing_keys_of_2048_bits_or_more_are_used(real: dict[str, Any]) -> None:
     def entry(key: rsa.RSAPublicKey, kid: str, **extra: str) -> dict[str, str]:
         numbers = key.public_numbers()
         return {
@@ -236,28 +265,43 @@ def test_only_rsa_signing_keys_of_2048_bits_or_more_are_used() -> None:
             "e": b64(numbers.e.to_bytes(3, "big")),
         } | extra
 
-    strong = rsa.generate_private_key(public_exponent=65537, key_size=2048).public_key()
-    weak = rsa.generate_private_key(public_exponent=65537, key_size=1024).public_key()
+    strong = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    weak = rsa.generate_private_key(public_exponent=65537, key_size=1024)
     curve = ec.generate_private_key(ec.SECP256R1()).public_key()
     jwks = {
         "keys": [
-            entry(strong, "good"),
-            entry(weak, "weak"),
-            entry(strong, "encryption", use="enc"),
+            entry(strong.public_key(), "good"),
+            entry(weak.public_key(), "weak"),
+            entry(strong.public_key(), "encryption", use="enc"),
             {"kty": "EC", "kid": "curve", "crv": "P-256", "x": b64(curve.public_numbers().x.to_bytes(32, "big"))},
             {"kty": "RSA", "kid": "broken", "n": "!!", "e": "AQAB"},
         ]
     }
-    assert set(public_keys(jwks)) == {"good"}
-    with pytest.raises(ValueError, match="keys"):
-        public_keys({"no": "keys"})
+    _, claims, _ = parts(real["token"])
+
+    def refusal(kid: str, key: rsa.RSAPrivateKey) -> str | None:
+        signing_input = encode({"alg": "RS256", "typ": "JWT", "kid": kid}, claims)
+        token = signing_input + "." + b64(key.sign(signing_input.encode(), padding.PKCS1v15(), hashes.SHA256()))
+        try:
+            check(real, KeySet(jwks), token)
+        except IdTokenRejected as exc:
+            return exc.check
+        return None
+
+    signers = {"good": strong, "weak": weak, "encryption": strong, "curve": strong, "broken": strong}
+    refusals = {kid: refusal(kid, key) for kid, key in signers.items()}
+    assert {kid for kid, refused_as in refusals.items() if refused_as is None} == {"good"}
+    assert set(refusals.values()) == {None, "key"}
+    with pytest.raises(UpstreamUnavailable, match="key set"):
+        check(real, KeySet({"no": "keys"}), encode({"alg": "RS256", "kid": "good"}, claims) + ".AAAA")
 
 
 def test_the_tenants_issuer_and_keys_are_fetched_once_then_again_only_for_an_unknown_kid(
-    real: dict[str, Any], http: requests.Session, sandbox_control: SandboxControl
+    real: dict[str, Any], http: requests.Session, sandbox: SandboxThread, sandbox_control: SandboxControl
 ) -> None:
-    now = [0.0]
-    cache = OpenIdKeys(refetch_after=timedelta(minutes=1), clock=lambda: now[0])
+    """On the real clock, scaled down: a minute is a second here, a day two seconds."""
+    refetch_after, ttl = 1.0, 2.0
+    cache = OpenIdKeys(ttl=timedelta(seconds=ttl), refetch_after=timedelta(seconds=refetch_after))
 
     def fetch(url: str) -> Any:
         return http.get(url).json()
@@ -265,19 +309,24 @@ def test_the_tenants_issuer_and_keys_are_fetched_once_then_again_only_for_an_unk
     metadata = cache.metadata(real["authority"], fetch)
     assert metadata.issuer == real["issuer"]
     assert metadata.jwks_uri == f"{real['authority']}/discovery/v2.0/keys"
-    kid = parts(real["token"])[0]["kid"]
+    header, claims, signature = parts(real["token"])
+    keys = cache.signing_keys(metadata.jwks_uri, ca_bundle=sandbox.ca_path)
+    assert keys.get_signing_key(header["kid"]) is not None
+    fetched = time.monotonic()
     for _ in range(3):
         assert cache.metadata(real["authority"], fetch) == metadata
-        assert cache.key(metadata.jwks_uri, kid, fetch) is not None
+        assert cache.signing_keys(metadata.jwks_uri, ca_bundle=sandbox.ca_path) is keys
+        assert keys.get_signing_key(header["kid"]) is not None
     assert (sandbox_control.count("entra:openid-configuration"), sandbox_control.count("entra:keys")) == (1, 1)
 
-    assert cache.key(metadata.jwks_uri, "rolled-over", fetch) is None
-    assert cache.key(metadata.jwks_uri, "rolled-over", fetch) is None
-    assert sandbox_control.count("entra:keys") == 1  # an unknown kid fetches again at most once a minute
-    now[0] += 61
-    assert cache.key(metadata.jwks_uri, "rolled-over", fetch) is None
+    rolled_over = encode(header | {"kid": "rolled-over"}, claims) + "." + signature
+    assert refused(real, keys, rolled_over) == "key"
+    assert refused(real, keys, rolled_over) == "key"
+    assert sandbox_control.count("entra:keys") == 1  # an unknown kid fetches again at most once a "minute"
+    time.sleep(max(0.0, fetched + refetch_after + 0.05 - time.monotonic()))
+    assert refused(real, keys, rolled_over) == "key"
     assert sandbox_control.count("entra:keys") == 2
-    now[0] += 25 * 3600  # after a day everything is fetched again
+    time.sleep(max(0.0, fetched + ttl + 0.05 - time.monotonic()))  # after a "day" everything is fetched again
     cache.metadata(real["authority"], fetch)
     assert sandbox_control.count("entra:openid-configuration") == 2
 

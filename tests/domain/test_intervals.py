@@ -164,3 +164,50 @@ def test_dilate_matches_widening_each_interval(intervals: list[Interval], before
 def test_contains_matches_subset_of_minutes(intervals: list[Interval], start: int, length: int) -> None:
     candidate = iv(start, start + length)
     assert contains(intervals, candidate) == (minutes([candidate]) <= minutes(intervals))
+
+
+# Splitting a window into upstream calls.
+
+
+def test_split_halves_windows_a_little_over_the_limit() -> None:
+    day = timedelta(days=1)
+    seventy_days = Interval(BASE, BASE + 70 * day)
+    assert seventy_days.split(62 * day) == [Interval(BASE, BASE + 35 * day), Interval(BASE + 35 * day, BASE + 70 * day)]
+    sixty_days = Interval(BASE, BASE + 60 * day)
+    assert [part.duration for part in sixty_days.split(42 * day)] == [30 * day, 30 * day]
+    assert sixty_days.split(60 * day) == [sixty_days]
+
+
+def test_split_rounds_to_whole_minutes_only_where_that_fits() -> None:
+    window = iv(0, 100)  # 100 minutes in 3 parts: 33⅓ minutes become 34, 34 and 32
+    assert [part.duration for part in window.split(40 * MINUTE)] == [34 * MINUTE, 34 * MINUTE, 32 * MINUTE]
+    seconds = Interval(at(0), at(0) + timedelta(seconds=90))  # 45 s parts: a minute would not fit in 50 s
+    assert [part.duration for part in seconds.split(timedelta(seconds=50))] == [timedelta(seconds=45)] * 2
+
+
+def test_split_refuses_a_limit_that_is_not_positive() -> None:
+    with pytest.raises(ValueError, match="positive"):
+        iv(0, 10).split(timedelta(0))
+
+
+@given(
+    st.integers(0, 10**12),
+    st.one_of(st.integers(1, 10**11), st.integers(1, 100_000).map(lambda m: m * 60_000_000)).flatmap(
+        lambda longest: st.tuples(st.just(longest), st.integers(1, 40 * longest))
+    ),
+)
+def test_split_covers_the_window_in_the_fewest_parts_within_the_limit(offset: int, sizes: tuple[int, int]) -> None:
+    longest, length = (timedelta(microseconds=us) for us in sizes)
+    window = Interval(BASE + timedelta(microseconds=offset), BASE + timedelta(microseconds=offset) + length)
+
+    parts = window.split(longest)
+
+    assert len(parts) == -(-length // longest)  # the fewest parts no longer than `longest`
+    assert parts[0].start == window.start
+    assert parts[-1].end == window.end
+    assert all(earlier.end == later.start for earlier, later in pairwise(parts))  # back to back
+    assert all(part.duration <= longest for part in parts)
+    assert len({part.duration for part in parts[:-1]}) <= 1  # equal, but for the last
+    assert parts[-1].duration <= parts[0].duration
+    if len(parts) > 1 and longest % MINUTE == timedelta(0):
+        assert parts[0].duration % MINUTE == timedelta(0)  # whole minutes always fit a whole-minute limit

@@ -39,9 +39,16 @@ from calbroker.domain.errors import (
 from calbroker.domain.intervals import Interval
 from calbroker.domain.schedules import MailboxSchedule, ScheduleResult
 from calbroker.domain.working_hours import WorkingHours
-from calbroker.providers import Deadline, EwsLimits, EwsProvider, check_ews_endpoint
-from calbroker.providers._ews_schedules import Change, Rule, zone_from_rule
-from calbroker.providers._windows_zones import zone_for
+from calbroker.providers import (
+    Deadline,
+    EwsLimits,
+    EwsProvider,
+    ZoneRule,
+    ZoneTransition,
+    check_ews_endpoint,
+    zone_for,
+    zone_from_rule,
+)
 from calbroker.sandbox import SandboxThread
 from tests.fixtures.sandbox import SandboxControl
 
@@ -284,24 +291,24 @@ async def test_working_hours_land_in_an_equivalent_iana_zone(
     [
         # Sydney: standard +10, daylight +11 from the first Sunday of October to the first of April.
         (
-            Rule(-600, Change(0, 4, 6, 1, wall_time(3)), Change(-60, 10, 6, 1, wall_time(2))),
+            ZoneRule(-600, ZoneTransition(0, 4, 6, 1, wall_time(3)), ZoneTransition(-60, 10, 6, 1, wall_time(2))),
             {datetime(2026, 1, 15, tzinfo=UTC): 11, datetime(2026, 7, 15, tzinfo=UTC): 10},
         ),
         # Kathmandu: +05:45, no DST.
-        (Rule(-345, None, None), {datetime(2026, 1, 15, tzinfo=UTC): 5.75}),
+        (ZoneRule(-345, None, None), {datetime(2026, 1, 15, tzinfo=UTC): 5.75}),
         # +13 without DST (month 0 means "no transition"): Tonga's rules, or Etc/GMT-13.
         (
-            Rule(-60 * 13, Change(0, 0, 6, 1, wall_time(0)), Change(0, 0, 6, 1, wall_time(0))),
+            ZoneRule(-60 * 13, ZoneTransition(0, 0, 6, 1, wall_time(0)), ZoneTransition(0, 0, 6, 1, wall_time(0))),
             {datetime(2026, 1, 15, tzinfo=UTC): 13, datetime(2026, 7, 15, tzinfo=UTC): 13},
         ),
     ],
 )
-def test_legacy_time_zone_rules_map_to_iana_zones(rule: Rule, expected_offsets: dict[datetime, float]) -> None:
+def test_legacy_time_zone_rules_map_to_iana_zones(rule: ZoneRule, expected_offsets: dict[datetime, float]) -> None:
     zone = zone_from_rule(rule, 2026)
     assert zone is not None
     for moment, hours in expected_offsets.items():
         assert moment.astimezone(zone).utcoffset() == timedelta(hours=hours)
-    assert zone_from_rule(Rule(-197, None, None), 2026) is None  # +03:17: nothing honest to pick
+    assert zone_from_rule(ZoneRule(-197, None, None), 2026) is None  # +03:17: nothing honest to pick
 
 
 async def test_unknown_and_out_of_scope_mailboxes_fail_alone(
@@ -346,7 +353,7 @@ async def test_a_60_day_window_costs_two_calls_and_reports_edge_events_once(
 ) -> None:
     mailbox = sandbox_control.tenants()["well_known"]["fabrikam_colleague"]
     window = Interval(ANCHOR, ANCHOR + timedelta(days=60))
-    edge = ANCHOR + timedelta(days=42)  # where the provider splits the window
+    edge = ANCHOR + timedelta(days=30)  # where the provider splits the window (in two equal parts)
     created = sandbox_control.post(
         f"/_sandbox/mailboxes/{mailbox}/events",
         {

@@ -46,9 +46,8 @@ from calbroker.domain.errors import (
 from calbroker.domain.intervals import Interval
 from calbroker.domain.schedules import MailboxSchedule, ScheduleResult
 from calbroker.domain.working_hours import Weekday, WeeklyPeriod, WorkingHours
-from calbroker.providers import Deadline, GraphLimits, GraphProvider
-from calbroker.providers import _graph_wire as wire
-from calbroker.providers._windows_zones import WINDOWS_TO_IANA, zone_for
+from calbroker.providers import WINDOWS_TO_IANA, Deadline, GraphLimits, GraphProvider, zone_for
+from calbroker.providers.graph import read_schedules
 from calbroker.sandbox import SandboxThread
 from tests.fixtures.sandbox import SandboxControl
 
@@ -327,8 +326,8 @@ def test_getschedule_payloads_are_read_tolerantly() -> None:
       {"scheduleId": "c@contoso.com", "availabilityView": "",
        "error": {"message": "Busy.", "responseCode": "ErrorServerBusy"}}
     ]}"""
-    response = wire.schedule_decoder.decode(body)
-    first = wire.schedule_result(response.value[0], "a@contoso.com")
+    results = read_schedules(body, ["a@contoso.com", "b@contoso.com", "c@contoso.com"])
+    first = results["a@contoso.com"]
     assert isinstance(first, MailboxSchedule)
     assert [(b.interval.start, b.interval.end, b.status) for b in first.busy] == [
         (datetime(2026, 11, 24, 17, tzinfo=UTC), datetime(2026, 11, 24, 18, tzinfo=UTC), BusyStatus.TENTATIVE),
@@ -341,10 +340,10 @@ def test_getschedule_payloads_are_read_tolerantly() -> None:
         ),
         ZoneInfo("Europe/Berlin"),
     )
-    second = wire.schedule_result(response.value[1], "b@contoso.com")
+    second = results["b@contoso.com"]
     assert isinstance(second, MailboxSchedule)
     assert second.working_hours is None  # an unknown zone is "not known", not a guess
-    third = wire.schedule_result(response.value[2], "c@contoso.com")
+    third = results["c@contoso.com"]
     assert isinstance(third, UpstreamThrottled)
     assert third.mailbox == "c@contoso.com"
 

@@ -23,7 +23,7 @@ from calbroker.domain.errors import AccessLevelInsufficient, TeamsUnavailable
 from calbroker.domain.events import Attendee, AttendeeType, EventSpec
 from calbroker.domain.intervals import Interval
 from calbroker.providers import Deadline, GraphProvider
-from calbroker.providers._graph_events import MARKER_PROPERTY
+from calbroker.providers.graph import MARKER_PROPERTY
 from calbroker.sandbox import SandboxThread
 from tests.fixtures.sandbox import SandboxControl
 

@@ -10,12 +10,13 @@ from bisect import bisect_right
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from itertools import chain
+from itertools import chain, pairwise
 
 from calbroker.domain.errors import InvalidRequest
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 MICROSECOND = timedelta(microseconds=1)
+_MINUTE = timedelta(minutes=1)
 
 Span = tuple[int, int]
 """``[start, end)`` in microseconds since the Unix epoch; always ``start < end``."""
@@ -89,6 +90,26 @@ class Interval:
     def overlaps(self, other: Interval) -> bool:
         """Share at least one instant (touching intervals do not)."""
         return self.start_us < other.end_us and other.start_us < self.end_us
+
+    def split(self, longest: timedelta) -> list[Interval]:
+        """This interval as the fewest back-to-back parts no longer than `longest`.
+
+        Upstream calls take a bounded window, and each part is one call: the parts are equal, so
+        no call is a sliver, and their length is rounded up to whole minutes where that still fits
+        in `longest` (upstream formats write times to the second at best); only the last part may
+        then come out shorter.
+        """
+        if longest <= timedelta(0):
+            raise ValueError(f"longest must be positive, got {longest}")
+        count = -(-self.duration // longest)
+        if count <= 1:
+            return [self]
+        step = -(-self.duration // count)
+        whole_minutes = -(-step // _MINUTE) * _MINUTE
+        if whole_minutes <= longest:
+            step = whole_minutes
+        bounds = [self.start + step * i for i in range(count)] + [self.end]
+        return [Interval(lo, hi) for lo, hi in pairwise(bounds)]
 
 
 # Integer span algebra. Every function takes and returns normal form unless it says otherwise.

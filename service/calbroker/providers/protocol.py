@@ -1,4 +1,5 @@
-"""The port every upstream adapter implements, and the deadline that bounds a request's upstream time."""
+"""The port every upstream adapter implements, the deadline that bounds a request's upstream time, and
+the rules every adapter's free/busy answer follows (one answer per mailbox, never a silent "free")."""
 
 from __future__ import annotations
 
@@ -8,12 +9,20 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from calbroker.domain.connections import Connection
-from calbroker.domain.errors import UpstreamTimeout
+from calbroker.domain.errors import (
+    CalbrokerError,
+    ConnectionClosed,
+    MailboxError,
+    UpstreamError,
+    UpstreamRejected,
+    UpstreamThrottled,
+    UpstreamTimeout,
+)
 from calbroker.domain.events import EventSpec, OnlineMeeting, UpstreamEvent
 from calbroker.domain.intervals import Interval
-from calbroker.domain.schedules import Room, ScheduleResult
+from calbroker.domain.schedules import MailboxSchedule, Room, ScheduleResult
 
-__all__ = ["CalendarProvider", "Deadline"]
+__all__ = ["CalendarProvider", "Deadline", "connection_closed", "for_mailbox", "merge_schedules"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,3 +129,41 @@ class CalendarProvider(Protocol):
     async def aclose(self) -> None:
         """Release sessions and threads; the provider refuses use afterwards."""
         ...
+
+
+def connection_closed(connection_id: object) -> ConnectionClosed:
+    """What a closed provider answers: a request raced a revocation or a credential change, so it is
+    a retryable 503, not a 500."""
+    return ConnectionClosed(
+        f"The connection {connection_id} was revoked or its credentials replaced while this request ran; retry it."
+    )
+
+
+def for_mailbox(error: CalbrokerError, mailbox: str) -> MailboxError | UpstreamError:
+    """`error` as one mailbox's answer: a failure of a whole upstream call becomes each member's error."""
+    if isinstance(error, MailboxError):
+        return error if error.mailbox == mailbox else type(error)(error.detail, mailbox=mailbox)
+    if isinstance(error, UpstreamThrottled):
+        return UpstreamThrottled(
+            error.detail, retry_after=error.retry_after, upstream_code=error.upstream_code, mailbox=mailbox
+        )
+    if isinstance(error, UpstreamError):
+        return type(error)(error.detail, upstream_code=error.upstream_code, mailbox=mailbox)
+    return UpstreamRejected(error.detail, mailbox=mailbox)
+
+
+def merge_schedules(mailbox: str, parts: Sequence[ScheduleResult]) -> ScheduleResult:
+    """One mailbox's answers for the pieces of a split window, as one answer.
+
+    Any error makes the mailbox an error (a mailbox's own error before a failure of the call), never
+    a partial calendar; a busy block both neighbouring pieces report (upstream returns whole
+    items) appears once.
+    """
+    schedules = [part for part in parts if isinstance(part, MailboxSchedule)]
+    errors = [part for part in parts if not isinstance(part, MailboxSchedule)]
+    if errors:
+        return next((error for error in errors if isinstance(error, MailboxError)), errors[0])
+    blocks = {block for schedule in schedules for block in schedule.busy}
+    ordered = sorted(blocks, key=lambda b: (b.interval.start_us, b.interval.end_us, b.status))
+    hours = next((schedule.working_hours for schedule in schedules if schedule.working_hours is not None), None)
+    return MailboxSchedule(mailbox, tuple(ordered), hours)

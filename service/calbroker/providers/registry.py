@@ -20,8 +20,8 @@ from calbroker.domain.connections import (
     EwsServiceAccount,
 )
 from calbroker.domain.errors import InvalidRequest
-from calbroker.providers.ews import EwsProvider
-from calbroker.providers.graph import GraphProvider
+from calbroker.providers.ews import EwsLimits, EwsProvider
+from calbroker.providers.graph import GraphLimits, GraphProvider
 from calbroker.providers.protocol import CalendarProvider
 
 __all__ = ["CredentialsSink", "ProviderRegistry"]
@@ -31,7 +31,11 @@ CredentialsSink = Callable[[Connection, Credentials], Awaitable[None]]
 
 
 class ProviderRegistry:
-    """Builds providers from connections and keeps them until the app shuts down."""
+    """Builds providers from connections and keeps them until the app shuts down.
+
+    The upstream limits Microsoft does not document (mailboxes and window per free/busy call) come
+    from `settings`, so an operator can follow what their tenants' Exchange really allows.
+    """
 
     def __init__(
         self,
@@ -42,6 +46,12 @@ class ProviderRegistry:
         credentials_sink: CredentialsSink | None = None,
     ) -> None:
         self._settings = settings
+        self._graph_limits = GraphLimits(
+            max_schedules=settings.graph_max_schedules, max_window=settings.graph_max_window
+        )
+        self._ews_limits = EwsLimits(
+            mailboxes_per_request=settings.ews_max_mailboxes, max_window=settings.ews_max_window
+        )
         self._session = session
         self._executor = executor
         self._sink = credentials_sink
@@ -76,7 +86,7 @@ class ProviderRegistry:
         if connection.kind is ConnectionKind.EWS:
             if not isinstance(credentials, EwsServiceAccount):
                 raise TypeError("an EWS connection needs EwsServiceAccount credentials")
-            return EwsProvider(connection, credentials, cloud.ca_bundle, self._executor)
+            return EwsProvider(connection, credentials, cloud.ca_bundle, self._executor, limits=self._ews_limits)
         sink = self._sink
 
         async def renewed(updated: Credentials) -> None:
@@ -92,6 +102,7 @@ class ProviderRegistry:
             self._session,
             self._executor,
             operator_app=self._settings.operator_app,
+            limits=self._graph_limits,
             on_credentials_changed=renewed,
         )
 

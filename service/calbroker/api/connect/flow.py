@@ -48,9 +48,10 @@ from calbroker.domain.connections import (
 )
 from calbroker.domain.errors import CalbrokerError, CredentialsRejected, InvalidRequest
 from calbroker.logs import get_logger
-from calbroker.providers.id_tokens import IdToken, IdTokenRejected
-from calbroker.providers.sign_in import (
+from calbroker.providers.graph import (
     ADMIN_ROLES,
+    IdToken,
+    IdTokenRejected,
     admin_consent_url,
     admin_sign_in_url,
     pkce_challenge,

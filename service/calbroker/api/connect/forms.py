@@ -51,7 +51,7 @@ from calbroker.domain.errors import (
     UpstreamUnavailable,
 )
 from calbroker.domain.secret_expiry import parse_secret_expiry
-from calbroker.providers.certificates import certificate_credentials
+from calbroker.providers.graph import certificate_credentials
 from calbroker.redaction import redact_text
 from calbroker.services.onboarding import ConnectionDraft
 

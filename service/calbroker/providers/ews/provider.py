@@ -19,7 +19,7 @@ from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from exchangelib import IMPERSONATION, Account, Configuration, Credentials, EWSDateTime
@@ -33,7 +33,6 @@ from exchangelib.transport import BASIC, NTLM
 from calbroker.domain.connections import Connection, EwsServiceAccount
 from calbroker.domain.errors import (
     CalbrokerError,
-    ConnectionClosed,
     InvalidRequest,
     TeamsUnavailable,
     UpstreamRejected,
@@ -41,11 +40,11 @@ from calbroker.domain.errors import (
 from calbroker.domain.events import EventSpec, OnlineMeeting, UpstreamEvent
 from calbroker.domain.intervals import Interval
 from calbroker.domain.schedules import MailboxSchedule, Room, ScheduleResult
-from calbroker.providers import _ews_events
-from calbroker.providers._ews_calls import EwsCalls, per_mailbox, translate_error
-from calbroker.providers._ews_schedules import merge_schedules, schedule_from_view
-from calbroker.providers._ews_tls import trusting_adapter
-from calbroker.providers.protocol import Deadline
+from calbroker.providers.ews import events
+from calbroker.providers.ews.calls import EwsCalls, translate_error
+from calbroker.providers.ews.schedules import schedule_from_view
+from calbroker.providers.ews.tls import trusting_adapter
+from calbroker.providers.protocol import Deadline, for_mailbox, merge_schedules
 
 __all__ = [
     "EWS_PATH",
@@ -53,8 +52,6 @@ __all__ = [
     "EwsProvider",
     "check_ews_endpoint",
 ]
-
-T = TypeVar("T")
 
 EWS_PATH = "/EWS/Exchange.asmx"
 
@@ -77,7 +74,8 @@ _VERIFY_SPAN = timedelta(days=1)
 
 @dataclass(frozen=True, slots=True)
 class EwsLimits:
-    """Per-connection limits; the defaults are Exchange's documented ones (upstream.md §7)."""
+    """Per-connection limits; the defaults are Exchange's (upstream.md §7). `ProviderRegistry` sets the
+    two a server may differ in from `Settings` (CALBROKER_EWS_MAX_MAILBOXES, CALBROKER_EWS_MAX_WINDOW_DAYS)."""
 
     mailboxes_per_request: int = 100
     """MailboxDataArray entries per GetUserAvailability [unverified: 100]."""
@@ -192,16 +190,6 @@ def _utc(moment: datetime) -> Any:
     return EWSDateTime.from_datetime(moment.astimezone(UTC))
 
 
-def _split_window(window: Interval, span: timedelta) -> list[Interval]:
-    pieces: list[Interval] = []
-    start = window.start
-    while start < window.end:
-        end = min(start + span, window.end)
-        pieces.append(Interval(start, end))
-        start = end
-    return pieces
-
-
 # --- the untyped exchangelib surface, run in worker threads ------------------------------------
 
 
@@ -272,9 +260,9 @@ class EwsProvider:
     """`CalendarProvider` for one EWS connection; keep it for the process lifetime and `aclose()` it.
 
     One exchangelib `Configuration` and `Protocol` (its session pool, `max_connections` =
-    `limits.concurrency`) per provider; `Account` objects are built per call. Every exchangelib
-    call runs in `executor` through `_run`, which bounds concurrency, applies the deadline and
-    back-off and maps errors — event operations added later go through it too.
+    `limits.concurrency`) per provider; impersonating `Account`s are kept per organizer
+    (`events.Accounts`). Every exchangelib call runs in `executor` through `EwsCalls.run`, which
+    bounds concurrency, applies the deadline and back-off, and maps errors.
     """
 
     def __init__(
@@ -299,12 +287,11 @@ class EwsProvider:
             max_connections=limits.concurrency,
         )
         self._protocol = _fresh_protocol(self._config, cloud_ca_bundle, limits.http_timeout_s)
-        self._calls = EwsCalls(executor, limits.concurrency, limits.http_timeout_s)
-        _ews_events.register_marker()
-        self._event_accounts = _ews_events.Accounts(self._account)
+        self._calls = EwsCalls(executor, limits.concurrency, limits.http_timeout_s, connection_id=connection.id)
+        events.register_marker()
+        self._event_accounts = events.Accounts(self._account)
         self._utc_zone_definition: Any = None
         self._zone_lock = asyncio.Lock()
-        self._closed = False
 
     @property
     def connection(self) -> Connection:
@@ -321,29 +308,6 @@ class EwsProvider:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         await self.aclose()
-
-    # --- the one way to call exchangelib ---------------------------------------------------------
-
-    async def _run(
-        self,
-        what: str,
-        call: Callable[[float], T],
-        deadline: Deadline,
-        *,
-        mailbox: str | None = None,
-        idempotent: bool = True,
-    ) -> T:
-        """`call(http_timeout_s)` in the executor with back-off, deadline and error mapping."""
-        self._check_open()
-        return await self._calls.run(what, call, deadline, mailbox=mailbox, idempotent=idempotent)
-
-    def _check_open(self) -> None:
-        if self._closed:
-            # A request raced a revocation or a credential change: a retryable 503, not a 500.
-            raise ConnectionClosed(
-                f"The connection {self._connection.id} was revoked or its credentials replaced while this "
-                "request ran; retry it."
-            )
 
     def _account(self, mailbox: str) -> Any:
         """An impersonating Account on our Protocol (call in a worker thread)."""
@@ -362,7 +326,7 @@ class EwsProvider:
         """The request ``<t:TimeZone>`` for UTC, from the server's own definition, fetched once."""
         async with self._zone_lock:
             if self._utc_zone_definition is None:
-                self._utc_zone_definition = await self._run(
+                self._utc_zone_definition = await self._calls.run(
                     "GetServerTimeZones", partial(_utc_definition, protocol=self._protocol), deadline
                 )
         return TimeZone.from_server_timezone(tz_definition=self._utc_zone_definition, for_year=year)
@@ -378,35 +342,28 @@ class EwsProvider:
         mailbox or of a whole call, becomes that mailbox's error; a mailbox with an error in any
         window piece reports the error, never a partial calendar.
         """
-        self._check_open()
+        self._calls.check_open()
         wanted = list(dict.fromkeys(mailboxes))
         if not wanted:
             return {}
-        pieces = _split_window(window, self._limits.max_window)
+        pieces = window.split(self._limits.max_window)
         size = self._limits.mailboxes_per_request
         batches = [wanted[i : i + size] for i in range(0, len(wanted), size)]
         try:
             zones = {year: await self._utc_timezone(year, deadline) for year in {p.start.year for p in pieces}}
         except CalbrokerError as error:
-            return {mailbox: per_mailbox(error, mailbox) for mailbox in wanted}
+            return {mailbox: for_mailbox(error, mailbox) for mailbox in wanted}
         async with asyncio.TaskGroup() as group:
             tasks = [
                 group.create_task(self._fetch_batch(batch, piece, zones[piece.start.year], deadline))
                 for piece in pieces
                 for batch in batches
             ]
-        schedules: defaultdict[str, list[MailboxSchedule]] = defaultdict(list)
-        errors: dict[str, ScheduleResult] = {}
+        results: defaultdict[str, list[ScheduleResult]] = defaultdict(list)
         for task in tasks:
             for mailbox, result in task.result().items():
-                if isinstance(result, MailboxSchedule):
-                    schedules[mailbox].append(result)
-                else:
-                    errors.setdefault(mailbox, result)
-        return {
-            mailbox: errors[mailbox] if mailbox in errors else merge_schedules(mailbox, schedules[mailbox])
-            for mailbox in wanted
-        }
+                results[mailbox].append(result)
+        return {mailbox: merge_schedules(mailbox, results[mailbox]) for mailbox in wanted}
 
     async def _fetch_batch(
         self, batch: list[str], piece: Interval, timezone: Any, deadline: Deadline
@@ -420,13 +377,13 @@ class EwsProvider:
             interval=self._limits.merged_interval,
         )
         try:
-            results = await self._run("GetUserAvailability", call, deadline)
+            results = await self._calls.run("GetUserAvailability", call, deadline)
         except CalbrokerError as error:
-            return {mailbox: per_mailbox(error, mailbox) for mailbox in batch}
+            return {mailbox: for_mailbox(error, mailbox) for mailbox in batch}
         answers: dict[str, ScheduleResult] = {}
         for mailbox, result in zip(batch, results, strict=True):
             if isinstance(result, Exception):
-                answers[mailbox] = per_mailbox(
+                answers[mailbox] = for_mailbox(
                     translate_error(result, what="GetUserAvailability", mailbox=mailbox), mailbox
                 )
             else:
@@ -439,11 +396,11 @@ class EwsProvider:
         free_busy: GetUserAvailability only. restricted/full: also open the calendar as the
         impersonated user (GetFolder + FindItem with a CalendarView), which is what events need.
         """
-        await self._run("connecting to Exchange", partial(_probe_version, protocol=self._protocol), deadline)
+        await self._calls.run("connecting to Exchange", partial(_probe_version, protocol=self._protocol), deadline)
         now = datetime.now(UTC).replace(microsecond=0)
         window = Interval(now, now + _VERIFY_SPAN)
         if self._connection.access_level.opens_calendars:
-            await self._run(
+            await self._calls.run(
                 "reading the calendar",
                 partial(_calendar_probe, account_for=partial(self._account, test_mailbox), window=window),
                 deadline,
@@ -455,12 +412,14 @@ class EwsProvider:
 
     async def list_rooms(self, deadline: Deadline) -> list[Room]:
         """Rooms of every room list (GetRoomLists + GetRooms); rooms in no list are invisible to EWS."""
-        lists = await self._run("GetRoomLists", partial(_room_lists, protocol=self._protocol), deadline)
+        lists = await self._calls.run("GetRoomLists", partial(_room_lists, protocol=self._protocol), deadline)
         try:
             async with asyncio.TaskGroup() as group:
                 tasks = [
                     group.create_task(
-                        self._run("GetRooms", partial(_rooms, protocol=self._protocol, room_list=room_list), deadline)
+                        self._calls.run(
+                            "GetRooms", partial(_rooms, protocol=self._protocol, room_list=room_list), deadline
+                        )
                     )
                     for room_list in lists
                 ]
@@ -472,7 +431,7 @@ class EwsProvider:
                 rooms.setdefault(room.email, room)
         return sorted(rooms.values(), key=lambda room: room.email)
 
-    # --- events (the exchangelib side lives in _ews_events) -----------------------------------------
+    # --- events (the exchangelib side lives in events.py) -----------------------------------------
 
     async def create_event(
         self, spec: EventSpec, *, marker: str, may_exist: bool, join_url: str | None, deadline: Deadline
@@ -484,14 +443,14 @@ class EwsProvider:
         if spec.teams_meeting and join_url is None:
             raise self._no_teams(spec.organizer)
         call = partial(
-            _ews_events.create_event,
+            events.create_event,
             account_for=partial(self._event_accounts.get, spec.organizer),
             spec=spec,
             marker=marker,
             join_url=join_url,
             look_first=may_exist,
         )
-        return await self._run("CreateItem", call, deadline, mailbox=spec.organizer, idempotent=False)
+        return await self._calls.run("CreateItem", call, deadline, mailbox=spec.organizer, idempotent=False)
 
     async def update_event(
         self,
@@ -504,41 +463,41 @@ class EwsProvider:
     ) -> UpstreamEvent:
         self._connection.require_calendar_access("update events")
         call = partial(
-            _ews_events.update_event,
+            events.update_event,
             account_for=partial(self._event_accounts.get, spec.organizer),
             spec=spec,
             upstream_id=upstream_id,
             changed=changed,
             join_url=join_url,
         )
-        return await self._run("UpdateItem", call, deadline, mailbox=spec.organizer)
+        return await self._calls.run("UpdateItem", call, deadline, mailbox=spec.organizer)
 
     async def cancel_event(self, organizer: str, upstream_id: str, *, notify: bool, deadline: Deadline) -> None:
         self._connection.require_calendar_access("cancel events")
         call = partial(
-            _ews_events.cancel_event,
+            events.cancel_event,
             account_for=partial(self._event_accounts.get, organizer),
             upstream_id=upstream_id,
             notify=notify,
         )
-        await self._run("DeleteItem", call, deadline, mailbox=organizer)
+        await self._calls.run("DeleteItem", call, deadline, mailbox=organizer)
 
     async def get_event(self, organizer: str, upstream_id: str, deadline: Deadline) -> UpstreamEvent | None:
         self._connection.require_calendar_access("read events")
         call = partial(
-            _ews_events.get_event, account_for=partial(self._event_accounts.get, organizer), upstream_id=upstream_id
+            events.get_event, account_for=partial(self._event_accounts.get, organizer), upstream_id=upstream_id
         )
-        return await self._run("GetItem", call, deadline, mailbox=organizer)
+        return await self._calls.run("GetItem", call, deadline, mailbox=organizer)
 
     async def find_event(self, organizer: str, marker: str, deadline: Deadline) -> UpstreamEvent | None:
         self._connection.require_calendar_access("read events")
-        call = partial(_ews_events.find_event, account_for=partial(self._event_accounts.get, organizer), marker=marker)
-        return await self._run("FindItem", call, deadline, mailbox=organizer)
+        call = partial(events.find_event, account_for=partial(self._event_accounts.get, organizer), marker=marker)
+        return await self._calls.run("FindItem", call, deadline, mailbox=organizer)
 
     async def list_events(self, mailbox: str, window: Interval, deadline: Deadline) -> list[UpstreamEvent]:
         self._connection.require_calendar_access("read calendars")
-        call = partial(_ews_events.list_events, account_for=partial(self._event_accounts.get, mailbox), window=window)
-        return await self._run("FindItem", call, deadline, mailbox=mailbox)
+        call = partial(events.list_events, account_for=partial(self._event_accounts.get, mailbox), window=window)
+        return await self._calls.run("FindItem", call, deadline, mailbox=mailbox)
 
     async def create_online_meeting(
         self, organizer: str, *, subject: str, interval: Interval, external_id: str, deadline: Deadline
@@ -558,10 +517,9 @@ class EwsProvider:
 
     async def aclose(self) -> None:
         """Wait briefly for running requests, close the session pool, drop our cached Protocol."""
-        if self._closed:
+        if self._calls.closed:
             return
-        self._closed = True
-        await self._calls.drain(timeout_s=5.0)
+        await self._calls.aclose(timeout_s=5.0)
         self._protocol.close()
         try:
             cached, _ = ExchangeProtocol[self._config]

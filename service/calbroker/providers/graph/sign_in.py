@@ -27,7 +27,6 @@ import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any, cast
 from urllib.parse import quote, urlencode
 
@@ -38,8 +37,8 @@ import requests
 from calbroker.config import Cloud, OperatorApp
 from calbroker.domain.errors import CredentialsRejected, UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from calbroker.logs import get_logger
-from calbroker.providers._graph_auth import DELEGATED_SCOPES, _MsalHttpClient
-from calbroker.providers.id_tokens import IdToken, OpenIdKeys, verify_id_token
+from calbroker.providers.graph.auth import DELEGATED_SCOPES, MsalHttpClient
+from calbroker.providers.graph.id_tokens import IdToken, OpenIdKeys, verify_id_token
 
 __all__ = [
     "ADMIN_ROLES",
@@ -201,7 +200,7 @@ async def redeem_sign_in(
 def _redeem_blocking(
     cloud: Cloud, operator: OperatorApp, code: str, redirect_uri: str, code_verifier: str
 ) -> dict[str, Any]:
-    http = _MsalHttpClient(str(cloud.ca_bundle) if cloud.ca_bundle else True, 15.0)
+    http = MsalHttpClient(str(cloud.ca_bundle) if cloud.ca_bundle else True, 15.0)
     try:
         return _redeem_code(
             http,
@@ -218,7 +217,7 @@ def _redeem_blocking(
 
 
 def _redeem_code(
-    http: _MsalHttpClient,
+    http: MsalHttpClient,
     cloud: Cloud,
     operator: OperatorApp,
     *,
@@ -305,7 +304,7 @@ def _admin_sign_in_blocking(
     cloud: Cloud, operator: OperatorApp, *, tenant: str, code: str, redirect_uri: str, code_verifier: str, nonce: str
 ) -> IdToken:
     authority = _tenant_authority(cloud, tenant)
-    http = _MsalHttpClient(str(cloud.ca_bundle) if cloud.ca_bundle else True, 15.0)
+    http = MsalHttpClient(str(cloud.ca_bundle) if cloud.ca_bundle else True, 15.0)
 
     def fetch(url: str) -> Any:
         with _entra_errors(cloud, authority):
@@ -331,12 +330,11 @@ def _admin_sign_in_blocking(
         metadata = _OPENID_KEYS.metadata(authority, fetch)
         return verify_id_token(
             id_token,
-            key_for=lambda kid: _OPENID_KEYS.key(metadata.jwks_uri, kid, fetch),
+            keys=_OPENID_KEYS.signing_keys(metadata.jwks_uri, ca_bundle=cloud.ca_bundle),
             issuer=metadata.issuer,
             audience=operator.client_id,
             nonce=nonce,
             tenant_id=tenant,
-            now=datetime.now(UTC),
         )
     finally:
         http.close()

@@ -61,17 +61,15 @@ from calbroker.domain.errors import (
     CalbrokerError,
     CredentialsRejected,
     ImpersonationDenied,
-    MailboxError,
     MailboxNotFound,
     MailboxOutOfScope,
-    UpstreamError,
     UpstreamRejected,
     UpstreamThrottled,
     UpstreamTimeout,
     UpstreamUnavailable,
 )
 from calbroker.logs import get_logger
-from calbroker.providers.protocol import Deadline
+from calbroker.providers.protocol import Deadline, connection_closed
 
 __all__ = ["EwsCalls", "translate_error"]
 
@@ -250,28 +248,18 @@ def translate_error(exc: BaseException, *, what: str, mailbox: str | None = None
     )
 
 
-def per_mailbox(error: CalbrokerError, mailbox: str) -> MailboxError | UpstreamError:
-    """`error` as the result of one mailbox (a whole-batch failure becomes each member's answer)."""
-    if isinstance(error, MailboxError):
-        return error if error.mailbox == mailbox else type(error)(error.detail, mailbox=mailbox)
-    if isinstance(error, UpstreamThrottled):
-        return UpstreamThrottled(
-            error.detail, retry_after=error.retry_after, upstream_code=error.upstream_code, mailbox=mailbox
-        )
-    if isinstance(error, UpstreamError):
-        return type(error)(error.detail, upstream_code=error.upstream_code, mailbox=mailbox)
-    return UpstreamRejected(error.detail, mailbox=mailbox)
-
-
 class EwsCalls:
     """Runs exchangelib callables in an executor, at most `concurrency` at a time for one connection.
 
     A slot is released when the *thread* finishes, not when the caller stops waiting (a deadline
     abandons the wait, but the blocking request keeps its thread until its HTTP timeout), so the
-    bound holds for threads and for connections to Exchange.
+    bound holds for threads and for connections to Exchange. After `aclose()` every call is refused
+    with `ConnectionClosed` (the connection was revoked or re-keyed while a call of it was running).
     """
 
-    def __init__(self, executor: Executor, concurrency: int, http_timeout_s: float) -> None:
+    def __init__(self, executor: Executor, concurrency: int, http_timeout_s: float, *, connection_id: object) -> None:
+        self._connection_id = connection_id
+        self._closed = False
         self._executor = executor
         self._slots = asyncio.Semaphore(concurrency)
         self._http_timeout_s = http_timeout_s
@@ -293,6 +281,7 @@ class EwsCalls:
         room for it (the server did not process the request, so this is safe even for writes);
         dropped connections and transient server errors are retried only when `idempotent`.
         """
+        self.check_open()
         busy_retries = 0
         dropped_retries = 0
         while True:
@@ -347,8 +336,17 @@ class EwsCalls:
         async with asyncio.timeout(deadline.remaining()):
             return await asyncio.wrap_future(future)
 
-    async def drain(self, timeout_s: float) -> None:
-        """Wait (bounded) for threads still running, e.g. requests whose caller gave up."""
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def check_open(self) -> None:
+        if self._closed:
+            raise connection_closed(self._connection_id)
+
+    async def aclose(self, timeout_s: float) -> None:
+        """Refuse new calls, then wait (bounded) for threads still running, e.g. requests whose caller gave up."""
+        self._closed = True
         with self._lock:
             pending = [asyncio.wrap_future(f) for f in self._in_flight]
         if pending:

@@ -16,9 +16,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Protocol
 from urllib.parse import quote, urlencode
 from zoneinfo import ZoneInfo
 
@@ -29,17 +27,17 @@ from calbroker.domain.errors import CredentialsRejected, TeamsUnavailable, Upstr
 from calbroker.domain.events import Attendee, AttendeeType, EventSpec, OnlineMeeting, UpstreamEvent
 from calbroker.domain.intervals import Interval
 from calbroker.logs import get_logger
-from calbroker.providers._graph_client import GraphResponse
-from calbroker.providers._graph_wire import DateTimeTimeZone, GraphModel
-from calbroker.providers._windows_zones import WINDOWS_TO_IANA
+from calbroker.providers.graph.client import GraphClient, GraphResponse
+from calbroker.providers.graph.wire import DateTimeTimeZone, GraphModel
 from calbroker.providers.protocol import Deadline
+from calbroker.providers.windows_zones import WINDOWS_TO_IANA
 
 __all__ = ["MARKER_PROPERTY", "GraphEvents"]
 
 _log = get_logger(__name__)
 
 MARKER_PROPERTY = "String {00020329-0000-0000-C000-000000000046} Name CalbrokerEventId"
-"""PS_PUBLIC_STRINGS named property in Graph's id form; EWS writes the same one (`_ews_events`)."""
+"""PS_PUBLIC_STRINGS named property in Graph's id form; EWS writes the same one (`ews/events.py`)."""
 
 _PREFER_UTC = {"Prefer": 'outlook.timezone="UTC"'}
 _NOT_FOUND = frozenset({"erroritemnotfound", "itemnotfound", "notfound", "request_resourcenotfound"})
@@ -55,20 +53,6 @@ _SHOW_AS_IN = {value.lower(): status for status, value in _SHOW_AS.items()}
 _WINDOWS_NAMES = {iana: windows for windows, iana in reversed(WINDOWS_TO_IANA.items())}
 _JOIN_URL_RESERVE_S = 0.5
 """Deadline kept back from re-reading a missing join URL, for recording the event."""
-
-
-class _Request(Protocol):
-    async def __call__(
-        self,
-        method: str,
-        path: str,
-        *,
-        deadline: Deadline,
-        json: object | None = None,
-        headers: Mapping[str, str] | None = None,
-        mailbox: str | None = None,
-        idempotent: bool = True,
-    ) -> GraphResponse: ...
 
 
 # --- wire ------------------------------------------------------------------------------------------
@@ -258,10 +242,10 @@ def _is_not_found(exc: UpstreamRejected) -> bool:
 
 
 class GraphEvents:
-    """Event and online-meeting calls of one Graph connection, through its provider's `_request`."""
+    """Event and online-meeting calls of one Graph connection, through its provider's `GraphClient`."""
 
-    def __init__(self, request: _Request) -> None:
-        self._request = request
+    def __init__(self, client: GraphClient) -> None:
+        self._client = client
         self._object_ids: dict[str, str] = {}
 
     def _path(self, organizer: str, suffix: str = "") -> str:
@@ -272,7 +256,7 @@ class GraphEvents:
         body = _write(spec, None)
         body.transaction_id = marker
         body.single_value_extended_properties = [ExtendedProperty(id=MARKER_PROPERTY, value=marker)]
-        response = await self._request(
+        response = await self._client.request(
             "POST",
             self._path(spec.organizer),
             json=body,
@@ -291,7 +275,7 @@ class GraphEvents:
         """PATCH only the changed properties; Teams stays as it is (the join URL never changes)."""
         path = self._path(spec.organizer, f"/{quote(upstream_id, safe='')}")
         if changed:
-            response = await self._request(
+            response = await self._client.request(
                 "PATCH",
                 path,
                 json=_write(spec, changed),
@@ -318,11 +302,11 @@ class GraphEvents:
         path = self._path(organizer, f"/{quote(upstream_id, safe='')}")
         try:
             if notify:
-                await self._request(
+                await self._client.request(
                     "POST", path + "/cancel", json={"comment": ""}, deadline=deadline, mailbox=organizer
                 )
             else:
-                await self._request("DELETE", path, deadline=deadline, mailbox=organizer)
+                await self._client.request("DELETE", path, deadline=deadline, mailbox=organizer)
         except UpstreamRejected as exc:
             if not _is_not_found(exc):
                 raise
@@ -332,7 +316,9 @@ class GraphEvents:
         query = urlencode({"$expand": f"singleValueExtendedProperties($filter=id eq '{MARKER_PROPERTY}')"})
         path = self._path(organizer, f"/{quote(upstream_id, safe='')}?{query}")
         try:
-            response = await self._request("GET", path, headers=_PREFER_UTC, deadline=deadline, mailbox=organizer)
+            response = await self._client.request(
+                "GET", path, headers=_PREFER_UTC, deadline=deadline, mailbox=organizer
+            )
         except UpstreamRejected as exc:
             if _is_not_found(exc):
                 return None
@@ -350,7 +336,7 @@ class GraphEvents:
                 "$top": "2",
             }
         )
-        response = await self._request(
+        response = await self._client.request(
             "GET", self._path(organizer, f"?{query}"), headers=_PREFER_UTC, deadline=deadline, mailbox=organizer
         )
         for wire in response.decode(_page_decoder).value:
@@ -373,7 +359,7 @@ class GraphEvents:
         headers = {"Prefer": 'outlook.timezone="UTC", odata.maxpagesize=200'}
         found: list[UpstreamEvent] = []
         while url is not None:
-            page = (await self._request("GET", url, headers=headers, deadline=deadline, mailbox=mailbox)).decode(
+            page = (await self._client.request("GET", url, headers=headers, deadline=deadline, mailbox=mailbox)).decode(
                 _page_decoder
             )
             found.extend(e for e in (w.to_domain() for w in page.value) if e is not None)
@@ -396,7 +382,7 @@ class GraphEvents:
             subject=subject,
         )
         try:
-            response = await self._request(
+            response = await self._client.request(
                 "POST", f"/users/{user}/onlineMeetings/createOrGet", json=body, deadline=deadline, mailbox=organizer
             )
         except CredentialsRejected as exc:
@@ -419,7 +405,7 @@ class GraphEvents:
     async def delete_online_meeting(self, organizer: str, meeting_id: str, deadline: Deadline) -> None:
         user = await self._object_id(organizer, deadline)
         try:
-            await self._request(
+            await self._client.request(
                 "DELETE",
                 f"/users/{user}/onlineMeetings/{quote(meeting_id, safe='')}",
                 deadline=deadline,
@@ -432,7 +418,7 @@ class GraphEvents:
     async def _object_id(self, mailbox: str, deadline: Deadline) -> str:
         cached = self._object_ids.get(mailbox)
         if cached is None:
-            response = await self._request(
+            response = await self._client.request(
                 "GET", f"/users/{quote(mailbox, safe='@')}?$select=id", deadline=deadline, mailbox=mailbox
             )
             cached = self._object_ids[mailbox] = response.decode(_user_decoder).id

@@ -8,11 +8,9 @@ the request's deadline allows, and every failure lands on the mailboxes it conce
 from __future__ import annotations
 
 import asyncio
-import itertools
-import math
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -21,31 +19,25 @@ from urllib.parse import quote, urlencode
 import aiohttp
 
 from calbroker.config import Cloud, OperatorApp
-from calbroker.domain.busy import BusyBlock
 from calbroker.domain.connections import Connection, Credentials, GraphDelegated
 from calbroker.domain.errors import (
     CalbrokerError,
-    ConnectionClosed,
     CredentialsRejected,
-    MailboxError,
     MailboxNotFound,
     MailboxOutOfScope,
     UpstreamError,
-    UpstreamThrottled,
-    UpstreamUnavailable,
 )
 from calbroker.domain.events import EventSpec, OnlineMeeting, UpstreamEvent
 from calbroker.domain.intervals import Interval
 from calbroker.domain.schedules import MailboxSchedule, Room, ScheduleResult
-from calbroker.domain.working_hours import WorkingHours
 from calbroker.logs import get_logger
-from calbroker.providers import _graph_wire as wire
-from calbroker.providers._graph_auth import GraphCredentials, GraphTokens
-from calbroker.providers._graph_client import GraphClient, GraphResponse
-from calbroker.providers._graph_events import GraphEvents
-from calbroker.providers.protocol import Deadline
+from calbroker.providers.graph import wire
+from calbroker.providers.graph.auth import GraphCredentials, GraphTokens
+from calbroker.providers.graph.client import GraphClient
+from calbroker.providers.graph.events import GraphEvents
+from calbroker.providers.protocol import Deadline, for_mailbox, merge_schedules
 
-__all__ = ["GraphLimits", "GraphProvider", "GraphResponse"]
+__all__ = ["GraphLimits", "GraphProvider"]
 
 _PROVEN_KEPT = 256
 # https://learn.microsoft.com/graph/throttling-limits#outlook-service-limits: 4 concurrent requests
@@ -56,7 +48,8 @@ _log = get_logger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class GraphLimits:
-    """Upstream limits and retry policy; the [unverified] ones (upstream.md §2) are settings."""
+    """Upstream limits and retry policy. `ProviderRegistry` sets the [unverified] ones (upstream.md §2)
+    from `Settings` (CALBROKER_GRAPH_MAX_SCHEDULES, CALBROKER_GRAPH_MAX_WINDOW_DAYS)."""
 
     max_schedules: int = 20
     """Schedules per getSchedule call [unverified, commonly reported]."""
@@ -86,10 +79,6 @@ class GraphLimits:
             raise ValueError("GraphLimits.max_window must be at least 5 minutes")
         if not 5 <= self.availability_view_interval <= 1440:
             raise ValueError("GraphLimits.availability_view_interval must be 5–1440 minutes")
-
-
-_Piece = tuple[tuple[BusyBlock, ...], WorkingHours | None] | MailboxError | UpstreamError
-"""One mailbox in one window chunk: busy blocks and working hours, or the error."""
 
 
 class GraphProvider:
@@ -130,6 +119,7 @@ class GraphProvider:
             session,
             executor,
             self._tokens,
+            connection_id=connection.id,
             max_concurrency=limits.max_concurrency,
             max_attempts=limits.max_attempts,
             retry_backoff_s=limits.retry_backoff_s,
@@ -138,15 +128,14 @@ class GraphProvider:
         self._refused: dict[str, float] = {}
         self._proven: OrderedDict[str, None] = OrderedDict()
         """Mailboxes Graph has answered for lately: safe to put in a getSchedule URL (most recent last)."""
-        self._events = GraphEvents(self._request)
-        self._closed = False
+        self._events = GraphEvents(self._client)
 
     @property
     def connection(self) -> Connection:
         return self._connection
 
     async def aclose(self) -> None:
-        self._closed = True
+        self._client.close()
         self._tokens.close()
 
     # --- the port ------------------------------------------------------------------------------
@@ -155,11 +144,11 @@ class GraphProvider:
         self, mailboxes: Sequence[str], window: Interval, deadline: Deadline
     ) -> dict[str, ScheduleResult]:
         """Busy blocks and working hours in ⌈N / max_schedules⌉ × chunks getSchedule calls, concurrently."""
-        self._check_open()
+        self._client.check_open()
         wanted = list(dict.fromkeys(m.strip().lower() for m in mailboxes))
         if not wanted:
             return {}
-        chunks = _chunks(window, self._limits.max_window)
+        chunks = window.split(self._limits.max_window)
         size = self._limits.max_schedules
         batches = [wanted[i : i + size] for i in range(0, len(wanted), size)]
         async with asyncio.TaskGroup() as group:
@@ -168,17 +157,17 @@ class GraphProvider:
                 for batch in batches
                 for rotation, chunk in enumerate(chunks)
             ]
-        pieces: dict[str, list[_Piece]] = {m: [] for m in wanted}
+        pieces: dict[str, list[ScheduleResult]] = {m: [] for m in wanted}
         for batch, task in tasks:
             answers = task.result()
             for mailbox in batch:
                 pieces[mailbox].append(answers[mailbox])
-        merged = {mailbox: _merge(mailbox, found) for mailbox, found in pieces.items()}
+        merged = {mailbox: merge_schedules(mailbox, found) for mailbox, found in pieces.items()}
         return {requested: merged[requested.strip().lower()] for requested in mailboxes}
 
     async def verify(self, test_mailbox: str, deadline: Deadline) -> None:
         """A token, then the cheapest real call that needs the connection's access level."""
-        self._check_open()
+        self._client.check_open()
         mailbox = test_mailbox.strip().lower()
         now = datetime.now(UTC).replace(microsecond=0)
         window = Interval(now, now + timedelta(days=1))
@@ -195,22 +184,24 @@ class GraphProvider:
                 "$select": "subject",
             }
         )
-        await self._request("GET", f"/users/{_quote(mailbox)}/calendarView?{query}", deadline=deadline, mailbox=mailbox)
+        await self._client.request(
+            "GET", f"/users/{_quote(mailbox)}/calendarView?{query}", deadline=deadline, mailbox=mailbox
+        )
 
     async def list_rooms(self, deadline: Deadline) -> list[Room]:
         """Room mailboxes (`/places/microsoft.graph.room`, every page), with their room list when readable."""
-        self._check_open()
+        self._client.check_open()
         rooms: list[wire.Place] = []
         url: str | None = "/places/microsoft.graph.room?$top=100"
         while url is not None:
-            page = (await self._request("GET", url, deadline=deadline)).decode(wire.places_decoder)
+            page = (await self._client.request("GET", url, deadline=deadline)).decode(wire.places_decoder)
             rooms.extend(page.value)
             url = page.next_link
         lists = await self._room_lists(deadline)
         found = (room.to_domain(lists.get((room.email_address or "").lower())) for room in rooms)
         return sorted((room for room in found if room is not None), key=lambda room: room.email)
 
-    # --- events (the Graph side lives in _graph_events) ----------------------------------------------
+    # --- events (the Graph side lives in events.py) ----------------------------------------------
 
     async def create_event(
         self, spec: EventSpec, *, marker: str, may_exist: bool, join_url: str | None, deadline: Deadline
@@ -261,26 +252,26 @@ class GraphProvider:
 
     async def _fetch_batch(
         self, batch: list[str], chunk: Interval, rotation: int, deadline: Deadline
-    ) -> dict[str, _Piece]:
-        """One batch over one chunk; never raises a CalbrokerError, every mailbox gets its piece.
+    ) -> dict[str, ScheduleResult]:
+        """One batch over one chunk; never raises a CalbrokerError, every mailbox gets its answer.
 
         Graph applies the access policy to the mailbox in the URL as well as to each schedule, so
         a 403 "Access to OData is disabled." (or a 404) for the whole request is about the URL
         mailbox: it gets that error and the batch goes again through another of its mailboxes.
         """
-        found: dict[str, _Piece] = {}
+        found: dict[str, ScheduleResult] = {}
         pending = list(batch)
         while pending:
             via = self._own_mailbox or self._pick_url_mailbox(pending, rotation)
             try:
-                response = await self._get_schedule(via, pending, chunk, deadline)
+                answers = await self._get_schedule(via, pending, chunk, deadline)
             except (MailboxOutOfScope, MailboxNotFound) as exc:
                 if self._own_mailbox is not None:
                     # The delegated user's own mailbox, which every call goes through, is refused.
                     broken = CredentialsRejected(
                         f"The signed-in mailbox {via} of this connection cannot be read: {exc.detail}"
                     )
-                    found.update((mailbox, _for_mailbox(broken, mailbox)) for mailbox in pending)
+                    found.update((mailbox, for_mailbox(broken, mailbox)) for mailbox in pending)
                     return found
                 _log.info("graph.url_mailbox_refused", mailbox=via, error=exc.slug)
                 self._refused[via] = time.monotonic() + self._limits.refused_ttl_s
@@ -290,14 +281,13 @@ class GraphProvider:
                     pending.remove(via)
                 continue
             except UpstreamError as exc:
-                found.update((mailbox, _for_mailbox(exc, mailbox)) for mailbox in pending)
+                found.update((mailbox, for_mailbox(exc, mailbox)) for mailbox in pending)
                 return found
-            pieces = _pieces(response, pending)
             self._remember(via)
-            for mailbox, piece in pieces.items():
-                if not isinstance(piece, CalbrokerError):
+            for mailbox, answer in answers.items():
+                if isinstance(answer, MailboxSchedule):
                     self._remember(mailbox)
-            found.update(pieces)
+            found.update(answers)
             return found
         return found
 
@@ -309,7 +299,7 @@ class GraphProvider:
 
     async def _get_schedule(
         self, via: str, schedules: list[str], chunk: Interval, deadline: Deadline
-    ) -> wire.ScheduleResponse:
+    ) -> dict[str, ScheduleResult]:
         body = wire.ScheduleRequest(
             schedules=schedules,
             start_time=wire.DateTimeTimeZone.utc(chunk.start),
@@ -318,7 +308,7 @@ class GraphProvider:
         )
         self._in_flight[via] += 1
         try:
-            response = await self._request(
+            response = await self._client.request(
                 "POST",
                 f"/users/{_quote(via)}/calendar/getSchedule",
                 json=body,
@@ -330,7 +320,7 @@ class GraphProvider:
             self._in_flight[via] -= 1
             if self._in_flight[via] <= 0:
                 del self._in_flight[via]
-        return response.decode(wire.schedule_decoder)
+        return wire.read_schedules(response.body, schedules)
 
     def _pick_url_mailbox(self, pending: list[str], rotation: int) -> str:
         """The batch mailbox to put in the URL: not recently refused, least busy, rotating per chunk.
@@ -357,7 +347,7 @@ class GraphProvider:
     async def _room_lists(self, deadline: Deadline) -> dict[str, str]:
         """Room email → room list name; empty if the tenant has none or the app may not read them."""
         try:
-            page = (await self._request("GET", "/places/microsoft.graph.roomlist", deadline=deadline)).decode(
+            page = (await self._client.request("GET", "/places/microsoft.graph.roomlist", deadline=deadline)).decode(
                 wire.places_decoder
             )
         except UpstreamError as exc:
@@ -368,7 +358,7 @@ class GraphProvider:
         async def rooms_of(room_list: wire.Place) -> None:
             assert room_list.email_address is not None
             path = f"/places/{_quote(room_list.email_address)}/microsoft.graph.roomlist/rooms"
-            members = (await self._request("GET", path, deadline=deadline)).decode(wire.places_decoder)
+            members = (await self._client.request("GET", path, deadline=deadline)).decode(wire.places_decoder)
             for room in members.value:
                 if room.email_address:
                     names[room.email_address.lower()] = room_list.display_name or room_list.email_address
@@ -382,92 +372,9 @@ class GraphProvider:
             _log.info("graph.room_lists_unreadable", error=str(exc.exceptions[0]))
         return names
 
-    # --- one request: auth, retries and error mapping ---------------------------------------------
-
-    async def _request(
-        self,
-        method: str,
-        path: str,
-        *,
-        deadline: Deadline,
-        json: object | None = None,
-        headers: Mapping[str, str] | None = None,
-        mailbox: str | None = None,
-        idempotent: bool = True,
-    ) -> GraphResponse:
-        """The one way this provider talks to Graph: auth, retries and error mapping live in
-        `GraphClient.request` (see there); event methods reuse it."""
-        self._check_open()
-        return await self._client.request(
-            method, path, deadline=deadline, json=json, headers=headers, mailbox=mailbox, idempotent=idempotent
-        )
-
-    def _check_open(self) -> None:
-        if self._closed:
-            # A request raced a revocation or a credential change: a retryable 503, not a 500.
-            raise ConnectionClosed(
-                f"The connection {self._connection.id} was revoked or its credentials replaced while this "
-                "request ran; retry it."
-            )
-
 
 # --- helpers ---------------------------------------------------------------------------------------
 
 
 def _quote(mailbox: str) -> str:
     return quote(mailbox, safe="@")
-
-
-def _chunks(window: Interval, longest: timedelta) -> list[Interval]:
-    """The window in equal chunks no longer than `longest`, on whole minutes where possible."""
-    count = math.ceil(window.duration / longest)
-    if count <= 1:
-        return [window]
-    step = window.duration / count
-    if step >= timedelta(minutes=2):
-        step = timedelta(minutes=step // timedelta(minutes=1))
-    bounds = [window.start + step * i for i in range(count)] + [window.end]
-    return [Interval(lo, hi) for lo, hi in itertools.pairwise(bounds) if lo < hi]
-
-
-def _pieces(response: wire.ScheduleResponse, schedules: list[str]) -> dict[str, _Piece]:
-    """Match scheduleInformation entries to the requested mailboxes: by scheduleId, else by position."""
-    by_id = {(info.schedule_id or "").strip().lower(): info for info in response.value}
-    found: dict[str, _Piece] = {}
-    for position, mailbox in enumerate(schedules):
-        info = by_id.get(mailbox)
-        if info is None and len(response.value) == len(schedules):
-            info = response.value[position]
-        if info is None:
-            found[mailbox] = UpstreamUnavailable(
-                f"Microsoft Graph's getSchedule answer had no entry for {mailbox}", mailbox=mailbox
-            )
-            continue
-        result = wire.schedule_result(info, mailbox)
-        found[mailbox] = (result.busy, result.working_hours) if isinstance(result, MailboxSchedule) else result
-    return found
-
-
-def _merge(mailbox: str, pieces: list[_Piece]) -> ScheduleResult:
-    """Chunks back together: any error makes the mailbox an error (the most specific one wins),
-    busy blocks repeated by neighbouring chunks (getSchedule returns whole items) appear once."""
-    errors = [p for p in pieces if isinstance(p, CalbrokerError)]
-    if errors:
-        return next((e for e in errors if isinstance(e, MailboxError)), errors[0])
-    blocks: set[BusyBlock] = set()
-    working_hours: WorkingHours | None = None
-    for piece in pieces:
-        assert not isinstance(piece, CalbrokerError)
-        blocks.update(piece[0])
-        working_hours = working_hours or piece[1]
-    ordered = sorted(blocks, key=lambda b: (b.interval.start_us, b.interval.end_us, b.status))
-    return MailboxSchedule(mailbox, tuple(ordered), working_hours)
-
-
-def _for_mailbox(error: UpstreamError, mailbox: str) -> UpstreamError:
-    """A batch-wide error, restated for one of its mailboxes."""
-    if isinstance(error, UpstreamThrottled):
-        return UpstreamThrottled(
-            error.detail, retry_after=error.retry_after, upstream_code=error.upstream_code, mailbox=mailbox
-        )
-    return type(error)(error.detail, upstream_code=error.upstream_code, mailbox=mailbox)

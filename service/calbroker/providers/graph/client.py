@@ -1,8 +1,8 @@
 """One Graph HTTP call done right: token, concurrency limit, deadline, retries, error mapping.
 
-Every Graph request of a connection goes through `GraphClient.request`, so free/busy, rooms and
-the event methods that come later share one retry policy and one translation of Graph's error
-envelope (https://learn.microsoft.com/graph/errors) into domain errors.
+Every Graph request of a connection goes through `GraphClient.request`: free/busy, rooms, events
+and Teams meetings share one retry policy and one translation of Graph's error envelope
+(https://learn.microsoft.com/graph/errors) into domain errors.
 """
 
 from __future__ import annotations
@@ -33,9 +33,9 @@ from calbroker.domain.errors import (
     UpstreamUnavailable,
 )
 from calbroker.logs import get_logger
-from calbroker.providers import _graph_wire as wire
-from calbroker.providers._graph_auth import GraphTokens
-from calbroker.providers.protocol import Deadline
+from calbroker.providers.graph import wire
+from calbroker.providers.graph.auth import GraphTokens
+from calbroker.providers.protocol import Deadline, connection_closed
 
 __all__ = ["GraphClient", "GraphResponse"]
 
@@ -55,21 +55,22 @@ _RETRY_STATUSES = frozenset({429, 503, 504})
 
 @dataclass(frozen=True, slots=True)
 class GraphResponse:
-    """A successful Graph answer; decode it with one of the typed decoders in `_graph_wire`."""
+    """A successful Graph answer; decode it with one of the typed decoders in `wire`."""
 
     status: int
     body: bytes
     headers: Mapping[str, str]
 
     def decode(self, decoder: msgspec.json.Decoder[T]) -> T:
-        try:
-            return decoder.decode(self.body)
-        except msgspec.MsgspecError as exc:
-            raise UpstreamRejected(f"Microsoft Graph sent an answer calbroker cannot read: {exc}") from None
+        return wire.decode(self.body, decoder)
 
 
 class GraphClient:
-    """Graph requests for one connection; the aiohttp session is shared, the semaphore is not."""
+    """Graph requests for one connection; the aiohttp session is shared, the semaphore is not.
+
+    After `close()` every request is refused with `ConnectionClosed` (the connection was revoked
+    or re-keyed while a request of it was running).
+    """
 
     def __init__(
         self,
@@ -78,10 +79,13 @@ class GraphClient:
         executor: Executor,
         tokens: GraphTokens,
         *,
+        connection_id: object,
         max_concurrency: int,
         max_attempts: int,
         retry_backoff_s: float,
     ) -> None:
+        self._connection_id = connection_id
+        self._closed = False
         self._cloud = cloud
         self._session = session
         self._executor = executor
@@ -111,6 +115,7 @@ class GraphClient:
         base URL, or an absolute `@odata.nextLink` on the same host. `mailbox` is the mailbox the
         call is about (in the URL): errors that concern it name it.
         """
+        self.check_open()
         url = self._url(path)
         payload = wire.encoder.encode(json) if json is not None else None
         fresh_token = False
@@ -166,6 +171,13 @@ class GraphClient:
                     await asyncio.sleep(wait)
                     continue
             raise self._error(status, body, retry_after, mailbox, f"{method} {_route(path)}")
+
+    def check_open(self) -> None:
+        if self._closed:
+            raise connection_closed(self._connection_id)
+
+    def close(self) -> None:
+        self._closed = True
 
     async def _send(
         self, method: str, url: str, payload: bytes | None, headers: Mapping[str, str], deadline: Deadline

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC, datetime, time
+from typing import TypeVar
 from zoneinfo import ZoneInfo
 
 import msgspec
@@ -30,7 +31,7 @@ from calbroker.domain.intervals import Interval
 from calbroker.domain.schedules import MailboxSchedule, Room, ScheduleResult
 from calbroker.domain.working_hours import Weekday, WeeklyPeriod, WorkingHours
 from calbroker.logs import get_logger
-from calbroker.providers._windows_zones import zone_for
+from calbroker.providers.windows_zones import zone_for
 
 __all__ = [
     "DateTimeTimeZone",
@@ -40,15 +41,18 @@ __all__ = [
     "ScheduleInformation",
     "ScheduleRequest",
     "ScheduleResponse",
+    "decode",
     "decode_error",
     "encoder",
     "places_decoder",
+    "read_schedules",
     "schedule_decoder",
     "schedule_error",
     "schedule_result",
 ]
 
 _log = get_logger(__name__)
+T = TypeVar("T")
 
 
 class GraphModel(msgspec.Struct, rename="camel", kw_only=True, omit_defaults=True):
@@ -166,6 +170,14 @@ encoder = msgspec.json.Encoder()
 schedule_decoder = msgspec.json.Decoder(ScheduleResponse)
 places_decoder = msgspec.json.Decoder(PlacesPage)
 _error_decoder = msgspec.json.Decoder(GraphErrorEnvelope)
+
+
+def decode(body: bytes, decoder: msgspec.json.Decoder[T]) -> T:
+    """`body` as the decoder's type; an answer that does not fit is Microsoft's fault, said so."""
+    try:
+        return decoder.decode(body)
+    except msgspec.MsgspecError as exc:
+        raise UpstreamRejected(f"Microsoft Graph sent an answer calbroker cannot read: {exc}") from None
 
 
 def decode_error(body: bytes) -> GraphErrorBody:
@@ -297,3 +309,25 @@ def schedule_result(info: ScheduleInformation, mailbox: str) -> ScheduleResult:
             mailbox=mailbox,
         )
     return MailboxSchedule(mailbox, tuple(blocks), _working_hours(info.working_hours, mailbox))
+
+
+def read_schedules(body: bytes, mailboxes: Sequence[str]) -> dict[str, ScheduleResult]:
+    """A getSchedule answer as each requested mailbox's result.
+
+    Entries are matched by `scheduleId`, else by position when Graph answered one entry per
+    schedule; a mailbox the answer leaves out gets an error, never an empty (free) calendar.
+    """
+    response = decode(body, schedule_decoder)
+    by_id = {(info.schedule_id or "").strip().lower(): info for info in response.value}
+    found: dict[str, ScheduleResult] = {}
+    for position, mailbox in enumerate(mailboxes):
+        info = by_id.get(mailbox)
+        if info is None and len(response.value) == len(mailboxes):
+            info = response.value[position]
+        if info is None:
+            found[mailbox] = UpstreamUnavailable(
+                f"Microsoft Graph's getSchedule answer had no entry for {mailbox}", mailbox=mailbox
+            )
+            continue
+        found[mailbox] = schedule_result(info, mailbox)
+    return found

@@ -22,32 +22,25 @@ are lossy over EWS, and we say so rather than guess silently:
 
 from __future__ import annotations
 
-import calendar
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from datetime import UTC, date, datetime, time, timedelta
-from functools import lru_cache
+from datetime import UTC, datetime, time, timedelta
 from typing import Any
-from zoneinfo import ZoneInfo
 
 from calbroker.domain.busy import BusyBlock, BusyStatus
 from calbroker.domain.errors import UpstreamError
-from calbroker.domain.intervals import Interval, from_us, to_us
+from calbroker.domain.intervals import Interval
 from calbroker.domain.schedules import MailboxSchedule
 from calbroker.domain.working_hours import Weekday, WeeklyPeriod, WorkingHours
-from calbroker.providers._windows_zones import WINDOWS_TO_IANA
+from calbroker.providers.windows_zones import ZoneRule, ZoneTransition, zone_from_rule
 
 __all__ = [
     "BUSY_TYPES",
-    "Rule",
     "busy_blocks",
-    "merge_schedules",
     "merged_blocks",
     "rule_from_timezone",
     "schedule_from_view",
     "utc_datetime",
     "working_hours_from_view",
-    "zone_from_rule",
 ]
 
 BUSY_TYPES: dict[str, BusyStatus | None] = {
@@ -105,128 +98,18 @@ def merged_blocks(digits: str, start: datetime, interval: timedelta) -> list[Bus
     return blocks
 
 
-@dataclass(frozen=True, slots=True)
-class Change:
-    """One yearly transition of a legacy time zone: the `occurrence`-th `weekday` of `month` (5 = last)."""
-
-    bias: int
-    month: int
-    weekday: int  # 0 = Monday
-    occurrence: int
-    at: time
-
-    def local(self, year: int) -> datetime:
-        first_weekday, days = calendar.monthrange(year, self.month)
-        day = 1 + (self.weekday - first_weekday) % 7 + 7 * (max(self.occurrence, 1) - 1)
-        while day > days:
-            day -= 7
-        return datetime.combine(date(year, self.month, day), self.at)
-
-
-@dataclass(frozen=True, slots=True)
-class Rule:
-    """The Availability ``<t:TimeZone>``: Bias is minutes *west* of UTC; each change adds its own bias."""
-
-    bias: int
-    standard: Change | None
-    daylight: Change | None
-
-    @property
-    def standard_offset(self) -> timedelta:
-        return -timedelta(minutes=self.bias + (self.standard.bias if self.standard else 0))
-
-    @property
-    def daylight_offset(self) -> timedelta | None:
-        if self.standard is None or self.daylight is None or 0 in (self.standard.month, self.daylight.month):
-            return None
-        offset = -timedelta(minutes=self.bias + self.daylight.bias)
-        return None if offset == self.standard_offset else offset
-
-    def offset_us(self, moment_us: int, year: int) -> int:
-        """The rule's UTC offset at an instant of `year`, microseconds."""
-        standard = self.standard_offset // timedelta(microseconds=1)
-        daylight_offset = self.daylight_offset
-        if daylight_offset is None or self.standard is None or self.daylight is None:
-            return standard
-        daylight = daylight_offset // timedelta(microseconds=1)
-        # Each change happens at a local time measured in the offset in force before it.
-        to_daylight = to_us(self.daylight.local(year).replace(tzinfo=UTC)) - standard
-        to_standard = to_us(self.standard.local(year).replace(tzinfo=UTC)) - daylight
-        if to_daylight < to_standard:  # northern hemisphere: summer inside the calendar year
-            in_daylight = to_daylight <= moment_us < to_standard
-        else:
-            in_daylight = moment_us >= to_daylight or moment_us < to_standard
-        return daylight if in_daylight else standard
-
-    def breakpoints_us(self, year: int) -> list[int]:
-        if self.daylight_offset is None or self.standard is None or self.daylight is None:
-            return []
-        standard = self.standard_offset // timedelta(microseconds=1)
-        daylight = self.daylight_offset // timedelta(microseconds=1)
-        return [
-            to_us(self.daylight.local(year).replace(tzinfo=UTC)) - standard,
-            to_us(self.standard.local(year).replace(tzinfo=UTC)) - daylight,
-        ]
-
-
-def _change(raw: Any) -> Change | None:
+def _change(raw: Any) -> ZoneTransition | None:
     if raw is None or raw.iso_month is None or raw.time is None:
         return None
     weekday = int(raw.weekday or 7) - 1
-    return Change(int(raw.bias or 0), int(raw.iso_month), weekday % 7, int(raw.occurrence or 1), raw.time)
+    return ZoneTransition(int(raw.bias or 0), int(raw.iso_month), weekday % 7, int(raw.occurrence or 1), raw.time)
 
 
-def rule_from_timezone(raw: Any) -> Rule | None:
+def rule_from_timezone(raw: Any) -> ZoneRule | None:
     """exchangelib's ``TimeZone`` property → a hashable rule, or None when absent."""
     if raw is None or raw.bias is None:
         return None
-    return Rule(int(raw.bias), _change(raw.standard_time), _change(raw.daylight_time))
-
-
-def _candidates() -> Iterable[str]:
-    seen: set[str] = set()
-    for name in WINDOWS_TO_IANA.values():
-        if name not in seen:
-            seen.add(name)
-            yield name
-
-
-def _offset_us(zone: ZoneInfo, moment_us: int) -> int:
-    offset = from_us(moment_us).astimezone(zone).utcoffset()
-    return 0 if offset is None else offset // timedelta(microseconds=1)
-
-
-def _matches(zone: ZoneInfo, rule: Rule, year: int) -> bool:
-    """Whether `zone` has exactly the rule's UTC offsets throughout `year`.
-
-    Checked where the rule changes (just before and at each change, so a zone changing at another
-    instant fails) and every six hours (so a zone with changes the rule lacks fails; no zone
-    changes and changes back within six hours).
-    """
-    start = to_us(datetime(year, 1, 1, tzinfo=UTC))
-    end = to_us(datetime(year + 1, 1, 1, tzinfo=UTC))
-    probes = [to_us(datetime(year, month, 15, tzinfo=UTC)) for month in (1, 7)]  # cheap filter first
-    for change in rule.breakpoints_us(year):
-        probes += [change - 1, change]
-    probes += range(start, end, _SAMPLE_US)
-    return all(_offset_us(zone, p) == rule.offset_us(p, year) for p in probes)
-
-
-@lru_cache(maxsize=256)
-def zone_from_rule(rule: Rule, year: int) -> ZoneInfo | None:
-    """A deterministic IANA zone whose offsets over `year` are exactly the rule's, or None."""
-    for name in _candidates():
-        zone = ZoneInfo(name)
-        if _matches(zone, rule, year):
-            return zone
-    if rule.daylight_offset is None:
-        minutes = rule.standard_offset // timedelta(minutes=1)
-        if minutes == 0:
-            return ZoneInfo("UTC")
-        if minutes % 60 == 0 and -12 * 60 <= minutes <= 14 * 60:
-            # POSIX-style names invert the sign: Etc/GMT-5 is UTC+5.
-            return ZoneInfo(f"Etc/GMT{-minutes // 60:+d}")
-    return None
+    return ZoneRule(int(raw.bias), _change(raw.standard_time), _change(raw.daylight_time))
 
 
 def _period(day_number: int, start: time, end: time) -> WeeklyPeriod | None:
@@ -277,18 +160,3 @@ def schedule_from_view(
     else:
         blocks = []  # a FreeBusy/Detailed view without events: the calendar is free in the window
     return MailboxSchedule(mailbox, tuple(blocks), working_hours_from_view(view, window.start.year))
-
-
-def merge_schedules(mailbox: str, parts: Sequence[MailboxSchedule]) -> MailboxSchedule:
-    """Schedules of consecutive windows → one; an event spanning a window edge is reported by both."""
-    seen: set[tuple[int, int, BusyStatus]] = set()
-    blocks: list[BusyBlock] = []
-    for part in parts:
-        for block in part.busy:
-            key = (block.interval.start_us, block.interval.end_us, block.status)
-            if key not in seen:
-                seen.add(key)
-                blocks.append(block)
-    blocks.sort(key=lambda b: (b.interval.start_us, b.interval.end_us))
-    hours = next((p.working_hours for p in parts if p.working_hours is not None), None)
-    return MailboxSchedule(mailbox, tuple(blocks), hours)

@@ -38,7 +38,7 @@ from calbroker.domain.errors import (
 from calbroker.logs import get_logger
 from calbroker.providers.protocol import Deadline
 
-__all__ = ["DELEGATED_SCOPES", "GraphCredentials", "GraphTokens"]
+__all__ = ["DELEGATED_SCOPES", "GraphCredentials", "GraphTokens", "MsalHttpClient"]
 
 GraphCredentials = GraphClientSecret | GraphCertificate | GraphAdminConsent | GraphDelegated
 
@@ -76,7 +76,7 @@ _SENTENCES = {
 _TRANSIENT = frozenset({"temporarily_unavailable", "server_error"})
 
 
-class _MsalHttpClient:
+class MsalHttpClient:
     """msal's `HttpClient` interface (get/post/close) over one requests session.
 
     It pins `verify` to the cloud's CA bundle and sets a timeout on every request. `verify` is
@@ -143,7 +143,7 @@ class GraphTokens:
             if isinstance(credentials, GraphDelegated)
             else [f"{resource}/.default"]
         )
-        self._http = _MsalHttpClient(str(cloud.ca_bundle) if cloud.ca_bundle else True, timeout_s)
+        self._http = MsalHttpClient(str(cloud.ca_bundle) if cloud.ca_bundle else True, timeout_s)
         self._app: msal.ConfidentialClientApplication | None = None
         self._build_lock = threading.Lock()  # the constructor runs in worker threads
         self._acquire_lock = asyncio.Lock()  # one token request at a time; the rest hit the cache

@@ -1,0 +1,9 @@
+"""On-premises Exchange over EWS: exchangelib in worker threads, one provider per connection.
+
+`EwsProvider` is the `CalendarProvider` for one EWS connection; `check_ews_endpoint` normalises the
+URL an admin types and refuses Exchange Online. Everything else in this package is its inside.
+"""
+
+from calbroker.providers.ews.provider import EWS_PATH, EwsLimits, EwsProvider, check_ews_endpoint
+
+__all__ = ["EWS_PATH", "EwsLimits", "EwsProvider", "check_ews_endpoint"]
