@@ -28,6 +28,7 @@ from calbroker.store.keyring import Keyring
 from calbroker.store.secrets import delete_secret, store_secret
 
 __all__ = [
+    "SERVICE_ACCOUNT_SCOPE",
     "Account",
     "CronofyClient",
     "CronofyIds",
@@ -47,6 +48,7 @@ __all__ = [
     "issue_client",
     "issue_code",
     "issue_grant",
+    "issue_service_account_token",
     "redeem_code",
     "refresh_grant",
     "require_client",
@@ -540,3 +542,37 @@ async def require_client(conn: Connection, application_id: uuid.UUID) -> Cronofy
             "issue them with `calbroker apps cronofy-credentials`"
         )
     return client
+
+
+SERVICE_ACCOUNT_SCOPE = "service_account/accounts/manage"
+
+
+async def issue_service_account_token(
+    conn: Connection, application_id: uuid.UUID, connection_id: uuid.UUID, *, actor: str
+) -> str:
+    """An operator-issued service-account token for one connection: valid until revoked, not refreshable.
+
+    Enterprise Connect's own flow (`/enterprise_connect/oauth/authorize`) issues expiring ones; this
+    is the operator's shortcut for a connection made with the CLI or the demo.
+    """
+    async with conn.transaction():
+        client = await require_client(conn, application_id)
+        found = await conn.fetchval(
+            "SELECT id FROM connections WHERE id = $1 AND application_id = $2 AND status <> 'revoked'",
+            connection_id,
+            application_id,
+        )
+        if found is None:
+            raise NotFound(f"application {application_id} has no live connection {connection_id}")
+        issued = await issue_grant(
+            conn, client, scope=SERVICE_ACCOUNT_SCOPE, connection_id=connection_id, access_ttl=None, refreshable=False
+        )
+        await record_audit(
+            conn,
+            actor=actor,
+            action="cronofy_grant.service_account_token",
+            application_id=application_id,
+            target=str(connection_id),
+            details={"grant_id": str(issued.grant_id)},
+        )
+    return issued.access_token

@@ -18,7 +18,14 @@ from litestar.handlers.base import BaseRouteHandler
 from calbroker.api.compat.cronofy.errors import insufficient_scope
 from calbroker.api.dependencies import provide_services
 from calbroker.domain.errors import Unauthenticated
-from calbroker.store.cronofy import Account, CronofyClient, Grant, authenticate_token, client_by_secret
+from calbroker.store.cronofy import (
+    SERVICE_ACCOUNT_SCOPE,
+    Account,
+    CronofyClient,
+    Grant,
+    authenticate_token,
+    client_by_secret,
+)
 
 __all__ = [
     "SERVICE_ACCOUNT_SCOPE",
@@ -30,7 +37,6 @@ __all__ = [
     "service_account_caller",
 ]
 
-SERVICE_ACCOUNT_SCOPE = "service_account/accounts/manage"
 
 _COMPOSITES: dict[str, frozenset[str]] = {
     "read_only": frozenset({"read_account", "list_calendars", "read_events", "read_free_busy"}),
