@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import secrets
-import uuid
 from datetime import timedelta
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -114,57 +113,61 @@ async def _token_body(conn: DbConnection, grant: Grant, issued: IssuedTokens) ->
     return body
 
 
+_BAD_CODE = OAuthError(
+    "invalid_grant",
+    "The code is unknown, expired or already used, or redirect_uri differs from the one the code was sent to.",
+)
+
+
+async def _redeem(conn: DbConnection, client: CronofyClient, data: _TokenRequest) -> tuple[Grant, IssuedTokens] | None:
+    """The grant a code buys, or None when it buys nothing (a replay has revoked what it bought first)."""
+    if not data.code or not data.redirect_uri:
+        raise OAuthError("invalid_request", "code and redirect_uri are required.")
+    redeemed = await redeem_code(conn, client, data.code, data.redirect_uri)
+    if redeemed is None or redeemed.reused:
+        return None
+    issued = await issue_grant(
+        conn,
+        client,
+        scope=redeemed.scope,
+        account=redeemed.account,
+        connection_id=redeemed.connection_id,
+        access_ttl=ACCESS_TTL,
+    )
+    await bind_code(conn, client, data.code, issued.grant_id)
+    connection_id = redeemed.account.connection_id if redeemed.account else redeemed.connection_id
+    assert connection_id is not None
+    return Grant(issued.grant_id, client, redeemed.scope, redeemed.account, connection_id), issued
+
+
 @post("/oauth/token", status_code=200, include_in_schema=False)
 async def token(request: Request[Any, Any, Any], services: NamedDependency[Services]) -> Response[Any]:
     """Exchange a code (from a browser authorization or a service-account callback) or a refresh token."""
     data = await decode_body(request, _TokenRequest, form=True)
-    async with services.pool.acquire() as conn, conn.transaction():
-        client = await _client(conn, data.client_id, data.client_secret)
-        match data.grant_type:
-            case "authorization_code":
-                if not data.code or not data.redirect_uri:
-                    raise OAuthError("invalid_request", "code and redirect_uri are required.")
-                redeemed = await redeem_code(conn, client, data.code, data.redirect_uri)
-                if redeemed is None or redeemed.reused:
+    async with services.pool.acquire() as conn:
+        # The transaction commits even when the code was a replay: the revocation it caused must stick.
+        async with conn.transaction():
+            client = await _client(conn, data.client_id, data.client_secret)
+            match data.grant_type:
+                case "authorization_code":
+                    found = await _redeem(conn, client, data)
+                case "refresh_token":
+                    if not data.refresh_token:
+                        raise OAuthError("invalid_request", "refresh_token is required.")
+                    found = await refresh_grant(conn, client, data.refresh_token, ACCESS_TTL)
+                    if found is None:
+                        raise OAuthError("invalid_grant", "The refresh token is unknown or revoked.")
+                case None:
+                    raise OAuthError("invalid_request", "grant_type is required.")
+                case _:
                     raise OAuthError(
-                        "invalid_grant",
-                        "The code is unknown, expired or already used, or redirect_uri differs from the one "
-                        "the code was sent to.",
+                        "unsupported_grant_type", "grant_type must be authorization_code or refresh_token."
                     )
-                issued = await issue_grant(
-                    conn,
-                    client,
-                    scope=redeemed.scope,
-                    account=redeemed.account,
-                    connection_id=redeemed.connection_id,
-                    access_ttl=ACCESS_TTL,
-                )
-                await bind_code(conn, client, data.code, issued.grant_id)
-                grant = Grant(
-                    issued.grant_id,
-                    client,
-                    redeemed.scope,
-                    redeemed.account,
-                    redeemed.account.connection_id if redeemed.account else _connection_id(redeemed.connection_id),
-                )
-            case "refresh_token":
-                if not data.refresh_token:
-                    raise OAuthError("invalid_request", "refresh_token is required.")
-                refreshed = await refresh_grant(conn, client, data.refresh_token, ACCESS_TTL)
-                if refreshed is None:
-                    raise OAuthError("invalid_grant", "The refresh token is unknown or revoked.")
-                grant, issued = refreshed
-            case None:
-                raise OAuthError("invalid_request", "grant_type is required.")
-            case _:
-                raise OAuthError("unsupported_grant_type", "grant_type must be authorization_code or refresh_token.")
-        body = await _token_body(conn, grant, issued)
+            if found is not None:
+                body = await _token_body(conn, *found)
+    if found is None:
+        raise _BAD_CODE
     return Response(body, media_type=MediaType.JSON, headers={"Cache-Control": "no-store", "Pragma": "no-cache"})
-
-
-def _connection_id(value: uuid.UUID | None) -> uuid.UUID:
-    assert value is not None
-    return value
 
 
 @post("/oauth/token/revoke", status_code=200, include_in_schema=False)
