@@ -23,13 +23,25 @@ import pytest
 import uvicorn
 
 from calbroker.app import create_app
-from calbroker.config import Settings
+from calbroker.config import Settings, sandbox_cloud
 from calbroker.sandbox import SandboxThread
 from calbroker.services import Services, open_services
 from calbroker.store.applications import IssuedKey, create_application
 from calbroker.store.cronofy import issue_client, issue_service_account_token
 from tests.e2e.conftest import connect, ews_draft, graph_draft
-from tests.e2e.conftest import settings as settings  # the API wired to the sandbox, as in tests/e2e
+from tests.fixtures.database import new_master_key
+
+
+@pytest.fixture(scope="module")
+def settings(database_url: str, sandbox: SandboxThread, tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    """The production settings shape, with the sandbox as one more Microsoft cloud."""
+    return Settings(
+        data_dir=tmp_path_factory.mktemp("data"),
+        database_url=database_url,
+        master_keys=(new_master_key(),),
+        clouds={"sandbox": sandbox_cloud(sandbox.url, sandbox.ca_path)},
+        allow_private_upstreams=True,
+    )
 
 
 @pytest.fixture(scope="module")

@@ -91,14 +91,17 @@ def _future(days: int) -> tuple[datetime, datetime]:
 def test_service_accounts_authorize_a_graph_and_an_ews_mailbox(
     adele: Authorized, anna: Authorized, cronofy_world: CronofyWorld
 ) -> None:
-    assert adele.sub.startswith("acc_") and anna.sub.startswith("acc_") and adele.sub != anna.sub
+    assert adele.sub.startswith("acc_")
+    assert anna.sub.startswith("acc_")
+    assert adele.sub != anna.sub
     for who, provider, protocol in ((adele, "office365", "graph_api"), (anna, "exchange", "exchange_web_services")):
         [calendar] = who.client.list_calendars()
         assert calendar["calendar_id"].startswith("cal_")
         assert calendar["provider_name"] == provider
         assert not calendar["calendar_readonly"]
         [profile] = who.client.list_profiles()
-        assert profile["profile_id"] == calendar["profile_id"] and profile["profile_id"].startswith("pro_")
+        assert profile["profile_id"] == calendar["profile_id"]
+        assert profile["profile_id"].startswith("pro_")
         assert who.client.userinfo()["cronofy.data"]["profiles"][0]["provider_protocol"] == protocol
     assert adele.client.account()["email"] == ADELE
     # A code works once: a replay is refused and revokes what the first redemption granted.
@@ -196,7 +199,8 @@ def test_availability_with_two_participants_matches_the_native_api(
         required_duration=60,
         available_periods=[dict(period)],
     )
-    assert periods and all(p["participants"] for p in periods)
+    assert periods
+    assert all(p["participants"] for p in periods)
 
 
 def _managed(who: Authorized, start: datetime, end: datetime) -> list[dict[str, Any]]:
@@ -233,7 +237,8 @@ def test_an_event_with_teams_is_upserted_moved_and_deleted(
     assert booked["summary"] == "Intro call"
     assert booked["start"] == start.strftime("%Y-%m-%dT%H:%M:%SZ")
     join_url = booked["conferencing"]["join_url"]
-    assert booked["conferencing"]["provider_name"] == "ms_teams" and join_url.startswith("https://")
+    assert booked["conferencing"]["provider_name"] == "ms_teams"
+    assert join_url.startswith("https://")
     assert [a["email"] for a in booked["attendees"]] == [ALEX]
     # Move it an hour later: the same event (same Teams link), at the new time.
     moved_start = start + timedelta(hours=1)

@@ -144,27 +144,24 @@ async def _redeem(conn: DbConnection, client: CronofyClient, data: _TokenRequest
 async def token(request: Request[Any, Any, Any], services: NamedDependency[Services]) -> Response[Any]:
     """Exchange a code (from a browser authorization or a service-account callback) or a refresh token."""
     data = await decode_body(request, _TokenRequest, form=True)
-    async with services.pool.acquire() as conn:
-        # The transaction commits even when the code was a replay: the revocation it caused must stick.
-        async with conn.transaction():
-            client = await _client(conn, data.client_id, data.client_secret)
-            match data.grant_type:
-                case "authorization_code":
-                    found = await _redeem(conn, client, data)
-                case "refresh_token":
-                    if not data.refresh_token:
-                        raise OAuthError("invalid_request", "refresh_token is required.")
-                    found = await refresh_grant(conn, client, data.refresh_token, ACCESS_TTL)
-                    if found is None:
-                        raise OAuthError("invalid_grant", "The refresh token is unknown or revoked.")
-                case None:
-                    raise OAuthError("invalid_request", "grant_type is required.")
-                case _:
-                    raise OAuthError(
-                        "unsupported_grant_type", "grant_type must be authorization_code or refresh_token."
-                    )
-            if found is not None:
-                body = await _token_body(conn, *found)
+    # The transaction commits even when the code was a replay: the revocation it caused must stick.
+    async with services.pool.acquire() as conn, conn.transaction():
+        client = await _client(conn, data.client_id, data.client_secret)
+        match data.grant_type:
+            case "authorization_code":
+                found = await _redeem(conn, client, data)
+            case "refresh_token":
+                if not data.refresh_token:
+                    raise OAuthError("invalid_request", "refresh_token is required.")
+                found = await refresh_grant(conn, client, data.refresh_token, ACCESS_TTL)
+                if found is None:
+                    raise OAuthError("invalid_grant", "The refresh token is unknown or revoked.")
+            case None:
+                raise OAuthError("invalid_request", "grant_type is required.")
+            case _:
+                raise OAuthError("unsupported_grant_type", "grant_type must be authorization_code or refresh_token.")
+        if found is not None:
+            body = await _token_body(conn, *found)
     if found is None:
         raise _BAD_CODE
     return Response(body, media_type=MediaType.JSON, headers={"Cache-Control": "no-store", "Pragma": "no-cache"})
