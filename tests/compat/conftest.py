@@ -23,7 +23,7 @@ import pytest
 import uvicorn
 
 from calbroker.app import create_app
-from calbroker.config import Settings, sandbox_cloud
+from calbroker.config import BUILTIN_CLOUDS, Settings, sandbox_cloud
 from calbroker.sandbox import SandboxThread
 from calbroker.services import Services, open_services
 from calbroker.store.applications import IssuedKey, create_application
@@ -39,7 +39,7 @@ def settings(database_url: str, sandbox: SandboxThread, tmp_path_factory: pytest
         data_dir=tmp_path_factory.mktemp("data"),
         database_url=database_url,
         master_keys=(new_master_key(),),
-        clouds={"sandbox": sandbox_cloud(sandbox.url, sandbox.ca_path)},
+        clouds={**BUILTIN_CLOUDS, "sandbox": sandbox_cloud(sandbox.url, sandbox.ca_path)},
         allow_private_upstreams=True,
     )
 

@@ -26,7 +26,12 @@ from calbroker.store.connections import list_connections
 from calbroker.store.cronofy import client_of, save_account
 from tests.compat.conftest import CronofyWorld, LiveServer
 
-MAILBOXES = ("adele.vance@contoso.com", "alex.wilber@contoso.com", "anna.schmidt@fabrikam.com", "ben.taylor@fabrikam.com")
+MAILBOXES = (
+    "adele.vance@contoso.com",
+    "alex.wilber@contoso.com",
+    "anna.schmidt@fabrikam.com",
+    "ben.taylor@fabrikam.com",
+)
 DAY0 = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0) + timedelta(days=1)
 
 
@@ -67,7 +72,9 @@ def _z(moment: datetime) -> str:
 @st.composite
 def requests_(draw: st.DrawFn) -> dict[str, Any]:
     groups = []
-    for members in draw(st.lists(st.lists(st.sampled_from(MAILBOXES), min_size=1, max_size=3, unique=True), min_size=1, max_size=2)):
+    for members in draw(
+        st.lists(st.lists(st.sampled_from(MAILBOXES), min_size=1, max_size=3, unique=True), min_size=1, max_size=2)
+    ):
         required = draw(st.one_of(st.just("all"), st.integers(1, len(members))))
         groups.append((members, required))
     periods = []

@@ -18,7 +18,7 @@ from litestar import MediaType, Request, Response
 from litestar.exceptions import HTTPException, MethodNotAllowedException, NotFoundException
 from structlog.contextvars import get_contextvars
 
-from calbroker.api.compat.cronofy.wire import UnsupportedParameter
+from calbroker.api.compat.cronofy.wire import MissingField, UnsupportedParameter
 from calbroker.domain import errors
 from calbroker.logs import get_logger
 from calbroker.redaction import redact_text
@@ -82,7 +82,7 @@ def _plain(status: int, error: str, description: str, headers: dict[str, str] | 
 
 
 def _key(error: errors.InvalidRequest) -> str:
-    if isinstance(error, UnsupportedParameter):
+    if isinstance(error, UnsupportedParameter | MissingField):
         return error.key
     if isinstance(error, errors.LimitExceeded):
         return "errors.limit_exceeded"

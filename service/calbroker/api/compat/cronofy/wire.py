@@ -23,6 +23,7 @@ from calbroker.domain.errors import FieldError, InvalidRequest
 
 __all__ = [
     "Body",
+    "MissingField",
     "Out",
     "UnsupportedParameter",
     "boolean",
@@ -58,6 +59,15 @@ class UnsupportedParameter(InvalidRequest):
         self.key = "errors.not_yet_supported" if not_yet else "errors.not_supported"
 
 
+class MissingField(InvalidRequest):
+    """A required field is absent: Cronofy's `errors.required`."""
+
+    key = "errors.required"
+
+    def __init__(self, field: str) -> None:
+        super().__init__(f"{field}: required", [FieldError(field, "required")])
+
+
 _MSGSPEC_PATH = re.compile(r"\s*-\s*at\s*`\$(?P<path>[^`]*)`\s*$")
 _NAMED_FIELD = re.compile(r"(?:unknown|required) field `(?P<name>[^`]+)`")
 
@@ -86,6 +96,8 @@ async def decode_body(request: Request[Any, Any, Any], into: type[T], *, form: b
         return msgspec.json.decode(raw or b"{}", type=into)
     except msgspec.ValidationError as exc:
         field, message = _field_of(exc)
+        if message.startswith("Object missing required field"):
+            raise MissingField(field) from None
         raise InvalidRequest(f"{field}: {message}", [FieldError(field, message)]) from None
     except (msgspec.DecodeError, UnicodeDecodeError):
         raise InvalidRequest("base: the body is not valid JSON", [FieldError("base", "is not valid JSON")]) from None
