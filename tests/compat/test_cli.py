@@ -35,7 +35,8 @@ async def test_client_credentials_are_shown_once_and_rotate(
     first = capsys.readouterr().out
     client_id = re.search(r"client_id:\s+(\S+)", first)
     secret = re.search(r"client_secret:\s+(\S+)", first)
-    assert client_id and secret
+    assert client_id
+    assert secret
     assert "/compat/cronofy" in first
     async with pool.acquire() as conn:
         assert await authenticate_client(conn, client_id.group(1), secret.group(1)) is not None
