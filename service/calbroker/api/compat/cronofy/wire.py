@@ -24,7 +24,6 @@ from calbroker.domain.errors import FieldError, InvalidRequest
 __all__ = [
     "Body",
     "MissingField",
-    "Out",
     "UnsupportedParameter",
     "boolean",
     "decode_body",
@@ -39,10 +38,6 @@ T = TypeVar("T")
 class Body(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """Base of every Cronofy request body: unknown fields are a 422, because a Cronofy option we do
     not implement (`recurrence`, `query_slots`…) silently ignored would change the answer."""
-
-
-class Out(msgspec.Struct, kw_only=True, omit_defaults=True):
-    """Base of every Cronofy response body: absent values are omitted (Cronofy clients ignore extras)."""
 
 
 class UnsupportedParameter(InvalidRequest):
