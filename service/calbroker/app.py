@@ -25,6 +25,7 @@ from prometheus_client import CollectorRegistry
 
 from calbroker.api.auth import provide_caller, require_api_key
 from calbroker.api.availability import availability
+from calbroker.api.compat.cronofy import cronofy_router
 from calbroker.api.connect import connect_callback, connect_page, connect_submit
 from calbroker.api.connections import (
     connection_rooms,
@@ -107,9 +108,11 @@ def create_app(settings: Settings) -> Litestar:
     )
     # The authorize-link pages: no API key (the link token, then a CSRF-bound session, is the credential).
     connect = Router(path="/connect", route_handlers=[connect_callback, connect_submit, connect_page])
+    # Cronofy's API for its SDKs: its own credentials and error shapes, the same services underneath.
+    cronofy = cronofy_router()
     templates = Path(__file__).parent / "api" / "templates"
     app = Litestar(
-        route_handlers=[healthz, readyz, metrics, problem_index, problem_page, openapi_json, v1, connect],
+        route_handlers=[healthz, readyz, metrics, problem_index, problem_page, openapi_json, v1, connect, cronofy],
         dependencies={"services": Provide(provide_services, sync_to_thread=False)},
         lifespan=[_lifespan(settings)],
         plugins=[problem_plugin()],

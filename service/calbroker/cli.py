@@ -43,6 +43,7 @@ from calbroker.store.applications import (
     rotate_key,
 )
 from calbroker.store.connections import delete_connection, get_connection, list_connections
+from calbroker.store.cronofy import issue_client, issue_service_account_token
 from calbroker.store.database import connect_pool, resolve_database_url
 from calbroker.store.keyring import KeyringError, add_key_to_file, generate_master_key, load_keyring
 from calbroker.store.migrations import MigrationError, migrate
@@ -145,6 +146,25 @@ async def _cmd_apps_rotate(settings: Settings, args: argparse.Namespace) -> int:
     async with _database(settings) as pool, pool.acquire() as conn:
         issued = await rotate_key(conn, args.application_id, actor=_ACTOR)
     print(f"new api key for {issued.application.id} (shown once; previous keys are revoked): {issued.token}")
+    return 0
+
+
+async def _cmd_apps_cronofy_credentials(settings: Settings, args: argparse.Namespace) -> int:
+    keyring = load_keyring(settings)
+    async with _database(settings) as pool, pool.acquire() as conn:
+        await get_application(conn, args.application_id)
+        issued = await issue_client(conn, keyring, args.application_id, actor=_ACTOR)
+    print(f"Cronofy client for {args.application_id} (the secret is shown once; a previous one stops working):")
+    print(f"client_id:     {issued.client.client_id}")
+    print(f"client_secret: {issued.client_secret}")
+    print(f"base URL:      {settings.public_url}/compat/cronofy")
+    return 0
+
+
+async def _cmd_apps_service_account_token(settings: Settings, args: argparse.Namespace) -> int:
+    async with _database(settings) as pool, pool.acquire() as conn:
+        token = await issue_service_account_token(conn, args.application_id, args.connection_id, actor=_ACTOR)
+    print(f"Cronofy service-account token for connection {args.connection_id} (shown once): {token}")
     return 0
 
 
@@ -406,6 +426,18 @@ def _parser() -> argparse.ArgumentParser:
     rotate = apps.add_parser("rotate-key", help="issue a new key and revoke the old ones")
     rotate.add_argument("application_id", type=_uuid_arg)
     rotate.set_defaults(run=_cmd_apps_rotate)
+    cronofy = apps.add_parser(
+        "cronofy-credentials",
+        help="issue Cronofy client credentials (client id + secret, shown once) for the /compat/cronofy API",
+    )
+    cronofy.add_argument("application_id", type=_uuid_arg)
+    cronofy.set_defaults(run=_cmd_apps_cronofy_credentials)
+    sa_token = apps.add_parser(
+        "service-account-token", help="issue a Cronofy service-account token for one connection (shown once)"
+    )
+    sa_token.add_argument("application_id", type=_uuid_arg)
+    sa_token.add_argument("connection_id", type=_uuid_arg)
+    sa_token.set_defaults(run=_cmd_apps_service_account_token)
 
     keys = sub.add_parser("keys", help="master keys that seal stored credentials").add_subparsers(
         dest="keys_command", required=True

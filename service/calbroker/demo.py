@@ -22,6 +22,7 @@ from calbroker.sandbox import SandboxThread, start_sandbox_in_thread, this_week_
 from calbroker.services import ConnectionDraft, Services, verify_and_save
 from calbroker.store.applications import IssuedKey, create_application, list_applications, rotate_key
 from calbroker.store.connections import delete_connection, list_connections
+from calbroker.store.cronofy import issue_client, issue_service_account_token
 
 __all__ = ["DemoWorld", "demo_settings", "prepare_demo", "start_demo_sandbox"]
 
@@ -39,6 +40,8 @@ class DemoWorld:
     sandbox_ca: str
     mailboxes: dict[str, list[str]]
     connections: dict[str, str]
+    cronofy: dict[str, Any]
+    """The Cronofy-compatible API: base_url, client_id, client_secret, service_account_tokens."""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -49,6 +52,7 @@ class DemoWorld:
             "sandbox_ca": self.sandbox_ca,
             "mailboxes": self.mailboxes,
             "connections": self.connections,
+            "cronofy": self.cronofy,
         }
 
 
@@ -122,6 +126,20 @@ async def prepare_demo(services: Services, sandbox: SandboxThread, base_url: str
         actor="demo",
     )
 
+    # Cronofy's SDKs: fresh client credentials (shown once, like the key) and a token per connection.
+    async with services.pool.acquire() as conn:
+        client = await issue_client(conn, services.keyring, application_id, actor="demo")
+        tokens = {
+            name: await issue_service_account_token(conn, application_id, connection.id, actor="demo")
+            for name, connection in (("contoso", graph), ("fabrikam", ews))
+        }
+    cronofy = {
+        "base_url": f"{base_url}/compat/cronofy",
+        "client_id": client.client.client_id,
+        "client_secret": client.client_secret,
+        "service_account_tokens": tokens,
+    }
+
     def users(tenant_key: str) -> list[str]:
         tenant = directory.tenants[tenant_key]
         return sorted(m.email for m in tenant.mailboxes.values() if not m.is_room)
@@ -134,6 +152,7 @@ async def prepare_demo(services: Services, sandbox: SandboxThread, base_url: str
         sandbox_ca=str(sandbox.ca_path),
         mailboxes={"contoso": users("contoso"), "fabrikam": users("fabrikam")},
         connections={"contoso": str(graph.id), "fabrikam": str(ews.id)},
+        cronofy=cronofy,
     )
 
 
@@ -187,6 +206,13 @@ def demo_instructions(world: DemoWorld, demo_file: Path) -> str:
             f"calbroker demo: API on {world.base_url}, Microsoft 365 sandbox on {world.sandbox_url}",
             f"  api key      : {world.api_key}",
             f"  connections  : contoso over Graph ({len(contoso)} users), fabrikam over EWS ({len(fabrikam)} users)",
+            f"  cronofy      : {world.cronofy['base_url']} (point a Cronofy SDK's base URL here)",
+            f"    client_id              : {world.cronofy['client_id']}",
+            f"    client_secret          : {world.cronofy['client_secret']}",
+            *(
+                f"    service account token  : {name} {token}"
+                for name, token in world.cronofy["service_account_tokens"].items()
+            ),
             f"  written to   : {demo_file}",
             "",
             "# free/busy for a Graph mailbox and an EWS mailbox",

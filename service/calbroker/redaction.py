@@ -36,6 +36,8 @@ _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"\bcbk_([a-z2-7]{8})_[A-Za-z0-9_-]{20,}"), r"cbk_\1_" + REDACTED),
     # Authorize-link tokens travel in URL paths (/connect/cbl_...), so request log lines carry them.
     (re.compile(r"\bcbl_[A-Za-z0-9_-]{20,}"), "cbl_" + REDACTED),
+    # Cronofy-compatible client secrets, access and refresh tokens, authorization codes.
+    (re.compile(r"\b(cb[stcr])_[A-Za-z0-9_-]{20,}"), r"\1_" + REDACTED),
     (re.compile(r"(?i)\b(bearer|basic|negotiate|ntlm)\s+[A-Za-z0-9._~+/=-]{8,}"), r"\1 " + REDACTED),
     (re.compile(r"\beyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*"), REDACTED),
     (

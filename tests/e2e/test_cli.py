@@ -131,6 +131,11 @@ def test_demo_serves_the_api_with_two_verified_connections(tmp_path: Path) -> No
         assert (tmp_path / "demo.json").stat().st_mode & 0o077 == 0
         assert demo["base_url"] == f"http://127.0.0.1:{port}"
         assert demo["api_key"] in output
+        cronofy = demo["cronofy"]
+        assert cronofy["base_url"] == f"http://127.0.0.1:{port}/compat/cronofy"
+        assert set(cronofy["service_account_tokens"]) == {"contoso", "fabrikam"}
+        assert cronofy["client_id"] in output
+        assert cronofy["client_secret"] in output
         for _ in range(50):  # uvicorn prints before it accepts
             try:
                 urllib.request.urlopen(f"{demo['base_url']}/healthz", timeout=2)

@@ -14,12 +14,29 @@ from urllib.parse import urlsplit
 
 from calbroker.domain.errors import InvalidRequest
 
-__all__ = ["check_upstream_url"]
+__all__ = ["check_upstream_url", "refused_address"]
 
 # Cloud instance-metadata services answer on these; never talk to them, whatever the settings say.
 _METADATA = frozenset(
     ipaddress.ip_address(a) for a in ("169.254.169.254", "169.254.170.2", "fd00:ec2::254", "100.100.100.200")
 )
+
+
+def refused_address(address: ipaddress.IPv4Address | ipaddress.IPv6Address, *, allow_private: bool) -> str | None:
+    """Why calbroker must not connect to `address` (None: it may): the one rule for every outbound URL."""
+    if address in _METADATA:
+        return "points at a cloud metadata service"
+    private = (
+        address.is_loopback
+        or address.is_private
+        or address.is_link_local
+        or address.is_reserved
+        or address.is_multicast
+        or address.is_unspecified
+    )
+    if private and not allow_private:
+        return f"resolves to a private or local address ({address}); use a public address"
+    return None
 
 
 def _refusal(field: str, url: str, why: str) -> InvalidRequest:
@@ -60,16 +77,7 @@ async def check_upstream_url(
                 raise _refusal(field, url, f"cannot be resolved: no DNS record for {host}") from None
             addresses.extend(ipaddress.ip_address(info[4][0]) for info in infos)
     for address in addresses:
-        if address in _METADATA:
-            raise _refusal(field, url, "points at a cloud metadata service")
-        private = (
-            address.is_loopback
-            or address.is_private
-            or address.is_link_local
-            or address.is_reserved
-            or address.is_multicast
-            or address.is_unspecified
-        )
-        if private and not allow_private:
-            raise _refusal(field, url, f"resolves to a private or local address ({address}); use a public address")
+        why = refused_address(address, allow_private=allow_private)
+        if why is not None:
+            raise _refusal(field, url, why)
     return url

@@ -21,6 +21,7 @@ from calbroker.domain.connections import Connection, Credentials
 from calbroker.logs import get_logger
 from calbroker.providers.registry import ProviderRegistry
 from calbroker.services.bookings import Bookings
+from calbroker.services.callbacks import AppCallbacks
 from calbroker.services.schedules import ScheduleReader
 from calbroker.services.upstream import Upstream
 from calbroker.store.connections import update_credentials
@@ -50,6 +51,8 @@ class Services:
     upstream: Upstream
     schedules: ScheduleReader
     bookings: Bookings
+    callbacks: AppCallbacks
+    """Calls to URLs applications gave us (service-account callbacks), under the URL policy."""
 
 
 @asynccontextmanager
@@ -81,6 +84,7 @@ async def open_services(settings: Settings, *, pool_size: int | None = None) -> 
         stack.push_async_callback(registry.aclose)
         upstream = Upstream(pool, keyring, registry)
         schedules = ScheduleReader(pool, upstream)
+        callbacks = await stack.enter_async_context(AppCallbacks(settings))
         yield Services(
             settings=settings,
             pool=pool,
@@ -88,4 +92,5 @@ async def open_services(settings: Settings, *, pool_size: int | None = None) -> 
             upstream=upstream,
             schedules=schedules,
             bookings=Bookings(pool, upstream, settings),
+            callbacks=callbacks,
         )

@@ -1,0 +1,1 @@
+"""Compatibility surfaces: other vendors' APIs answered by calbroker's own services."""
