@@ -1,6 +1,6 @@
 """The sandbox's EWS endpoint: ``POST /EWS/Exchange.asmx`` answering as on-premises Exchange SE/2019.
 
-SOAP 1.1 over HTTP; Basic or NTLM credentials of a tenant's service account (``auth``); the
+SOAP 1.1 over HTTP; Basic or NTLM credentials of a service account or a mailbox user (``auth``); the
 ``ExchangeImpersonation`` header with the three Cronofy access levels (``access``); Exchange's
 faults and per-item response codes. Operations and the pages they follow:
 
@@ -31,7 +31,7 @@ from datetime import timedelta
 from aiohttp import web
 
 from calbroker.sandbox import timezones
-from calbroker.sandbox.directory import Mailbox, ServiceAccount
+from calbroker.sandbox.directory import EwsPrincipal, Mailbox
 from calbroker.sandbox.ews.access import Call, impersonate
 from calbroker.sandbox.ews.auth import EwsAuthenticator
 from calbroker.sandbox.ews.availability import AvailabilityLimits, get_user_availability
@@ -106,9 +106,13 @@ class EwsEndpoint:
     # --- HTTP -------------------------------------------------------------------------------------
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
+        # Any method: IIS authenticates (and challenges) before Exchange sees the request (see auth).
         account = self.auth.authenticate(request, self.state.directory)
         if isinstance(account, web.Response):
             return account
+        if request.method != "POST":
+            # SOAP 1.1 over HTTP binds requests to POST; what Exchange serves a browser's GET is not modelled.
+            raise web.HTTPMethodNotAllowed(request.method, ["POST"])
         try:
             soap = parse_request(await request.read())
         except MalformedRequest as exc:
@@ -138,7 +142,7 @@ class EwsEndpoint:
 
     # --- SOAP -------------------------------------------------------------------------------------
 
-    async def _answer(self, account: ServiceAccount, soap: SoapRequest) -> web.Response:
+    async def _answer(self, account: EwsPrincipal, soap: SoapRequest) -> web.Response:
         state = self.state
         try:
             acting = impersonate(account, soap.impersonation, state.directory)
@@ -160,7 +164,7 @@ class EwsEndpoint:
         except MalformedRequest as exc:
             return self._fault(_schema_error(exc))
 
-    def _dispatch(self, account: ServiceAccount, soap: SoapRequest, acting: Mailbox | None) -> web.Response:
+    def _dispatch(self, account: EwsPrincipal, soap: SoapRequest, acting: Mailbox | None) -> web.Response:
         state = self.state
         root, body = envelope(self.server_version)
         try:
@@ -201,6 +205,6 @@ class EwsEndpoint:
 
 
 def routes(state: SandboxState, *, realm: str = "mail.fabrikam.com") -> list[web.RouteDef]:
-    """The EWS route for the sandbox server: ``POST /EWS/Exchange.asmx``."""
+    """The EWS route for the sandbox server: ``/EWS/Exchange.asmx`` (every method authenticates; POST answers)."""
     endpoint = EwsEndpoint(state, realm=realm)
-    return [web.post(EWS_PATH, endpoint.handle)]
+    return [web.route("*", EWS_PATH, endpoint.handle)]

@@ -334,6 +334,7 @@ def build_directory(seed: int, certificate: AppCertificate) -> Directory:
         exchange=ExchangeLocation.ON_PREMISES,
         scope_group="calbroker-scope@fabrikam.com",
         admin_email="administrator@fabrikam.com",
+        netbios_domain="FABRIKAM",
         street="Friedrichstraße 100",
         city="Berlin",
         postal_code="10117",
