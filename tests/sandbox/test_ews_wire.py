@@ -275,6 +275,27 @@ async def test_create_update_delete_match_documented_responses(ews: Ews) -> None
     assert (again.findtext(f".//{{{M}}}MessageText") or "") == "The specified object was not found in the store."
 
 
+async def test_cancel_calendar_item_answers_the_cancelled_item_as_documented(ews: Ews) -> None:
+    created = await _create(ews, "Cancelled by CreateItem")
+    item_id = created.find(f".//{{{T}}}ItemId")
+    assert item_id is not None
+
+    status, cancelled = await ews.post(
+        '<m:CreateItem MessageDisposition="SendAndSaveCopy"><m:Items><t:CancelCalendarItem>'
+        f'<t:ReferenceItemId Id="{item_id.get("Id")}" ChangeKey="{item_id.get("ChangeKey")}"/>'
+        '<t:NewBodyContent BodyType="HTML">Cancelled.</t:NewBodyContent>'
+        "</t:CancelCalendarItem></m:Items></m:CreateItem>"
+    )
+
+    assert status == 200
+    assert_like_documented("createitem_cancelcalendaritem_response.xml", cancelled)
+    answered = cancelled.find(f".//{{{M}}}Items/{{{T}}}CalendarItem/{{{T}}}ItemId")
+    assert answered is not None
+    assert answered.get("Id") == item_id.get("Id")  # the meeting, now in Deleted Items
+    assert answered.get("ChangeKey") != item_id.get("ChangeKey")  # moving an item changes its key
+    assert not [e for e in ews.state.calendars.events(ANNA) if e.subject == "Cancelled by CreateItem"]
+
+
 async def test_room_lists_rooms_and_names_match_documented_responses(ews: Ews) -> None:
     _, lists = await ews.post("<m:GetRoomLists/>", impersonate=None)
     assert_like_documented("getroomlists_response.xml", lists)

@@ -13,6 +13,7 @@ DeleteItem and ConvertId. Each answers one ResponseMessage per requested folder 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from datetime import timedelta
 
@@ -300,8 +301,7 @@ def create_item(call: Call, body: Element, parent: Element) -> None:
                 event = _create_calendar_item(call, item, saved_in)
                 _item_id_only(response_message(messages, tag), event)
             elif kind in ("CancelCalendarItem", *_RESPONSES):
-                _respond(call, item, kind, saved_in)
-                child(response_message(messages, tag), m("Items"))
+                _item_id_only(response_message(messages, tag), _respond(call, item, kind, saved_in))
             else:
                 raise ItemError("ErrorInvalidItemForOperationCreateItem", f"{kind} cannot be created here.")
         except ItemError as exc:
@@ -325,7 +325,16 @@ def _create_calendar_item(call: Call, item: Element, saved_in: Element | None) -
         raise _store_error(exc) from exc
 
 
-def _respond(call: Call, item: Element, kind: str, saved_in: Element | None) -> None:
+def _respond(call: Call, item: Element, kind: str, saved_in: Element | None) -> Event:
+    """Send a meeting cancellation or response; the calendar item it acted on, as Exchange names it.
+
+    Exchange answers the CreateItem with that calendar item's id: "The following example shows the
+    XML that is returned in response to a CreateItem operation request used to delete a meeting"
+    (``<m:Items><t:CalendarItem><t:ItemId/></t:CalendarItem></m:Items>``,
+    https://learn.microsoft.com/en-us/exchange/client-developer/exchange-web-services/how-to-delete-appointments-and-cancel-meetings-by-using-ews-in-exchange),
+    and the same for a meeting response (how-to-propose-a-new-meeting-time-by-using-ews-in-exchange).
+    A cancelled or declined item moves to Deleted Items, which gives it a new change key.
+    """
     if saved_in is not None:
         resolve_folder(call, saved_in)
     else:
@@ -339,10 +348,13 @@ def _respond(call: Call, item: Element, kind: str, saved_in: Element | None) -> 
     try:
         if kind == "CancelCalendarItem":
             call.calendars.cancel(owner.email, event.id, find_text(item, t("Body")) or "")
-        else:
-            call.calendars.respond(owner.email, event.id, _RESPONSES[kind])
+            return dataclasses.replace(event, version=event.version + 1)
+        answered = call.calendars.respond(owner.email, event.id, _RESPONSES[kind])
     except CalendarError as exc:
         raise _store_error(exc) from exc
+    if answered.response is Response.DECLINED:
+        return dataclasses.replace(answered, version=answered.version + 1)
+    return answered
 
 
 # --- UpdateItem ---------------------------------------------------------------------------------
