@@ -243,6 +243,7 @@ async def _cmd_sandbox(settings: Settings, args: argparse.Namespace) -> int:
         seed=args.seed,
         latency_ms=args.latency_ms,
         state_dir=settings.data_dir / "sandbox",
+        allow_http_notification_urls=args.allow_http_notifications,
     )
 
 
@@ -387,6 +388,11 @@ def _parser() -> argparse.ArgumentParser:
     sandbox.add_argument("--port", type=int, default=8443)
     sandbox.add_argument("--seed", type=int, default=0)
     sandbox.add_argument("--latency-ms", type=float, default=0)
+    sandbox.add_argument(
+        "--allow-http-notifications",
+        action="store_true",
+        help="accept plain-http Graph notification URLs (a local receiver); real Graph requires https",
+    )
     sandbox.set_defaults(run=_cmd_sandbox)
 
     sub.add_parser("migrate", help="apply database migrations").set_defaults(run=_cmd_migrate)

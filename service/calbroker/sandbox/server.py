@@ -331,6 +331,7 @@ def run_sandbox_cli(
     *,
     host: str = "127.0.0.1",
     anchor: date = DEFAULT_ANCHOR,
+    allow_http_notification_urls: bool = False,
     out: TextIO | None = None,
 ) -> int:
     """Serve until Ctrl-C, after printing what the sandbox serves (for `calbroker sandbox`)."""
@@ -339,7 +340,13 @@ def run_sandbox_cli(
 
     async def main() -> None:
         async with Sandbox(
-            seed=seed, host=host, port=port, state_dir=directory, latency_ms=latency_ms, anchor=anchor
+            seed=seed,
+            host=host,
+            port=port,
+            state_dir=directory,
+            latency_ms=latency_ms,
+            anchor=anchor,
+            allow_http_notification_urls=allow_http_notification_urls,
         ) as sandbox:
             print(describe(sandbox), file=stream, flush=True)
             await asyncio.Event().wait()
