@@ -7,7 +7,7 @@ faults and per-item response codes. Operations and the pages they follow:
 - ConvertId (exchangelib's version probe): .../web-service-reference/convertid-operation
 - GetServerTimeZones: .../web-service-reference/getservertimezones-operation
 - GetUserAvailability: .../web-service-reference/getuseravailability-operation (``availability``)
-- GetFolder: .../web-service-reference/getfolder-operation
+- GetFolder, FindFolder: .../web-service-reference/getfolder-operation, findfolder-operation (``folders``)
 - FindItem + CalendarView: .../web-service-reference/finditem-operation and
   .../exchange-web-services/how-to-get-appointments-and-meetings-by-using-ews-in-exchange
 - GetItem: .../web-service-reference/getitem-operation-calendar-item
@@ -15,7 +15,7 @@ faults and per-item response codes. Operations and the pages they follow:
   .../web-service-reference/createitem-operation-calendar-item
 - UpdateItem: .../web-service-reference/updateitem-operation
 - DeleteItem: .../web-service-reference/deleteitem-operation
-- ResolveNames: .../web-service-reference/resolvenames-operation
+- ResolveNames, ExpandDL: .../web-service-reference/resolvenames-operation, expanddl-operation
 - GetRoomLists / GetRooms: .../web-service-reference/getroomlists-operation, getrooms-operation
 
 (``...`` = https://learn.microsoft.com/en-us/exchange/client-developer). Fault injection, request
@@ -35,14 +35,14 @@ from calbroker.sandbox.directory import EwsPrincipal, Mailbox
 from calbroker.sandbox.ews.access import Call, impersonate
 from calbroker.sandbox.ews.auth import EwsAuthenticator
 from calbroker.sandbox.ews.availability import AvailabilityLimits, get_user_availability
+from calbroker.sandbox.ews.folders import find_folder, get_folder
 from calbroker.sandbox.ews.items import TimeContext
-from calbroker.sandbox.ews.lookups import get_room_lists, get_rooms, get_server_time_zones, resolve_names
+from calbroker.sandbox.ews.lookups import expand_dl, get_room_lists, get_rooms, get_server_time_zones, resolve_names
 from calbroker.sandbox.ews.operations import (
     convert_id,
     create_item,
     delete_item,
     find_item,
-    get_folder,
     get_item,
     update_item,
 )
@@ -83,9 +83,14 @@ _HANDLERS: dict[str, _Handler] = {
     "ResolveNames": resolve_names,
     "GetRoomLists": get_room_lists,
     "GetRooms": get_rooms,
+    # The folder hierarchy and directory lookups clients send around the item operations.
+    "FindFolder": find_folder,
+    "ExpandDL": expand_dl,
 }
 # Answered without the ExchangeImpersonation header by exchangelib (protocol-level services).
-_ORGANISATION_WIDE = frozenset({"GetServerTimeZones", "ResolveNames", "GetRoomLists", "GetRooms", "ConvertId"})
+_ORGANISATION_WIDE = frozenset(
+    {"GetServerTimeZones", "ResolveNames", "GetRoomLists", "GetRooms", "ConvertId", "ExpandDL"}
+)
 
 
 class EwsEndpoint:

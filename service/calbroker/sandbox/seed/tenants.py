@@ -392,6 +392,15 @@ def build_directory(seed: int, certificate: AppCertificate) -> Directory:
         seed,
         _mailbox(fabrikam, fab_admin, fabrikam.admin_email, (), is_admin=True),
     )
+    # A distribution list clients expand (EWS ExpandDL) before asking for its members' free/busy.
+    engineering = "engineering@fabrikam.com"
+    fabrikam.groups[engineering] = Group(
+        stable_id("group", "fabrikam", engineering),
+        engineering,
+        "Engineering",
+        frozenset(m.email for m in fabrikam.users() if m.department == "Engineering"),
+        description="Distribution list of the engineering department.",
+    )
     ops_person = _Person("Operations", "Team", "America/Los_Angeles", "Ops", "IT")
     ops = _mailbox(tailspin, ops_person, tailspin.admin_email, (), is_admin=True)
     tailspin.mailboxes[ops.email] = ops
