@@ -53,6 +53,9 @@ def test_secondary_calendars_are_subfolders_of_calendar(sandbox: SandboxThread) 
     assert isinstance(projects, Calendar)
     assert projects.folder_class == "IPF.Appointment"
     assert acct.calendar.child_folder_count == 1
+    # TotalCount counts the folder's own items: the default calendar's, without the secondary one's.
+    assert acct.calendar.total_count == sandbox.call(lambda s: len(s.calendars.events(ANNA)))
+    assert projects.total_count == 3
     assert {i.subject for i in items} == {"Milestone review", "Release window", "Site visit"}
     calendars = {f.name for f in acct.root.walk() if f.folder_class == "IPF.Appointment"}
     assert calendars == {"Calendar", "Projects"}
