@@ -263,6 +263,7 @@ async def _cmd_sandbox(settings: Settings, args: argparse.Namespace) -> int:
         seed=args.seed,
         latency_ms=args.latency_ms,
         state_dir=settings.data_dir / "sandbox",
+        allow_http_notification_urls=args.allow_http_notifications,
     )
 
 
@@ -336,7 +337,8 @@ async def _cmd_connections_add_graph(settings: Settings, args: argparse.Namespac
 
 async def _cmd_connections_add_ews(settings: Settings, args: argparse.Namespace) -> int:
     password = _secret_argument(args.password, "password")
-    credentials = EwsServiceAccount(args.endpoint, args.username, password, args.auth_type)
+    # An email address (--email, or typed into --endpoint) is looked up with Autodiscover when verifying.
+    credentials = EwsServiceAccount(args.endpoint or args.email, args.username, password, args.auth_type)
     return await _add_connection(settings, _draft(args, ConnectionMethod.EWS, credentials))
 
 
@@ -407,6 +409,11 @@ def _parser() -> argparse.ArgumentParser:
     sandbox.add_argument("--port", type=int, default=8443)
     sandbox.add_argument("--seed", type=int, default=0)
     sandbox.add_argument("--latency-ms", type=float, default=0)
+    sandbox.add_argument(
+        "--allow-http-notifications",
+        action="store_true",
+        help="accept plain-http Graph notification URLs (a local receiver); real Graph requires https",
+    )
     sandbox.set_defaults(run=_cmd_sandbox)
 
     sub.add_parser("migrate", help="apply database migrations").set_defaults(run=_cmd_migrate)
@@ -470,7 +477,9 @@ def _parser() -> argparse.ArgumentParser:
     graph.add_argument("--certificate", help="PEM file with the private key and certificate")
     graph.add_argument("--secret-expires", help="secret expiry date (YYYY-MM-DD), for expiry warnings")
     graph.set_defaults(run=_cmd_connections_add_graph)
-    ews.add_argument("--endpoint", required=True, help="EWS URL, e.g. https://mail.contoso.com/EWS/Exchange.asmx")
+    where = ews.add_mutually_exclusive_group(required=True)
+    where.add_argument("--endpoint", help="EWS URL, e.g. https://mail.contoso.com/EWS/Exchange.asmx (or an email)")
+    where.add_argument("--email", help="a mailbox's address: Autodiscover finds the EWS URL from it")
     ews.add_argument("--username", required=True, help="service account, e.g. CONTOSO\\svc-calbroker")
     ews.add_argument("--password", required=True, help="the password, or - to read it from stdin")
     ews.add_argument("--auth-type", choices=["basic", "ntlm"], default="ntlm")

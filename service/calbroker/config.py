@@ -96,6 +96,11 @@ class Cloud:
     """Extra CA to trust (the sandbox's, or an on-premises Exchange's internal CA)."""
     known_to_msal: bool = True
     """False for hosts msal does not know, so it skips Microsoft's instance discovery."""
+    autodiscover_host: str | None = None
+    """Where Exchange Autodiscover answers for this cloud (``host[:port]``). None: derive the
+    documented candidates from the email address's domain (``https://{domain}/autodiscover/…``,
+    ``https://autodiscover.{domain}/…``, then the http redirect and DNS SRV); the sandbox, which
+    serves no DNS, names its own host."""
 
 
 BUILTIN_CLOUDS: Mapping[str, Cloud] = {
@@ -125,7 +130,15 @@ BUILTIN_CLOUDS: Mapping[str, Cloud] = {
 def sandbox_cloud(url: str, ca_bundle: Path | None) -> Cloud:
     """The cloud served by `calbroker sandbox` at `url` (HTTPS with its own CA)."""
     base = url.rstrip("/")
-    return Cloud("sandbox", base, f"{base}/v1.0", "https://graph.microsoft.com", ca_bundle, known_to_msal=False)
+    return Cloud(
+        "sandbox",
+        base,
+        f"{base}/v1.0",
+        "https://graph.microsoft.com",
+        ca_bundle,
+        known_to_msal=False,
+        autodiscover_host=urlsplit(base).netloc,
+    )
 
 
 @dataclass(frozen=True, slots=True, repr=False)

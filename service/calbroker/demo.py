@@ -64,6 +64,7 @@ def start_demo_sandbox(settings: Settings, *, seed: int, port: int, latency_ms: 
         state_dir=settings.data_dir / "sandbox",
         latency_ms=latency_ms,
         anchor=this_week_monday(datetime.now(UTC).date()),
+        allow_http_notification_urls=True,  # the demo API listens on plain http locally
     )
 
 

@@ -476,6 +476,38 @@ async def test_exchange_service_account_impersonation_denied_then_free_busy(
     assert body["endpoint"] == sandbox.ews_url
 
 
+async def test_exchange_form_takes_an_email_address_and_autodiscovers_the_endpoint(
+    web: AsyncTestClient,  # type: ignore[type-arg]
+    browser: FormBrowser,
+    app_a: IssuedKey,
+    sandbox: SandboxThread,
+    sandbox_control: SandboxControl,
+) -> None:
+    account = service_account(sandbox_control, "svc-full")
+    link = await new_link(web, app_a)
+    hidden = await browser.open_form(link["url"], "ews")
+    fields = {
+        "endpoint": "nobody@fabrikam.com",
+        "username": f"FABRIKAM\\{account['username']}",
+        "password": account["password"],
+        "auth_type": "ntlm",
+        "access_level": "full",
+        "test_mailbox": "anna.schmidt@fabrikam.com",
+    }
+
+    unknown = await browser.submit(hidden, fields)
+    assert unknown.status_code == 422
+    assert 'id="endpoint-error"' in unknown.text
+    assert "Autodiscover found no EWS URL for nobody@fabrikam.com" in error_summary(unknown.text)
+    assert f"{sandbox.url}/autodiscover/autodiscover.svc" in error_summary(unknown.text)  # what was tried
+    assert account["password"] not in unknown.text
+
+    done = await browser.submit(hidden_fields(unknown.text), fields | {"endpoint": "Anna.Schmidt@fabrikam.com"})
+    back = landed(done)
+    body = (await web.get(f"/v1/connections/{back['connection_id']}", headers=auth(app_a))).json()
+    assert (body["kind"], body["endpoint"]) == ("ews", sandbox.ews_url)
+
+
 @pytest.mark.parametrize(
     ("overrides", "field", "words"),
     [

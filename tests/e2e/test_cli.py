@@ -83,6 +83,31 @@ def test_add_ews_refuses_exchange_online_and_impersonation_denied(
     assert account.password not in err
 
 
+def test_add_ews_finds_the_endpoint_from_an_email_address(
+    cli_env: dict[str, str],
+    api_key: IssuedKey,
+    sandbox: SandboxThread,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    account = sandbox.directory.tenants["fabrikam"].service_accounts["svc-full"]
+    base = [
+        "connections", "add-ews", "--application", str(api_key.application.id), "--username",
+        f"FABRIKAM\\{account.username}", "--password", account.password, "--domains", "fabrikam.com",
+        "--test-mailbox", "anna.schmidt@fabrikam.com", "--cloud", "sandbox",
+    ]  # fmt: skip
+    # An address Exchange does not know: the error names the URL tried and what it answered.
+    assert main([*base, "--email", "nobody@fabrikam.com"], cli_env) == 2
+    err = capsys.readouterr().err
+    assert f"{sandbox.url}/autodiscover/autodiscover.svc (InvalidUser" in err
+    assert account.password not in err
+
+    assert main([*base, "--email", "anna.schmidt@fabrikam.com"], cli_env) == 0
+    assert "verified with anna.schmidt@fabrikam.com" in capsys.readouterr().out
+    assert main(["connections", "list", "--application", str(api_key.application.id), "--json"], cli_env) == 0
+    endpoints = [c["endpoint"] for c in json.loads(capsys.readouterr().out) if c["kind"] == "ews"]
+    assert endpoints == [sandbox.ews_url]  # found through the sandbox's Autodiscover, NTLM by default
+
+
 async def test_removing_a_connection_wipes_its_secret(
     cli_env: dict[str, str], api_key: IssuedKey, pool: asyncpg.Pool, capsys: pytest.CaptureFixture[str]
 ) -> None:

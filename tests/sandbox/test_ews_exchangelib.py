@@ -371,11 +371,13 @@ def test_attendee_accepts_and_organizer_cancels_with_response_objects(ews_sandbo
     meeting.save(send_meeting_invitations="SendToAllAndSaveCopy")
     (copy,) = [i for i in ben.calendar.view(start=day, end=day + timedelta(days=1)) if i.subject == "Contract review"]
 
-    copy.accept(body="See you there")  # CreateItem with t:AcceptItem, saved to Sent Items
+    accepted = copy.accept(body="See you there")  # CreateItem with t:AcceptItem, saved to Sent Items
     organizer_view = anna.calendar.get(id=meeting.id)
     assert [(a.mailbox.email_address, a.response_type) for a in organizer_view.required_attendees] == [(BEN, "Accept")]
+    assert accepted.id == copy.id  # Exchange answers the calendar item the response was for
 
-    organizer_view.cancel(body="Postponed")  # CreateItem with t:CancelCalendarItem
+    cancelled_id = organizer_view.cancel(body="Postponed")  # CreateItem with t:CancelCalendarItem
+    assert cancelled_id.id == meeting.id
     (cancelled,) = [
         i for i in ben.calendar.view(start=day, end=day + timedelta(days=1)) if "Contract review" in i.subject
     ]

@@ -275,6 +275,129 @@ async def test_create_update_delete_match_documented_responses(ews: Ews) -> None
     assert (again.findtext(f".//{{{M}}}MessageText") or "") == "The specified object was not found in the store."
 
 
+async def test_cancel_calendar_item_answers_the_cancelled_item_as_documented(ews: Ews) -> None:
+    created = await _create(ews, "Cancelled by CreateItem")
+    item_id = created.find(f".//{{{T}}}ItemId")
+    assert item_id is not None
+
+    status, cancelled = await ews.post(
+        '<m:CreateItem MessageDisposition="SendAndSaveCopy"><m:Items><t:CancelCalendarItem>'
+        f'<t:ReferenceItemId Id="{item_id.get("Id")}" ChangeKey="{item_id.get("ChangeKey")}"/>'
+        '<t:NewBodyContent BodyType="HTML">Cancelled.</t:NewBodyContent>'
+        "</t:CancelCalendarItem></m:Items></m:CreateItem>"
+    )
+
+    assert status == 200
+    assert_like_documented("createitem_cancelcalendaritem_response.xml", cancelled)
+    answered = cancelled.find(f".//{{{M}}}Items/{{{T}}}CalendarItem/{{{T}}}ItemId")
+    assert answered is not None
+    assert answered.get("Id") == item_id.get("Id")  # the meeting, now in Deleted Items
+    assert answered.get("ChangeKey") != item_id.get("ChangeKey")  # moving an item changes its key
+    assert not [e for e in ews.state.calendars.events(ANNA) if e.subject == "Cancelled by CreateItem"]
+
+
+FIND_CALENDARS = (
+    # What the EWS Managed API (and ews-javascript-api, cal.com) sends to list calendar folders.
+    '<m:FindFolder Traversal="Deep"><m:FolderShape><t:BaseShape>IdOnly</t:BaseShape><t:AdditionalProperties>'
+    '<t:FieldURI FieldURI="folder:DisplayName"/><t:ExtendedFieldURI PropertyTag="4340" PropertyType="Boolean"/>'
+    '</t:AdditionalProperties></m:FolderShape><m:IndexedPageFolderView MaxEntriesReturned="100" Offset="0" '
+    'BasePoint="Beginning"/><m:Restriction><t:IsEqualTo><t:FieldURI FieldURI="folder:FolderClass"/>'
+    '<t:FieldURIOrConstant><t:Constant Value="IPF.Appointment"/></t:FieldURIOrConstant></t:IsEqualTo>'
+    '</m:Restriction><m:ParentFolderIds><t:DistinguishedFolderId Id="{root}"/></m:ParentFolderIds></m:FindFolder>'
+)
+
+
+@pytest.mark.parametrize("root", ["root", "msgfolderroot"])
+async def test_find_folder_lists_calendar_folders_as_documented(ews: Ews, root: str) -> None:
+    status, found = await ews.post(FIND_CALENDARS.replace("{root}", root))
+
+    assert status == 200
+    assert_like_documented("findfolder_deep_response.xml", found)
+    folders = found.findall(f".//{{{T}}}Folders/{{{T}}}CalendarFolder")
+    assert [f.findtext(f"{{{T}}}DisplayName") for f in folders] == ["Calendar", "Projects"]
+    assert not found.findall(f".//{{{T}}}Folders/{{{T}}}Folder")  # the restriction kept calendars only
+    rooted = found.find(f".//{{{M}}}RootFolder")
+    assert rooted is not None
+    assert (rooted.get("TotalItemsInView"), rooted.get("IndexedPagingOffset")) == ("2", "2")
+
+    # The secondary calendar's FolderId opens its own items.
+    projects = folders[1].find(f"{{{T}}}FolderId")
+    assert projects is not None
+    start = datetime.combine(ews.state.anchor, datetime.min.time(), UTC)
+    _, view = await ews.post(
+        '<m:FindItem Traversal="Shallow"><m:ItemShape><t:BaseShape>IdOnly</t:BaseShape><t:AdditionalProperties>'
+        '<t:FieldURI FieldURI="item:Subject"/></t:AdditionalProperties></m:ItemShape>'
+        f'<m:CalendarView StartDate="{start:%Y-%m-%dT%H:%M:%SZ}" '
+        f'EndDate="{start + timedelta(days=28):%Y-%m-%dT%H:%M:%SZ}"/>'
+        f'<m:ParentFolderIds><t:FolderId Id="{projects.get("Id")}"/></m:ParentFolderIds></m:FindItem>'
+    )
+    subjects = {e.text for e in view.findall(f".//{{{T}}}CalendarItem/{{{T}}}Subject")}
+    assert subjects == {"Milestone review", "Release window", "Site visit"}
+
+
+async def test_find_folder_shallow_default_shape_and_restricted_visibility(ews: Ews) -> None:
+    shallow = (
+        '<m:FindFolder Traversal="Shallow"><m:FolderShape><t:BaseShape>Default</t:BaseShape></m:FolderShape>'
+        '<m:ParentFolderIds><t:DistinguishedFolderId Id="msgfolderroot"/></m:ParentFolderIds></m:FindFolder>'
+    )
+    _, full = await ews.post(shallow)
+    _, restricted = await ews.post(shallow, service_account="svc-restricted")
+
+    names = [f.findtext(f"{{{T}}}DisplayName") for f in full.findall(f".//{{{T}}}Folders/*")]
+    assert "Inbox" in names
+    assert "Calendar" in names
+    assert "Projects" not in names  # a subfolder of Calendar: Shallow stops at the children
+    calendar = next(f for f in full.findall(f".//{{{T}}}Folders/{{{T}}}CalendarFolder"))
+    # Default shape: name, counts; UnreadCount belongs to t:Folder, not t:CalendarFolder (Types.xsd).
+    assert [c.tag.rpartition("}")[2] for c in calendar] == ["FolderId", "DisplayName", "TotalCount", "ChildFolderCount"]
+    assert calendar.findtext(f"{{{T}}}ChildFolderCount") == "1"
+    inbox = next(
+        f for f in full.findall(f".//{{{T}}}Folders/{{{T}}}Folder") if f.findtext(f"{{{T}}}DisplayName") == "Inbox"
+    )
+    assert inbox.findtext(f"{{{T}}}UnreadCount") == "0"
+    # A calendar-only service account sees the calendar folders and nothing else.
+    assert [f.findtext(f"{{{T}}}DisplayName") for f in restricted.findall(f".//{{{T}}}Folders/*")] == ["Calendar"]
+
+
+async def test_calendar_items_go_into_calendar_folders_only(ews: Ews) -> None:
+    day = datetime.combine(ews.state.anchor, datetime.min.time(), UTC) + timedelta(days=2, hours=5)
+    _, answer = await ews.post(
+        '<m:CreateItem SendMeetingInvitations="SendToNone"><m:SavedItemFolderId>'
+        '<t:DistinguishedFolderId Id="inbox"/></m:SavedItemFolderId><m:Items><t:CalendarItem>'
+        f"<t:Subject>Misfiled</t:Subject><t:Start>{day:%Y-%m-%dT%H:%M:%SZ}</t:Start>"
+        f"<t:End>{day + timedelta(hours=1):%Y-%m-%dT%H:%M:%SZ}</t:End></t:CalendarItem></m:Items></m:CreateItem>"
+    )
+    assert answer.findtext(f".//{{{M}}}ResponseCode") == "ErrorCannotCreateCalendarItemInNonCalendarFolder"
+
+
+async def test_expand_dl_matches_documented_response(ews: Ews) -> None:
+    status, expanded = await ews.post(
+        "<m:ExpandDL><m:Mailbox><t:EmailAddress>engineering@fabrikam.com</t:EmailAddress></m:Mailbox></m:ExpandDL>",
+        impersonate=None,
+    )
+    _, by_name = await ews.post(
+        "<m:ExpandDL><m:Mailbox><t:EmailAddress>Engineering</t:EmailAddress></m:Mailbox></m:ExpandDL>",
+        impersonate=None,
+    )
+    _, unknown = await ews.post(
+        "<m:ExpandDL><m:Mailbox><t:EmailAddress>nobody-list</t:EmailAddress></m:Mailbox></m:ExpandDL>",
+        impersonate=None,
+    )
+
+    assert status == 200
+    assert_like_documented("expanddl_response.xml", expanded)
+    members = {e.text for e in expanded.findall(f".//{{{M}}}DLExpansion/{{{T}}}Mailbox/{{{T}}}EmailAddress")}
+    assert ANNA in members
+    assert "chloe.martin@fabrikam.com" in members
+    assert {e.text for e in by_name.findall(f".//{{{T}}}EmailAddress")} == members
+    # "If the distribution list has no members or the requested distribution list does not exist,
+    # the ResponseClass attribute will contain a value equal to Success."
+    message = unknown.find(f".//{{{M}}}ExpandDLResponseMessage")
+    assert message is not None
+    assert message.get("ResponseClass") == "Success"
+    assert unknown.find(f".//{{{M}}}DLExpansion").get("TotalItemsInView") == "0"  # type: ignore[union-attr]
+
+
 async def test_room_lists_rooms_and_names_match_documented_responses(ews: Ews) -> None:
     _, lists = await ews.post("<m:GetRoomLists/>", impersonate=None)
     assert_like_documented("getroomlists_response.xml", lists)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
+from functools import partial
 
 import aiohttp
 
@@ -20,7 +21,8 @@ from calbroker.domain.connections import (
     EwsServiceAccount,
 )
 from calbroker.domain.errors import InvalidRequest
-from calbroker.providers.ews import EwsLimits, EwsProvider
+from calbroker.providers.endpoints import check_upstream_url
+from calbroker.providers.ews import EwsLimits, EwsProvider, discover_ews_endpoint
 from calbroker.providers.graph import GraphLimits, GraphProvider
 from calbroker.providers.protocol import CalendarProvider
 
@@ -66,6 +68,27 @@ class ProviderRegistry:
                 "cloud", f"unknown cloud {name!r}; known: {', '.join(sorted(self._settings.clouds))}"
             )
         return cloud
+
+    async def discover_ews_endpoint(self, email: str, credentials: EwsServiceAccount, cloud: str) -> str:
+        """The EWS URL Autodiscover gives for `email` (asked with the connection's own credentials), in
+        this cloud: its own Autodiscover host and CA, every URL tried under the admin-typed URL policy."""
+        found = self.cloud(cloud)
+        settings = self._settings
+
+        async def check(url: str, *, allow_http: bool = settings.allow_http_upstreams) -> str:
+            return await check_upstream_url(
+                url, field="endpoint", allow_http=allow_http, allow_private=settings.allow_private_upstreams
+            )
+
+        return await discover_ews_endpoint(
+            email,
+            credentials,
+            executor=self._executor,
+            check_url=check,
+            check_http_url=partial(check, allow_http=True),  # the unauthenticated redirect probe sends nothing
+            start_host=found.autodiscover_host,
+            ca_bundle=found.ca_bundle,
+        )
 
     def build(
         self,

@@ -1,9 +1,11 @@
 """Mailbox calendars: events, meeting propagation to attendees and rooms, recurrence expansion,
 free/busy derivation and change listeners.
 
-One `CalendarStore` holds every mailbox's default calendar. Graph, EWS and the control plane all
-mutate it through the same methods, so an edit made through one surface is seen — and notified —
-through all of them. The store is single-threaded: call it from the sandbox's event loop only.
+One `CalendarStore` holds every mailbox's calendars: the default calendar, which alone feeds free/busy
+and receives meeting invitations, and any secondary calendars (`add_calendar`). Graph, EWS and the
+control plane all mutate it through the same methods, so an edit made through one surface is seen —
+and notified — through all of them. The store is single-threaded: call it from the sandbox's event
+loop only.
 
 API for the EWS surface (stable; additions only):
 
@@ -24,6 +26,10 @@ API for the EWS surface (stable; additions only):
   (`GRAPH_DIGITS` maps working elsewhere to 0, `EWS_DIGITS` to 4).
 - `store.add_listener(callback)` / `store.changes_since(mailbox, sequence)` for change notification
   and SyncFolderItems-style polling.
+- `store.calendars(mailbox)` → `list[CalendarFolder]` (default first), `store.calendar_folder(mailbox, id)`,
+  `store.add_calendar(mailbox, name)`; `events`, `occurrences` and `create` take `calendar_id=`
+  (None or the default calendar's id: the default calendar). Items are addressed by id in the whole
+  mailbox (`get`, `update`, `delete`), whichever calendar holds them.
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ from calbroker.sandbox.events import (
     Attendee,
     BusyItem,
     CalendarError,
+    CalendarFolder,
     Change,
     ChangeType,
     Event,
@@ -86,6 +93,11 @@ def _b64(raw: bytes) -> str:
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
+def _folder_id(user_id: str, name: str) -> str:
+    """A calendar id in the shape Graph shows (AAMkAG…), stable for a user and calendar name."""
+    return "AAMkAGC" + hashlib.sha256(f"{user_id}|{name}".encode() if name else user_id.encode()).hexdigest()[:40]
+
+
 class CalendarStore:
     """Every mailbox's default calendar, with Exchange's meeting semantics."""
 
@@ -96,6 +108,7 @@ class CalendarStore:
         self._counter = 0
         self._sequence = 0
         self._items: dict[str, dict[str, Event]] = {m.email: {} for m in directory.all_mailboxes()}
+        self._folders: dict[str, list[CalendarFolder]] = {}  # secondary calendars per mailbox
         self._log: dict[str, list[Change]] = {}
         self._listeners: list[Listener] = []
 
@@ -154,6 +167,35 @@ class CalendarStore:
         self._log.clear()
         self._sequence = 0
 
+    # --- calendar folders ---------------------------------------------------------------------
+
+    def calendars(self, mailbox: str) -> list[CalendarFolder]:
+        """The mailbox's calendars, the default one first."""
+        owner = self._mailbox(mailbox)
+        default = CalendarFolder(_folder_id(owner.id, ""), "Calendar", is_default=True)
+        return [default, *self._folders.get(owner.email, [])]
+
+    def calendar_folder(self, mailbox: str, calendar_id: str) -> CalendarFolder | None:
+        return next((c for c in self.calendars(mailbox) if c.id == calendar_id), None)
+
+    def add_calendar(self, mailbox: str, name: str, *, color: str = "auto") -> CalendarFolder:
+        """A secondary calendar; names are unique per mailbox, as Exchange's folder names are."""
+        owner = self._mailbox(mailbox)
+        if any(c.name.lower() == name.lower() for c in self.calendars(owner.email)):
+            raise CalendarError("ErrorFolderExists", "A folder with the specified name already exists.")
+        folder = CalendarFolder(_folder_id(owner.id, name), name, is_default=False, color=color)
+        self._folders.setdefault(owner.email, []).append(folder)
+        return folder
+
+    def _scope(self, mailbox: str, calendar_id: str | None) -> str | None:
+        """The stored calendar key of `calendar_id`: None for the default calendar."""
+        if calendar_id is None:
+            return None
+        folder = self.calendar_folder(mailbox, calendar_id)
+        if folder is None:
+            raise CalendarError("ErrorItemNotFound", "The specified object was not found in the store.")
+        return None if folder.is_default else folder.id
+
     # --- reads --------------------------------------------------------------------------------
 
     def _calendar(self, mailbox: str) -> dict[str, Event]:
@@ -162,9 +204,12 @@ class CalendarStore:
         except KeyError:
             raise CalendarError("ErrorInvalidUser", f"The requested user '{mailbox}' is invalid.") from None
 
-    def events(self, mailbox: str) -> list[Event]:
-        """Stored items (single instances and series masters), as Graph's /events lists them."""
-        return sorted(self._calendar(mailbox).values(), key=lambda e: (e.start_utc, e.id))
+    def events(self, mailbox: str, *, calendar_id: str | None = None) -> list[Event]:
+        """Stored items (single instances and series masters) of one calendar, as Graph's /events lists them."""
+        key = self._scope(mailbox, calendar_id)
+        return sorted(
+            (e for e in self._calendar(mailbox).values() if e.calendar_id == key), key=lambda e: (e.start_utc, e.id)
+        )
 
     def get(self, mailbox: str, event_id: str) -> Event | None:
         """An item by id; occurrence ids resolve to the expanded instance (or exception)."""
@@ -227,10 +272,18 @@ class CalendarStore:
                 found.append(exception)
         return found
 
-    def occurrences(self, mailbox: str, start: datetime, end: datetime) -> list[Event]:
-        """Everything in the calendar view [start, end): singles, occurrences, exceptions; by start."""
+    def occurrences(
+        self, mailbox: str, start: datetime, end: datetime, *, calendar_id: str | None = None
+    ) -> list[Event]:
+        """Everything in one calendar's view [start, end): singles, occurrences, exceptions; by start.
+
+        Free/busy reads the default calendar only: Exchange publishes free/busy from it alone.
+        """
+        key = self._scope(mailbox, calendar_id)
         found: list[Event] = []
         for event in self._calendar(mailbox).values():
+            if event.calendar_id != key:
+                continue
             if event.recurrence is not None:
                 found.extend(self._expand(event, start, end))
             elif event.start_utc < end.astimezone(UTC) and (
@@ -311,13 +364,23 @@ class CalendarStore:
         url = f"https://meet.lync.com/{tenant.key}/{organizer.alias}/{digest[:8].upper()}"
         return OnlineMeeting(provider, url, str(int(digest[:12], 16) % 10**9).zfill(9), "+1 323-555-0166")
 
-    def create(self, mailbox: str, draft: EventDraft, *, at: datetime | None = None, notify: bool = True) -> Event:
-        """Create `draft` in `mailbox` as organizer, then send it to internal attendees and rooms.
+    def create(
+        self,
+        mailbox: str,
+        draft: EventDraft,
+        *,
+        at: datetime | None = None,
+        notify: bool = True,
+        calendar_id: str | None = None,
+    ) -> Event:
+        """Create `draft` in one of `mailbox`'s calendars as organizer, then send it to internal
+        attendees and rooms (whose copies land in their default calendars).
 
         A repeated `transaction_id` returns the event it created first instead of a duplicate.
         """
         organizer = self._mailbox(mailbox)
         calendar = self._calendar(organizer.email)
+        key = self._scope(organizer.email, calendar_id)
         if draft.transaction_id:
             existing = self.find(organizer.email, transaction_id=draft.transaction_id)
             if existing is not None:
@@ -343,6 +406,7 @@ class CalendarStore:
             response=Response.ORGANIZER,
             type=EventType.SERIES_MASTER if draft.recurrence else EventType.SINGLE,
             transaction_id=draft.transaction_id,
+            calendar_id=key,
         )
         self._apply(event, draft, set(_UPDATABLE))
         if draft.is_online_meeting:
@@ -437,6 +501,7 @@ class CalendarStore:
             created=now,
             last_modified=now,
             version=1,
+            calendar_id=None,
         )
         copy.exceptions = self._exceptions_for(copy, event)
         self._items[target.email][copy.id] = copy

@@ -12,6 +12,9 @@ API for the EWS surface (stable; additions only):
   (`ExchangeLocation.ON_PREMISES` for fabrikam, reached over EWS; `ONLINE` for contoso, reached over Graph).
 - `directory.authenticate_service_account(username, password)` → `ServiceAccount | None`: accepts
   `FABRIKAM\\svc-full`, `svc-full@fabrikam.com` or `svc-full` (Basic/NTLM-style user names).
+- `directory.ews_principal(username)` / `authenticate_ews(username, password)` → `EwsPrincipal | None`:
+  a service account, else a user of an on-premises tenant signing in as themselves (`MailboxLogon`:
+  UPN, SMTP address or `FABRIKAM\\anna.schmidt`), who reaches their own mailbox only.
 - `account.access` is an `EwsAccess` (`FULL`, `RESTRICTED`, `FREE_BUSY`, `NONE`), and the account answers:
   `can_impersonate(mailbox)` (ExchangeImpersonation allowed → else `ErrorImpersonateUserDenied`),
   `can_open_folder(folder)` (`"calendar"` for RESTRICTED, anything for FULL → else `ErrorAccessDenied`),
@@ -40,15 +43,18 @@ __all__ = [
     "ClientSecret",
     "Directory",
     "EwsAccess",
+    "EwsPrincipal",
     "ExchangeLocation",
     "Group",
     "Mailbox",
     "MailboxKind",
+    "MailboxLogon",
     "RoomList",
     "ServiceAccount",
     "ServicePrincipal",
     "Tenant",
     "WorkingHours",
+    "password_of",
     "stable_id",
 ]
 
@@ -311,6 +317,58 @@ class ServiceAccount:
         """GetUserAvailability: every account with rights (AvailabilityOnly included), within scope."""
         return self.access is not EwsAccess.NONE and self.in_scope(mailbox)
 
+    def sees_details(self, mailbox: Mailbox) -> bool:
+        """Whether free/busy may show subjects and locations (impersonation rights), or times only."""
+        return self.access in (EwsAccess.FULL, EwsAccess.RESTRICTED)
+
+
+@dataclass(frozen=True, slots=True)
+class MailboxLogon:
+    """A mailbox user signed in to EWS with their own credentials, as per-user integrations connect.
+
+    The user owns their mailbox (every folder, read and write) and holds no ApplicationImpersonation
+    role, so an ExchangeImpersonation header is refused
+    (https://learn.microsoft.com/en-us/exchange/client-developer/exchange-web-services/impersonation-and-ews-in-exchange).
+    Colleagues' calendars show free/busy times only: the Default user's permission on a calendar
+    folder, which Exchange sets to FreeBusyTimeOnly ("ReadItems: TimeOnly",
+    https://learn.microsoft.com/en-us/exchange/client-developer/web-service-reference/readitems-calendarpermissiontype)
+    [unverified: the default level].
+    """
+
+    mailbox: Mailbox
+
+    @property
+    def username(self) -> str:
+        return self.mailbox.user_principal_name or self.mailbox.email
+
+    @property
+    def tenant_id(self) -> str:
+        return self.mailbox.tenant_id
+
+    def can_impersonate(self, mailbox: Mailbox) -> bool:
+        return False
+
+    def can_open_folder(self, folder: str) -> bool:
+        return True  # any folder of the user's own mailbox; `ews.access.Call` keeps others closed
+
+    def can_write_items(self, mailbox: Mailbox) -> bool:
+        return mailbox.email == self.mailbox.email
+
+    def can_read_free_busy(self, mailbox: Mailbox) -> bool:
+        return mailbox.tenant_id == self.tenant_id
+
+    def sees_details(self, mailbox: Mailbox) -> bool:
+        return mailbox.email == self.mailbox.email
+
+
+EwsPrincipal = ServiceAccount | MailboxLogon
+"""Who an EWS request authenticated as: a service account or a mailbox user."""
+
+
+def password_of(principal: EwsPrincipal) -> str:
+    """The password an EWS principal proves (NTLM) or sends (Basic)."""
+    return principal.password if isinstance(principal, ServiceAccount) else principal.mailbox.password
+
 
 @dataclass(slots=True)
 class Tenant:
@@ -330,6 +388,7 @@ class Tenant:
     service_principals: dict[str, ServicePrincipal] = field(default_factory=dict)
     service_accounts: dict[str, ServiceAccount] = field(default_factory=dict)
     ews_path: str = "/EWS/Exchange.asmx"
+    netbios_domain: str = ""  # the Active Directory domain of an on-premises organisation, e.g. FABRIKAM
     street: str = ""
     city: str = ""
     state: str = ""
@@ -509,3 +568,33 @@ class Directory:
         if account is None or account.password != password:
             return None
         return account
+
+    def ews_principal(self, username: str) -> EwsPrincipal | None:
+        """Who a Basic/NTLM user name signs in as: a service account, else a user of an on-premises
+        organisation by UPN, SMTP address or `DOMAIN\\alias` (rooms cannot sign in)."""
+        account = self.service_account(username)
+        if account is not None:
+            return account
+        name = username.strip().lower()
+        mailbox: Mailbox | None = None
+        if "\\" in name:
+            domain, alias = name.split("\\", 1)
+            tenant = next((t for t in self.tenants.values() if t.netbios_domain.lower() == domain), None)
+            if tenant is not None:
+                mailbox = next((m for m in tenant.mailboxes.values() if m.alias == alias), None)
+        else:
+            mailbox = self.mailbox(name) or next(
+                (m for m in self.all_mailboxes() if m.user_principal_name == name), None
+            )
+        if mailbox is None or mailbox.is_room:
+            return None
+        if self.tenant_of(mailbox).exchange is not ExchangeLocation.ON_PREMISES:
+            return None
+        return MailboxLogon(mailbox)
+
+    def authenticate_ews(self, username: str, password: str) -> EwsPrincipal | None:
+        """Basic credential check for EWS (and Autodiscover); None for an unknown user or wrong password."""
+        principal = self.ews_principal(username)
+        if principal is None or password_of(principal) != password:
+            return None
+        return principal

@@ -22,6 +22,7 @@ __all__ = [
     "AttendeeType",
     "BusyItem",
     "CalendarError",
+    "CalendarFolder",
     "Change",
     "ChangeType",
     "Event",
@@ -98,6 +99,20 @@ class CalendarError(Exception):
         super().__init__(message)
         self.code = code
         self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class CalendarFolder:
+    """One calendar of a mailbox: its default calendar ("Calendar") or a secondary one the user added.
+
+    Graph lists both under `/users/{id}/calendars` (https://learn.microsoft.com/graph/api/user-list-calendars);
+    EWS shows secondary calendars as subfolders of the Calendar folder.
+    """
+
+    id: str
+    name: str
+    is_default: bool
+    color: str = "auto"
 
 
 @dataclass(slots=True)
@@ -194,6 +209,7 @@ class Event:
     response_requested: bool = True
     hide_attendees: bool = False
     version: int = 1
+    calendar_id: str | None = None  # a secondary calendar of the mailbox; None is its default calendar
 
     @property
     def is_organizer(self) -> bool:

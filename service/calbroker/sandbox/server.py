@@ -2,7 +2,8 @@
 `SandboxThread` for tests with blocking clients, and the CLI loop.
 
 One HTTPS port serves everything: Entra ID (`/{tenant}/…`), Graph (`/v1.0/…`), EWS
-(`/EWS/Exchange.asmx`) and the control plane (`/_sandbox/…`). A middleware adds the base
+(`/EWS/Exchange.asmx`), Autodiscover (`/autodiscover/autodiscover.xml|.svc`) and the control plane
+(`/_sandbox/…`). A middleware adds the base
 round-trip latency to every non-control request and turns `DropConnection` into a closed socket.
 """
 
@@ -65,6 +66,7 @@ def build_app(state: SandboxState) -> web.Application:
     app.add_routes(control.routes(state, subscriptions, authority))
     app.add_routes(graph.routes(GraphContext(state, subscriptions)))
     app.add_routes(ews.routes(state))
+    app.add_routes(ews.autodiscover_routes(state))
     app.add_routes(entra.routes(state, authority))
 
     async def subscription_client(_: web.Application) -> AsyncIterator[None]:
@@ -136,6 +138,11 @@ class Sandbox:
     @property
     def ews_url(self) -> str:
         return self.url + ews.EWS_PATH
+
+    @property
+    def autodiscover_host(self) -> str:
+        """Where Autodiscover answers: the sandbox's host and port (clients add /autodiscover/…)."""
+        return self.url.removeprefix("https://")
 
     async def __aenter__(self) -> Sandbox:
         if self._runner is not None:
@@ -270,6 +277,10 @@ class SandboxThread:
     def ews_url(self) -> str:
         return self._sandbox().ews_url
 
+    @property
+    def autodiscover_host(self) -> str:
+        return self._sandbox().autodiscover_host
+
 
 def start_sandbox_in_thread(**kwargs: Any) -> SandboxThread:
     """Start a `SandboxThread` (same arguments as `Sandbox`); call `.stop()` when done."""
@@ -284,6 +295,7 @@ def describe(sandbox: Sandbox) -> str:
         f"  authority host : {sandbox.authority_host}   (msal: instance_discovery=False, verify=CA)",
         f"  graph          : {sandbox.graph_url}",
         f"  ews            : {sandbox.ews_url}",
+        f"  autodiscover   : {sandbox.url}/autodiscover/autodiscover.svc (and .xml)",
         f"  CA certificate : {sandbox.ca_path}",
         f"  control plane  : {sandbox.url}/_sandbox/tenants",
         "",
@@ -331,6 +343,7 @@ def run_sandbox_cli(
     *,
     host: str = "127.0.0.1",
     anchor: date = DEFAULT_ANCHOR,
+    allow_http_notification_urls: bool = False,
     out: TextIO | None = None,
 ) -> int:
     """Serve until Ctrl-C, after printing what the sandbox serves (for `calbroker sandbox`)."""
@@ -339,7 +352,13 @@ def run_sandbox_cli(
 
     async def main() -> None:
         async with Sandbox(
-            seed=seed, host=host, port=port, state_dir=directory, latency_ms=latency_ms, anchor=anchor
+            seed=seed,
+            host=host,
+            port=port,
+            state_dir=directory,
+            latency_ms=latency_ms,
+            anchor=anchor,
+            allow_http_notification_urls=allow_http_notification_urls,
         ) as sandbox:
             print(describe(sandbox), file=stream, flush=True)
             await asyncio.Event().wait()

@@ -60,7 +60,10 @@ class SandboxSettings:
     notification_timeout_s: float = 3.0
     notification_retries: int = 2
     notification_retry_delay_s: float = 0.5
-    allow_http_notification_urls: bool = True  # real Graph requires https
+    # Graph delivers change notifications to "a publicly accessible, HTTPS-secured endpoint"
+    # (https://learn.microsoft.com/graph/change-notifications-delivery-webhooks), so http URLs are
+    # refused unless a local receiver opts in (the test fixtures, `calbroker demo`, `--allow-http-notifications`).
+    allow_http_notification_urls: bool = False
     schedule_scope_errors: bool = True  # getSchedule: per-schedule ErrorAccessDenied outside the policy [unverified]
     hang_s: float = 300.0  # how long a `timeout` fault holds the request
     ews_max_mailboxes: int = 100  # GetUserAvailability MailboxDataArray [unverified]

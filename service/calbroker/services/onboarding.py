@@ -24,7 +24,7 @@ from calbroker.domain.connections import (
 )
 from calbroker.domain.errors import InvalidRequest
 from calbroker.providers.endpoints import check_upstream_url
-from calbroker.providers.ews import check_ews_endpoint
+from calbroker.providers.ews import check_ews_endpoint, is_email_address
 from calbroker.providers.protocol import Deadline
 from calbroker.services.bundle import Services
 from calbroker.store.connection_checks import save_test_mailbox
@@ -60,7 +60,10 @@ class ConnectionDraft:
         return f"ConnectionDraft(method={self.method}, domains={list(self.domains)!r}, credentials=<redacted>)"
 
 
-async def _normalised(draft: ConnectionDraft, settings: Settings) -> tuple[NewConnection, str]:
+Discover = Callable[[str, EwsServiceAccount, str], Awaitable[str]]
+
+
+async def _normalised(draft: ConnectionDraft, settings: Settings, discover: Discover) -> tuple[NewConnection, str]:
     domains = tuple(dict.fromkeys(normalize_domain(d) for d in draft.domains))
     if not domains:
         raise InvalidRequest.field("domains", "list at least one domain the connection serves, e.g. contoso.com")
@@ -82,7 +85,15 @@ async def _normalised(draft: ConnectionDraft, settings: Settings) -> tuple[NewCo
     kind = ConnectionKind.GRAPH
     if isinstance(credentials, EwsServiceAccount):
         kind = ConnectionKind.EWS
-        endpoint = check_ews_endpoint(credentials.endpoint)
+        if not credentials.username.strip():
+            raise InvalidRequest.field("username", "is required")
+        if not credentials.password:
+            raise InvalidRequest.field("password", "is required")
+        typed = credentials.endpoint.strip()
+        if is_email_address(typed):
+            # An address instead of a URL: Autodiscover, under the same URL policy as a typed URL (below).
+            typed = await discover(normalize_email(typed, field_name="endpoint"), credentials, draft.cloud)
+        endpoint = check_ews_endpoint(typed)
         endpoint = await check_upstream_url(
             endpoint,
             field="endpoint",
@@ -90,10 +101,6 @@ async def _normalised(draft: ConnectionDraft, settings: Settings) -> tuple[NewCo
             allow_private=settings.allow_private_upstreams,
         )
         credentials = EwsServiceAccount(endpoint, credentials.username, credentials.password, credentials.auth_type)
-        if not credentials.username.strip():
-            raise InvalidRequest.field("username", "is required")
-        if not credentials.password:
-            raise InvalidRequest.field("password", "is required")
     elif draft.tenant_id is None or not draft.tenant_id.strip():
         raise InvalidRequest.field("tenant_id", "is required: the directory (tenant) id or primary domain")
     if kind is ConnectionKind.EWS and draft.method is not ConnectionMethod.EWS:
@@ -123,12 +130,15 @@ async def verify_and_save(
 ) -> Connection:
     """Verify the credentials against upstream with the test mailbox, then store them sealed.
 
-    Raises the specific error (CredentialsRejected with the AADSTS code, MailboxOutOfScope,
-    ImpersonationDenied, UpstreamUnavailable for an unreachable endpoint or TLS failure…), in
-    which case nothing was written. The test mailbox is kept for the health checks; `on_save`
+    An EWS "endpoint" that is an email address is looked up with Autodiscover first (the cloud's
+    Autodiscover host, else the documented candidates from its domain), and the URL found is
+    checked like a typed one. Raises the specific error (CredentialsRejected with the AADSTS code,
+    MailboxOutOfScope, ImpersonationDenied, UpstreamUnavailable for an unreachable endpoint or TLS
+    failure, InvalidRequest on ``endpoint`` listing what Autodiscover tried…), in which case
+    nothing was written. The test mailbox is kept for the health checks; `on_save`
     lets an authorize link claim itself atomically with the save (single use across replicas).
     """
-    new, test_mailbox = await _normalised(draft, services.settings)
+    new, test_mailbox = await _normalised(draft, services.settings, services.upstream.registry.discover_ews_endpoint)
     candidate = Connection(
         id=uuid.uuid4(),
         application_id=new.application_id,

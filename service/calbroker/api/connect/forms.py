@@ -233,7 +233,9 @@ def draft_from_form(
             secret_expires_at=expires,
         )
     if method is ConnectionMethod.EWS:
-        endpoint = _required(values, "endpoint", "enter the EWS URL or the Exchange server’s name")
+        endpoint = _required(
+            values, "endpoint", "enter the EWS URL, the Exchange server’s name or a mailbox’s email address"
+        )
         username = _required(values, "username", "enter the service account, e.g. FABRIKAM\\svc-calbroker")
         password = secrets.get("password", "")
         if not password:

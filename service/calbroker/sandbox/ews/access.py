@@ -11,8 +11,9 @@ The service account's level (``EwsAccess``, Cronofy's full / restricted / free-b
 - FREE_BUSY (AvailabilityOnly) and NONE: no impersonation (``ErrorImpersonateUserDenied``) and no
   delegate access to other mailboxes (``ErrorAccessDenied``); only GetUserAvailability works.
 
-Without an impersonation header the caller is the service account itself, which has no mailbox of
-its own in the sandbox and no delegate rights, so any mailbox access answers ``ErrorAccessDenied``.
+Without an impersonation header a service account acts as itself, which has no mailbox of its own
+in the sandbox and no delegate rights, so any mailbox access answers ``ErrorAccessDenied``; a mailbox
+user (``MailboxLogon``) acts on their own mailbox, and impersonates no one.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from calbroker.sandbox.calendars import CalendarStore
-from calbroker.sandbox.directory import Directory, Mailbox, ServiceAccount
+from calbroker.sandbox.directory import Directory, EwsPrincipal, Mailbox, MailboxLogon
 from calbroker.sandbox.ews.items import TimeContext
 from calbroker.sandbox.ews.soap import Impersonation, SoapFault
 
@@ -44,8 +45,8 @@ class ItemError(Exception):
 class Call:
     """One EWS request being answered."""
 
-    account: ServiceAccount
-    acting: Mailbox | None  # the impersonated mailbox, if any
+    account: EwsPrincipal
+    acting: Mailbox | None  # the impersonated mailbox, or a mailbox user's own
     directory: Directory
     calendars: CalendarStore
     times: TimeContext
@@ -79,10 +80,11 @@ class Call:
             raise ItemError("ErrorAccessDenied", ACCESS_DENIED)
 
 
-def impersonate(account: ServiceAccount, header: Impersonation | None, directory: Directory) -> Mailbox | None:
-    """Resolve the ExchangeImpersonation header; Exchange answers failures as SOAP faults."""
+def impersonate(account: EwsPrincipal, header: Impersonation | None, directory: Directory) -> Mailbox | None:
+    """The mailbox a request acts on: the ExchangeImpersonation header's (failures are SOAP faults),
+    else a mailbox user's own, else none."""
     if header is None:
-        return None
+        return account.mailbox if isinstance(account, MailboxLogon) else None
     value = header.value
     mailbox: Mailbox | None = None
     if header.kind in ("PrimarySmtpAddress", "SmtpAddress"):

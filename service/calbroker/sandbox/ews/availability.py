@@ -18,7 +18,7 @@ from datetime import UTC, datetime, timedelta
 
 from calbroker.sandbox import timezones
 from calbroker.sandbox.calendars import CalendarStore
-from calbroker.sandbox.directory import Directory, EwsAccess, Mailbox, ServiceAccount
+from calbroker.sandbox.directory import Directory, EwsPrincipal, Mailbox
 from calbroker.sandbox.events import EWS_DIGITS
 from calbroker.sandbox.ews.items import BUSY_TYPES
 from calbroker.sandbox.ews.render import event_hex_id, weekday_names
@@ -116,7 +116,7 @@ def get_user_availability(
     body: Element,
     parent: Element,
     *,
-    account: ServiceAccount,
+    account: EwsPrincipal,
     directory: Directory,
     calendars: CalendarStore,
     limits: AvailabilityLimits,
@@ -132,7 +132,6 @@ def get_user_availability(
             f"of {limits.max_mailboxes}.",
         )
     window = _parse_window(body, limits)
-    detailed = account.access in (EwsAccess.FULL, EwsAccess.RESTRICTED)
     responses = child(child(parent, m("GetUserAvailabilityResponse")), m("FreeBusyResponseArray"))
     for entry in entries:
         address = find_text(entry, f"{t('Email')}/{t('Address')}") or ""
@@ -146,7 +145,7 @@ def get_user_availability(
             _error(wrapper, "ErrorNoFreeBusyAccess", f"No free/busy access is granted for {mailbox.email}.")
         else:
             response_message(wrapper, m("ResponseMessage"))
-            _view(wrapper, mailbox, window, calendars, detailed=detailed)
+            _view(wrapper, mailbox, window, calendars, detailed=account.sees_details(mailbox))
 
 
 def _error(wrapper: Element, code: str, text: str) -> None:

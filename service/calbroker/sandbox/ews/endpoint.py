@@ -1,13 +1,13 @@
 """The sandbox's EWS endpoint: ``POST /EWS/Exchange.asmx`` answering as on-premises Exchange SE/2019.
 
-SOAP 1.1 over HTTP; Basic or NTLM credentials of a tenant's service account (``auth``); the
+SOAP 1.1 over HTTP; Basic or NTLM credentials of a service account or a mailbox user (``auth``); the
 ``ExchangeImpersonation`` header with the three Cronofy access levels (``access``); Exchange's
 faults and per-item response codes. Operations and the pages they follow:
 
 - ConvertId (exchangelib's version probe): .../web-service-reference/convertid-operation
 - GetServerTimeZones: .../web-service-reference/getservertimezones-operation
 - GetUserAvailability: .../web-service-reference/getuseravailability-operation (``availability``)
-- GetFolder: .../web-service-reference/getfolder-operation
+- GetFolder, FindFolder: .../web-service-reference/getfolder-operation, findfolder-operation (``folders``)
 - FindItem + CalendarView: .../web-service-reference/finditem-operation and
   .../exchange-web-services/how-to-get-appointments-and-meetings-by-using-ews-in-exchange
 - GetItem: .../web-service-reference/getitem-operation-calendar-item
@@ -15,7 +15,7 @@ faults and per-item response codes. Operations and the pages they follow:
   .../web-service-reference/createitem-operation-calendar-item
 - UpdateItem: .../web-service-reference/updateitem-operation
 - DeleteItem: .../web-service-reference/deleteitem-operation
-- ResolveNames: .../web-service-reference/resolvenames-operation
+- ResolveNames, ExpandDL: .../web-service-reference/resolvenames-operation, expanddl-operation
 - GetRoomLists / GetRooms: .../web-service-reference/getroomlists-operation, getrooms-operation
 
 (``...`` = https://learn.microsoft.com/en-us/exchange/client-developer). Fault injection, request
@@ -31,18 +31,18 @@ from datetime import timedelta
 from aiohttp import web
 
 from calbroker.sandbox import timezones
-from calbroker.sandbox.directory import Mailbox, ServiceAccount
+from calbroker.sandbox.directory import EwsPrincipal, Mailbox
 from calbroker.sandbox.ews.access import Call, impersonate
 from calbroker.sandbox.ews.auth import EwsAuthenticator
 from calbroker.sandbox.ews.availability import AvailabilityLimits, get_user_availability
+from calbroker.sandbox.ews.folders import find_folder, get_folder
 from calbroker.sandbox.ews.items import TimeContext
-from calbroker.sandbox.ews.lookups import get_room_lists, get_rooms, get_server_time_zones, resolve_names
+from calbroker.sandbox.ews.lookups import expand_dl, get_room_lists, get_rooms, get_server_time_zones, resolve_names
 from calbroker.sandbox.ews.operations import (
     convert_id,
     create_item,
     delete_item,
     find_item,
-    get_folder,
     get_item,
     update_item,
 )
@@ -83,9 +83,14 @@ _HANDLERS: dict[str, _Handler] = {
     "ResolveNames": resolve_names,
     "GetRoomLists": get_room_lists,
     "GetRooms": get_rooms,
+    # The folder hierarchy and directory lookups clients send around the item operations.
+    "FindFolder": find_folder,
+    "ExpandDL": expand_dl,
 }
 # Answered without the ExchangeImpersonation header by exchangelib (protocol-level services).
-_ORGANISATION_WIDE = frozenset({"GetServerTimeZones", "ResolveNames", "GetRoomLists", "GetRooms", "ConvertId"})
+_ORGANISATION_WIDE = frozenset(
+    {"GetServerTimeZones", "ResolveNames", "GetRoomLists", "GetRooms", "ConvertId", "ExpandDL"}
+)
 
 
 class EwsEndpoint:
@@ -106,9 +111,13 @@ class EwsEndpoint:
     # --- HTTP -------------------------------------------------------------------------------------
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
+        # Any method: IIS authenticates (and challenges) before Exchange sees the request (see auth).
         account = self.auth.authenticate(request, self.state.directory)
         if isinstance(account, web.Response):
             return account
+        if request.method != "POST":
+            # SOAP 1.1 over HTTP binds requests to POST; what Exchange serves a browser's GET is not modelled.
+            raise web.HTTPMethodNotAllowed(request.method, ["POST"])
         try:
             soap = parse_request(await request.read())
         except MalformedRequest as exc:
@@ -138,7 +147,7 @@ class EwsEndpoint:
 
     # --- SOAP -------------------------------------------------------------------------------------
 
-    async def _answer(self, account: ServiceAccount, soap: SoapRequest) -> web.Response:
+    async def _answer(self, account: EwsPrincipal, soap: SoapRequest) -> web.Response:
         state = self.state
         try:
             acting = impersonate(account, soap.impersonation, state.directory)
@@ -160,7 +169,7 @@ class EwsEndpoint:
         except MalformedRequest as exc:
             return self._fault(_schema_error(exc))
 
-    def _dispatch(self, account: ServiceAccount, soap: SoapRequest, acting: Mailbox | None) -> web.Response:
+    def _dispatch(self, account: EwsPrincipal, soap: SoapRequest, acting: Mailbox | None) -> web.Response:
         state = self.state
         root, body = envelope(self.server_version)
         try:
@@ -201,6 +210,6 @@ class EwsEndpoint:
 
 
 def routes(state: SandboxState, *, realm: str = "mail.fabrikam.com") -> list[web.RouteDef]:
-    """The EWS route for the sandbox server: ``POST /EWS/Exchange.asmx``."""
+    """The EWS route for the sandbox server: ``/EWS/Exchange.asmx`` (every method authenticates; POST answers)."""
     endpoint = EwsEndpoint(state, realm=realm)
-    return [web.post(EWS_PATH, endpoint.handle)]
+    return [web.route("*", EWS_PATH, endpoint.handle)]

@@ -1,15 +1,21 @@
-"""Organisation-wide lookups that need no mailbox: ResolveNames, GetRoomLists, GetRooms and
+"""Organisation-wide lookups that need no mailbox: ResolveNames, ExpandDL, GetRoomLists, GetRooms and
 GetServerTimeZones. exchangelib sends these without an impersonation header.
 
 - ResolveNames: https://learn.microsoft.com/en-us/exchange/client-developer/web-service-reference/resolvenames-operation
   ("returns a maximum of 100 candidates"; none → Error ErrorNameResolutionNoResults, several →
-  Warning ErrorNameResolutionMultipleResults)
+  Warning ErrorNameResolutionMultipleResults); distribution lists resolve as ``PublicDL``
+- ExpandDL: https://learn.microsoft.com/en-us/exchange/client-developer/web-service-reference/expanddl-operation
+  (a public list by SMTP address, alias or display name; "Recursive expansion is not supported";
+  "If the distribution list has no members or the requested distribution list does not exist, the
+  ResponseClass attribute will contain a value equal to Success"; several matches are an error)
 - GetRoomLists: https://learn.microsoft.com/en-us/exchange/client-developer/web-service-reference/getroomlists-operation
 - GetRooms: https://learn.microsoft.com/en-us/exchange/client-developer/web-service-reference/getrooms-operation
 - GetServerTimeZones: https://learn.microsoft.com/en-us/exchange/client-developer/web-service-reference/getservertimezones-operation
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 from calbroker.sandbox import timezones
 from calbroker.sandbox.directory import Mailbox, Tenant
@@ -36,10 +42,45 @@ def _mailbox(parent: Element, tag: str, mailbox: Mailbox, mailbox_type: str = "M
     return node
 
 
+@dataclass(frozen=True, slots=True)
+class _List:
+    """A distribution list as the address book shows it: a mail-enabled group or a room list."""
+
+    email: str
+    display_name: str
+    members: tuple[str, ...]
+
+
+def _lists(tenant: Tenant) -> list[_List]:
+    groups = [_List(g.email, g.display_name, tuple(sorted(g.members))) for g in tenant.groups.values()]
+    rooms = [_List(r.email, r.display_name, r.rooms) for r in tenant.room_lists.values()]
+    return sorted(groups + rooms, key=lambda dl: dl.email)
+
+
+def _matching_lists(tenant: Tenant, text: str, *, exact: bool) -> list[_List]:
+    needle = text.strip().lower().removeprefix("smtp:")
+    if exact:
+        return [
+            dl for dl in _lists(tenant) if needle in (dl.email, dl.email.partition("@")[0], dl.display_name.lower())
+        ]
+    return [dl for dl in _lists(tenant) if needle in dl.email or needle in dl.display_name.lower()]
+
+
+def _list_elem(parent: Element, dl: _List) -> None:
+    node = child(parent, t("Mailbox"))
+    child(node, t("Name"), dl.display_name)
+    child(node, t("EmailAddress"), dl.email)
+    child(node, t("RoutingType"), "SMTP")
+    child(node, t("MailboxType"), "PublicDL")
+
+
 def resolve_names(call: Call, body: Element, parent: Element) -> None:
     entry = find_text(body, m("UnresolvedEntry")) or ""
     full = parse_bool(body.get("ReturnFullContactData"))
-    found = call.directory.resolve(_tenant(call), entry) if entry else []
+    tenant = _tenant(call)
+    found: list[Mailbox | _List] = (
+        [*call.directory.resolve(tenant, entry), *_matching_lists(tenant, entry, exact=False)] if entry else []
+    )
     messages = child(child(parent, m("ResolveNamesResponse")), m("ResponseMessages"))
     tag = m("ResolveNamesResponseMessage")
     if not found:
@@ -60,6 +101,9 @@ def resolve_names(call: Call, body: Element, parent: Element) -> None:
     )
     for mailbox in shown:
         resolution = child(results, t("Resolution"))
+        if isinstance(mailbox, _List):
+            _list_elem(resolution, mailbox)
+            continue
         _mailbox(resolution, t("Mailbox"), mailbox)
         if full:
             contact = child(resolution, t("Contact"))
@@ -74,6 +118,30 @@ def resolve_names(call: Call, body: Element, parent: Element) -> None:
             child(contact, t("ContactSource"), "ActiveDirectory")
             if mailbox.surname:
                 child(contact, t("Surname"), mailbox.surname)
+
+
+def expand_dl(call: Call, body: Element, parent: Element) -> None:
+    address = find_text(body, f"{m('Mailbox')}/{t('EmailAddress')}") or find_text(
+        body, f"{t('Mailbox')}/{t('EmailAddress')}"
+    )
+    messages = child(child(parent, m("ExpandDLResponse")), m("ResponseMessages"))
+    tag = m("ExpandDLResponseMessage")
+    lists = _matching_lists(_tenant(call), address or "", exact=True) if address else []
+    if len(lists) > 1:
+        response_message(
+            messages, tag, "ErrorNameResolutionMultipleResults", "Multiple distribution lists match the name."
+        )
+        return
+    members = [call.directory.mailbox(email) for email in (lists[0].members if lists else ())]
+    shown = [member for member in members if member is not None]
+    expansion = child(
+        response_message(messages, tag),
+        m("DLExpansion"),
+        TotalItemsInView=str(len(shown)),
+        IncludesLastItemInRange="true",
+    )
+    for member in shown:
+        _mailbox(expansion, t("Mailbox"), member)
 
 
 def get_room_lists(call: Call, body: Element, parent: Element) -> None:

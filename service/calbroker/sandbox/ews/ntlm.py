@@ -6,6 +6,14 @@ TCP connection is then authenticated (later requests on it carry no Authorizatio
 Message layouts and the NTLMv2 proof: [MS-NLMP] 2.2.1.1–2.2.1.3 and 3.3.2,
 https://learn.microsoft.com/en-us/openspecs/windows_protocols/ms-nlmp/907f519d-6217-45b1-b421-dca10fc8af0d
 Session security (signing, sealing, MIC) is not checked: the sandbox only needs to know who is calling.
+
+Character sets are negotiated, not assumed: the CHALLENGE carries exactly one of UNICODE and OEM —
+UNICODE if the client asked for it, else OEM ([MS-NLMP] 3.2.5.1.1,
+https://learn.microsoft.com/en-us/openspecs/windows_protocols/ms-nlmp/81d15e3e-3ac3-41f0-920d-846149f3a814) —
+and text fields of the messages are read in the set the message's flags name ([MS-NLMP] 2.2.2.5,
+https://learn.microsoft.com/en-us/openspecs/windows_protocols/ms-nlmp/99d90ff4-957f-4c8a-80e4-5bfe5a9a9832:
+"A==1: Unicode; A==0 and B==1: OEM; A==0 and B==0: SEC_E_INVALID_TOKEN"). Clients that offer
+OEM only (ntlm-client, behind ews-javascript-api's @ewsjs/xhr) then send OEM user names.
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ from dataclasses import dataclass
 
 SIGNATURE = b"NTLMSSP\x00"
 _UNICODE = 0x00000001
+_OEM = 0x00000002
 _REQUEST_TARGET = 0x00000004
 _NTLM = 0x00000200
 _ALWAYS_SIGN = 0x00008000
@@ -27,8 +36,11 @@ _EXTENDED_SESSION_SECURITY = 0x00080000
 _TARGET_INFO = 0x00800000
 _VERSION = 0x02000000
 # Flags the server echoes when the client asks for them (signing/sealing/key exchange included, so
-# clients that require them proceed; the sandbox never uses the session key).
-_ECHOED = 0xE2088297
+# clients that require them proceed; the sandbox never uses the session key). The character set is
+# not among them: the server picks one (`charset_flag`).
+_ECHOED = 0xE2088297 & ~(_UNICODE | _OEM)
+# The OEM code page of an en-US Windows server, in which OEM-negotiated names travel.
+OEM_ENCODING = "cp437"
 
 
 class NtlmError(Exception):
@@ -81,16 +93,36 @@ def _filetime(seconds: float) -> bytes:
     return struct.pack("<Q", int((seconds + 11_644_473_600) * 10_000_000))
 
 
+def charset_flag(flags: int) -> int:
+    """The character set a message's flags select: UNICODE if set, else OEM, else the token is invalid."""
+    if flags & _UNICODE:
+        return _UNICODE
+    if flags & _OEM:
+        return _OEM
+    raise NtlmError("neither NTLMSSP_NEGOTIATE_UNICODE nor NTLM_NEGOTIATE_OEM is set (SEC_E_INVALID_TOKEN)")
+
+
+def _encoding(flags: int) -> str:
+    return "utf-16-le" if charset_flag(flags) == _UNICODE else OEM_ENCODING
+
+
 def challenge_message(
     negotiate: bytes, *, server_challenge: bytes, domain: str, computer: str, dns_domain: str
 ) -> bytes:
-    """A CHALLENGE message answering ``negotiate`` ([MS-NLMP] 2.2.1.2), with the usual AV pairs."""
+    """A CHALLENGE message answering ``negotiate`` ([MS-NLMP] 2.2.1.2), with the usual AV pairs.
+
+    TargetName is in the negotiated character set; AV pairs are always Unicode (2.2.2.1).
+    """
     if message_type(negotiate) != 1:
         raise NtlmError("expected a NEGOTIATE message")
     client_flags = struct.unpack_from("<I", negotiate, 12)[0] if len(negotiate) >= 16 else 0
-    flags = (client_flags & _ECHOED) | _UNICODE | _REQUEST_TARGET | _NTLM | _ALWAYS_SIGN
+    charset = charset_flag(client_flags)
+    flags = (client_flags & _ECHOED) | charset | _REQUEST_TARGET | _NTLM | _ALWAYS_SIGN
     flags |= _TARGET_TYPE_DOMAIN | _EXTENDED_SESSION_SECURITY | _TARGET_INFO | _VERSION
-    target = domain.encode("utf-16-le")
+    try:
+        target = domain.encode(_encoding(flags))
+    except UnicodeEncodeError as exc:
+        raise NtlmError("the domain name has no OEM form") from exc
     pairs = [
         (2, domain),
         (1, computer),
@@ -134,8 +166,7 @@ class Authenticate:
                 raise NtlmError("an AUTHENTICATE field points outside the message")
             return token[start : start + length]
 
-        flags = struct.unpack_from("<I", token, 60)[0]
-        encoding = "utf-16-le" if flags & _UNICODE else "cp437"
+        encoding = _encoding(struct.unpack_from("<I", token, 60)[0])
         try:
             return cls(
                 user=field(36).decode(encoding),

@@ -1,7 +1,6 @@
-"""Folder and calendar-item operations: GetFolder, FindItem, GetItem, CreateItem, UpdateItem,
-DeleteItem and ConvertId. Each answers one ResponseMessage per requested folder or item.
+"""Calendar-item operations: FindItem, GetItem, CreateItem, UpdateItem, DeleteItem and ConvertId.
+Each answers one ResponseMessage per requested folder or item (folders themselves: ``folders``).
 
-- GetFolder: https://learn.microsoft.com/en-us/exchange/client-developer/web-service-reference/getfolder-operation
 - FindItem / CalendarView: https://learn.microsoft.com/en-us/exchange/client-developer/web-service-reference/finditem-operation,
   https://learn.microsoft.com/en-us/exchange/client-developer/web-service-reference/calendarview
 - GetItem: https://learn.microsoft.com/en-us/exchange/client-developer/web-service-reference/getitem-operation-calendar-item
@@ -13,20 +12,19 @@ DeleteItem and ConvertId. Each answers one ResponseMessage per requested folder 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from datetime import timedelta
 
 from calbroker.sandbox.events import CalendarError, Event, Response
 from calbroker.sandbox.ews.access import Call, ItemError
+from calbroker.sandbox.ews.folders import folder_refs, is_calendar_folder, resolve_folder, store_calendar
 from calbroker.sandbox.ews.items import (
-    FOLDER_CHANGE_KEY,
     InvalidId,
     UnsupportedUpdate,
     changes_from_updates,
     draft_from_xml,
-    folder_id,
     item_id,
-    parse_folder_id,
     parse_item_id,
 )
 from calbroker.sandbox.ews.render import RenderContext, Shape, render_calendar_item
@@ -47,24 +45,6 @@ from calbroker.sandbox.ews.soap import (
 _NOT_FOUND = "The specified object was not found in the store."
 _MALFORMED_ID = "Id is malformed."
 
-# Distinguished folders: display name, parent, element, FolderClass.
-# https://learn.microsoft.com/en-us/exchange/client-developer/web-service-reference/distinguishedfolderid
-_FOLDERS: dict[str, tuple[str, str | None, str, str | None]] = {
-    "root": ("", None, "Folder", None),
-    "msgfolderroot": ("Top of Information Store", "root", "Folder", None),
-    "calendar": ("Calendar", "msgfolderroot", "CalendarFolder", "IPF.Appointment"),
-    "inbox": ("Inbox", "msgfolderroot", "Folder", "IPF.Note"),
-    "sentitems": ("Sent Items", "msgfolderroot", "Folder", "IPF.Note"),
-    "deleteditems": ("Deleted Items", "msgfolderroot", "Folder", "IPF.Note"),
-    "drafts": ("Drafts", "msgfolderroot", "Folder", "IPF.Note"),
-    "outbox": ("Outbox", "msgfolderroot", "Folder", "IPF.Note"),
-    "junkemail": ("Junk Email", "msgfolderroot", "Folder", "IPF.Note"),
-    "contacts": ("Contacts", "msgfolderroot", "ContactsFolder", "IPF.Contact"),
-    "tasks": ("Tasks", "msgfolderroot", "TasksFolder", "IPF.Task"),
-    "notes": ("Notes", "msgfolderroot", "Folder", "IPF.StickyNote"),
-    "journal": ("Journal", "msgfolderroot", "Folder", "IPF.Journal"),
-}
-
 
 def _render_ctx(call: Call) -> RenderContext:
     return RenderContext(call.directory, call.owa_url)
@@ -83,76 +63,6 @@ def _store_error(exc: CalendarError) -> ItemError:
     return ItemError(codes.get(exc.code, exc.code), exc.message)
 
 
-def resolve_folder(call: Call, ref: Element) -> tuple[str, str]:
-    """(mailbox email, distinguished folder name) of a DistinguishedFolderId or FolderId, access checked."""
-    address: str | None
-    if local_name(ref.tag) == "FolderId":
-        try:
-            address, folder = parse_folder_id(ref.get("Id") or "")
-        except InvalidId:
-            raise ItemError("ErrorInvalidIdMalformed", _MALFORMED_ID) from None
-    else:
-        folder = ref.get("Id") or ""
-        address = find_text(ref, f"{t('Mailbox')}/{t('EmailAddress')}")
-    if folder not in _FOLDERS:
-        raise ItemError("ErrorFolderNotFound", "The specified folder could not be found in the store.")
-    mailbox = call.mailbox(address)
-    call.open_folder(folder)
-    return mailbox.email, folder
-
-
-def _folder_refs(container: Element | None) -> list[Element]:
-    if container is None or len(container) == 0:
-        raise MalformedRequest("At least one folder id is required")
-    return list(container)
-
-
-# --- GetFolder ----------------------------------------------------------------------------------
-
-
-def get_folder(call: Call, body: Element, parent: Element) -> None:
-    messages = child(child(parent, m("GetFolderResponse")), m("ResponseMessages"))
-    for ref in _folder_refs(body.find(m("FolderIds"))):
-        tag = m("GetFolderResponseMessage")
-        try:
-            mailbox, name = resolve_folder(call, ref)
-        except ItemError as exc:
-            _error(messages, tag, exc)
-            continue
-        message = response_message(messages, tag)
-        _render_folder(child(message, m("Folders")), call, mailbox, name)
-
-
-def _render_folder(parent: Element, call: Call, mailbox: str, name: str) -> None:
-    display, parent_name, element, folder_class = _FOLDERS[name]
-    node = child(parent, t(element))
-    child(node, t("FolderId"), Id=folder_id(mailbox, name), ChangeKey=FOLDER_CHANGE_KEY)
-    if parent_name is not None:
-        child(node, t("ParentFolderId"), Id=folder_id(mailbox, parent_name), ChangeKey=FOLDER_CHANGE_KEY)
-    if folder_class is not None:
-        child(node, t("FolderClass"), folder_class)
-    child(node, t("DisplayName"), display)
-    total = len(call.calendars.events(mailbox)) if name == "calendar" else 0
-    child(node, t("TotalCount"), str(total))
-    children = sum(1 for _, (_, p, _, _) in _FOLDERS.items() if p == name)
-    child(node, t("ChildFolderCount"), str(children))
-    rights = child(node, t("EffectiveRights"))
-    readable = name == "calendar" or call.account.can_open_folder(name)
-    for right, value in (
-        ("CreateAssociated", readable),
-        ("CreateContents", readable),
-        ("CreateHierarchy", False),
-        ("Delete", False),
-        ("Modify", readable),
-        ("Read", readable),
-        ("ViewPrivateItems", readable),
-    ):
-        child(rights, t(right), xml_bool(value))
-    child(node, t("DistinguishedFolderId"), name)
-    if element == "Folder":
-        child(node, t("UnreadCount"), "0")
-
-
 # --- FindItem -----------------------------------------------------------------------------------
 
 
@@ -162,16 +72,16 @@ def find_item(call: Call, body: Element, parent: Element) -> None:
     paged = body.find(m("IndexedPageItemView"))
     restriction = compile_restriction(body.find(m("Restriction")))
     messages = child(child(parent, m("FindItemResponse")), m("ResponseMessages"))
-    for ref in _folder_refs(body.find(m("ParentFolderIds"))):
+    for ref in folder_refs(body.find(m("ParentFolderIds"))):
         tag = m("FindItemResponseMessage")
         try:
-            mailbox, name = resolve_folder(call, ref)
-            if view is not None and name != "calendar":
+            mailbox, key = resolve_folder(call, ref)
+            if view is not None and not is_calendar_folder(call, mailbox, key):
                 raise ItemError(
                     "ErrorCalendarFolderIsInvalidForCalendarView",
                     "CalendarView can only be used on calendar folders.",
                 )
-            items = _find(call, mailbox, name, view)
+            items = _find(call, mailbox, key, view)
             if restriction is not None:
                 items = [event for event in items if restriction(event)]
         except ItemError as exc:
@@ -197,17 +107,18 @@ def find_item(call: Call, body: Element, parent: Element) -> None:
 
 
 def _find(call: Call, mailbox: str, folder: str, view: Element | None) -> list[Event]:
-    if folder != "calendar":
+    if not is_calendar_folder(call, mailbox, folder):
         return []  # the sandbox models calendars only; other folders are empty
+    calendar_id = store_calendar(folder)
     if view is None:
         # A plain FindItem lists every stored item (masters, singles); `find_item` then applies the
         # restrictions ews_restrictions models.
-        return call.calendars.events(mailbox)
+        return call.calendars.events(mailbox, calendar_id=calendar_id)
     start = call.times.aware(view.get("StartDate") or "")
     end = call.times.aware(view.get("EndDate") or "")
     if end < start:
         raise ItemError("ErrorCalendarEndDateIsEarlierThanStartDate", "EndDate is earlier than StartDate")
-    return call.calendars.occurrences(mailbox, start, end)
+    return call.calendars.occurrences(mailbox, start, end, calendar_id=calendar_id)
 
 
 # --- item references ------------------------------------------------------------------------------
@@ -300,8 +211,7 @@ def create_item(call: Call, body: Element, parent: Element) -> None:
                 event = _create_calendar_item(call, item, saved_in)
                 _item_id_only(response_message(messages, tag), event)
             elif kind in ("CancelCalendarItem", *_RESPONSES):
-                _respond(call, item, kind, saved_in)
-                child(response_message(messages, tag), m("Items"))
+                _item_id_only(response_message(messages, tag), _respond(call, item, kind, saved_in))
             else:
                 raise ItemError("ErrorInvalidItemForOperationCreateItem", f"{kind} cannot be created here.")
         except ItemError as exc:
@@ -309,8 +219,15 @@ def create_item(call: Call, body: Element, parent: Element) -> None:
 
 
 def _create_calendar_item(call: Call, item: Element, saved_in: Element | None) -> Event:
+    folder = "calendar"
     if saved_in is not None:
-        mailbox, _ = resolve_folder(call, saved_in)
+        mailbox, folder = resolve_folder(call, saved_in)
+        if not is_calendar_folder(call, mailbox, folder):
+            # ResponseCode: https://learn.microsoft.com/en-us/exchange/client-developer/web-service-reference/responsecode
+            raise ItemError(
+                "ErrorCannotCreateCalendarItemInNonCalendarFolder",
+                "Calendar items can only be created in calendar folders.",
+            )
     else:
         mailbox = call.mailbox(None).email
         call.open_folder("calendar")
@@ -320,12 +237,21 @@ def _create_calendar_item(call: Call, item: Element, saved_in: Element | None) -
     if draft.end < draft.start:
         raise ItemError("ErrorCalendarEndDateIsEarlierThanStartDate", "EndDate is earlier than StartDate")
     try:
-        return call.calendars.create(owner.email, draft)
+        return call.calendars.create(owner.email, draft, calendar_id=store_calendar(folder))
     except CalendarError as exc:
         raise _store_error(exc) from exc
 
 
-def _respond(call: Call, item: Element, kind: str, saved_in: Element | None) -> None:
+def _respond(call: Call, item: Element, kind: str, saved_in: Element | None) -> Event:
+    """Send a meeting cancellation or response; the calendar item it acted on, as Exchange names it.
+
+    Exchange answers the CreateItem with that calendar item's id: "The following example shows the
+    XML that is returned in response to a CreateItem operation request used to delete a meeting"
+    (``<m:Items><t:CalendarItem><t:ItemId/></t:CalendarItem></m:Items>``,
+    https://learn.microsoft.com/en-us/exchange/client-developer/exchange-web-services/how-to-delete-appointments-and-cancel-meetings-by-using-ews-in-exchange),
+    and the same for a meeting response (how-to-propose-a-new-meeting-time-by-using-ews-in-exchange).
+    A cancelled or declined item moves to Deleted Items, which gives it a new change key.
+    """
     if saved_in is not None:
         resolve_folder(call, saved_in)
     else:
@@ -339,10 +265,13 @@ def _respond(call: Call, item: Element, kind: str, saved_in: Element | None) -> 
     try:
         if kind == "CancelCalendarItem":
             call.calendars.cancel(owner.email, event.id, find_text(item, t("Body")) or "")
-        else:
-            call.calendars.respond(owner.email, event.id, _RESPONSES[kind])
+            return dataclasses.replace(event, version=event.version + 1)
+        answered = call.calendars.respond(owner.email, event.id, _RESPONSES[kind])
     except CalendarError as exc:
         raise _store_error(exc) from exc
+    if answered.response is Response.DECLINED:
+        return dataclasses.replace(answered, version=answered.version + 1)
+    return answered
 
 
 # --- UpdateItem ---------------------------------------------------------------------------------

@@ -4,35 +4,46 @@ mailboxSettings (time zone, working hours)."""
 from __future__ import annotations
 
 import hashlib
+from typing import Any
 
+from calbroker.sandbox.directory import Mailbox
+from calbroker.sandbox.events import CalendarFolder
 from calbroker.sandbox.graph.events import READ
 from calbroker.sandbox.graph.odata import GraphContext, GraphRequest, GraphResponse, Route, make_route
 from calbroker.sandbox.graph.schedule import working_hours_json
 
-__all__ = ["ROUTES"]
+__all__ = ["ROUTES", "calendar_json"]
 
 
-async def get_calendar(ctx: GraphContext, req: GraphRequest) -> GraphResponse:
-    # https://learn.microsoft.com/graph/api/calendar-get ; providers per
-    # https://learn.microsoft.com/graph/outlook-calendar-online-meetings
-    mailbox = req.target
+def calendar_json(mailbox: Mailbox, folder: CalendarFolder) -> dict[str, Any]:
+    """The calendar resource (https://learn.microsoft.com/graph/api/resources/calendar); online-meeting
+    providers per https://learn.microsoft.com/graph/outlook-calendar-online-meetings."""
     providers = list(mailbox.online_meeting_providers)
-    body = {
-        "@odata.context": f"{ctx.graph_url}/$metadata#users('{mailbox.id}')/calendar/$entity",
-        "id": "AAMkAGC" + hashlib.sha256(mailbox.id.encode()).hexdigest()[:40],
-        "name": "Calendar",
-        "color": "auto",
+    return {
+        "id": folder.id,
+        "name": folder.name,
+        "color": folder.color,
         "hexColor": "",
-        "isDefaultCalendar": True,
-        "changeKey": hashlib.sha256(f"calendar|{mailbox.id}".encode()).hexdigest()[:28],
+        "isDefaultCalendar": folder.is_default,
+        "changeKey": hashlib.sha256(f"calendar|{mailbox.id}|{folder.id}".encode()).hexdigest()[:28],
         "canShare": True,
         "canViewPrivateItems": True,
         "canEdit": True,
         "allowedOnlineMeetingProviders": providers,
         "defaultOnlineMeetingProvider": providers[0] if providers else "unknown",
         "isTallyingResponses": True,
-        "isRemovable": False,
+        "isRemovable": not folder.is_default,
         "owner": {"name": mailbox.display_name, "address": mailbox.email},
+    }
+
+
+async def get_calendar(ctx: GraphContext, req: GraphRequest) -> GraphResponse:
+    # https://learn.microsoft.com/graph/api/calendar-get
+    mailbox = req.target
+    default = ctx.state.calendars.calendars(mailbox.email)[0]
+    body = {
+        "@odata.context": f"{ctx.graph_url}/$metadata#users('{mailbox.id}')/calendar/$entity",
+        **calendar_json(mailbox, default),
     }
     return GraphResponse(200, body)
 

@@ -8,7 +8,17 @@ from typing import Any
 
 from aiohttp import web
 
-from calbroker.sandbox.graph import batch, calendar, events, online_meetings, places, schedule, subscriptions, users
+from calbroker.sandbox.graph import (
+    batch,
+    calendar,
+    calendars,
+    events,
+    online_meetings,
+    places,
+    schedule,
+    subscriptions,
+    users,
+)
 from calbroker.sandbox.graph.dispatch import authenticate, dispatch, normalise_path
 from calbroker.sandbox.graph.odata import (
     JSON_CONTENT_TYPE,
@@ -33,6 +43,7 @@ ROUTES: tuple[Route, ...] = (
     *schedule.ROUTES,
     *calendar.ROUTES,
     *events.ROUTES,
+    *calendars.ROUTES,
     *subscriptions.ROUTES,
     *batch.ROUTES,
 )

@@ -48,7 +48,17 @@ from calbroker.sandbox.timezones import (
     zone,
 )
 
-__all__ = ["READ", "ROUTES", "WRITE", "event_json", "parse_draft", "parse_event", "parse_when", "resolve_zone"]
+__all__ = [
+    "READ",
+    "ROUTES",
+    "WRITE",
+    "event_json",
+    "event_routes",
+    "parse_draft",
+    "parse_event",
+    "parse_when",
+    "resolve_zone",
+]
 
 READ = {"Calendars.ReadBasic", "Calendars.Read", "Calendars.ReadWrite"}
 WRITE = {"Calendars.ReadWrite"}
@@ -367,12 +377,26 @@ def _listing(ctx: GraphContext, req: GraphRequest, events: list[Event], context:
     return GraphResponse(200, body, _headers(req))
 
 
+def _calendar_id(req: GraphRequest) -> str | None:
+    """The calendar a `/calendars/{calendar}/…` route names; None for the default calendar, which
+    `/users/{id}/events`, `/calendar/events` and `/calendarView` address (user-list-events lists them
+    together: https://learn.microsoft.com/graph/api/user-list-events)."""
+    return req.params.get("calendar")
+
+
+def _scope(req: GraphRequest) -> str:
+    """The OData path of the calendar a request reads, for `@odata.context`."""
+    calendar_id = _calendar_id(req)
+    base = f"users('{req.target.id}')"
+    return base if calendar_id is None else f"{base}/calendars('{calendar_id}')"
+
+
 async def calendar_view(ctx: GraphContext, req: GraphRequest) -> GraphResponse:
-    # https://learn.microsoft.com/graph/api/user-list-calendarview
+    # https://learn.microsoft.com/graph/api/user-list-calendarview (the default calendar) and
+    # https://learn.microsoft.com/graph/api/calendar-list-calendarview (a named one)
     start, end = _window(req)
-    mailbox = req.target
-    events = ctx.state.calendars.occurrences(mailbox.email, start, end)
-    return _listing(ctx, req, events, f"users('{mailbox.id}')/calendarView")
+    events = ctx.state.calendars.occurrences(req.target.email, start, end, calendar_id=_calendar_id(req))
+    return _listing(ctx, req, events, f"{_scope(req)}/calendarView")
 
 
 _FILTERS: Filters[Event] = (
@@ -391,11 +415,10 @@ _FILTERS: Filters[Event] = (
 
 async def list_events(ctx: GraphContext, req: GraphRequest) -> GraphResponse:
     # https://learn.microsoft.com/graph/api/user-list-events — singles and series masters, not expanded
-    mailbox = req.target
-    events = ctx.state.calendars.events(mailbox.email)
+    events = ctx.state.calendars.events(req.target.email, calendar_id=_calendar_id(req))
     invalid = GraphError(400, "ErrorInvalidUrlQueryFilter", "The query filter contains one or more invalid nodes.")
     events = apply_filter(events, req.option("$filter"), _FILTERS, invalid)
-    return _listing(ctx, req, events, f"users('{mailbox.id}')/events")
+    return _listing(ctx, req, events, f"{_scope(req)}/events")
 
 
 def _created_response(ctx: GraphContext, req: GraphRequest, event: Event, status: int) -> GraphResponse:
@@ -404,7 +427,7 @@ def _created_response(ctx: GraphContext, req: GraphRequest, event: Event, status
     body = event_json(
         ctx, event, tz_name=_tz(req), select=req.select(), expand_properties=_expand(req), omit_join_url=omit
     )
-    body = {"@odata.context": f"{ctx.graph_url}/$metadata#users('{mailbox.id}')/events/$entity", **body}
+    body = {"@odata.context": f"{ctx.graph_url}/$metadata#{_scope(req)}/events/$entity", **body}
     headers = _headers(req)
     if status == 201:
         headers["Location"] = f"{ctx.graph_url}/users('{mailbox.id}')/events('{quote(event.id, safe='')}')"
@@ -418,11 +441,12 @@ def _calendar_error(exc: CalendarError) -> GraphError:
 
 async def create_event(ctx: GraphContext, req: GraphRequest) -> GraphResponse:
     # https://learn.microsoft.com/graph/api/user-post-events — 201 with the event; a repeated
-    # transactionId returns the event created first (event resource: transactionId).
+    # transactionId returns the event created first (event resource: transactionId). In a named
+    # calendar: https://learn.microsoft.com/graph/api/calendar-post-events
     mailbox = req.target
     draft = parse_draft(req.body, mailbox.time_zone)
     try:
-        event = ctx.state.calendars.create(mailbox.email, draft)
+        event = ctx.state.calendars.create(mailbox.email, draft, calendar_id=_calendar_id(req))
     except CalendarError as exc:
         raise _calendar_error(exc) from None
     return _created_response(ctx, req, event, 201)
@@ -499,24 +523,33 @@ async def event_instances(ctx: GraphContext, req: GraphRequest) -> GraphResponse
     return _listing(ctx, req, instances, f"users('{req.target.id}')/events('{master.id}')/instances")
 
 
-_EVENTS = r"/users/{user}(?:/calendar)?/events"
-ROUTES: tuple[Route, ...] = (
-    make_route(
-        "GET", r"/users/{user}(?:/calendar)?/calendarView", "graph:calendarView", calendar_view, READ, family="outlook"
-    ),
-    make_route("GET", _EVENTS, "graph:events.list", list_events, READ, family="outlook"),
-    make_route("POST", _EVENTS, "graph:events.create", create_event, WRITE, family="outlook"),
-    make_route("GET", _EVENTS + "/{id}", "graph:events.get", get_event, READ, family="outlook"),
-    make_route("PATCH", _EVENTS + "/{id}", "graph:events.update", update_event, WRITE, family="outlook"),
-    make_route("DELETE", _EVENTS + "/{id}", "graph:events.delete", delete_event, WRITE, family="outlook"),
-    make_route("POST", _EVENTS + "/{id}/cancel", "graph:events.cancel", cancel_event, WRITE, family="outlook"),
-    make_route(
-        "POST",
-        _EVENTS + r"/{id}/(?P<action>accept|decline|tentativelyAccept)",
-        "graph:events.respond",
-        respond_event,
-        WRITE,
-        family="outlook",
-    ),
-    make_route("GET", _EVENTS + "/{id}/instances", "graph:events.instances", event_instances, READ, family="outlook"),
-)
+def event_routes(calendar: str) -> tuple[Route, ...]:
+    """The event and calendar-view operations under one calendar path (`/users/{user}/calendar`, …).
+
+    Route keys name the operation, not the path, so faults and counters apply wherever it is called.
+    """
+    events = calendar + "/events"
+    return (
+        make_route("GET", calendar + "/calendarView", "graph:calendarView", calendar_view, READ, family="outlook"),
+        make_route("GET", events, "graph:events.list", list_events, READ, family="outlook"),
+        make_route("POST", events, "graph:events.create", create_event, WRITE, family="outlook"),
+        make_route("GET", events + "/{id}", "graph:events.get", get_event, READ, family="outlook"),
+        make_route("PATCH", events + "/{id}", "graph:events.update", update_event, WRITE, family="outlook"),
+        make_route("DELETE", events + "/{id}", "graph:events.delete", delete_event, WRITE, family="outlook"),
+        make_route("POST", events + "/{id}/cancel", "graph:events.cancel", cancel_event, WRITE, family="outlook"),
+        make_route(
+            "POST",
+            events + r"/{id}/(?P<action>accept|decline|tentativelyAccept)",
+            "graph:events.respond",
+            respond_event,
+            WRITE,
+            family="outlook",
+        ),
+        make_route(
+            "GET", events + "/{id}/instances", "graph:events.instances", event_instances, READ, family="outlook"
+        ),
+    )
+
+
+# The default calendar: /users/{id}/events, /users/{id}/calendar/events and their calendarView.
+ROUTES: tuple[Route, ...] = event_routes(r"/users/{user}(?:/calendar)?")

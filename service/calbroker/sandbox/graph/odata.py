@@ -30,6 +30,7 @@ __all__ = [
     "GraphError",
     "GraphRequest",
     "GraphResponse",
+    "Handler",
     "Route",
     "apply_filter",
     "body_get",

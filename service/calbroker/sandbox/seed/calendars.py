@@ -258,6 +258,29 @@ class _Calendars:
                     self.store.respond(person.email, event.id, response, at=self.at(rng))
 
 
+# Secondary calendars of well-known users, as people add them in Outlook ("New calendar"): their items
+# show in the calendar's own views only, never in free/busy.
+SECONDARY_CALENDARS = (
+    (WELL_KNOWN["contoso_user"], "Team Holidays", ("Store opening", "Regional holiday", "Inventory day")),
+    (WELL_KNOWN["fabrikam_user"], "Projects", ("Milestone review", "Release window", "Site visit")),
+)
+
+
+def _secondary_calendars(store: CalendarStore, directory: Directory, seed: int, anchor: date) -> None:
+    for address, name, subjects in SECONDARY_CALENDARS:
+        mailbox = directory.mailbox(address)
+        assert mailbox is not None, address
+        folder = store.add_calendar(mailbox.email, name)
+        rng = random.Random(f"{seed}|secondary|{mailbox.email}")
+        tz = zone(mailbox.time_zone)
+        for subject in subjects:
+            day = anchor + timedelta(days=rng.randrange(0, 28))
+            start = datetime.combine(day, time(rng.choice((9, 11, 14))), tz)
+            draft = EventDraft(subject, start, start + timedelta(hours=1), show_as=ShowAs.BUSY)
+            created = datetime.combine(anchor - timedelta(days=30), time(9), UTC)
+            store.create(mailbox.email, draft, at=created, notify=False, calendar_id=folder.id)
+
+
 def build_calendars(directory: Directory, seed: int, anchor: date, clock: Callable[[], datetime]) -> CalendarStore:
     """Fill every mailbox's calendar for the window −30…+60 days around `anchor` (a Monday)."""
     if anchor.weekday() != 0:
@@ -269,5 +292,6 @@ def build_calendars(directory: Directory, seed: int, anchor: date, clock: Callab
         for mailbox in generator.people:
             generator.singles(mailbox)
         generator.responses()
+    _secondary_calendars(store, directory, seed, anchor)
     store.clear_changes()
     return store

@@ -334,6 +334,7 @@ def build_directory(seed: int, certificate: AppCertificate) -> Directory:
         exchange=ExchangeLocation.ON_PREMISES,
         scope_group="calbroker-scope@fabrikam.com",
         admin_email="administrator@fabrikam.com",
+        netbios_domain="FABRIKAM",
         street="Friedrichstraße 100",
         city="Berlin",
         postal_code="10117",
@@ -390,6 +391,15 @@ def build_directory(seed: int, certificate: AppCertificate) -> Directory:
         _FABRIKAM_PEOPLE,
         seed,
         _mailbox(fabrikam, fab_admin, fabrikam.admin_email, (), is_admin=True),
+    )
+    # A distribution list clients expand (EWS ExpandDL) before asking for its members' free/busy.
+    engineering = "engineering@fabrikam.com"
+    fabrikam.groups[engineering] = Group(
+        stable_id("group", "fabrikam", engineering),
+        engineering,
+        "Engineering",
+        frozenset(m.email for m in fabrikam.users() if m.department == "Engineering"),
+        description="Distribution list of the engineering department.",
     )
     ops_person = _Person("Operations", "Team", "America/Los_Angeles", "Ops", "IT")
     ops = _mailbox(tailspin, ops_person, tailspin.admin_email, (), is_admin=True)
