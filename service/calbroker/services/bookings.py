@@ -13,6 +13,10 @@ Every write follows the same three steps (design §5):
 3. **Confirm** the row with what Exchange now holds. On an upstream error the lease is released
    and the row stays ``pending``: the client's retry (same body or a new one) heals it. A process
    that dies mid-way leaves its lease to lapse after the request deadline; then the same.
+
+The lease outlives every upstream request of the write: providers' writes return only once their
+request has ended (`WRITE_SETTLE_S` past the deadline at most), and the lease runs that much
+longer than the deadline, so no retry can start a second write while the first may still land.
 """
 
 from __future__ import annotations
@@ -45,7 +49,7 @@ from calbroker.domain.events import EventSpec, UpstreamEvent, event_marker
 from calbroker.domain.intervals import Interval
 from calbroker.domain.schedules import ScheduleResult
 from calbroker.logs import get_logger
-from calbroker.providers.protocol import CalendarProvider, Deadline
+from calbroker.providers.protocol import WRITE_SETTLE_S, CalendarProvider, Deadline
 from calbroker.redaction import redact_text
 from calbroker.services.upstream import Upstream
 from calbroker.store.connections import list_connections
@@ -70,7 +74,8 @@ __all__ = ["Bookings", "CalendarEntry", "Outcome"]
 
 log = get_logger(__name__)
 
-_LEASE_MARGIN = timedelta(seconds=1)
+_LEASE_MARGIN = timedelta(seconds=WRITE_SETTLE_S + 1)
+"""How long a lease outlives its request's deadline: longer than a write may take to settle."""
 _CONFIRMED_HOLD = timedelta(minutes=5)
 """How long a confirmed booking still counts in checks by itself: Exchange delivers invitations to
 attendees' (and rooms') calendars asynchronously, so their free/busy can lag behind our write."""
@@ -321,8 +326,9 @@ class Bookings:
                         spec, event.id, changed, join_url=join_url, deadline=deadline
                     )
         except Exception as exc:
-            # Whatever failed, the upstream write may or may not have happened: the row stays
-            # pending for a retry to heal. (A cancelled task, like a dead process, keeps its lease.)
+            # The write has ended (providers settle before raising), but whether it reached Exchange
+            # may be unknown: the row stays pending for a retry to heal, by the marker. (A cancelled
+            # task, like a dead process, keeps its lease until it lapses.)
             async with self._pool.acquire() as conn:
                 await release_event(
                     conn,

@@ -41,7 +41,7 @@ from calbroker.domain.events import EventSpec, OnlineMeeting, UpstreamEvent
 from calbroker.domain.intervals import Interval
 from calbroker.domain.schedules import MailboxSchedule, Room, ScheduleResult
 from calbroker.providers.ews import events
-from calbroker.providers.ews.calls import EwsCalls, translate_error
+from calbroker.providers.ews.calls import EwsCalls, request_timeout, translate_error
 from calbroker.providers.ews.schedules import schedule_from_view
 from calbroker.providers.ews.tls import trusting_adapter
 from calbroker.providers.protocol import Deadline, for_mailbox, merge_schedules
@@ -86,7 +86,7 @@ class EwsLimits:
     merged_interval: timedelta = timedelta(minutes=15)
     """MergedFreeBusyIntervalInMinutes: slot length when Exchange only has merged free/busy."""
     http_timeout_s: float = 30.0
-    """Upper bound for one HTTP request; the request deadline usually cuts it shorter."""
+    """Upper bound for one HTTP request; what is left of the call's deadline cuts it shorter."""
 
     def __post_init__(self) -> None:
         if self.mailboxes_per_request < 1 or self.concurrency < 1:
@@ -173,17 +173,21 @@ def _fresh_protocol(config: Any, ca_bundle: Path | None, http_timeout_s: float) 
     a changed CA or limit is not, so evict whatever is cached under our key before creating ours.
     Accounts get our Protocol assigned explicitly (`EwsProvider._account`), so a later
     `CachingProtocol.clear_cache()` or another provider for the same key cannot swap it out.
+    exchangelib reads `TIMEOUT` for every request a service makes without its own timeout (item
+    saves, folder look-ups): ours is what is left of the running call's deadline.
     """
     adapter = trusting_adapter(config.service_endpoint, ca_bundle)
 
     class _Protocol(ExchangeProtocol):  # type: ignore[misc]  # exchangelib ships no types
         HTTP_ADAPTER_CLS = adapter  # read by the classmethods that build sessions
 
+        @property
+        def TIMEOUT(self) -> float:
+            return request_timeout(http_timeout_s)
+
     with suppress(KeyError):
         del ExchangeProtocol[config]  # CachingProtocol.__delitem__
-    protocol = _Protocol(config=config)
-    protocol.TIMEOUT = http_timeout_s  # read per request by exchangelib when a service sets none
-    return protocol
+    return _Protocol(config=config)
 
 
 def _utc(moment: datetime) -> Any:
@@ -450,7 +454,9 @@ class EwsProvider:
             join_url=join_url,
             look_first=may_exist,
         )
-        return await self._calls.run("CreateItem", call, deadline, mailbox=spec.organizer, idempotent=False)
+        return await self._calls.run(
+            "CreateItem", call, deadline, mailbox=spec.organizer, idempotent=False, settle=True
+        )
 
     async def update_event(
         self,
@@ -470,7 +476,7 @@ class EwsProvider:
             changed=changed,
             join_url=join_url,
         )
-        return await self._calls.run("UpdateItem", call, deadline, mailbox=spec.organizer)
+        return await self._calls.run("UpdateItem", call, deadline, mailbox=spec.organizer, settle=True)
 
     async def cancel_event(self, organizer: str, upstream_id: str, *, notify: bool, deadline: Deadline) -> None:
         self._connection.require_calendar_access("cancel events")
@@ -480,7 +486,7 @@ class EwsProvider:
             upstream_id=upstream_id,
             notify=notify,
         )
-        await self._calls.run("DeleteItem", call, deadline, mailbox=organizer)
+        await self._calls.run("DeleteItem", call, deadline, mailbox=organizer, settle=True)
 
     async def get_event(self, organizer: str, upstream_id: str, deadline: Deadline) -> UpstreamEvent | None:
         self._connection.require_calendar_access("read events")
