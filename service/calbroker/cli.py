@@ -323,7 +323,7 @@ async def _cmd_connections_add_ews(settings: Settings, args: argparse.Namespace)
 async def _cmd_connections_list(settings: Settings, args: argparse.Namespace) -> int:
     async with _database(settings) as pool, pool.acquire() as conn:
         await get_application(conn, args.application)
-        connections = await list_connections(conn, args.application, include_revoked=args.all)
+        connections = await list_connections(conn, args.application, include_retired=args.all)
     if args.json:
         print(
             json.dumps(
@@ -445,7 +445,7 @@ def _parser() -> argparse.ArgumentParser:
     ews.set_defaults(run=_cmd_connections_add_ews)
     clist = connections.add_parser("list", help="list an application's connections")
     clist.add_argument("--application", type=_uuid_arg, required=True)
-    clist.add_argument("--all", action="store_true", help="include revoked connections")
+    clist.add_argument("--all", action="store_true", help="include superseded and revoked connections")
     clist.add_argument("--json", action="store_true")
     clist.set_defaults(run=_cmd_connections_list)
     cremove = connections.add_parser("remove", help="revoke a connection and wipe its credentials")

@@ -25,6 +25,7 @@ from calbroker.domain.connections import (
     Connection,
     ConnectionKind,
     ConnectionMethod,
+    ConnectionPurpose,
     EwsServiceAccount,
     GraphClientSecret,
 )
@@ -157,6 +158,7 @@ async def connect_teams_bridge(services: Services, application_id: uuid.UUID, sa
         credentials=GraphClientSecret(fabrikam.id, app.client_id, app.secrets[0].value),
         cloud="sandbox",
         tenant_id=fabrikam.id,
+        purpose=ConnectionPurpose.ONLINE_MEETINGS,
     )
     async with services.pool.acquire() as conn:
         return await save_connection(conn, services.keyring, new, actor="test")

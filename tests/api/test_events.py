@@ -364,7 +364,7 @@ async def test_teams_on_an_ews_only_tenant_is_refused_before_anything_is_written
         "teams-unavailable",
         422,
     )
-    assert "Graph connection" in body["detail"]
+    assert "online_meetings" in body["detail"]
     assert "OnlineMeetings.ReadWrite.All" in body["detail"]
     assert body["mailbox"] == ANNA
     assert sandbox_control.count("ews:CreateItem") == 0

@@ -31,13 +31,14 @@ import asyncpg
 
 from calbroker.config import Settings
 from calbroker.domain.busy import blocking_statuses
-from calbroker.domain.connections import Connection, ConnectionKind, ConnectionStatus, route_mailbox
+from calbroker.domain.connections import Connection, ConnectionKind, ConnectionPurpose, route_mailbox, successor
 from calbroker.domain.errors import (
     AccessDenied,
     CalbrokerError,
     Conflict,
     ConflictingInterval,
     InvalidRequest,
+    MailboxError,
     NotFound,
     SlotUnavailable,
     TeamsUnavailable,
@@ -103,6 +104,13 @@ class _Route:
     connection: Connection
     provider: CalendarProvider
     teams: CalendarProvider | None = None
+    held_by: uuid.UUID | None = None
+    """The connection the stored event names (its `connection` may have superseded it since)."""
+
+    @property
+    def expected_holder(self) -> uuid.UUID:
+        """The connection id the event's row must still name for this route to be the right one."""
+        return self.held_by or self.connection.id
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,7 +193,7 @@ class Bookings:
         # Everything that may need a pool connection (routing, credentials) happens before the
         # locking transaction: a transaction waiting for a second connection could starve the pool.
         async with self._pool.acquire() as conn:
-            connections = await list_connections(conn, application_id, include_revoked=True)
+            connections = await list_connections(conn, application_id, include_retired=True)
             existing = await find_event(conn, application_id, event_id)
         live = existing is not None and existing.state is not EventState.CANCELLED
         route = await self._route(connections, existing.connection_id if live and existing else None, spec)
@@ -204,7 +212,7 @@ class Bookings:
                 if (
                     record is not None
                     and record.state is not EventState.CANCELLED
-                    and record.connection_id != route.connection.id
+                    and record.connection_id != route.expected_holder
                 ):
                     raise WriteInProgress(f"Event {event_id!r} changed while this request was being routed; retry.")
                 previous = plan.previous
@@ -369,7 +377,7 @@ class Bookings:
             raise NotFound(f"This application has no event {event_id!r}.")
         if record.state is EventState.CONFIRMED and record.teams is not None and record.teams_join_url is None:
             async with self._pool.acquire() as conn:
-                connections = await list_connections(conn, application_id, include_revoked=True)
+                connections = await list_connections(conn, application_id, include_retired=True)
             try:
                 route = await self._route(connections, record.connection_id, None, organizer=record.spec.organizer)
             except CalbrokerError:
@@ -380,7 +388,7 @@ class Bookings:
     async def cancel(self, application_id: uuid.UUID, event_id: str, deadline: Deadline) -> EventRecord:
         """Cancel upstream (attendees are told) and end a hybrid Teams meeting; repeating it is a no-op."""
         async with self._pool.acquire() as conn:
-            connections = await list_connections(conn, application_id, include_revoked=True)
+            connections = await list_connections(conn, application_id, include_retired=True)
             existing = await find_event(conn, application_id, event_id)
         if existing is None:
             raise NotFound(f"This application has no event {event_id!r}.")
@@ -407,7 +415,7 @@ class Bookings:
                     application_id=application_id,
                     event_id=event_id,
                     generation=record.generation,
-                    connection_id=record.connection_id,
+                    connection_id=route.connection.id,
                     spec=record.spec,
                     mailboxes=record.mailboxes,
                     operation=EventOperation.CANCEL,
@@ -481,15 +489,16 @@ class Bookings:
         """The event's connection and provider and, for an EWS organizer, the Graph partner for Teams.
 
         A new event is routed by the organizer's domain and allow-list; an existing one stays on
-        the connection that wrote it (domains may have moved since).
+        the connection that wrote it (domains may have moved since), or on the connection that
+        superseded it when the organisation was connected again.
         """
         who = spec.organizer if spec is not None else organizer
         assert who is not None
         if connection_id is None:
             connection = route_mailbox(connections, who)
         else:
-            found = next((c for c in connections if c.id == connection_id), None)
-            if found is None or found.status is ConnectionStatus.REVOKED:
+            found = successor(connections, connection_id)
+            if found is None or not found.status.serves:
                 raise AccessDenied(
                     f"The connection that holds this event for {who} was revoked; the event can no longer be "
                     "changed through calbroker."
@@ -499,18 +508,19 @@ class Bookings:
         provider = await self._upstream.provider(connection)
         teams: CalendarProvider | None = None
         if connection.kind is ConnectionKind.EWS:
-            partner = _teams_partner(connections, connection, who)
+            partner = _teams_partner(connections, who)
             if partner is not None:
                 teams = await self._upstream.provider(partner)
             elif spec is not None and spec.teams_meeting:
                 raise TeamsUnavailable(
-                    f"{who} is on Exchange on-premises (EWS), which cannot create Teams meetings. Add a "
-                    "Microsoft Graph connection for the same domain whose app has the OnlineMeetings.ReadWrite.All "
-                    "application permission and a Teams application access policy; calbroker then creates the "
-                    "Teams meeting through Graph and puts its join link into the invitation.",
+                    f"{who} is on Exchange on-premises (EWS), which cannot create Teams meetings. Add an "
+                    "online-meetings connection (purpose online_meetings) for the same domain: a Microsoft Graph "
+                    "app with the OnlineMeetings.ReadWrite.All application permission and a Teams application "
+                    "access policy; calbroker then creates the Teams meeting through Graph and puts its join "
+                    "link into the invitation.",
                     mailbox=who,
                 )
-        return _Route(connection, provider, teams)
+        return _Route(connection, provider, teams, held_by=connection_id)
 
     @staticmethod
     def _internal(connection: Connection, spec: EventSpec) -> list[str]:
@@ -540,21 +550,10 @@ def _reason(exc: Exception) -> str:
     return f"internal-error: {type(exc).__name__}"
 
 
-def _teams_partner(connections: Sequence[Connection], calendar: Connection, organizer: str) -> Connection | None:
-    """The Graph connection that makes Teams meetings for an EWS organizer (a hybrid tenant).
-
-    Identified as: another live connection of the same application, of kind Graph, that covers the
-    organizer's domain and allows the organizer; the oldest one wins. Its app needs
-    OnlineMeetings.ReadWrite.All and a Teams application access policy, not calendar rights.
-    """
-    domain = organizer.rpartition("@")[2]
-    candidates = [
-        c
-        for c in connections
-        if c.id != calendar.id
-        and c.kind is ConnectionKind.GRAPH
-        and c.status is not ConnectionStatus.REVOKED
-        and c.covers_domain(domain)
-        and c.allows(organizer)
-    ]
-    return candidates[0] if candidates else None
+def _teams_partner(connections: Sequence[Connection], organizer: str) -> Connection | None:
+    """The online-meetings connection that makes Teams meetings for an EWS organizer (a hybrid tenant):
+    routed like a calendar, by the organizer's domain and allow-list, preferring a healthy one."""
+    try:
+        return route_mailbox(connections, organizer, purpose=ConnectionPurpose.ONLINE_MEETINGS)
+    except MailboxError:
+        return None
