@@ -23,7 +23,6 @@ from calbroker.config import MasterKey, Settings, sandbox_cloud
 from calbroker.domain.connections import (
     AccessLevel,
     Connection,
-    ConnectionKind,
     ConnectionMethod,
     ConnectionPurpose,
     EwsServiceAccount,
@@ -31,7 +30,6 @@ from calbroker.domain.connections import (
 )
 from calbroker.sandbox import SandboxThread
 from calbroker.services import ConnectionDraft, Services, verify_and_save
-from calbroker.store.connections import NewConnection, save_connection
 from tests.fixtures.sandbox import SandboxControl
 
 FIRST_DAY = 140
@@ -141,27 +139,23 @@ async def connect_ews(
 
 
 async def connect_teams_bridge(services: Services, application_id: uuid.UUID, sandbox: SandboxThread) -> Connection:
-    """Fabrikam's Graph app that may only create Teams meetings (hybrid tenant).
-
-    Onboarding verifies a connection by reading a calendar, which this app may not do, so the test
-    stores it directly: the store, not a mock.
-    """
+    """Fabrikam's Graph app that may only create Teams meetings (hybrid tenant): purpose online_meetings,
+    verified by making (and deleting) a Teams meeting for the test mailbox."""
     fabrikam = sandbox.directory.tenants["fabrikam"]
     app = next(a for a in sandbox.directory.apps.values() if a.key == "fabrikam-teams")
-    new = NewConnection(
+    draft = ConnectionDraft(
         application_id=application_id,
-        kind=ConnectionKind.GRAPH,
         method=ConnectionMethod.GRAPH_APP,
         access_level=AccessLevel.FULL,
-        display_name="Fabrikam Teams bridge",
-        domains=tuple(fabrikam.domains),
         credentials=GraphClientSecret(fabrikam.id, app.client_id, app.secrets[0].value),
+        domains=list(fabrikam.domains),
+        test_mailbox="anna.schmidt@fabrikam.com",
+        display_name="Fabrikam Teams bridge",
         cloud="sandbox",
         tenant_id=fabrikam.id,
         purpose=ConnectionPurpose.ONLINE_MEETINGS,
     )
-    async with services.pool.acquire() as conn:
-        return await save_connection(conn, services.keyring, new, actor="test")
+    return await _save(services, draft)
 
 
 async def _save(services: Services, draft: ConnectionDraft) -> Connection:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -17,14 +18,16 @@ from calbroker.domain.connections import (
     AccessLevel,
     Connection,
     ConnectionMethod,
+    ConnectionPurpose,
     EwsServiceAccount,
     GraphAdminConsent,
     GraphClientSecret,
 )
+from calbroker.domain.errors import CredentialsRejected, InvalidRequest
 from calbroker.sandbox import SandboxThread
 from calbroker.services import ConnectionDraft, Services, open_services, verify_and_save
 from calbroker.store.applications import IssuedKey
-from tests.api.events_world import Slots, event_body, live, sandbox_events
+from tests.api.events_world import Slots, connect_teams_bridge, event_body, live, sandbox_events
 from tests.fixtures.connect import connect_settings, operator_of
 from tests.fixtures.sandbox import SandboxControl
 
@@ -315,3 +318,65 @@ async def test_connecting_again_replaces_a_degraded_connection_and_takes_over_it
     finally:
         sandbox_control.delete(f"/_sandbox/tenants/contoso/consent/{operator.client_id}")
         await web.delete(event_url, headers=auth(key))
+
+
+async def test_an_online_meetings_connection_never_serves_calendars(
+    web: AsyncTestClient,  # type: ignore[type-arg]
+    services: Services,
+    sandbox: SandboxThread,
+    sandbox_control: SandboxControl,
+    make_application: MakeApplication,
+) -> None:
+    key = await make_application("teams only")
+    teams = await connect_teams_bridge(services, key.application.id, sandbox)
+    shown = (await web.get(f"/v1/connections/{teams.id}", headers=auth(key))).json()
+    assert (shown["purpose"], shown["access_level"]) == ("online_meetings", None)
+    sandbox_control.clean()
+    window = {
+        "mailboxes": ["anna.schmidt@fabrikam.com"],
+        "start": "2026-11-24T00:00:00Z",
+        "end": "2026-11-25T00:00:00Z",
+    }
+    free_busy = (await web.post("/v1/free_busy", json=window, headers=auth(key))).json()["free_busy"][0]
+    assert free_busy["error"]["type"] == "/problems/mailbox-not-connected"
+    view = await web.get(
+        "/v1/events",
+        params={"mailbox": "anna.schmidt@fabrikam.com", "start": window["start"], "end": window["end"]},
+        headers=auth(key),
+    )
+    assert view.json()["type"] == "/problems/mailbox-not-connected"
+    rooms = await web.get(f"/v1/connections/{teams.id}/rooms", headers=auth(key))
+    assert (rooms.status_code, rooms.json()["type"]) == (403, "/problems/access-level-insufficient")
+    assert sandbox_control.stats()["total"] == 0  # nothing reached Microsoft
+    # Checked now: a Teams meeting is made for the test mailbox and deleted again, no calendar read.
+    verified = (await web.post(f"/v1/connections/{teams.id}/verify", headers=auth(key))).json()
+    assert verified["verified"] is True
+    routes = sandbox_control.stats()["routes"]
+    assert (routes.get("graph:onlineMeetings.createOrGet"), routes.get("graph:onlineMeetings.delete")) == (1, 1)
+    assert not any(route.startswith(("graph:calendar", "graph:getSchedule", "ews:")) for route in routes)
+
+
+async def test_an_app_without_teams_rights_is_not_saved_as_online_meetings(
+    services: Services, sandbox: SandboxThread, make_application: MakeApplication
+) -> None:
+    key = await make_application("no teams")
+    contoso = sandbox.directory.tenants["contoso"]
+    reader = next(a for a in sandbox.directory.apps.values() if a.key == "contoso-reader")
+    draft = ConnectionDraft(
+        application_id=key.application.id,
+        method=ConnectionMethod.GRAPH_APP,
+        access_level=AccessLevel.FULL,
+        credentials=GraphClientSecret(contoso.id, reader.client_id, reader.secrets[0].value),
+        domains=["contoso.com"],
+        test_mailbox="adele.vance@contoso.com",
+        cloud="sandbox",
+        tenant_id=contoso.id,
+        purpose=ConnectionPurpose.ONLINE_MEETINGS,
+    )
+    with pytest.raises(CredentialsRejected) as refused:
+        await save(services, draft)
+    assert "OnlineMeetings.ReadWrite.All" in refused.value.detail
+    ews = replace(draft, method=ConnectionMethod.EWS, credentials=EwsServiceAccount(sandbox.ews_url, "u", "p"))
+    with pytest.raises(InvalidRequest) as invalid:
+        await save(services, ews)
+    assert invalid.value.errors[0].field == "purpose"

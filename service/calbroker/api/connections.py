@@ -424,6 +424,7 @@ async def connection_rooms(
 ) -> RoomList:
     """Graph places (needs Place.Read.All) or EWS room lists; book them as attendees of type `resource`."""
     connection = _live(await _own_connection(services, caller, connection_id))
+    connection.require_calendars_purpose("list rooms")
     provider = await services.upstream.provider(connection)
     rooms = await provider.list_rooms(deadline)
     return RoomList(

@@ -242,17 +242,21 @@ class Connection:
     def allows(self, mailbox: str) -> bool:
         return not self.allowed_mailboxes or mailbox in self.allowed_mailboxes
 
+    def require_calendars_purpose(self, action: str) -> None:
+        """Refuse `action` on a Teams-only connection: it reaches no mailbox, room or calendar."""
+        if self.purpose is ConnectionPurpose.ONLINE_MEETINGS:
+            raise AccessLevelInsufficient(
+                f"Cannot {action}: connection {self.display_name!r} only makes Teams meetings; calendars of its "
+                "domains are served by another connection."
+            )
+
     def require_calendar_access(self, action: str) -> None:
         """Refuse `action` on a free/busy-only connection, saying what the tenant admin must grant.
 
         One rule for every door (providers, bookings, calendar views), so the message is the same
         wherever the refusal surfaces; only the remedy differs by protocol.
         """
-        if self.purpose is ConnectionPurpose.ONLINE_MEETINGS:
-            raise AccessLevelInsufficient(
-                f"Cannot {action}: connection {self.display_name!r} only makes Teams meetings; calendars of its "
-                "domains are served by another connection."
-            )
+        self.require_calendars_purpose(action)
         if self.access_level.opens_calendars:
             return
         if self.kind is ConnectionKind.EWS:

@@ -19,12 +19,13 @@ from urllib.parse import quote, urlencode
 import aiohttp
 
 from calbroker.config import Cloud, OperatorApp
-from calbroker.domain.connections import Connection, Credentials, GraphDelegated
+from calbroker.domain.connections import Connection, ConnectionPurpose, Credentials, GraphDelegated
 from calbroker.domain.errors import (
     CalbrokerError,
     CredentialsRejected,
     MailboxNotFound,
     MailboxOutOfScope,
+    TeamsUnavailable,
     UpstreamError,
 )
 from calbroker.domain.events import EventSpec, OnlineMeeting, UpstreamEvent
@@ -166,11 +167,14 @@ class GraphProvider:
         return {requested: merged[requested.strip().lower()] for requested in mailboxes}
 
     async def verify(self, test_mailbox: str, deadline: Deadline) -> None:
-        """A token, then the cheapest real call that needs the connection's access level."""
+        """A token, then the cheapest real call that needs the connection's purpose and access level."""
         self._client.check_open()
         mailbox = test_mailbox.strip().lower()
         now = datetime.now(UTC).replace(microsecond=0)
         window = Interval(now, now + timedelta(days=1))
+        if self._connection.purpose is ConnectionPurpose.ONLINE_MEETINGS:
+            await self._verify_online_meetings(mailbox, Interval(now, now + timedelta(minutes=30)), deadline)
+            return
         if not self._connection.access_level.opens_calendars:
             found = (await self.fetch_schedules([mailbox], window, deadline))[mailbox]
             if isinstance(found, CalbrokerError):
@@ -187,6 +191,23 @@ class GraphProvider:
         await self._client.request(
             "GET", f"/users/{_quote(mailbox)}/calendarView?{query}", deadline=deadline, mailbox=mailbox
         )
+
+    async def _verify_online_meetings(self, mailbox: str, when: Interval, deadline: Deadline) -> None:
+        """What a Teams-only connection does for real, and nothing more: a Teams meeting for `mailbox`
+        (createOrGet by an external id of this connection, so checks never pile up meetings), deleted
+        again. That needs the OnlineMeetings.ReadWrite.All role and a Teams application access policy
+        covering the mailbox; no calendar is read."""
+        try:
+            meeting = await self._events.create_online_meeting(
+                mailbox,
+                subject="calbroker connection check",
+                interval=when,
+                external_id=f"calbroker-check-{self._connection.id}",
+                deadline=deadline,
+            )
+        except TeamsUnavailable as exc:
+            raise CredentialsRejected(exc.detail, upstream_code="OnlineMeetings", mailbox=mailbox) from None
+        await self._events.delete_online_meeting(mailbox, meeting.id, deadline)
 
     async def list_rooms(self, deadline: Deadline) -> list[Room]:
         """Room mailboxes (`/places/microsoft.graph.room`, every page), with their room list when readable."""
