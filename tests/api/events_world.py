@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, time, timedelta
@@ -30,6 +30,7 @@ from calbroker.domain.connections import (
 )
 from calbroker.sandbox import SandboxThread
 from calbroker.services import ConnectionDraft, Services, verify_and_save
+from calbroker.store.applications import IssuedKey
 from tests.fixtures.sandbox import SandboxControl
 
 FIRST_DAY = 140
@@ -204,3 +205,18 @@ def event_body(organizer: str, start: datetime, end: datetime, **extra: Any) -> 
     }
     body.update(extra)
     return body
+
+
+async def connect_contoso_and_fabrikam(
+    api: Api, make_application: Callable[[str], Awaitable[IssuedKey]], sandbox: SandboxThread
+) -> tuple[str, Connection]:
+    """A new application with Contoso over Graph and Fabrikam over EWS, saved (not yet used by the API):
+    its API key and the EWS connection."""
+    issued = await make_application(f"two tenants {uuid.uuid4().hex[:6]}")
+    await connect_graph(api.services, issued.application.id, sandbox)
+    ews = await connect_ews(api.services, issued.application.id, sandbox)
+    return issued.token, ews
+
+
+def free_busy_by_mailbox(answer: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {entry["mailbox"]: entry for entry in answer["free_busy"]}

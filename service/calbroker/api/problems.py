@@ -261,8 +261,11 @@ CATALOGUE: Mapping[str, Problem] = dict(
             "secrets-unavailable",
             503,
             "Stored credentials cannot be decrypted",
-            "A sealed secret is wrapped by a master key this server does not have, or failed authentication.",
-            "Operator: restore the missing key to CALBROKER_MASTER_KEYS and run `calbroker keys rotate`.",
+            "A connection's sealed credentials are wrapped by a master key this server does not have, or failed "
+            "authentication. Only that connection is affected: in free/busy and availability its mailboxes "
+            "report this problem, the others answer as usual; `/readyz` names the missing key.",
+            "Operator: give this server the missing key (in CALBROKER_MASTER_KEYS on every replica, in the order "
+            "the README's key rotation steps give). The embedded default's key file is re-read by running servers.",
         ),
         _p(
             "not-ready",

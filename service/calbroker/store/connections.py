@@ -30,10 +30,10 @@ from calbroker.domain.connections import (
     GraphClientSecret,
     GraphDelegated,
 )
-from calbroker.domain.errors import NotFound
+from calbroker.domain.errors import CredentialsUnavailable, NotFound
 from calbroker.store.audit import record_audit
 from calbroker.store.database import Connection as DbConnection
-from calbroker.store.keyring import Keyring
+from calbroker.store.keyring import Keyring, KeyringError
 from calbroker.store.secrets import delete_secret, read_secret, store_secret
 
 __all__ = [
@@ -212,9 +212,15 @@ async def get_connection(conn: DbConnection, application_id: uuid.UUID, connecti
 
 
 async def load_credentials(conn: DbConnection, keyring: Keyring, connection: Connection) -> Credentials:
+    """The connection's credentials, opened; CredentialsUnavailable when this server cannot open them."""
     if connection.secret_id is None:
         raise NotFound(f"connection {connection.id} has no credentials (it was revoked)")
-    raw = await read_secret(conn, keyring, connection.secret_id, purpose=_PURPOSE)
+    try:
+        raw = await read_secret(conn, keyring, connection.secret_id, purpose=_PURPOSE)
+    except KeyringError as exc:
+        raise CredentialsUnavailable(
+            f"The stored credentials of connection {connection.display_name!r} cannot be opened on this server: {exc}."
+        ) from None
     return _decode_credentials(raw)
 
 
