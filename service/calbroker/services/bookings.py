@@ -463,7 +463,8 @@ class Bookings:
     async def calendar_view(
         self, application_id: uuid.UUID, mailbox: str, window: Interval, deadline: Deadline
     ) -> list[CalendarEntry]:
-        """A mailbox's events in `window`, each marked with this application's event_id when it booked it."""
+        """A mailbox's events in `window`, each marked with this application's event_id when it booked it:
+        the organizer's item and every attendee's copy, cancelled ones and earlier generations included."""
         async with self._pool.acquire() as conn:
             connections = await list_connections(conn, application_id)
         connection = route_mailbox(connections, mailbox)
@@ -471,10 +472,14 @@ class Bookings:
         provider = await self._upstream.provider(connection)
         events = await provider.list_events(mailbox, window, deadline)
         async with self._pool.acquire() as conn:
-            by_id, by_uid = await managed_events(
-                conn, application_id, [e.id for e in events], [e.ical_uid for e in events if e.ical_uid]
+            copies = await managed_events(
+                conn,
+                application_id,
+                [e.id for e in events],
+                [e.ical_uid for e in events if e.ical_uid],
+                [e.marker for e in events if e.marker],
             )
-        return [CalendarEntry(e, by_id.get(e.id) or (by_uid.get(e.ical_uid) if e.ical_uid else None)) for e in events]
+        return [CalendarEntry(e, copies.event_id(e.id, e.ical_uid, e.marker)) for e in events]
 
     # --- routing ------------------------------------------------------------------------------------
 
