@@ -206,14 +206,29 @@ async def test_rooms_of_a_graph_and_an_ews_connection(
     sandbox_control: SandboxControl,
     make_application: MakeApplication,
 ) -> None:
+    """One shape for both protocols: the room list by name and address, the building, and a capacity
+    where the protocol has one (EWS has none: null)."""
     key = await make_application("rooms")
     graph = await contoso_graph(services, sandbox, key.application.id)
     ews = await fabrikam_ews(services, sandbox, key.application.id)
     for connection, tenant in ((graph, "contoso"), (ews, "fabrikam")):
         response = await web.get(f"/v1/connections/{connection.id}/rooms", headers=auth(key))
         assert response.status_code == 200, response.text
-        emails = [r["email"] for r in response.json()["rooms"]]
-        assert emails == sorted(r["email"] for r in sandbox_control.tenant(tenant)["rooms"] if r["room_list"])
+        seeded = sandbox_control.tenant(tenant)
+        list_names = {r["email"]: r["display_name"] for r in seeded["room_lists"]}
+        expected = [
+            {
+                "email": room["email"],
+                "name": room["display_name"],
+                **({"capacity": room["capacity"]} if connection is graph else {}),
+                "building": room["building"],
+                "room_list": list_names[room["room_list"]],
+                "room_list_email": room["room_list"],
+            }
+            for room in sorted(seeded["rooms"], key=lambda r: r["email"])
+            if room["room_list"]
+        ]
+        assert response.json()["rooms"] == expected
 
 
 async def test_delete_revokes_and_wipes_credentials(

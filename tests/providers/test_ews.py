@@ -37,7 +37,7 @@ from calbroker.domain.errors import (
     UpstreamUnavailable,
 )
 from calbroker.domain.intervals import Interval
-from calbroker.domain.schedules import MailboxSchedule, ScheduleResult
+from calbroker.domain.schedules import MailboxSchedule, RoomList, ScheduleResult
 from calbroker.domain.working_hours import WorkingHours
 from calbroker.providers import (
     Deadline,
@@ -584,10 +584,16 @@ def test_a_provider_never_talks_ews_to_exchange_online(make_provider: MakeProvid
 async def test_list_rooms_returns_the_seeded_rooms(make_provider: MakeProvider, fabrikam: dict[str, Any]) -> None:
     rooms = await make_provider("full").list_rooms(Deadline.after(10))
 
-    listed = {room: room_list["email"] for room_list in fabrikam["room_lists"] for room in room_list["rooms"]}
+    listed = {
+        room: RoomList(room_list["email"], room_list["display_name"])
+        for room_list in fabrikam["room_lists"]
+        for room in room_list["rooms"]
+    }
     assert {room.email: room.room_list for room in rooms} == listed
-    names = {room["email"]: room["display_name"] for room in fabrikam["rooms"]}
-    assert all(room.name == names[room.email] for room in rooms)
+    seeded = {room["email"]: room for room in fabrikam["rooms"]}
+    assert all(room.name == seeded[room.email]["display_name"] for room in rooms)
+    # The building comes from the directory (ResolveNames' Contact/OfficeLocation); EWS has no capacity.
+    assert [(room.building, room.capacity) for room in rooms] == [(seeded[r.email]["building"], None) for r in rooms]
 
 
 async def test_a_closed_provider_refuses_use(make_provider: MakeProvider) -> None:

@@ -151,11 +151,26 @@ class VerificationOut(Response):
 
 
 class RoomOut(Response):
+    """One shape for both protocols; a field the tenant's protocol does not report is null."""
+
     email: str
     name: str
-    capacity: int | None = None
-    building: str | None = None
-    room_list: str | None = None
+    capacity: (
+        Annotated[int, msgspec.Meta(description="Seats; null when unknown (Exchange on-premises over EWS never says)")]
+        | None
+    ) = None
+    building: (
+        Annotated[
+            str,
+            msgspec.Meta(
+                description="Graph: the place's building. EWS: the room mailbox's Office (location) in the directory. "
+                "Null when not set."
+            ),
+        ]
+        | None
+    ) = None
+    room_list: Annotated[str, msgspec.Meta(description="Display name of the room's room list")] | None = None
+    room_list_email: Annotated[str, msgspec.Meta(description="Address of the room's room list")] | None = None
 
 
 class RoomList(Response):
@@ -429,7 +444,14 @@ async def connection_rooms(
     rooms = await provider.list_rooms(deadline)
     return RoomList(
         rooms=[
-            RoomOut(email=r.email, name=r.name, capacity=r.capacity, building=r.building, room_list=r.room_list)
+            RoomOut(
+                email=r.email,
+                name=r.name,
+                capacity=r.capacity,
+                building=r.building,
+                room_list=r.room_list.name if r.room_list else None,
+                room_list_email=r.room_list.email if r.room_list else None,
+            )
             for r in rooms
         ]
     )

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from concurrent.futures import Executor
 from contextlib import suppress
 from dataclasses import dataclass
@@ -19,15 +19,16 @@ from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 from exchangelib import IMPERSONATION, Account, Configuration, Credentials, EWSDateTime
 from exchangelib import UTC as EWS_UTC
 from exchangelib.errors import ResponseMessageError
-from exchangelib.properties import FreeBusyViewOptions, MailboxData, RoomList, TimeWindow, TimeZone
+from exchangelib.properties import FreeBusyViewOptions, MailboxData, TimeWindow, TimeZone
+from exchangelib.properties import RoomList as EwsRoomList
 from exchangelib.protocol import Protocol as ExchangeProtocol
-from exchangelib.services import GetRoomLists, GetRooms, GetServerTimeZones, GetUserAvailability
+from exchangelib.services import GetRoomLists, GetRooms, GetServerTimeZones, GetUserAvailability, ResolveNames
 from exchangelib.transport import BASIC, NTLM
 
 from calbroker.domain.connections import Connection, EwsServiceAccount
@@ -39,7 +40,7 @@ from calbroker.domain.errors import (
 )
 from calbroker.domain.events import EventSpec, OnlineMeeting, UpstreamEvent
 from calbroker.domain.intervals import Interval
-from calbroker.domain.schedules import MailboxSchedule, Room, ScheduleResult
+from calbroker.domain.schedules import MailboxSchedule, Room, RoomList, ScheduleResult
 from calbroker.providers.ews import events
 from calbroker.providers.ews.calls import EwsCalls, request_timeout, translate_error
 from calbroker.providers.ews.schedules import schedule_from_view
@@ -54,6 +55,7 @@ __all__ = [
 ]
 
 EWS_PATH = "/EWS/Exchange.asmx"
+T = TypeVar("T")
 
 # Exchange Online's EWS hosts (worldwide, GCC High, DoD, 21Vianet) and the consumer Outlook.com ones.
 _EXCHANGE_ONLINE = (
@@ -247,17 +249,35 @@ def _calendar_probe(_timeout_s: float, *, account_for: Callable[[], Any], window
     return len(list(view.only("start", "end")))
 
 
-def _room_lists(timeout_s: float, *, protocol: Any) -> list[str]:
-    return [str(room_list.email_address) for room_list in GetRoomLists(protocol=protocol, timeout=timeout_s).call()]
-
-
-def _rooms(timeout_s: float, *, protocol: Any, room_list: str) -> list[Room]:
-    rooms = GetRooms(protocol=protocol, timeout=timeout_s).call(room_list=RoomList(email_address=room_list))
+def _room_lists(timeout_s: float, *, protocol: Any) -> list[RoomList]:
     return [
-        Room(email=str(room.email_address).lower(), name=str(room.name or room.email_address), room_list=room_list)
-        for room in rooms
-        if room.email_address
+        RoomList(str(room_list.email_address).lower(), str(room_list.name or room_list.email_address))
+        for room_list in GetRoomLists(protocol=protocol, timeout=timeout_s).call()
+        if room_list.email_address
     ]
+
+
+def _rooms(timeout_s: float, *, protocol: Any, room_list: RoomList) -> list[tuple[str, str]]:
+    """(email, display name) of the rooms in `room_list`: all GetRooms says of a room."""
+    rooms = GetRooms(protocol=protocol, timeout=timeout_s).call(room_list=EwsRoomList(email_address=room_list.email))
+    return [
+        (str(room.email_address).lower(), str(room.name or room.email_address)) for room in rooms if room.email_address
+    ]
+
+
+def _room_location(timeout_s: float, *, protocol: Any, email: str) -> str | None:
+    """The room's location from the directory: ResolveNames with ReturnFullContactData returns the room's
+    directory entry as a Contact, whose OfficeLocation is the room mailbox's Office (Location) attribute
+    (https://learn.microsoft.com/en-us/exchange/client-developer/web-service-reference/resolvenames-operation,
+    https://learn.microsoft.com/en-us/exchange/client-developer/web-service-reference/officelocation).
+    One name per request: "Only one ambiguous name can be specified in a single request"."""
+    service = ResolveNames(protocol=protocol, chunk_size=1, timeout=timeout_s)
+    for mailbox, contact in service.call(
+        unresolved_entries=[email], return_full_contact_data=True, search_scope="ActiveDirectory"
+    ):
+        if mailbox is not None and str(mailbox.email_address or "").lower() == email and contact is not None:
+            return str(contact.office) if contact.office else None
+    return None
 
 
 class EwsProvider:
@@ -415,25 +435,40 @@ class EwsProvider:
             raise result
 
     async def list_rooms(self, deadline: Deadline) -> list[Room]:
-        """Rooms of every room list (GetRoomLists + GetRooms); rooms in no list are invisible to EWS."""
+        """Rooms of every room list (GetRoomLists + GetRooms; rooms in no list are invisible to EWS), each
+        with its building from the directory (`_room_location`). EWS has no room capacity: it is None."""
         lists = await self._calls.run("GetRoomLists", partial(_room_lists, protocol=self._protocol), deadline)
+        members = await self._gather(
+            [
+                self._calls.run("GetRooms", partial(_rooms, protocol=self._protocol, room_list=room_list), deadline)
+                for room_list in lists
+            ]
+        )
+        listed: dict[str, tuple[str, RoomList]] = {}
+        for room_list, rooms in zip(lists, members, strict=True):
+            for email, name in rooms:
+                listed.setdefault(email, (name, room_list))
+        emails = sorted(listed)
+        locations = await self._gather(
+            [
+                self._calls.run("ResolveNames", partial(_room_location, protocol=self._protocol, email=email), deadline)
+                for email in emails
+            ]
+        )
+        return [
+            Room(email=email, name=listed[email][0], building=location, room_list=listed[email][1])
+            for email, location in zip(emails, locations, strict=True)
+        ]
+
+    @staticmethod
+    async def _gather(calls: Sequence[Coroutine[Any, Any, T]]) -> list[T]:
+        """All of `calls` at once (EwsCalls bounds how many run); the first failure fails the lot."""
         try:
             async with asyncio.TaskGroup() as group:
-                tasks = [
-                    group.create_task(
-                        self._calls.run(
-                            "GetRooms", partial(_rooms, protocol=self._protocol, room_list=room_list), deadline
-                        )
-                    )
-                    for room_list in lists
-                ]
+                tasks = [group.create_task(call) for call in calls]
         except* CalbrokerError as failures:
             raise failures.exceptions[0] from None
-        rooms: dict[str, Room] = {}
-        for task in tasks:
-            for room in task.result():
-                rooms.setdefault(room.email, room)
-        return sorted(rooms.values(), key=lambda room: room.email)
+        return [task.result() for task in tasks]
 
     # --- events (the exchangelib side lives in events.py) -----------------------------------------
 

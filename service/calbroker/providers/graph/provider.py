@@ -30,7 +30,7 @@ from calbroker.domain.errors import (
 )
 from calbroker.domain.events import EventSpec, OnlineMeeting, UpstreamEvent
 from calbroker.domain.intervals import Interval
-from calbroker.domain.schedules import MailboxSchedule, Room, ScheduleResult
+from calbroker.domain.schedules import MailboxSchedule, Room, RoomList, ScheduleResult
 from calbroker.logs import get_logger
 from calbroker.providers.graph import wire
 from calbroker.providers.graph.auth import GraphCredentials, GraphTokens
@@ -365,8 +365,8 @@ class GraphProvider:
         ordered = candidates[start:] + candidates[:start]
         return min(ordered, key=lambda m: self._in_flight[m])
 
-    async def _room_lists(self, deadline: Deadline) -> dict[str, str]:
-        """Room email → room list name; empty if the tenant has none or the app may not read them."""
+    async def _room_lists(self, deadline: Deadline) -> dict[str, RoomList]:
+        """Room email → its room list; empty if the tenant has none or the app may not read them."""
         try:
             page = (await self._client.request("GET", "/places/microsoft.graph.roomlist", deadline=deadline)).decode(
                 wire.places_decoder
@@ -374,15 +374,17 @@ class GraphProvider:
         except UpstreamError as exc:
             _log.info("graph.room_lists_unreadable", error=exc.slug)
             return {}
-        names: dict[str, str] = {}
+        names: dict[str, RoomList] = {}
 
         async def rooms_of(room_list: wire.Place) -> None:
             assert room_list.email_address is not None
+            email = room_list.email_address.strip().lower()
+            found = RoomList(email, room_list.display_name or email)
             path = f"/places/{_quote(room_list.email_address)}/microsoft.graph.roomlist/rooms"
             members = (await self._client.request("GET", path, deadline=deadline)).decode(wire.places_decoder)
             for room in members.value:
                 if room.email_address:
-                    names[room.email_address.lower()] = room_list.display_name or room_list.email_address
+                    names[room.email_address.lower()] = found
 
         try:
             async with asyncio.TaskGroup() as group:
