@@ -10,11 +10,12 @@ impersonation; only the levels that allow it open calendar folders as the impers
 from __future__ import annotations
 
 import asyncio
-from collections import defaultdict
+import time
+from collections import OrderedDict, defaultdict
 from collections.abc import Callable, Coroutine, Sequence
 from concurrent.futures import Executor
 from contextlib import suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
@@ -24,11 +25,22 @@ from urllib.parse import urlsplit, urlunsplit
 
 from exchangelib import IMPERSONATION, Account, Configuration, Credentials, EWSDateTime
 from exchangelib import UTC as EWS_UTC
-from exchangelib.errors import ResponseMessageError
-from exchangelib.properties import FreeBusyViewOptions, MailboxData, TimeWindow, TimeZone
-from exchangelib.properties import RoomList as EwsRoomList
+from exchangelib.errors import ErrorItemNotFound, ResponseMessageError
+from exchangelib.folders import DistinguishedFolderId
+from exchangelib.properties import (
+    FreeBusyViewOptions,
+    Mailbox,
+    MailboxData,
+    TimeWindow,
+    TimeZone,
+    UserConfigurationNameMNS,
+)
 from exchangelib.protocol import Protocol as ExchangeProtocol
-from exchangelib.services import GetRoomLists, GetRooms, GetServerTimeZones, GetUserAvailability, ResolveNames
+from exchangelib.services import (
+    GetServerTimeZones,
+    GetUserAvailability,
+    GetUserConfiguration,
+)
 from exchangelib.transport import BASIC, NTLM
 
 from calbroker.domain.connections import Connection, EwsServiceAccount
@@ -41,11 +53,14 @@ from calbroker.domain.errors import (
 from calbroker.domain.events import EventSpec, OnlineMeeting, UpstreamEvent
 from calbroker.domain.intervals import Interval
 from calbroker.domain.schedules import MailboxSchedule, Room, RoomList, ScheduleResult
+from calbroker.logs import get_logger
 from calbroker.providers.ews import events
 from calbroker.providers.ews.calls import EwsCalls, request_timeout, translate_error
-from calbroker.providers.ews.schedules import schedule_from_view
+from calbroker.providers.ews.rooms import room_lists, room_location, rooms_of
+from calbroker.providers.ews.schedules import schedule_from_view, zone_name_of_work_hours
 from calbroker.providers.ews.tls import trusting_adapter
 from calbroker.providers.protocol import Deadline, for_mailbox, merge_schedules
+from calbroker.providers.windows_zones import zone_for
 
 __all__ = [
     "EWS_PATH",
@@ -56,6 +71,7 @@ __all__ = [
 
 EWS_PATH = "/EWS/Exchange.asmx"
 T = TypeVar("T")
+_log = get_logger(__name__)
 
 # Exchange Online's EWS hosts (worldwide, GCC High, DoD, 21Vianet) and the consumer Outlook.com ones.
 _EXCHANGE_ONLINE = (
@@ -72,6 +88,9 @@ _AUTH_TYPES = {"basic": BASIC, "ntlm": NTLM}
 # (https://learn.microsoft.com/en-us/exchange/client-developer/web-service-reference/requestedview).
 _REQUESTED_VIEW = "FreeBusy"
 _VERIFY_SPAN = timedelta(days=1)
+_ZONE_NAME_TTL_S = 6 * 3600.0
+"""How long a mailbox's own zone name is trusted before it is read again (people rarely move zones)."""
+_ZONE_NAMES_KEPT = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,41 +262,25 @@ def _availability(
     ]
 
 
+def _own_zone_name(_timeout_s: float, *, account_for: Callable[[], Any], mailbox: str) -> str | None:
+    """The mailbox's Windows zone from its calendar's ``WorkHours`` configuration object (GetUserConfiguration,
+    https://learn.microsoft.com/en-us/exchange/client-developer/web-service-reference/getuserconfiguration-operation);
+    None when the mailbox has none (ErrorItemNotFound) or it names no zone."""
+    folder = DistinguishedFolderId(id="calendar", mailbox=Mailbox(email_address=mailbox))
+    service = GetUserConfiguration(account=account_for())
+    try:
+        found = service.get(
+            user_configuration_name=UserConfigurationNameMNS(name="WorkHours", folder=folder), properties="XmlData"
+        )
+    except ErrorItemNotFound:
+        return None
+    return zone_name_of_work_hours(found.xml_data)
+
+
 def _calendar_probe(_timeout_s: float, *, account_for: Callable[[], Any], window: Interval) -> int:
     account = account_for()
     view = account.calendar.view(start=_utc(window.start), end=_utc(window.end))
     return len(list(view.only("start", "end")))
-
-
-def _room_lists(timeout_s: float, *, protocol: Any) -> list[RoomList]:
-    return [
-        RoomList(str(room_list.email_address).lower(), str(room_list.name or room_list.email_address))
-        for room_list in GetRoomLists(protocol=protocol, timeout=timeout_s).call()
-        if room_list.email_address
-    ]
-
-
-def _rooms(timeout_s: float, *, protocol: Any, room_list: RoomList) -> list[tuple[str, str]]:
-    """(email, display name) of the rooms in `room_list`: all GetRooms says of a room."""
-    rooms = GetRooms(protocol=protocol, timeout=timeout_s).call(room_list=EwsRoomList(email_address=room_list.email))
-    return [
-        (str(room.email_address).lower(), str(room.name or room.email_address)) for room in rooms if room.email_address
-    ]
-
-
-def _room_location(timeout_s: float, *, protocol: Any, email: str) -> str | None:
-    """The room's location from the directory: ResolveNames with ReturnFullContactData returns the room's
-    directory entry as a Contact, whose OfficeLocation is the room mailbox's Office (Location) attribute
-    (https://learn.microsoft.com/en-us/exchange/client-developer/web-service-reference/resolvenames-operation,
-    https://learn.microsoft.com/en-us/exchange/client-developer/web-service-reference/officelocation).
-    One name per request: "Only one ambiguous name can be specified in a single request"."""
-    service = ResolveNames(protocol=protocol, chunk_size=1, timeout=timeout_s)
-    for mailbox, contact in service.call(
-        unresolved_entries=[email], return_full_contact_data=True, search_scope="ActiveDirectory"
-    ):
-        if mailbox is not None and str(mailbox.email_address or "").lower() == email and contact is not None:
-            return str(contact.office) if contact.office else None
-    return None
 
 
 class EwsProvider:
@@ -316,6 +319,8 @@ class EwsProvider:
         self._event_accounts = events.Accounts(self._account)
         self._utc_zone_definition: Any = None
         self._zone_lock = asyncio.Lock()
+        self._zone_names: OrderedDict[str, tuple[float, str | None]] = OrderedDict()
+        """Mailbox → (monotonic time read, its own Windows zone name or None)."""
 
     @property
     def connection(self) -> Connection:
@@ -387,7 +392,43 @@ class EwsProvider:
         for task in tasks:
             for mailbox, result in task.result().items():
                 results[mailbox].append(result)
-        return {mailbox: merge_schedules(mailbox, results[mailbox]) for mailbox in wanted}
+        merged = {mailbox: merge_schedules(mailbox, results[mailbox]) for mailbox in wanted}
+        if self._connection.access_level.opens_calendars:
+            await self._name_zones(merged, deadline)
+        return merged
+
+    async def _name_zones(self, schedules: dict[str, ScheduleResult], deadline: Deadline) -> None:
+        """Put working hours in the mailbox's own zone where its calendar names one (read once per
+        `_ZONE_NAME_TTL_S`); where it cannot be read now, the zone matched from Exchange's rule stays."""
+        with_hours = {
+            mailbox: schedule
+            for mailbox, schedule in schedules.items()
+            if isinstance(schedule, MailboxSchedule) and schedule.working_hours is not None
+        }
+        now = time.monotonic()
+        stale = [m for m in with_hours if m not in self._zone_names or now - self._zone_names[m][0] > _ZONE_NAME_TTL_S]
+        if stale:
+            async with asyncio.TaskGroup() as group:
+                for mailbox in stale:
+                    group.create_task(self._read_zone_name(mailbox, deadline))
+        for mailbox, schedule in with_hours.items():
+            assert schedule.working_hours is not None
+            named = self._zone_names.get(mailbox)
+            zone = zone_for(named[1]) if named is not None else None
+            if zone is not None and zone != schedule.working_hours.tz:
+                schedules[mailbox] = replace(schedule, working_hours=replace(schedule.working_hours, tz=zone))
+
+    async def _read_zone_name(self, mailbox: str, deadline: Deadline) -> None:
+        call = partial(_own_zone_name, account_for=partial(self._event_accounts.get, mailbox), mailbox=mailbox)
+        try:
+            name = await self._calls.run("GetUserConfiguration", call, deadline, mailbox=mailbox)
+        except CalbrokerError as error:
+            _log.info("ews.zone_name_unavailable", mailbox=mailbox, error=error.slug)
+            return
+        self._zone_names[mailbox] = (time.monotonic(), name)
+        self._zone_names.move_to_end(mailbox)
+        while len(self._zone_names) > _ZONE_NAMES_KEPT:
+            self._zone_names.popitem(last=False)
 
     async def _fetch_batch(
         self, batch: list[str], piece: Interval, timezone: Any, deadline: Deadline
@@ -436,11 +477,11 @@ class EwsProvider:
 
     async def list_rooms(self, deadline: Deadline) -> list[Room]:
         """Rooms of every room list (GetRoomLists + GetRooms; rooms in no list are invisible to EWS), each
-        with its building from the directory (`_room_location`). EWS has no room capacity: it is None."""
-        lists = await self._calls.run("GetRoomLists", partial(_room_lists, protocol=self._protocol), deadline)
+        with its building from the directory (`rooms.room_location`). EWS has no room capacity: it is None."""
+        lists = await self._calls.run("GetRoomLists", partial(room_lists, protocol=self._protocol), deadline)
         members = await self._gather(
             [
-                self._calls.run("GetRooms", partial(_rooms, protocol=self._protocol, room_list=room_list), deadline)
+                self._calls.run("GetRooms", partial(rooms_of, protocol=self._protocol, room_list=room_list), deadline)
                 for room_list in lists
             ]
         )
@@ -451,7 +492,7 @@ class EwsProvider:
         emails = sorted(listed)
         locations = await self._gather(
             [
-                self._calls.run("ResolveNames", partial(_room_location, protocol=self._protocol, email=email), deadline)
+                self._calls.run("ResolveNames", partial(room_location, protocol=self._protocol, email=email), deadline)
                 for email in emails
             ]
         )

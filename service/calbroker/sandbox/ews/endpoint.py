@@ -17,6 +17,7 @@ faults and per-item response codes. Operations and the pages they follow:
 - DeleteItem: .../web-service-reference/deleteitem-operation
 - ResolveNames: .../web-service-reference/resolvenames-operation
 - GetRoomLists / GetRooms: .../web-service-reference/getroomlists-operation, getrooms-operation
+- GetUserConfiguration (the calendar's WorkHours): .../web-service-reference/getuserconfiguration-operation
 
 (``...`` = https://learn.microsoft.com/en-us/exchange/client-developer). Fault injection, request
 counting and per-(service account, mailbox) throttling use ``SandboxState.checkpoint`` and
@@ -35,6 +36,7 @@ from calbroker.sandbox.directory import Mailbox, ServiceAccount
 from calbroker.sandbox.ews.access import Call, impersonate
 from calbroker.sandbox.ews.auth import EwsAuthenticator
 from calbroker.sandbox.ews.availability import AvailabilityLimits, get_user_availability
+from calbroker.sandbox.ews.configuration import get_user_configuration
 from calbroker.sandbox.ews.items import TimeContext
 from calbroker.sandbox.ews.lookups import get_room_lists, get_rooms, get_server_time_zones, resolve_names
 from calbroker.sandbox.ews.operations import (
@@ -83,6 +85,7 @@ _HANDLERS: dict[str, _Handler] = {
     "ResolveNames": resolve_names,
     "GetRoomLists": get_room_lists,
     "GetRooms": get_rooms,
+    "GetUserConfiguration": get_user_configuration,
 }
 # Answered without the ExchangeImpersonation header by exchangelib (protocol-level services).
 _ORGANISATION_WIDE = frozenset({"GetServerTimeZones", "ResolveNames", "GetRoomLists", "GetRooms", "ConvertId"})
