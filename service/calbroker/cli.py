@@ -24,6 +24,7 @@ from calbroker.config import ConfigError, Settings
 from calbroker.domain.connections import (
     AccessLevel,
     ConnectionMethod,
+    ConnectionPurpose,
     Credentials,
     EwsServiceAccount,
     GraphCertificate,
@@ -306,6 +307,7 @@ def _draft(
         tenant_id=tenant_id,
         allowed_mailboxes=_csv(args.allowed_mailboxes),
         secret_expires_at=secret_expires_at,
+        purpose=ConnectionPurpose(args.purpose),
     )
 
 
@@ -345,7 +347,7 @@ async def _cmd_connections_add_ews(settings: Settings, args: argparse.Namespace)
 async def _cmd_connections_list(settings: Settings, args: argparse.Namespace) -> int:
     async with _database(settings) as pool, pool.acquire() as conn:
         await get_application(conn, args.application)
-        connections = await list_connections(conn, args.application, include_revoked=args.all)
+        connections = await list_connections(conn, args.application, include_retired=args.all)
     if args.json:
         print(
             json.dumps(
@@ -354,7 +356,8 @@ async def _cmd_connections_list(settings: Settings, args: argparse.Namespace) ->
                         "id": str(c.id),
                         "kind": c.kind.value,
                         "method": c.method.value,
-                        "access_level": c.access_level.value,
+                        "purpose": c.purpose.value,
+                        "access_level": c.access_level.value if c.purpose is ConnectionPurpose.CALENDARS else None,
                         "display_name": c.display_name,
                         "domains": list(c.domains),
                         "status": c.status.value,
@@ -362,6 +365,7 @@ async def _cmd_connections_list(settings: Settings, args: argparse.Namespace) ->
                         "endpoint": c.endpoint,
                         "cloud": c.cloud,
                         "last_error": c.last_error,
+                        "superseded_by": str(c.superseded_by) if c.superseded_by else None,
                     }
                     for c in connections
                 ],
@@ -373,7 +377,8 @@ async def _cmd_connections_list(settings: Settings, args: argparse.Namespace) ->
         print("no connections yet: add one with `calbroker connections add-graph` or `add-ews`")
     for c in connections:
         where = c.endpoint or f"tenant {c.tenant_id}"
-        print(f"{c.id}  {c.kind.value}/{c.access_level.value}  {','.join(c.domains)}  {where}  {c.status.value}")
+        use = c.access_level.value if c.purpose is ConnectionPurpose.CALENDARS else c.purpose.value
+        print(f"{c.id}  {c.kind.value}/{use}  {','.join(c.domains)}  {where}  {c.status.value}")
     return 0
 
 
@@ -476,6 +481,13 @@ def _parser() -> argparse.ArgumentParser:
     graph.add_argument("--client-secret", help="the secret value, or - to read it from stdin")
     graph.add_argument("--certificate", help="PEM file with the private key and certificate")
     graph.add_argument("--secret-expires", help="secret expiry date (YYYY-MM-DD), for expiry warnings")
+    graph.add_argument(
+        "--purpose",
+        choices=[p.value for p in ConnectionPurpose],
+        default=ConnectionPurpose.CALENDARS.value,
+        help="calendars (default), or online_meetings: Teams meetings only, for a hybrid tenant whose mailboxes "
+        "are on Exchange on-premises (the app needs OnlineMeetings.ReadWrite.All and a Teams access policy)",
+    )
     graph.set_defaults(run=_cmd_connections_add_graph)
     where = ews.add_mutually_exclusive_group(required=True)
     where.add_argument("--endpoint", help="EWS URL, e.g. https://mail.contoso.com/EWS/Exchange.asmx (or an email)")
@@ -483,10 +495,10 @@ def _parser() -> argparse.ArgumentParser:
     ews.add_argument("--username", required=True, help="service account, e.g. CONTOSO\\svc-calbroker")
     ews.add_argument("--password", required=True, help="the password, or - to read it from stdin")
     ews.add_argument("--auth-type", choices=["basic", "ntlm"], default="ntlm")
-    ews.set_defaults(run=_cmd_connections_add_ews)
+    ews.set_defaults(run=_cmd_connections_add_ews, purpose=ConnectionPurpose.CALENDARS.value)
     clist = connections.add_parser("list", help="list an application's connections")
     clist.add_argument("--application", type=_uuid_arg, required=True)
-    clist.add_argument("--all", action="store_true", help="include revoked connections")
+    clist.add_argument("--all", action="store_true", help="include superseded and revoked connections")
     clist.add_argument("--json", action="store_true")
     clist.set_defaults(run=_cmd_connections_list)
     cremove = connections.add_parser("remove", help="revoke a connection and wipe its credentials")

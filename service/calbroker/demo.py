@@ -1,8 +1,9 @@
 """`calbroker demo`: the whole product on a laptop, against the bundled Microsoft 365 sandbox.
 
 It starts the sandbox (HTTPS, its own CA) in a thread, points a `sandbox` cloud at it, creates a
-demo application and two connections through the production verify-then-save path (Graph for
-Contoso, EWS for Fabrikam's on-premises Exchange), then serves the API and prints what to type.
+demo application and its connections through the production verify-then-save path (Graph for
+Contoso, EWS for Fabrikam's on-premises Exchange, and Fabrikam's Teams-only Graph app that gives
+its EWS organizers Teams links: the hybrid set-up), then serves the API and prints what to type.
 """
 
 from __future__ import annotations
@@ -17,7 +18,13 @@ from pathlib import Path
 from typing import Any
 
 from calbroker.config import Settings, sandbox_cloud
-from calbroker.domain.connections import AccessLevel, ConnectionMethod, EwsServiceAccount, GraphClientSecret
+from calbroker.domain.connections import (
+    AccessLevel,
+    ConnectionMethod,
+    ConnectionPurpose,
+    EwsServiceAccount,
+    GraphClientSecret,
+)
 from calbroker.sandbox import SandboxThread, start_sandbox_in_thread, this_week_monday
 from calbroker.services import ConnectionDraft, Services, verify_and_save
 from calbroker.store.applications import IssuedKey, create_application, list_applications, rotate_key
@@ -84,7 +91,7 @@ async def _demo_key(services: Services) -> IssuedKey:
 
 
 async def prepare_demo(services: Services, sandbox: SandboxThread, base_url: str) -> DemoWorld:
-    """Create (or refresh) the demo application and its two verified connections."""
+    """Create (or refresh) the demo application and its verified connections."""
     issued = await _demo_key(services)
     application_id: uuid.UUID = issued.application.id
     async with services.pool.acquire() as conn:
@@ -126,6 +133,23 @@ async def prepare_demo(services: Services, sandbox: SandboxThread, base_url: str
         ),
         actor="demo",
     )
+    teams_app = next(app for app in directory.apps.values() if app.key == "fabrikam-teams")
+    teams = await verify_and_save(
+        services,
+        ConnectionDraft(
+            application_id=application_id,
+            method=ConnectionMethod.GRAPH_APP,
+            access_level=AccessLevel.FULL,
+            credentials=GraphClientSecret(fabrikam.id, teams_app.client_id, teams_app.secrets[0].value),
+            domains=list(fabrikam.domains),
+            test_mailbox="anna.schmidt@fabrikam.com",
+            display_name="Fabrikam Teams meetings (Graph, hybrid)",
+            cloud="sandbox",
+            tenant_id=fabrikam.id,
+            purpose=ConnectionPurpose.ONLINE_MEETINGS,
+        ),
+        actor="demo",
+    )
 
     # Cronofy's SDKs: fresh client credentials (shown once, like the key) and a token per connection.
     async with services.pool.acquire() as conn:
@@ -152,7 +176,7 @@ async def prepare_demo(services: Services, sandbox: SandboxThread, base_url: str
         sandbox_url=sandbox.url,
         sandbox_ca=str(sandbox.ca_path),
         mailboxes={"contoso": users("contoso"), "fabrikam": users("fabrikam")},
-        connections={"contoso": str(graph.id), "fabrikam": str(ews.id)},
+        connections={"contoso": str(graph.id), "fabrikam": str(ews.id), "fabrikam_teams": str(teams.id)},
         cronofy=cronofy,
     )
 
@@ -175,9 +199,10 @@ def demo_instructions(world: DemoWorld, demo_file: Path) -> str:
     fabrikam = world.mailboxes["fabrikam"]
     auth = f"Authorization: Bearer {world.api_key}"
 
-    def curl(path: str, body: dict[str, Any]) -> str:
+    def curl(path: str, body: dict[str, Any], method: str = "POST") -> str:
+        verb = "" if method == "POST" else f"-X {method} "
         return (
-            f"curl -s {world.base_url}{path} -H {shlex.quote(auth)} -H 'Content-Type: application/json' \\\n"
+            f"curl -s {verb}{world.base_url}{path} -H {shlex.quote(auth)} -H 'Content-Type: application/json' \\\n"
             f"  -d {shlex.quote(json.dumps(body))}"
         )
 
@@ -202,11 +227,21 @@ def demo_instructions(world: DemoWorld, demo_file: Path) -> str:
         "max_results": 5,
     }
     error = {"mailboxes": ["adele.vance@contoso.com"], "start": end.isoformat(), "end": start.isoformat()}
+    meeting_start = start + timedelta(hours=15)
+    hybrid_teams = {
+        "organizer": "anna.schmidt@fabrikam.com",
+        "start": meeting_start.isoformat(),
+        "end": (meeting_start + timedelta(minutes=30)).isoformat(),
+        "summary": "Hybrid Teams meeting",
+        "attendees": [{"email": "ben.taylor@fabrikam.com"}],
+        "teams_meeting": True,
+    }
     return "\n".join(
         [
             f"calbroker demo: API on {world.base_url}, Microsoft 365 sandbox on {world.sandbox_url}",
             f"  api key      : {world.api_key}",
-            f"  connections  : contoso over Graph ({len(contoso)} users), fabrikam over EWS ({len(fabrikam)} users)",
+            f"  connections  : contoso over Graph ({len(contoso)} users), fabrikam over EWS ({len(fabrikam)} users)"
+            " with Teams links through Graph (hybrid)",
             f"  cronofy      : {world.cronofy['base_url']} (point a Cronofy SDK's base URL here)",
             f"    client_id              : {world.cronofy['client_id']}",
             f"    client_secret          : {world.cronofy['client_secret']}",
@@ -224,6 +259,9 @@ def demo_instructions(world: DemoWorld, demo_file: Path) -> str:
             "",
             "# an error: the window ends before it starts",
             curl("/v1/free_busy", error),
+            "",
+            "# a Teams meeting for an Exchange on-premises organizer: booked over EWS, its link made through Graph",
+            curl("/v1/events/demo-hybrid-teams", hybrid_teams, method="PUT"),
             "",
         ]
     )

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, time, timedelta
@@ -23,14 +23,14 @@ from calbroker.config import MasterKey, Settings, sandbox_cloud
 from calbroker.domain.connections import (
     AccessLevel,
     Connection,
-    ConnectionKind,
     ConnectionMethod,
+    ConnectionPurpose,
     EwsServiceAccount,
     GraphClientSecret,
 )
 from calbroker.sandbox import SandboxThread
 from calbroker.services import ConnectionDraft, Services, verify_and_save
-from calbroker.store.connections import NewConnection, save_connection
+from calbroker.store.applications import IssuedKey
 from tests.fixtures.sandbox import SandboxControl
 
 FIRST_DAY = 140
@@ -140,26 +140,23 @@ async def connect_ews(
 
 
 async def connect_teams_bridge(services: Services, application_id: uuid.UUID, sandbox: SandboxThread) -> Connection:
-    """Fabrikam's Graph app that may only create Teams meetings (hybrid tenant).
-
-    Onboarding verifies a connection by reading a calendar, which this app may not do, so the test
-    stores it directly: the store, not a mock.
-    """
+    """Fabrikam's Graph app that may only create Teams meetings (hybrid tenant): purpose online_meetings,
+    verified by making (and deleting) a Teams meeting for the test mailbox."""
     fabrikam = sandbox.directory.tenants["fabrikam"]
     app = next(a for a in sandbox.directory.apps.values() if a.key == "fabrikam-teams")
-    new = NewConnection(
+    draft = ConnectionDraft(
         application_id=application_id,
-        kind=ConnectionKind.GRAPH,
         method=ConnectionMethod.GRAPH_APP,
         access_level=AccessLevel.FULL,
-        display_name="Fabrikam Teams bridge",
-        domains=tuple(fabrikam.domains),
         credentials=GraphClientSecret(fabrikam.id, app.client_id, app.secrets[0].value),
+        domains=list(fabrikam.domains),
+        test_mailbox="anna.schmidt@fabrikam.com",
+        display_name="Fabrikam Teams bridge",
         cloud="sandbox",
         tenant_id=fabrikam.id,
+        purpose=ConnectionPurpose.ONLINE_MEETINGS,
     )
-    async with services.pool.acquire() as conn:
-        return await save_connection(conn, services.keyring, new, actor="test")
+    return await _save(services, draft)
 
 
 async def _save(services: Services, draft: ConnectionDraft) -> Connection:
@@ -208,3 +205,18 @@ def event_body(organizer: str, start: datetime, end: datetime, **extra: Any) -> 
     }
     body.update(extra)
     return body
+
+
+async def connect_contoso_and_fabrikam(
+    api: Api, make_application: Callable[[str], Awaitable[IssuedKey]], sandbox: SandboxThread
+) -> tuple[str, Connection]:
+    """A new application with Contoso over Graph and Fabrikam over EWS, saved (not yet used by the API):
+    its API key and the EWS connection."""
+    issued = await make_application(f"two tenants {uuid.uuid4().hex[:6]}")
+    await connect_graph(api.services, issued.application.id, sandbox)
+    ews = await connect_ews(api.services, issued.application.id, sandbox)
+    return issued.token, ews
+
+
+def free_busy_by_mailbox(answer: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {entry["mailbox"]: entry for entry in answer["free_busy"]}

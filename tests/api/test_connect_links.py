@@ -831,3 +831,34 @@ async def test_no_secret_in_any_page_response_log_or_audit_entry(
             assert needle not in text, f"a secret leaked into {where}"
         assert not re.search(r"0\.A[A-Za-z0-9_-]{40,}", text), f"a refresh token leaked into {where}"
         assert not re.search(r"cbl_[A-Za-z0-9_-]{20,}", text) or where == "pages", f"a link token in {where}"
+
+
+async def test_a_teams_only_app_connects_with_the_online_meetings_purpose(
+    web: AsyncTestClient,  # type: ignore[type-arg]
+    browser: FormBrowser,
+    app_a: IssuedKey,
+    sandbox_control: SandboxControl,
+) -> None:
+    """The hybrid set-up: Fabrikam's mailboxes are on Exchange on-premises, its Graph app may only make
+    Teams meetings. Checked as a calendar connection it fails (it reads no calendar); as a Teams-only one it
+    is verified by a Teams meeting for the test mailbox, and saved."""
+    link = await new_link(web, app_a, state="hybrid")
+    hidden = await browser.open_form(link["url"], "graph_app")
+    assert 'name="purpose" value="online_meetings"' in browser.pages[-1]
+    teams = graph_app_fields(
+        sandbox_control,
+        "fabrikam-teams",
+        tenant_id=str(sandbox_control.tenant("fabrikam")["id"]),
+        test_mailbox="anna.schmidt@fabrikam.com",
+        domains="fabrikam.com",
+    )
+    as_calendars = await browser.submit(hidden, teams | {"purpose": "calendars"})
+    assert as_calendars.status_code == 422, as_calendars.text
+    assert "checked" in re.search(r'<input[^>]*value="calendars"[^>]*>', as_calendars.text).group(0)  # type: ignore[union-attr]
+
+    done = await browser.submit(hidden_fields(as_calendars.text), teams | {"purpose": "online_meetings"})
+    back = landed(done)
+    body = (await web.get(f"/v1/connections/{back['connection_id']}", headers=auth(app_a))).json()
+    assert (body["purpose"], body["access_level"], body["status"]) == ("online_meetings", None, "active")
+    assert sandbox_control.count("graph:onlineMeetings.createOrGet") == 1
+    assert sandbox_control.count("graph:onlineMeetings.delete") == 1

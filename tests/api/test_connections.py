@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import UTC, datetime, timedelta
+from dataclasses import replace
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -17,13 +18,16 @@ from calbroker.domain.connections import (
     AccessLevel,
     Connection,
     ConnectionMethod,
+    ConnectionPurpose,
     EwsServiceAccount,
     GraphAdminConsent,
     GraphClientSecret,
 )
+from calbroker.domain.errors import CredentialsRejected, InvalidRequest
 from calbroker.sandbox import SandboxThread
 from calbroker.services import ConnectionDraft, Services, open_services, verify_and_save
 from calbroker.store.applications import IssuedKey
+from tests.api.events_world import Slots, connect_teams_bridge, event_body, live, sandbox_events
 from tests.fixtures.connect import connect_settings, operator_of
 from tests.fixtures.sandbox import SandboxControl
 
@@ -67,6 +71,7 @@ async def contoso_graph(
     application_id: uuid.UUID,
     *,
     expires_in: timedelta = timedelta(days=365),
+    domains: tuple[str, ...] = ("contoso.com",),
 ) -> Connection:
     contoso = sandbox.directory.tenants["contoso"]
     app = next(a for a in sandbox.directory.apps.values() if a.key == "contoso-secret")
@@ -77,7 +82,7 @@ async def contoso_graph(
             method=ConnectionMethod.GRAPH_APP,
             access_level=AccessLevel.FULL,
             credentials=GraphClientSecret(contoso.id, app.client_id, app.secrets[0].value),
-            domains=["contoso.com"],
+            domains=list(domains),
             test_mailbox="adele.vance@contoso.com",
             cloud="sandbox",
             tenant_id=contoso.id,
@@ -109,7 +114,11 @@ async def test_list_and_read_connections_with_expiry_warnings(
     make_application: MakeApplication,
 ) -> None:
     key = await make_application("lister")
-    soon = await contoso_graph(services, sandbox, key.application.id, expires_in=timedelta(days=20))
+    # Two connections of one tenant side by side: the second does not cover the first one's domains,
+    # so it does not supersede it.
+    soon = await contoso_graph(
+        services, sandbox, key.application.id, expires_in=timedelta(days=20), domains=("contoso.com", "contoso.net")
+    )
     very_soon = await contoso_graph(services, sandbox, key.application.id, expires_in=timedelta(days=3))
     ews = await fabrikam_ews(services, sandbox, key.application.id)
 
@@ -197,14 +206,29 @@ async def test_rooms_of_a_graph_and_an_ews_connection(
     sandbox_control: SandboxControl,
     make_application: MakeApplication,
 ) -> None:
+    """One shape for both protocols: the room list by name and address, the building, and a capacity
+    where the protocol has one (EWS has none: null)."""
     key = await make_application("rooms")
     graph = await contoso_graph(services, sandbox, key.application.id)
     ews = await fabrikam_ews(services, sandbox, key.application.id)
     for connection, tenant in ((graph, "contoso"), (ews, "fabrikam")):
         response = await web.get(f"/v1/connections/{connection.id}/rooms", headers=auth(key))
         assert response.status_code == 200, response.text
-        emails = [r["email"] for r in response.json()["rooms"]]
-        assert emails == sorted(r["email"] for r in sandbox_control.tenant(tenant)["rooms"] if r["room_list"])
+        seeded = sandbox_control.tenant(tenant)
+        list_names = {r["email"]: r["display_name"] for r in seeded["room_lists"]}
+        expected = [
+            {
+                "email": room["email"],
+                "name": room["display_name"],
+                **({"capacity": room["capacity"]} if connection is graph else {}),
+                "building": room["building"],
+                "room_list": list_names[room["room_list"]],
+                "room_list_email": room["room_list"],
+            }
+            for room in sorted(seeded["rooms"], key=lambda r: r["email"])
+            if room["room_list"]
+        ]
+        assert response.json()["rooms"] == expected
 
 
 async def test_delete_revokes_and_wipes_credentials(
@@ -236,3 +260,138 @@ async def test_delete_revokes_and_wipes_credentials(
         headers=auth(key),
     )
     assert free_busy.json()["free_busy"][0]["error"]["type"] == "/problems/mailbox-not-connected"
+
+
+async def test_connecting_again_replaces_a_degraded_connection_and_takes_over_its_events(
+    web: AsyncTestClient,  # type: ignore[type-arg]
+    services: Services,
+    sandbox: SandboxThread,
+    sandbox_control: SandboxControl,
+    make_application: MakeApplication,
+    pool: asyncpg.Pool,
+) -> None:
+    """Consent withdrawn, the connection degraded; the admin connects the organisation again (with their own
+    app registration this time): the new connection serves at once, and the event booked through the old
+    one is moved and cancelled through the new one."""
+    key = await make_application("reconnector")
+    operator = operator_of(sandbox)
+    contoso = sandbox.directory.tenants["contoso"]
+    adele = "adele.vance@contoso.com"
+    anchor: date = sandbox.call(lambda state: state.anchor)
+    start, end = Slots(sandbox_control, anchor, day=380).next([adele])
+    event_url = f"/v1/events/reconnect-{uuid.uuid4().hex[:8]}"
+    sandbox_control.post(f"/_sandbox/tenants/contoso/consent/{operator.client_id}")
+    try:
+        old = await save(
+            services,
+            ConnectionDraft(
+                application_id=key.application.id,
+                method=ConnectionMethod.GRAPH_CONSENT,
+                access_level=AccessLevel.FULL,
+                credentials=GraphAdminConsent(contoso.id),
+                domains=["contoso.com"],
+                test_mailbox=adele,
+                cloud="sandbox",
+                tenant_id=contoso.id,
+            ),
+        )
+        booked = await web.put(event_url, json=event_body(adele, start, end), headers=auth(key))
+        assert booked.status_code == 201, booked.text
+        sandbox_control.delete(f"/_sandbox/tenants/contoso/consent/{operator.client_id}")
+        failed = (await web.post(f"/v1/connections/{old.id}/verify", headers=auth(key))).json()
+        assert failed["connection"]["status"] == "degraded"
+        window = {"mailboxes": [adele], "start": start.isoformat(), "end": end.isoformat()}
+        before = (await web.post("/v1/free_busy", json=window, headers=auth(key))).json()["free_busy"][0]
+        assert before["error"]["type"] == "/problems/credentials-rejected"
+        page = (await web.get(before["error"]["type"])).text
+        assert "connect the organisation again" in page
+        assert "<code>superseded</code>" in page
+
+        new = await contoso_graph(services, sandbox, key.application.id)
+
+        after = (await web.post("/v1/free_busy", json=window, headers=auth(key))).json()["free_busy"][0]
+        assert "error" not in after, after
+        busy = [(datetime.fromisoformat(b["start"]), datetime.fromisoformat(b["end"])) for b in after["busy"]]
+        assert busy == [(start, end)]
+        listed = (await web.get("/v1/connections", headers=auth(key))).json()["connections"]
+        assert [c["id"] for c in listed] == [str(new.id)]
+        shown = (await web.get(f"/v1/connections/{old.id}", headers=auth(key))).json()
+        assert (shown["status"], shown["superseded_by"]) == ("superseded", str(new.id))
+        async with pool.acquire() as conn:
+            assert await conn.fetchval("SELECT count(*) FROM sealed_secrets WHERE id = $1", old.secret_id) == 0
+        refused = await web.post(f"/v1/connections/{old.id}/verify", headers=auth(key))
+        assert refused.status_code == 409
+        assert str(new.id) in refused.json()["detail"]
+
+        moved_start, moved_end = start + timedelta(hours=1), end + timedelta(hours=1)
+        moved = await web.put(event_url, json=event_body(adele, moved_start, moved_end), headers=auth(key))
+        assert moved.status_code == 200, moved.text
+        held = live(sandbox_events(sandbox_control, adele, start, moved_end))
+        assert [(e["start"], e["end"]) for e in held] == [(moved_start.isoformat(), moved_end.isoformat())]
+        assert (await web.delete(event_url, headers=auth(key))).status_code == 204
+        assert live(sandbox_events(sandbox_control, adele, start, moved_end)) == []
+    finally:
+        sandbox_control.delete(f"/_sandbox/tenants/contoso/consent/{operator.client_id}")
+        await web.delete(event_url, headers=auth(key))
+
+
+async def test_an_online_meetings_connection_never_serves_calendars(
+    web: AsyncTestClient,  # type: ignore[type-arg]
+    services: Services,
+    sandbox: SandboxThread,
+    sandbox_control: SandboxControl,
+    make_application: MakeApplication,
+) -> None:
+    key = await make_application("teams only")
+    teams = await connect_teams_bridge(services, key.application.id, sandbox)
+    shown = (await web.get(f"/v1/connections/{teams.id}", headers=auth(key))).json()
+    assert (shown["purpose"], shown["access_level"]) == ("online_meetings", None)
+    sandbox_control.clean()
+    window = {
+        "mailboxes": ["anna.schmidt@fabrikam.com"],
+        "start": "2026-11-24T00:00:00Z",
+        "end": "2026-11-25T00:00:00Z",
+    }
+    free_busy = (await web.post("/v1/free_busy", json=window, headers=auth(key))).json()["free_busy"][0]
+    assert free_busy["error"]["type"] == "/problems/mailbox-not-connected"
+    view = await web.get(
+        "/v1/events",
+        params={"mailbox": "anna.schmidt@fabrikam.com", "start": window["start"], "end": window["end"]},
+        headers=auth(key),
+    )
+    assert view.json()["type"] == "/problems/mailbox-not-connected"
+    rooms = await web.get(f"/v1/connections/{teams.id}/rooms", headers=auth(key))
+    assert (rooms.status_code, rooms.json()["type"]) == (403, "/problems/access-level-insufficient")
+    assert sandbox_control.stats()["total"] == 0  # nothing reached Microsoft
+    # Checked now: a Teams meeting is made for the test mailbox and deleted again, no calendar read.
+    verified = (await web.post(f"/v1/connections/{teams.id}/verify", headers=auth(key))).json()
+    assert verified["verified"] is True
+    routes = sandbox_control.stats()["routes"]
+    assert (routes.get("graph:onlineMeetings.createOrGet"), routes.get("graph:onlineMeetings.delete")) == (1, 1)
+    assert not any(route.startswith(("graph:calendar", "graph:getSchedule", "ews:")) for route in routes)
+
+
+async def test_an_app_without_teams_rights_is_not_saved_as_online_meetings(
+    services: Services, sandbox: SandboxThread, make_application: MakeApplication
+) -> None:
+    key = await make_application("no teams")
+    contoso = sandbox.directory.tenants["contoso"]
+    reader = next(a for a in sandbox.directory.apps.values() if a.key == "contoso-reader")
+    draft = ConnectionDraft(
+        application_id=key.application.id,
+        method=ConnectionMethod.GRAPH_APP,
+        access_level=AccessLevel.FULL,
+        credentials=GraphClientSecret(contoso.id, reader.client_id, reader.secrets[0].value),
+        domains=["contoso.com"],
+        test_mailbox="adele.vance@contoso.com",
+        cloud="sandbox",
+        tenant_id=contoso.id,
+        purpose=ConnectionPurpose.ONLINE_MEETINGS,
+    )
+    with pytest.raises(CredentialsRejected) as refused:
+        await save(services, draft)
+    assert "OnlineMeetings.ReadWrite.All" in refused.value.detail
+    ews = replace(draft, method=ConnectionMethod.EWS, credentials=EwsServiceAccount(sandbox.ews_url, "u", "p"))
+    with pytest.raises(InvalidRequest) as invalid:
+        await save(services, ews)
+    assert invalid.value.errors[0].field == "purpose"

@@ -35,6 +35,7 @@ async def test_healthz_and_readyz(client: AsyncTestClient) -> None:  # type: ign
     assert ready.json() == {
         "status": "ready",
         "checks": {"database": "ok", "migrations": "ok", "keyring": "ok"},
+        "master_keys": ["k1"],
     }
 
 

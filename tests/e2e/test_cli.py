@@ -125,13 +125,38 @@ async def test_removing_a_connection_wipes_its_secret(
     assert await pool.fetchval("SELECT count(*) FROM sealed_secrets WHERE id = $1", secret_id) == 0
 
 
+def test_add_graph_for_teams_meetings_only(
+    cli_env: dict[str, str],
+    api_key: IssuedKey,
+    sandbox: SandboxThread,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The hybrid set-up from the command line: a Graph app that may only make Teams meetings."""
+    fabrikam = sandbox.directory.tenants["fabrikam"]
+    app = next(a for a in sandbox.directory.apps.values() if a.key == "fabrikam-teams")
+    base = [
+        "connections", "add-graph", "--application", str(api_key.application.id), "--tenant-id", fabrikam.id,
+        "--client-id", app.client_id, "--client-secret", app.secrets[0].value, "--domains", "fabrikam.com",
+        "--test-mailbox", "anna.schmidt@fabrikam.com", "--cloud", "sandbox",
+    ]  # fmt: skip
+    assert main(base, cli_env) == 1  # as a calendar connection it cannot read a calendar
+    assert "CredentialsRejected" in capsys.readouterr().err
+    assert main([*base, "--purpose", "online_meetings"], cli_env) == 0
+    assert "verified with anna.schmidt@fabrikam.com" in capsys.readouterr().out
+    assert main(["connections", "list", "--application", str(api_key.application.id), "--json"], cli_env) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert [(c["purpose"], c["access_level"]) for c in listed if c["tenant_id"] == fabrikam.id] == [
+        ("online_meetings", None)
+    ]
+
+
 def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
 
 
-def test_demo_serves_the_api_with_two_verified_connections(tmp_path: Path) -> None:
+def test_demo_serves_the_api_with_its_verified_connections(tmp_path: Path) -> None:
     port = _free_port()
     env = {**os.environ, "CALBROKER_DATA_DIR": str(tmp_path), "CALBROKER_LOG_LEVEL": "warning"}
     env.pop("DATABASE_URL", None)
@@ -178,6 +203,19 @@ def test_demo_serves_the_api_with_two_verified_connections(tmp_path: Path) -> No
             answer = json.loads(response.read())
         assert [e["mailbox"] for e in answer["free_busy"]] == ["adele.vance@contoso.com", "anna.schmidt@fabrikam.com"]
         assert all("busy" in e for e in answer["free_busy"]), answer
+        # The hybrid Teams example: an EWS organizer's meeting with a Teams link from Graph.
+        hybrid = output.split("# a Teams meeting for an Exchange on-premises organizer", 1)[1]
+        path = hybrid.split(demo["base_url"], 1)[1].split(" ", 1)[0]
+        booking = urllib.request.Request(
+            f"{demo['base_url']}{path}",
+            data=hybrid.split("-d '", 1)[1].split("'", 1)[0].encode(),
+            method="PUT",
+            headers={"Authorization": f"Bearer {demo['api_key']}", "Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(booking, timeout=30) as response:
+            event = json.loads(response.read())
+        assert event["teams"]["status"] == "ready", event
+        assert event["teams"]["join_url"].startswith("https://teams.microsoft.com/"), event
     finally:
         proc.send_signal(signal.SIGINT)
         try:

@@ -37,7 +37,7 @@ from calbroker.domain.errors import (
     UpstreamUnavailable,
 )
 from calbroker.domain.intervals import Interval
-from calbroker.domain.schedules import MailboxSchedule, ScheduleResult
+from calbroker.domain.schedules import MailboxSchedule, RoomList, ScheduleResult
 from calbroker.domain.working_hours import WorkingHours
 from calbroker.providers import (
     Deadline,
@@ -309,6 +309,59 @@ def test_legacy_time_zone_rules_map_to_iana_zones(rule: ZoneRule, expected_offse
     for moment, hours in expected_offsets.items():
         assert moment.astimezone(zone).utcoffset() == timedelta(hours=hours)
     assert zone_from_rule(ZoneRule(-197, None, None), 2026) is None  # +03:17: nothing honest to pick
+
+
+@pytest.mark.parametrize(
+    ("rule", "zone"),
+    [
+        # W. Europe, Romance, Central Europe and Central European Standard Time share this rule.
+        (
+            ZoneRule(-60, ZoneTransition(0, 10, 6, 5, wall_time(3)), ZoneTransition(-60, 3, 6, 5, wall_time(2))),
+            "Europe/Berlin",
+        ),
+        # Eastern and US Eastern Standard Time.
+        (
+            ZoneRule(300, ZoneTransition(0, 11, 6, 1, wall_time(2)), ZoneTransition(-60, 3, 6, 2, wall_time(2))),
+            "America/New_York",
+        ),
+        # AUS Eastern and Tasmania Standard Time.
+        (
+            ZoneRule(-600, ZoneTransition(0, 4, 6, 1, wall_time(3)), ZoneTransition(-60, 10, 6, 1, wall_time(2))),
+            "Australia/Sydney",
+        ),
+    ],
+)
+def test_a_rule_shared_by_several_windows_zones_picks_the_one_cldr_maps_most_places_to(
+    rule: ZoneRule, zone: str
+) -> None:
+    assert zone_from_rule(rule, 2026) == ZoneInfo(zone)
+
+
+async def test_working_hours_are_in_the_mailbox_own_zone_where_its_calendar_names_it(
+    make_provider: MakeProvider, sandbox_control: SandboxControl, fabrikam: dict[str, Any]
+) -> None:
+    """A mailbox working in Paris: Exchange's availability answer gives only the rule Paris shares with
+    Berlin; the calendar's WorkHours object names the zone. A free/busy-only account cannot open it and
+    gets the rule's likeliest zone."""
+    user = next(u for u in in_scope_users(fabrikam) if u["working_hours"]["time_zone"] == "Europe/Berlin")
+    mailbox = user["email"]
+    window = Interval(datetime(2026, 10, 20, tzinfo=UTC), datetime(2026, 10, 27, tzinfo=UTC))
+    sandbox_control.patch(f"/_sandbox/mailboxes/{mailbox}/working_hours", {"time_zone": "Europe/Paris"})
+    try:
+        full = make_provider("full")
+        for _ in range(2):
+            named = (await full.fetch_schedules([mailbox], window, Deadline.after(10)))[mailbox]
+            assert isinstance(named, MailboxSchedule)
+            assert named.working_hours is not None
+            assert named.working_hours.tz == ZoneInfo("Europe/Paris")
+        assert sandbox_control.count("ews:GetUserConfiguration") == 1  # read once, then remembered
+        guessed = (await make_provider("free_busy").fetch_schedules([mailbox], window, Deadline.after(10)))[mailbox]
+        assert isinstance(guessed, MailboxSchedule)
+        assert guessed.working_hours is not None
+        assert guessed.working_hours.tz == ZoneInfo("Europe/Berlin")
+        assert sandbox_control.count("ews:GetUserConfiguration") == 1
+    finally:
+        sandbox_control.patch(f"/_sandbox/mailboxes/{mailbox}/working_hours", {"time_zone": "Europe/Berlin"})
 
 
 async def test_unknown_and_out_of_scope_mailboxes_fail_alone(
@@ -584,10 +637,16 @@ def test_a_provider_never_talks_ews_to_exchange_online(make_provider: MakeProvid
 async def test_list_rooms_returns_the_seeded_rooms(make_provider: MakeProvider, fabrikam: dict[str, Any]) -> None:
     rooms = await make_provider("full").list_rooms(Deadline.after(10))
 
-    listed = {room: room_list["email"] for room_list in fabrikam["room_lists"] for room in room_list["rooms"]}
+    listed = {
+        room: RoomList(room_list["email"], room_list["display_name"])
+        for room_list in fabrikam["room_lists"]
+        for room in room_list["rooms"]
+    }
     assert {room.email: room.room_list for room in rooms} == listed
-    names = {room["email"]: room["display_name"] for room in fabrikam["rooms"]}
-    assert all(room.name == names[room.email] for room in rooms)
+    seeded = {room["email"]: room for room in fabrikam["rooms"]}
+    assert all(room.name == seeded[room.email]["display_name"] for room in rooms)
+    # The building comes from the directory (ResolveNames' Contact/OfficeLocation); EWS has no capacity.
+    assert [(room.building, room.capacity) for room in rooms] == [(seeded[r.email]["building"], None) for r in rooms]
 
 
 async def test_a_closed_provider_refuses_use(make_provider: MakeProvider) -> None:

@@ -44,7 +44,7 @@ from calbroker.domain.errors import (
     UpstreamUnavailable,
 )
 from calbroker.domain.intervals import Interval
-from calbroker.domain.schedules import MailboxSchedule, ScheduleResult
+from calbroker.domain.schedules import MailboxSchedule, RoomList, ScheduleResult
 from calbroker.domain.working_hours import Weekday, WeeklyPeriod, WorkingHours
 from calbroker.providers import WINDOWS_TO_IANA, Deadline, GraphLimits, GraphProvider, zone_for
 from calbroker.providers.graph import read_schedules
@@ -715,7 +715,7 @@ async def test_list_rooms_returns_the_seeded_rooms(make_provider: MakeProvider, 
     lists = contoso["room_lists"]
     assert isinstance(seeded, list)
     assert isinstance(lists, list)
-    list_names = {r: rl["display_name"] for rl in lists for r in rl["rooms"]}
+    list_names = {r: RoomList(rl["email"], rl["display_name"]) for rl in lists for r in rl["rooms"]}
     assert [(r.email, r.capacity, r.building, r.room_list) for r in rooms] == sorted(
         (r["email"], r["capacity"], r["building"], list_names.get(r["email"])) for r in seeded
     )

@@ -56,7 +56,12 @@ async def connect(services: Services, draft: ConnectionDraft) -> Connection:
 
 
 async def contoso_secret(
-    services: Services, sandbox: SandboxThread, application_id: uuid.UUID, expires: datetime
+    services: Services,
+    sandbox: SandboxThread,
+    application_id: uuid.UUID,
+    expires: datetime,
+    *,
+    domains: tuple[str, ...] = ("contoso.com",),
 ) -> Connection:
     contoso = sandbox.directory.tenants["contoso"]
     app = next(a for a in sandbox.directory.apps.values() if a.key == "contoso-secret")
@@ -67,7 +72,7 @@ async def contoso_secret(
             method=ConnectionMethod.GRAPH_APP,
             access_level=AccessLevel.FULL,
             credentials=GraphClientSecret(contoso.id, app.client_id, app.secrets[0].value),
-            domains=["contoso.com"],
+            domains=list(domains),
             test_mailbox="alex.wilber@contoso.com",
             cloud="sandbox",
             tenant_id=contoso.id,
@@ -166,7 +171,11 @@ async def test_replicas_never_check_the_same_connection_twice_in_a_round(
 ) -> None:
     key = await make_application("replicas")
     later = datetime.now(UTC) + timedelta(days=300)
-    connections = [await contoso_secret(services, sandbox, key.application.id, later) for _ in range(4)]
+    # Each with a domain of its own, so none supersedes another.
+    connections = [
+        await contoso_secret(services, sandbox, key.application.id, later, domains=("contoso.com", f"d{i}.contoso.com"))
+        for i in range(4)
+    ]
     await due_now(pool, *connections)
     rounds = await asyncio.gather(*(check_due_connections(services) for _ in range(3)))
     assert sum(r.checked for r in rounds) == 4

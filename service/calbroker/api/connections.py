@@ -27,6 +27,7 @@ from calbroker.domain.connections import (
     Connection,
     ConnectionKind,
     ConnectionMethod,
+    ConnectionPurpose,
     ConnectionStatus,
     normalize_email,
 )
@@ -103,7 +104,17 @@ class ConnectionOut(Response):
     id: uuid.UUID
     kind: ConnectionKind
     method: ConnectionMethod
-    access_level: AccessLevel
+    purpose: Annotated[
+        ConnectionPurpose,
+        msgspec.Meta(
+            description="`calendars`: free/busy, availability and events of its domains. `online_meetings`: Teams "
+            "meetings only, for organizers whose calendars another connection serves (hybrid tenants)."
+        ),
+    ]
+    access_level: Annotated[
+        AccessLevel | None,
+        msgspec.Meta(description="What may be done with calendars; null for an online-meetings connection."),
+    ]
     display_name: str
     domains: list[str]
     allowed_mailboxes: list[str]
@@ -116,6 +127,16 @@ class ConnectionOut(Response):
     last_verified_at: datetime | None = None
     created_at: datetime | None = None
     secret_expires_at: datetime | None = None
+    superseded_by: (
+        Annotated[
+            uuid.UUID,
+            msgspec.Meta(
+                description="The connection that replaced this one when the organisation was connected again "
+                "(`status: superseded`); events booked through this one are managed through it."
+            ),
+        ]
+        | None
+    ) = None
 
 
 class ConnectionList(Response):
@@ -130,11 +151,26 @@ class VerificationOut(Response):
 
 
 class RoomOut(Response):
+    """One shape for both protocols; a field the tenant's protocol does not report is null."""
+
     email: str
     name: str
-    capacity: int | None = None
-    building: str | None = None
-    room_list: str | None = None
+    capacity: (
+        Annotated[int, msgspec.Meta(description="Seats; null when unknown (Exchange on-premises over EWS never says)")]
+        | None
+    ) = None
+    building: (
+        Annotated[
+            str,
+            msgspec.Meta(
+                description="Graph: the place's building. EWS: the room mailbox's Office (location) in the directory. "
+                "Null when not set."
+            ),
+        ]
+        | None
+    ) = None
+    room_list: Annotated[str, msgspec.Meta(description="Display name of the room's room list")] | None = None
+    room_list_email: Annotated[str, msgspec.Meta(description="Address of the room's room list")] | None = None
 
 
 class RoomList(Response):
@@ -147,7 +183,8 @@ def connection_out(connection: Connection, now: datetime | None = None) -> Conne
         id=connection.id,
         kind=connection.kind,
         method=connection.method,
-        access_level=connection.access_level,
+        purpose=connection.purpose,
+        access_level=connection.access_level if connection.purpose is ConnectionPurpose.CALENDARS else None,
         display_name=connection.display_name,
         domains=list(connection.domains),
         allowed_mailboxes=list(connection.allowed_mailboxes),
@@ -160,6 +197,7 @@ def connection_out(connection: Connection, now: datetime | None = None) -> Conne
         last_verified_at=connection.last_verified_at,
         created_at=connection.created_at,
         secret_expires_at=connection.secret_expires_at,
+        superseded_by=connection.superseded_by,
     )
 
 
@@ -236,6 +274,11 @@ def _live(connection: Connection) -> Connection:
         raise Conflict(
             f"Connection {connection.id} was revoked; its credentials are gone. Create a new authorize link."
         )
+    if connection.status is ConnectionStatus.SUPERSEDED:
+        raise Conflict(
+            f"Connection {connection.id} was replaced by connection {connection.superseded_by} when the organisation "
+            "was connected again; its credentials are gone. Use the new connection."
+        )
     return connection
 
 
@@ -245,7 +288,7 @@ _NOT_FOUND = problem_response(
     "no connection 6f1c2a9e-3d4b-4e8f-9a7c-2b1d0e5f4a3c",
 )
 _REVOKED = problem_response(
-    "The connection was revoked (`/problems/conflict`)",
+    "The connection was revoked, or superseded by a newer one (`/problems/conflict`)",
     "conflict",
     "Connection 6f1c2a9e-3d4b-4e8f-9a7c-2b1d0e5f4a3c was revoked; its credentials are gone.",
 )
@@ -299,7 +342,8 @@ async def list_application_connections(
     limit: Annotated[int, QueryParameter(ge=1, le=200, description="Page size")] = 50,
     cursor: FromQuery[str | None] = None,
 ) -> ConnectionList:
-    """Oldest first; pass `next_cursor` back as `cursor` for the next page. Revoked ones are not listed."""
+    """Oldest first; pass `next_cursor` back as `cursor` for the next page. Superseded and revoked ones are not
+    listed (read them by id)."""
     async with services.pool.acquire() as conn:
         connections = await list_connections(conn, caller.application.id)
     if cursor:
@@ -395,11 +439,19 @@ async def connection_rooms(
 ) -> RoomList:
     """Graph places (needs Place.Read.All) or EWS room lists; book them as attendees of type `resource`."""
     connection = _live(await _own_connection(services, caller, connection_id))
+    connection.require_calendars_purpose("list rooms")
     provider = await services.upstream.provider(connection)
     rooms = await provider.list_rooms(deadline)
     return RoomList(
         rooms=[
-            RoomOut(email=r.email, name=r.name, capacity=r.capacity, building=r.building, room_list=r.room_list)
+            RoomOut(
+                email=r.email,
+                name=r.name,
+                capacity=r.capacity,
+                building=r.building,
+                room_list=r.room_list.name if r.room_list else None,
+                room_list_email=r.room_list.email if r.room_list else None,
+            )
             for r in rooms
         ]
     )

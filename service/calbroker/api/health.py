@@ -16,6 +16,7 @@ from calbroker.api.telemetry import HttpMetrics
 from calbroker.domain.errors import CalbrokerError
 from calbroker.services import Services
 from calbroker.store.migrations import applied_versions, available_migrations
+from calbroker.store.secrets import secrets_sealed_without
 
 __all__ = ["healthz", "metrics", "readyz"]
 
@@ -25,12 +26,13 @@ class NotReady(CalbrokerError):
 
     slug = "not-ready"
 
-    def __init__(self, checks: dict[str, str]) -> None:
+    def __init__(self, checks: dict[str, str], *, master_keys: list[str] | None = None) -> None:
         super().__init__("; ".join(f"{name}: {state}" for name, state in checks.items() if state != "ok"))
         self.checks = checks
+        self.master_keys = master_keys or []
 
     def extensions(self) -> dict[str, object]:
-        return {"checks": self.checks}
+        return {"checks": self.checks, "master_keys": self.master_keys}
 
 
 class Health(msgspec.Struct):
@@ -40,6 +42,8 @@ class Health(msgspec.Struct):
 class Readiness(msgspec.Struct):
     status: str
     checks: dict[str, str]
+    master_keys: list[str]
+    """The master key ids this server has, the sealing one first (ids only: they are not secret)."""
 
 
 @get("/healthz", tags=["operations"], summary="Liveness: the process is up")
@@ -64,10 +68,34 @@ async def _database_checks(services: Services) -> dict[str, str]:
     return checks
 
 
+async def _keyring_check(services: Services, *, database_ok: bool) -> str:
+    """The keyring seals and opens, and has every master key a stored secret is sealed with."""
+    keyring = services.keyring
+    try:
+        keyring.refresh()
+        probe = keyring.seal(b"ready", purpose="readyz", record_id="probe")
+        if keyring.open(probe, purpose="readyz", record_id="probe") != b"ready":
+            return "failed"
+    except Exception as exc:  # noqa: BLE001 - readiness reports failures, it never raises
+        return f"failed: {type(exc).__name__}: {exc}"
+    if not database_ok:
+        return "ok"
+    try:
+        async with asyncio.timeout(2), services.pool.acquire() as conn:
+            missing = await secrets_sealed_without(conn, keyring.kids)
+    except Exception as exc:  # noqa: BLE001
+        return f"unknown: {type(exc).__name__}"
+    if not missing:
+        return "ok"
+    count = sum(missing.values())
+    kids = ", ".join(repr(kid) for kid in missing)
+    return f"cannot open {count} stored secret(s): sealed with master key(s) {kids}, which this server does not have"
+
+
 @get(
     "/readyz",
     tags=["operations"],
-    summary="Readiness: database, migrations and keyring",
+    summary="Readiness: database, migrations and keyring (every stored secret can be opened)",
     responses={
         503: ResponseSpec(
             ProblemBody,
@@ -82,17 +110,12 @@ async def readyz(state: State) -> Readiness:
         services = provide_services(state)
     except RuntimeError:
         checks = {"database": "not started", "migrations": "unknown", "keyring": "not loaded"}
-    else:
-        checks = await _database_checks(services)
-        try:
-            probe = services.keyring.seal(b"ready", purpose="readyz", record_id="probe")
-            ok = services.keyring.open(probe, purpose="readyz", record_id="probe") == b"ready"
-            checks["keyring"] = "ok" if ok else "failed"
-        except Exception as exc:  # noqa: BLE001
-            checks["keyring"] = f"failed: {type(exc).__name__}"
+        raise NotReady(checks) from None
+    checks = await _database_checks(services)
+    checks["keyring"] = await _keyring_check(services, database_ok=checks["database"] == "ok")
     if any(value != "ok" for value in checks.values()):
-        raise NotReady(checks)
-    return Readiness(status="ready", checks=checks)
+        raise NotReady(checks, master_keys=list(services.keyring.kids))
+    return Readiness(status="ready", checks=checks, master_keys=list(services.keyring.kids))
 
 
 @get("/metrics", tags=["operations"], summary="Prometheus metrics", media_type="text/plain")

@@ -247,16 +247,25 @@ CATALOGUE: Mapping[str, Problem] = dict(
             "credentials-rejected",
             502,
             "The connection's credentials were rejected",
-            "Microsoft rejected the connection's credentials (wrong or expired secret, missing consent, "
-            "unknown tenant).",
-            "Ask the tenant admin to reconnect through a new authorize link.",
+            "Microsoft rejected the connection's credentials (wrong or expired secret, consent withdrawn, "
+            "unknown tenant). Only the mailboxes of that connection are affected: each reports this problem "
+            "(never as free time), and the health checks mark the connection `degraded` with the reason in "
+            "`last_error`.",
+            "Ask the tenant admin to fix the app registration (or consent) and check again with "
+            "`POST /v1/connections/{id}/verify`, or to connect the organisation again through a new authorize "
+            "link. A new connection for the same tenant (or EWS endpoint) and purpose that covers the old one's "
+            "domains replaces it at once: the old one turns `superseded` (with `superseded_by`) and loses its "
+            "credentials, and events booked through it are changed and cancelled through the new one.",
         ),
         _p(
             "secrets-unavailable",
             503,
             "Stored credentials cannot be decrypted",
-            "A sealed secret is wrapped by a master key this server does not have, or failed authentication.",
-            "Operator: restore the missing key to CALBROKER_MASTER_KEYS and run `calbroker keys rotate`.",
+            "A connection's sealed credentials are wrapped by a master key this server does not have, or failed "
+            "authentication. Only that connection is affected: in free/busy and availability its mailboxes "
+            "report this problem, the others answer as usual; `/readyz` names the missing key.",
+            "Operator: give this server the missing key (in CALBROKER_MASTER_KEYS on every replica, in the order "
+            "the README's key rotation steps give). The embedded default's key file is re-read by running servers.",
         ),
         _p(
             "not-ready",

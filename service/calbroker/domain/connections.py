@@ -3,6 +3,11 @@
 A connection is either Microsoft Graph (Exchange Online) or EWS (Exchange on-premises), with an
 access level and the domains its admin confirmed. A mailbox is routed by its domain; the
 allow-list narrows which mailboxes of those domains may be used (design §5).
+
+Connecting an organisation again replaces its connection: the newer one *supersedes* every older
+connection of the same application, protocol, tenant (or EWS endpoint) and purpose whose domains
+it covers (`Connection.supersedes`); events booked through the older one follow
+`superseded_by` to the connection that serves them now (`successor`).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ __all__ = [
     "Connection",
     "ConnectionKind",
     "ConnectionMethod",
+    "ConnectionPurpose",
     "ConnectionStatus",
     "Credentials",
     "EwsServiceAccount",
@@ -31,6 +37,7 @@ __all__ = [
     "normalize_domain",
     "normalize_email",
     "route_mailbox",
+    "successor",
 ]
 
 # Deliberately simple: one @, a dotted domain, no spaces. Exchange decides the rest.
@@ -70,11 +77,29 @@ class AccessLevel(StrEnum):
         return self is not AccessLevel.FREE_BUSY
 
 
+class ConnectionPurpose(StrEnum):
+    """What a connection is for; it decides what verification checks and what routing uses it for."""
+
+    CALENDARS = "calendars"
+    """Free/busy, availability and (access level permitting) events of its domains' mailboxes."""
+    ONLINE_MEETINGS = "online_meetings"
+    """Teams meetings only, for organizers whose calendars another connection serves (a hybrid
+    tenant: Exchange on-premises over EWS, Teams through a Graph app with OnlineMeetings.ReadWrite.All).
+    Never used for free/busy or calendars."""
+
+
 class ConnectionStatus(StrEnum):
     ACTIVE = "active"
     DEGRADED = "degraded"
     """Health checks are failing; availability reports the error instead of going silently empty."""
+    SUPERSEDED = "superseded"
+    """Replaced by a newer connection of the same tenant and domains (`superseded_by`); no credentials."""
     REVOKED = "revoked"
+
+    @property
+    def serves(self) -> bool:
+        """Whether the connection is used for requests at all (working or not)."""
+        return self in (ConnectionStatus.ACTIVE, ConnectionStatus.DEGRADED)
 
 
 def normalize_email(value: str, *, field_name: str = "email") -> str:
@@ -172,10 +197,44 @@ class Connection:
     last_error: str | None = None
     secret_expires_at: datetime | None = None
     secret_id: uuid.UUID | None = field(default=None, compare=False)
+    purpose: ConnectionPurpose = ConnectionPurpose.CALENDARS
+    superseded_by: uuid.UUID | None = None
 
     def __post_init__(self) -> None:
         if not self.domains:
             raise InvalidRequest.field("domains", "list at least one domain the connection serves")
+        if self.purpose is ConnectionPurpose.ONLINE_MEETINGS and (
+            self.kind is not ConnectionKind.GRAPH or self.method is ConnectionMethod.GRAPH_DELEGATED
+        ):
+            raise InvalidRequest.field(
+                "purpose",
+                "online_meetings needs a Microsoft Graph app (admin consent or your own app registration); "
+                "Teams meetings cannot be made over EWS or by one signed-in mailbox",
+            )
+
+    @property
+    def serves_calendars(self) -> bool:
+        """Whether free/busy, availability and calendar requests may be routed here."""
+        return self.status.serves and self.purpose is ConnectionPurpose.CALENDARS
+
+    def supersedes(self, older: Connection) -> bool:
+        """Whether this connection, made later, replaces `older`: the same application, protocol, cloud,
+        tenant (or EWS endpoint) and purpose, every domain `older` served, and, for a delegated sign-in,
+        the same mailbox. The tenant admin connected the organisation again: the newer one serves."""
+        return (
+            older.id != self.id
+            and older.status.serves
+            and older.application_id == self.application_id
+            and older.kind is self.kind
+            and older.cloud == self.cloud
+            and older.purpose is self.purpose
+            and _target(older) == _target(self)
+            and (older.method is ConnectionMethod.GRAPH_DELEGATED) == (self.method is ConnectionMethod.GRAPH_DELEGATED)
+            and (
+                self.method is not ConnectionMethod.GRAPH_DELEGATED or older.allowed_mailboxes == self.allowed_mailboxes
+            )
+            and set(older.domains) <= set(self.domains)
+        )
 
     def covers_domain(self, domain: str) -> bool:
         return domain in self.domains
@@ -183,12 +242,21 @@ class Connection:
     def allows(self, mailbox: str) -> bool:
         return not self.allowed_mailboxes or mailbox in self.allowed_mailboxes
 
+    def require_calendars_purpose(self, action: str) -> None:
+        """Refuse `action` on a Teams-only connection: it reaches no mailbox, room or calendar."""
+        if self.purpose is ConnectionPurpose.ONLINE_MEETINGS:
+            raise AccessLevelInsufficient(
+                f"Cannot {action}: connection {self.display_name!r} only makes Teams meetings; calendars of its "
+                "domains are served by another connection."
+            )
+
     def require_calendar_access(self, action: str) -> None:
         """Refuse `action` on a free/busy-only connection, saying what the tenant admin must grant.
 
         One rule for every door (providers, bookings, calendar views), so the message is the same
         wherever the refusal surfaces; only the remedy differs by protocol.
         """
+        self.require_calendars_purpose(action)
         if self.access_level.opens_calendars:
             return
         if self.kind is ConnectionKind.EWS:
@@ -206,25 +274,54 @@ class Connection:
         )
 
 
-def route_mailbox(connections: Iterable[Connection], mailbox: str) -> Connection:
-    """The connection that serves `mailbox`, or the mailbox error that explains why none does.
+def _target(connection: Connection) -> str:
+    """The organisation a connection reaches: its Graph tenant or its EWS endpoint."""
+    target = connection.endpoint if connection.kind is ConnectionKind.EWS else connection.tenant_id
+    return (target or "").lower()
 
-    Among usable connections covering the domain, one that lists the mailbox explicitly wins,
-    then one without an allow-list; ties go to the oldest connection so routing is stable.
+
+def route_mailbox(
+    connections: Iterable[Connection],
+    mailbox: str,
+    *,
+    purpose: ConnectionPurpose = ConnectionPurpose.CALENDARS,
+) -> Connection:
+    """The connection that serves `mailbox` for `purpose`, or the mailbox error that explains why none does.
+
+    Among the connections in use covering the domain and allowing the mailbox, a healthy one wins
+    over a degraded one, then one that lists the mailbox explicitly over one without an
+    allow-list; ties go to the oldest connection so routing is stable.
     """
     domain = mailbox.rpartition("@")[2]
-    covering: Sequence[Connection] = sorted(
-        (c for c in connections if c.status is not ConnectionStatus.REVOKED and c.covers_domain(domain)),
-        key=lambda c: (c.created_at is None, c.created_at or _EPOCH, str(c.id)),
-    )
+    covering: Sequence[Connection] = [
+        c for c in connections if c.status.serves and c.purpose is purpose and c.covers_domain(domain)
+    ]
     if not covering:
         raise MailboxNotConnected(f"No connection of this application covers the domain {domain!r}.", mailbox=mailbox)
-    explicit = [c for c in covering if mailbox in c.allowed_mailboxes]
-    if explicit:
-        return explicit[0]
-    open_ended = [c for c in covering if not c.allowed_mailboxes]
-    if open_ended:
-        return open_ended[0]
-    raise MailboxOutOfScope(
-        f"{mailbox} is not in the mailbox allow-list of the connection for {domain!r}.", mailbox=mailbox
+    allowing = [c for c in covering if c.allows(mailbox)]
+    if not allowing:
+        raise MailboxOutOfScope(
+            f"{mailbox} is not in the mailbox allow-list of the connection for {domain!r}.", mailbox=mailbox
+        )
+    return min(
+        allowing,
+        key=lambda c: (
+            c.status is not ConnectionStatus.ACTIVE,
+            mailbox not in c.allowed_mailboxes,
+            c.created_at is None,
+            c.created_at or _EPOCH,
+            str(c.id),
+        ),
     )
+
+
+def successor(connections: Iterable[Connection], connection_id: uuid.UUID) -> Connection | None:
+    """The connection that now stands for `connection_id`: itself, or the end of its `superseded_by`
+    chain; None if it is unknown. The caller decides what a revoked one means."""
+    by_id = {c.id: c for c in connections}
+    found = by_id.get(connection_id)
+    seen: set[uuid.UUID] = set()
+    while found is not None and found.superseded_by is not None and found.id not in seen:
+        seen.add(found.id)
+        found = by_id.get(found.superseded_by)
+    return found

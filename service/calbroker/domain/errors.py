@@ -19,7 +19,8 @@
     └── UpstreamError                  Microsoft answered badly or not at all
         ├── UpstreamThrottled          429 / ErrorServerBusy past our deadline (carries retry_after)
         ├── UpstreamUnavailable        5xx, connection refused, TLS failure
-        │   └── ConnectionClosed       the connection was revoked or re-keyed mid-request
+        │   ├── ConnectionClosed       the connection was revoked or re-keyed mid-request
+        │   └── CredentialsUnavailable its sealed credentials cannot be opened here (a master key is missing)
         ├── UpstreamTimeout            no answer within the request deadline
         ├── UpstreamRejected           4xx we did not expect: a bug or an API change upstream
         └── CredentialsRejected        secret wrong/expired, consent missing, tenant unknown
@@ -195,6 +196,13 @@ class UpstreamUnavailable(UpstreamError):
 
 class ConnectionClosed(UpstreamUnavailable):
     """The provider was closed under a running request (connection revoked or credentials replaced)."""
+
+
+class CredentialsUnavailable(UpstreamUnavailable):
+    """This server cannot open one connection's sealed credentials (a master key it does not have):
+    that connection's mailboxes are unavailable here, nothing else is."""
+
+    slug = "secrets-unavailable"
 
 
 class UpstreamTimeout(UpstreamError):

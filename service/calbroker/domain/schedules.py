@@ -8,7 +8,7 @@ from calbroker.domain.busy import BusyBlock
 from calbroker.domain.errors import MailboxError, UpstreamError
 from calbroker.domain.working_hours import WorkingHours
 
-__all__ = ["MailboxSchedule", "Room", "ScheduleResult"]
+__all__ = ["MailboxSchedule", "Room", "RoomList", "ScheduleResult"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,11 +23,20 @@ ScheduleResult = MailboxSchedule | MailboxError | UpstreamError
 
 
 @dataclass(frozen=True, slots=True)
+class RoomList:
+    """A room list (an Exchange distribution group of rooms, often one per building)."""
+
+    email: str
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
 class Room:
-    """A room or resource mailbox, bookable as an attendee of type `resource`."""
+    """A room or resource mailbox, bookable as an attendee of type `resource`; the same shape whichever
+    protocol reads it, with None for what the protocol does not say."""
 
     email: str
     name: str
     capacity: int | None = None
     building: str | None = None
-    room_list: str | None = None
+    room_list: RoomList | None = None

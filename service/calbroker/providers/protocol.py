@@ -22,7 +22,14 @@ from calbroker.domain.events import EventSpec, OnlineMeeting, UpstreamEvent
 from calbroker.domain.intervals import Interval
 from calbroker.domain.schedules import MailboxSchedule, Room, ScheduleResult
 
-__all__ = ["CalendarProvider", "Deadline", "connection_closed", "for_mailbox", "merge_schedules"]
+__all__ = ["WRITE_SETTLE_S", "CalendarProvider", "Deadline", "connection_closed", "for_mailbox", "merge_schedules"]
+
+WRITE_SETTLE_S = 2.0
+"""Longest an event write may outlast its deadline while its last upstream request winds down.
+
+A write method returns or raises only once its upstream request has ended, never while it may
+still reach Microsoft; a reservation held for the write must therefore outlive the deadline by
+more than this."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +87,9 @@ class CalendarProvider(Protocol):
         self, spec: EventSpec, *, marker: str, may_exist: bool, join_url: str | None, deadline: Deadline
     ) -> UpstreamEvent:
         """Create `spec` in the organizer's calendar and send the invitations, at most once per `marker`.
+
+        Like every write here, it returns or raises only when its upstream request has ended
+        (within `WRITE_SETTLE_S` of the deadline), so a failure means nothing is still on its way.
 
         A repeated call with the same marker returns the event the first one created (Graph by
         `transactionId`; EWS looks for its marker property first when `may_exist`, i.e. when an

@@ -6,19 +6,25 @@
   as exchangelib ships it (`exchangelib.winzone`).
 - By rule: EWS availability describes a zone only as the legacy Bias/StandardTime/DaylightTime
   rule for one year (https://learn.microsoft.com/en-us/exchange/client-developer/web-service-reference/timezone-availability);
-  `zone_from_rule` finds the table's zone with exactly that rule's offsets.
+  `zone_from_rule` finds the Windows zone with exactly that rule's offsets and answers the IANA zone
+  CLDR maps it to. Several Windows zones share one rule (W. Europe, Romance, Central Europe and
+  Central European Standard Time are all "+1, last Sunday of March to last Sunday of October"):
+  the one CLDR maps the most locations to wins (W. Europe Standard Time → Europe/Berlin), then the
+  name, so the choice is deterministic and the likeliest. A mailbox's own zone name, where Exchange
+  gives it, beats any guess (`providers/ews/schedules.py`).
 """
 
 from __future__ import annotations
 
 import calendar
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from functools import lru_cache
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from exchangelib.winzone import MS_TIMEZONE_TO_IANA_MAP
+from exchangelib.winzone import CLDR_TO_MS_TIMEZONE_MAP, MS_TIMEZONE_TO_IANA_MAP
 
 from calbroker.domain.intervals import from_us, to_us
 
@@ -142,9 +148,10 @@ class ZoneRule:
 
 
 def _candidates() -> Iterable[str]:
-    """The table's IANA zones in the order of their Windows names, so a rule's zone is deterministic."""
+    """The table's IANA zones, the Windows zone CLDR maps the most locations to first, then by name."""
+    locations = Counter(windows for windows, _territory in CLDR_TO_MS_TIMEZONE_MAP.values())
     seen: set[str] = set()
-    for _, name in sorted(WINDOWS_TO_IANA.items()):
+    for _, name in sorted(WINDOWS_TO_IANA.items(), key=lambda item: (-locations[item[0]], item[0])):
         if name not in seen:
             seen.add(name)
             yield name

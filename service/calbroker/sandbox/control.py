@@ -27,11 +27,12 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-from datetime import date, datetime, timedelta
+from datetime import date, datetime, time, timedelta
 from typing import Any
 
 from aiohttp import web
 
+from calbroker.sandbox import timezones
 from calbroker.sandbox.directory import AppRegistration, Mailbox, Tenant
 from calbroker.sandbox.entra import EntraAuthority
 from calbroker.sandbox.events import CalendarError, Event, Response
@@ -344,6 +345,26 @@ def routes(state: SandboxState, subscriptions: SubscriptionBook, authority: Entr
         )
         return _event_summary(updated)
 
+    async def patch_working_hours(request: web.Request) -> Any:
+        mailbox = _mailbox(state, request)
+        body = await _json(request)
+        unknown = set(body) - {"time_zone", "days", "start", "end"}
+        if unknown:
+            raise ControlError(400, f"unknown working hours fields: {sorted(unknown)}")
+        hours = mailbox.working_hours
+        changes: dict[str, Any] = {}
+        if "time_zone" in body:
+            timezones.zone(str(body["time_zone"]))  # refuses an unknown zone
+            changes["time_zone"] = str(body["time_zone"])
+        if "days" in body:
+            changes["days"] = tuple(str(day).lower() for day in body["days"])
+        for name in ("start", "end"):
+            if name in body:
+                changes[name] = time.fromisoformat(str(body[name]))
+        updated = dataclasses.replace(mailbox, working_hours=dataclasses.replace(hours, **changes))
+        state.directory.update_mailbox(updated)
+        return _mailbox_json(state, state.directory.tenant_of(updated), updated)
+
     async def list_subscriptions(request: web.Request) -> Any:
         return {"subscriptions": [{**s.to_json(state.graph_url), "mailbox": s.mailbox} for s in subscriptions.all()]}
 
@@ -427,6 +448,7 @@ def routes(state: SandboxState, subscriptions: SubscriptionBook, authority: Entr
         web.patch(prefix + "/mailboxes/{email}/events/{id}", handler(patch_event)),
         web.delete(prefix + "/mailboxes/{email}/events/{id}", handler(delete_event)),
         web.post(prefix + "/mailboxes/{email}/events/{id}/respond", handler(respond_event)),
+        web.patch(prefix + "/mailboxes/{email}/working_hours", handler(patch_working_hours)),
         web.get(prefix + "/subscriptions", handler(list_subscriptions)),
         web.post(prefix + "/subscriptions/{id}/lifecycle", handler(lifecycle)),
         web.post(prefix + "/subscriptions/{id}/expire", handler(expire)),

@@ -455,6 +455,13 @@ class Directory:
     def mailbox_by_id(self, object_id: str) -> Mailbox | None:
         return self._by_id.get(object_id.strip().lower())
 
+    def update_mailbox(self, mailbox: Mailbox) -> None:
+        """Replace a mailbox with a changed copy of itself (same id and addresses), as a settings change does."""
+        self.tenant_of(mailbox).mailboxes[mailbox.email] = mailbox
+        self._by_id[mailbox.id] = mailbox
+        for address in mailbox.addresses:
+            self._by_address[address.lower()] = mailbox
+
     def mailbox_in_tenant(self, tenant: Tenant, ref: str) -> Mailbox | None:
         """A mailbox of `tenant` named the way Graph URLs name users: object id, UPN or SMTP address."""
         found = self.mailbox_by_id(ref) or self.mailbox(ref)

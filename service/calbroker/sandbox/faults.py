@@ -171,12 +171,17 @@ class FaultBook:
 
 @dataclass(slots=True)
 class RequestStats:
-    """How many requests each route (and mailbox, and client) received — tests assert upstream call counts."""
+    """How many requests each route (and mailbox, and client) received — tests assert upstream call counts.
+
+    `in_flight` counts requests (other than the control plane's) being handled right now, a
+    delayed one included until it answers or its client goes away; `reset` leaves it alone.
+    """
 
     routes: Counter[str] = field(default_factory=Counter)
     mailboxes: defaultdict[str, Counter[str]] = field(default_factory=lambda: defaultdict(Counter))
     clients: defaultdict[str, Counter[str]] = field(default_factory=lambda: defaultdict(Counter))
     statuses: defaultdict[str, Counter[str]] = field(default_factory=lambda: defaultdict(Counter))
+    in_flight: int = 0
 
     def record(self, route: str, *, mailbox: str | None = None, client_id: str | None = None) -> None:
         self.routes[route] += 1
@@ -197,6 +202,7 @@ class RequestStats:
     def to_json(self) -> dict[str, Any]:
         return {
             "total": sum(self.routes.values()),
+            "in_flight": self.in_flight,
             "routes": dict(sorted(self.routes.items())),
             "mailboxes": {k: dict(sorted(v.items())) for k, v in sorted(self.mailboxes.items())},
             "clients": {k: dict(sorted(v.items())) for k, v in sorted(self.clients.items())},

@@ -44,14 +44,21 @@ def _middleware(state: SandboxState) -> Any:
     async def middleware(
         request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
-        if not request.path.startswith("/_sandbox") and state.settings.latency_ms > 0:
-            await asyncio.sleep(state.settings.latency_ms / 1000)
+        if request.path.startswith("/_sandbox"):
+            return await handler(request)
+        state.stats.in_flight += 1
         try:
+            if state.settings.latency_ms > 0:
+                await asyncio.sleep(state.settings.latency_ms / 1000)
             return await handler(request)
         except DropConnection:
             if request.transport is not None:
                 request.transport.abort()
             raise asyncio.CancelledError from None
+        finally:
+            # Also when the client went away mid-request: the runner cancels the handler
+            # (handler_cancellation=True), so a delayed write whose client gave up never lands.
+            state.stats.in_flight -= 1
 
     return middleware
 

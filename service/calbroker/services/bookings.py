@@ -13,6 +13,10 @@ Every write follows the same three steps (design §5):
 3. **Confirm** the row with what Exchange now holds. On an upstream error the lease is released
    and the row stays ``pending``: the client's retry (same body or a new one) heals it. A process
    that dies mid-way leaves its lease to lapse after the request deadline; then the same.
+
+The lease outlives every upstream request of the write: providers' writes return only once their
+request has ended (`WRITE_SETTLE_S` past the deadline at most), and the lease runs that much
+longer than the deadline, so no retry can start a second write while the first may still land.
 """
 
 from __future__ import annotations
@@ -27,13 +31,14 @@ import asyncpg
 
 from calbroker.config import Settings
 from calbroker.domain.busy import blocking_statuses
-from calbroker.domain.connections import Connection, ConnectionKind, ConnectionStatus, route_mailbox
+from calbroker.domain.connections import Connection, ConnectionKind, ConnectionPurpose, route_mailbox, successor
 from calbroker.domain.errors import (
     AccessDenied,
     CalbrokerError,
     Conflict,
     ConflictingInterval,
     InvalidRequest,
+    MailboxError,
     NotFound,
     SlotUnavailable,
     TeamsUnavailable,
@@ -45,7 +50,7 @@ from calbroker.domain.events import EventSpec, UpstreamEvent, event_marker
 from calbroker.domain.intervals import Interval
 from calbroker.domain.schedules import ScheduleResult
 from calbroker.logs import get_logger
-from calbroker.providers.protocol import CalendarProvider, Deadline
+from calbroker.providers.protocol import WRITE_SETTLE_S, CalendarProvider, Deadline
 from calbroker.redaction import redact_text
 from calbroker.services.upstream import Upstream
 from calbroker.store.connections import list_connections
@@ -70,7 +75,8 @@ __all__ = ["Bookings", "CalendarEntry", "Outcome"]
 
 log = get_logger(__name__)
 
-_LEASE_MARGIN = timedelta(seconds=1)
+_LEASE_MARGIN = timedelta(seconds=WRITE_SETTLE_S + 1)
+"""How long a lease outlives its request's deadline: longer than a write may take to settle."""
 _CONFIRMED_HOLD = timedelta(minutes=5)
 """How long a confirmed booking still counts in checks by itself: Exchange delivers invitations to
 attendees' (and rooms') calendars asynchronously, so their free/busy can lag behind our write."""
@@ -98,6 +104,13 @@ class _Route:
     connection: Connection
     provider: CalendarProvider
     teams: CalendarProvider | None = None
+    held_by: uuid.UUID | None = None
+    """The connection the stored event names (its `connection` may have superseded it since)."""
+
+    @property
+    def expected_holder(self) -> uuid.UUID:
+        """The connection id the event's row must still name for this route to be the right one."""
+        return self.held_by or self.connection.id
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,7 +193,7 @@ class Bookings:
         # Everything that may need a pool connection (routing, credentials) happens before the
         # locking transaction: a transaction waiting for a second connection could starve the pool.
         async with self._pool.acquire() as conn:
-            connections = await list_connections(conn, application_id, include_revoked=True)
+            connections = await list_connections(conn, application_id, include_retired=True)
             existing = await find_event(conn, application_id, event_id)
         live = existing is not None and existing.state is not EventState.CANCELLED
         route = await self._route(connections, existing.connection_id if live and existing else None, spec)
@@ -199,7 +212,7 @@ class Bookings:
                 if (
                     record is not None
                     and record.state is not EventState.CANCELLED
-                    and record.connection_id != route.connection.id
+                    and record.connection_id != route.expected_holder
                 ):
                     raise WriteInProgress(f"Event {event_id!r} changed while this request was being routed; retry.")
                 previous = plan.previous
@@ -321,8 +334,9 @@ class Bookings:
                         spec, event.id, changed, join_url=join_url, deadline=deadline
                     )
         except Exception as exc:
-            # Whatever failed, the upstream write may or may not have happened: the row stays
-            # pending for a retry to heal. (A cancelled task, like a dead process, keeps its lease.)
+            # The write has ended (providers settle before raising), but whether it reached Exchange
+            # may be unknown: the row stays pending for a retry to heal, by the marker. (A cancelled
+            # task, like a dead process, keeps its lease until it lapses.)
             async with self._pool.acquire() as conn:
                 await release_event(
                     conn,
@@ -363,7 +377,7 @@ class Bookings:
             raise NotFound(f"This application has no event {event_id!r}.")
         if record.state is EventState.CONFIRMED and record.teams is not None and record.teams_join_url is None:
             async with self._pool.acquire() as conn:
-                connections = await list_connections(conn, application_id, include_revoked=True)
+                connections = await list_connections(conn, application_id, include_retired=True)
             try:
                 route = await self._route(connections, record.connection_id, None, organizer=record.spec.organizer)
             except CalbrokerError:
@@ -374,7 +388,7 @@ class Bookings:
     async def cancel(self, application_id: uuid.UUID, event_id: str, deadline: Deadline) -> EventRecord:
         """Cancel upstream (attendees are told) and end a hybrid Teams meeting; repeating it is a no-op."""
         async with self._pool.acquire() as conn:
-            connections = await list_connections(conn, application_id, include_revoked=True)
+            connections = await list_connections(conn, application_id, include_retired=True)
             existing = await find_event(conn, application_id, event_id)
         if existing is None:
             raise NotFound(f"This application has no event {event_id!r}.")
@@ -401,7 +415,7 @@ class Bookings:
                     application_id=application_id,
                     event_id=event_id,
                     generation=record.generation,
-                    connection_id=record.connection_id,
+                    connection_id=route.connection.id,
                     spec=record.spec,
                     mailboxes=record.mailboxes,
                     operation=EventOperation.CANCEL,
@@ -449,7 +463,8 @@ class Bookings:
     async def calendar_view(
         self, application_id: uuid.UUID, mailbox: str, window: Interval, deadline: Deadline
     ) -> list[CalendarEntry]:
-        """A mailbox's events in `window`, each marked with this application's event_id when it booked it."""
+        """A mailbox's events in `window`, each marked with this application's event_id when it booked it:
+        the organizer's item and every attendee's copy, cancelled ones and earlier generations included."""
         async with self._pool.acquire() as conn:
             connections = await list_connections(conn, application_id)
         connection = route_mailbox(connections, mailbox)
@@ -457,10 +472,14 @@ class Bookings:
         provider = await self._upstream.provider(connection)
         events = await provider.list_events(mailbox, window, deadline)
         async with self._pool.acquire() as conn:
-            by_id, by_uid = await managed_events(
-                conn, application_id, [e.id for e in events], [e.ical_uid for e in events if e.ical_uid]
+            copies = await managed_events(
+                conn,
+                application_id,
+                [e.id for e in events],
+                [e.ical_uid for e in events if e.ical_uid],
+                [e.marker for e in events if e.marker],
             )
-        return [CalendarEntry(e, by_id.get(e.id) or (by_uid.get(e.ical_uid) if e.ical_uid else None)) for e in events]
+        return [CalendarEntry(e, copies.event_id(e.id, e.ical_uid, e.marker)) for e in events]
 
     # --- routing ------------------------------------------------------------------------------------
 
@@ -475,15 +494,16 @@ class Bookings:
         """The event's connection and provider and, for an EWS organizer, the Graph partner for Teams.
 
         A new event is routed by the organizer's domain and allow-list; an existing one stays on
-        the connection that wrote it (domains may have moved since).
+        the connection that wrote it (domains may have moved since), or on the connection that
+        superseded it when the organisation was connected again.
         """
         who = spec.organizer if spec is not None else organizer
         assert who is not None
         if connection_id is None:
             connection = route_mailbox(connections, who)
         else:
-            found = next((c for c in connections if c.id == connection_id), None)
-            if found is None or found.status is ConnectionStatus.REVOKED:
+            found = successor(connections, connection_id)
+            if found is None or not found.status.serves:
                 raise AccessDenied(
                     f"The connection that holds this event for {who} was revoked; the event can no longer be "
                     "changed through calbroker."
@@ -493,18 +513,19 @@ class Bookings:
         provider = await self._upstream.provider(connection)
         teams: CalendarProvider | None = None
         if connection.kind is ConnectionKind.EWS:
-            partner = _teams_partner(connections, connection, who)
+            partner = _teams_partner(connections, who)
             if partner is not None:
                 teams = await self._upstream.provider(partner)
             elif spec is not None and spec.teams_meeting:
                 raise TeamsUnavailable(
-                    f"{who} is on Exchange on-premises (EWS), which cannot create Teams meetings. Add a "
-                    "Microsoft Graph connection for the same domain whose app has the OnlineMeetings.ReadWrite.All "
-                    "application permission and a Teams application access policy; calbroker then creates the "
-                    "Teams meeting through Graph and puts its join link into the invitation.",
+                    f"{who} is on Exchange on-premises (EWS), which cannot create Teams meetings. Add an "
+                    "online-meetings connection (purpose online_meetings) for the same domain: a Microsoft Graph "
+                    "app with the OnlineMeetings.ReadWrite.All application permission and a Teams application "
+                    "access policy; calbroker then creates the Teams meeting through Graph and puts its join "
+                    "link into the invitation.",
                     mailbox=who,
                 )
-        return _Route(connection, provider, teams)
+        return _Route(connection, provider, teams, held_by=connection_id)
 
     @staticmethod
     def _internal(connection: Connection, spec: EventSpec) -> list[str]:
@@ -534,21 +555,10 @@ def _reason(exc: Exception) -> str:
     return f"internal-error: {type(exc).__name__}"
 
 
-def _teams_partner(connections: Sequence[Connection], calendar: Connection, organizer: str) -> Connection | None:
-    """The Graph connection that makes Teams meetings for an EWS organizer (a hybrid tenant).
-
-    Identified as: another live connection of the same application, of kind Graph, that covers the
-    organizer's domain and allows the organizer; the oldest one wins. Its app needs
-    OnlineMeetings.ReadWrite.All and a Teams application access policy, not calendar rights.
-    """
-    domain = organizer.rpartition("@")[2]
-    candidates = [
-        c
-        for c in connections
-        if c.id != calendar.id
-        and c.kind is ConnectionKind.GRAPH
-        and c.status is not ConnectionStatus.REVOKED
-        and c.covers_domain(domain)
-        and c.allows(organizer)
-    ]
-    return candidates[0] if candidates else None
+def _teams_partner(connections: Sequence[Connection], organizer: str) -> Connection | None:
+    """The online-meetings connection that makes Teams meetings for an EWS organizer (a hybrid tenant):
+    routed like a calendar, by the organizer's domain and allow-list, preferring a healthy one."""
+    try:
+        return route_mailbox(connections, organizer, purpose=ConnectionPurpose.ONLINE_MEETINGS)
+    except MailboxError:
+        return None

@@ -17,6 +17,7 @@ from calbroker.domain.connections import (
     Connection,
     ConnectionKind,
     ConnectionMethod,
+    ConnectionPurpose,
     Credentials,
     EwsServiceAccount,
     normalize_domain,
@@ -55,6 +56,7 @@ class ConnectionDraft:
     tenant_id: str | None = None
     allowed_mailboxes: Sequence[str] = ()
     secret_expires_at: datetime | None = None
+    purpose: ConnectionPurpose = ConnectionPurpose.CALENDARS
 
     def __repr__(self) -> str:
         return f"ConnectionDraft(method={self.method}, domains={list(self.domains)!r}, credentials=<redacted>)"
@@ -105,14 +107,22 @@ async def _normalised(draft: ConnectionDraft, settings: Settings, discover: Disc
         raise InvalidRequest.field("tenant_id", "is required: the directory (tenant) id or primary domain")
     if kind is ConnectionKind.EWS and draft.method is not ConnectionMethod.EWS:
         raise InvalidRequest.field("method", "EWS credentials need the ews method")
-    name = (
-        draft.display_name or ""
-    ).strip() or f"{domains[0]} ({'Exchange on-premises' if endpoint else 'Microsoft 365'})"
+    teams_only = draft.purpose is ConnectionPurpose.ONLINE_MEETINGS
+    if teams_only and draft.method not in (ConnectionMethod.GRAPH_APP, ConnectionMethod.GRAPH_CONSENT):
+        raise InvalidRequest.field(
+            "purpose",
+            "online_meetings needs a Microsoft Graph app (admin consent or your own app registration); Teams "
+            "meetings cannot be made over EWS or by one signed-in mailbox",
+        )
+    kind_label = "Teams meetings" if teams_only else "Exchange on-premises" if endpoint else "Microsoft 365"
+    name = (draft.display_name or "").strip() or f"{domains[0]} ({kind_label})"
     new = NewConnection(
         application_id=draft.application_id,
         kind=kind,
         method=draft.method,
-        access_level=draft.access_level,
+        # Calendar access levels do not apply to a Teams-only connection; it is stored as full and never
+        # opens a calendar (routing and `require_calendar_access` go by purpose).
+        access_level=AccessLevel.FULL if teams_only else draft.access_level,
         display_name=name[:200],
         domains=domains,
         credentials=credentials,
@@ -121,6 +131,7 @@ async def _normalised(draft: ConnectionDraft, settings: Settings, discover: Disc
         endpoint=endpoint,
         allowed_mailboxes=allowed,
         secret_expires_at=draft.secret_expires_at,
+        purpose=draft.purpose,
     )
     return new, test_mailbox
 
@@ -130,12 +141,14 @@ async def verify_and_save(
 ) -> Connection:
     """Verify the credentials against upstream with the test mailbox, then store them sealed.
 
-    An EWS "endpoint" that is an email address is looked up with Autodiscover first (the cloud's
-    Autodiscover host, else the documented candidates from its domain), and the URL found is
-    checked like a typed one. Raises the specific error (CredentialsRejected with the AADSTS code,
-    MailboxOutOfScope, ImpersonationDenied, UpstreamUnavailable for an unreachable endpoint or TLS
-    failure, InvalidRequest on ``endpoint`` listing what Autodiscover tried…), in which case
-    nothing was written. The test mailbox is kept for the health checks; `on_save`
+    What is verified is what the connection's purpose needs: reading the test mailbox's calendar (or
+    free/busy, at that access level) for `calendars`, making a Teams meeting for it for
+    `online_meetings`. An EWS "endpoint" that is an email address is looked up with Autodiscover
+    first (the cloud's Autodiscover host, else the documented candidates from its domain), and the URL
+    found is checked like a typed one. Raises the specific error (CredentialsRejected with the AADSTS
+    code, MailboxOutOfScope, ImpersonationDenied, UpstreamUnavailable for an unreachable endpoint or TLS
+    failure, InvalidRequest on ``endpoint`` listing what Autodiscover tried…), in which case nothing
+    was written. The test mailbox is kept for the health checks; `on_save`
     lets an authorize link claim itself atomically with the save (single use across replicas).
     """
     new, test_mailbox = await _normalised(draft, services.settings, services.upstream.registry.discover_ews_endpoint)
@@ -151,6 +164,7 @@ async def verify_and_save(
         tenant_id=new.tenant_id,
         endpoint=new.endpoint,
         allowed_mailboxes=new.allowed_mailboxes,
+        purpose=new.purpose,
     )
     renewed: list[Credentials] = []
 

@@ -11,7 +11,7 @@ import asyncpg
 
 from calbroker.config import Cloud
 from calbroker.domain.connections import Connection, Credentials
-from calbroker.domain.errors import CalbrokerError, UpstreamThrottled
+from calbroker.domain.errors import CalbrokerError, CredentialsUnavailable, UpstreamThrottled
 from calbroker.providers.protocol import CalendarProvider, Deadline
 from calbroker.providers.registry import ProviderRegistry
 from calbroker.store.connections import load_credentials
@@ -51,14 +51,15 @@ class Upstream:
 
         `fresh` starts from new tokens (an admin's "check it now"); a failure always drops the
         provider, since msal remembers refusals for a while and the next check or request must ask
-        Microsoft again. Throttling is raised, not returned: a busy tenant is not a broken connection.
+        Microsoft again. Throttling and credentials this server cannot open are raised, not returned:
+        a busy tenant, or a master key missing here, is not a broken connection.
         """
         if fresh:
             await self.forget(connection)
         try:
             provider = await self.provider(connection)
             await provider.verify(mailbox, deadline)
-        except UpstreamThrottled:
+        except (UpstreamThrottled, CredentialsUnavailable):
             raise
         except CalbrokerError as exc:
             await self.forget(connection)

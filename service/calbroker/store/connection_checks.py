@@ -60,7 +60,7 @@ async def claim_due_checks(conn: Connection, *, limit: int, every: timedelta) ->
         WITH due AS (
             SELECT k.connection_id FROM connection_checks k
             JOIN connections c ON c.id = k.connection_id
-            WHERE k.next_check_at <= now() AND c.status <> 'revoked'
+            WHERE k.next_check_at <= now() AND c.status IN ('active', 'degraded')
             ORDER BY k.next_check_at
             LIMIT $1
             FOR UPDATE OF k SKIP LOCKED

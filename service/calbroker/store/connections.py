@@ -1,7 +1,9 @@
 """Connections of an application, with their credentials sealed in the vault.
 
 Credentials are serialised to JSON with a `type` tag and sealed under purpose `connection`;
-only `load_credentials` ever opens them, and nothing here logs or returns them.
+only `load_credentials` ever opens them, and nothing here logs or returns them. Saving a connection
+supersedes, in the same transaction, the older ones it replaces (`Connection.supersedes`): they
+keep their rows for the events that refer to them, and lose their credentials.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from calbroker.domain.connections import (
     Connection,
     ConnectionKind,
     ConnectionMethod,
+    ConnectionPurpose,
     ConnectionStatus,
     Credentials,
     EwsServiceAccount,
@@ -27,10 +30,10 @@ from calbroker.domain.connections import (
     GraphClientSecret,
     GraphDelegated,
 )
-from calbroker.domain.errors import NotFound
+from calbroker.domain.errors import CredentialsUnavailable, NotFound
 from calbroker.store.audit import record_audit
 from calbroker.store.database import Connection as DbConnection
-from calbroker.store.keyring import Keyring
+from calbroker.store.keyring import Keyring, KeyringError
 from calbroker.store.secrets import delete_secret, read_secret, store_secret
 
 __all__ = [
@@ -83,6 +86,7 @@ class NewConnection:
     endpoint: str | None = None
     allowed_mailboxes: tuple[str, ...] = ()
     secret_expires_at: datetime | None = None
+    purpose: ConnectionPurpose = ConnectionPurpose.CALENDARS
 
     def __repr__(self) -> str:
         return f"NewConnection(kind={self.kind}, display_name={self.display_name!r}, credentials=<redacted>)"
@@ -107,19 +111,23 @@ def _connection(row: asyncpg.Record) -> Connection:
         last_error=row["last_error"],
         secret_expires_at=row["secret_expires_at"],
         secret_id=row["secret_id"],
+        purpose=ConnectionPurpose(row["purpose"]),
+        superseded_by=row["superseded_by"],
     )
 
 
 async def save_connection(conn: DbConnection, keyring: Keyring, new: NewConnection, *, actor: str) -> Connection:
-    """Seal the credentials and insert the connection in one transaction."""
+    """Seal the credentials and insert the connection, superseding the ones it replaces, in one transaction."""
     async with conn.transaction():
+        # Serialises saves of one application, so two reconnections cannot each miss the other.
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", f"connections:{new.application_id}")
         secret_id = await store_secret(conn, keyring, purpose=_PURPOSE, plaintext=_encode_credentials(new.credentials))
         row = await conn.fetchrow(
             """
             INSERT INTO connections (application_id, kind, method, access_level, display_name, cloud,
                                      tenant_id, endpoint, domains, allowed_mailboxes, secret_id,
-                                     secret_expires_at, last_verified_at)
-            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, now())
+                                     secret_expires_at, last_verified_at, purpose)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, now(), $13)
             RETURNING *
             """,
             new.application_id,
@@ -134,9 +142,13 @@ async def save_connection(conn: DbConnection, keyring: Keyring, new: NewConnecti
             list(new.allowed_mailboxes),
             secret_id,
             new.secret_expires_at,
+            new.purpose.value,
         )
         assert row is not None
         connection = _connection(row)
+        for older in await list_connections(conn, new.application_id):
+            if connection.supersedes(older):
+                await _supersede(conn, older, connection, actor=actor)
         await record_audit(
             conn,
             actor=actor,
@@ -150,19 +162,41 @@ async def save_connection(conn: DbConnection, keyring: Keyring, new: NewConnecti
                 "domains": list(new.domains),
                 "tenant_id": new.tenant_id,
                 "endpoint": new.endpoint,
+                "purpose": new.purpose.value,
             },
         )
     return connection
 
 
+async def _supersede(conn: DbConnection, older: Connection, newer: Connection, *, actor: str) -> None:
+    await conn.execute(
+        """UPDATE connections SET status = 'superseded', superseded_by = $2, secret_id = NULL, updated_at = now()
+           WHERE id = $1""",
+        older.id,
+        newer.id,
+    )
+    if older.secret_id is not None:
+        await delete_secret(conn, older.secret_id)
+    await record_audit(
+        conn,
+        actor=actor,
+        action="connection.superseded",
+        application_id=older.application_id,
+        target=str(older.id),
+        details={"superseded_by": str(newer.id), "status_before": older.status.value},
+    )
+
+
 async def list_connections(
-    conn: DbConnection, application_id: uuid.UUID, *, include_revoked: bool = False
+    conn: DbConnection, application_id: uuid.UUID, *, include_retired: bool = False
 ) -> list[Connection]:
+    """Connections in use (active or degraded), oldest first; with `include_retired`, also the superseded
+    and revoked ones (events still refer to them)."""
     rows = await conn.fetch(
-        """SELECT * FROM connections WHERE application_id = $1 AND ($2 OR status <> 'revoked')
+        """SELECT * FROM connections WHERE application_id = $1 AND ($2 OR status IN ('active', 'degraded'))
            ORDER BY created_at, id""",
         application_id,
-        include_revoked,
+        include_retired,
     )
     return [_connection(row) for row in rows]
 
@@ -178,9 +212,15 @@ async def get_connection(conn: DbConnection, application_id: uuid.UUID, connecti
 
 
 async def load_credentials(conn: DbConnection, keyring: Keyring, connection: Connection) -> Credentials:
+    """The connection's credentials, opened; CredentialsUnavailable when this server cannot open them."""
     if connection.secret_id is None:
         raise NotFound(f"connection {connection.id} has no credentials (it was revoked)")
-    raw = await read_secret(conn, keyring, connection.secret_id, purpose=_PURPOSE)
+    try:
+        raw = await read_secret(conn, keyring, connection.secret_id, purpose=_PURPOSE)
+    except KeyringError as exc:
+        raise CredentialsUnavailable(
+            f"The stored credentials of connection {connection.display_name!r} cannot be opened on this server: {exc}."
+        ) from None
     return _decode_credentials(raw)
 
 
@@ -226,17 +266,20 @@ async def delete_connection(conn: DbConnection, connection: Connection, *, actor
 
 
 async def mark_connection_health(conn: DbConnection, connection_id: uuid.UUID, *, error: str | None) -> None:
-    """Record a health check: healthy clears the error, a failure marks the connection degraded."""
+    """Record a health check: healthy clears the error, a failure marks the connection degraded.
+
+    Only connections in use change: a check that raced a supersession or a revocation is dropped.
+    """
     if error is None:
         await conn.execute(
             """UPDATE connections SET status = 'active', last_error = NULL, last_verified_at = now(),
-               updated_at = now() WHERE id = $1 AND status <> 'revoked'""",
+               updated_at = now() WHERE id = $1 AND status IN ('active', 'degraded')""",
             connection_id,
         )
     else:
         await conn.execute(
             """UPDATE connections SET status = 'degraded', last_error = $2, updated_at = now()
-               WHERE id = $1 AND status <> 'revoked'""",
+               WHERE id = $1 AND status IN ('active', 'degraded')""",
             connection_id,
             error[:1000],
         )

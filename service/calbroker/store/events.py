@@ -30,6 +30,7 @@ __all__ = [
     "EventRecord",
     "EventState",
     "Holding",
+    "ManagedCopies",
     "Reservation",
     "bookings_holding",
     "confirm_event",
@@ -266,7 +267,8 @@ class Reservation:
 async def reserve_event(conn: Connection, reservation: Reservation) -> EventRecord:
     """Insert or take over the row as pending under our lease (call inside `lock_booking`'s transaction).
 
-    A new generation (a cancelled event booked again) starts without upstream ids.
+    A new generation (a cancelled event booked again) starts without upstream ids; the earlier
+    generation's iCalUId and marker are kept, so its copies stay recognisable.
     """
     r = reservation
     row = await conn.fetchrow(
@@ -296,6 +298,11 @@ async def reserve_event(conn: Connection, reservation: Reservation) -> EventReco
             teams_meeting_id = CASE WHEN events.generation = EXCLUDED.generation
                                     THEN events.teams_meeting_id END,
             version = CASE WHEN events.generation = EXCLUDED.generation THEN events.version ELSE 0 END,
+            earlier_ical_uids = CASE WHEN events.generation = EXCLUDED.generation OR events.ical_uid IS NULL
+                                     THEN events.earlier_ical_uids
+                                     ELSE array_append(events.earlier_ical_uids, events.ical_uid) END,
+            earlier_markers = CASE WHEN events.generation = EXCLUDED.generation THEN events.earlier_markers
+                                   ELSE array_append(events.earlier_markers, events.marker) END,
             cancelled_at = NULL,
             updated_at = now()
         RETURNING *
@@ -412,18 +419,60 @@ async def record_join_url(
     return _record(row) if row is not None else None
 
 
+@dataclass(frozen=True, slots=True)
+class ManagedCopies:
+    """Which of a calendar's items this application booked: its event_id by each way an item is known."""
+
+    by_upstream_id: dict[str, str]
+    by_ical_uid: dict[str, str]
+    by_marker: dict[str, str]
+
+    def event_id(self, upstream_id: str, ical_uid: str | None, marker: str | None) -> str | None:
+        """The event_id of an item (the organizer's, or an attendee's copy, live or cancelled), if ours."""
+        return (
+            self.by_upstream_id.get(upstream_id)
+            or (self.by_ical_uid.get(ical_uid) if ical_uid else None)
+            or (self.by_marker.get(marker.lower()) if marker else None)
+        )
+
+
 async def managed_events(
-    conn: Connection, application_id: uuid.UUID, upstream_ids: Sequence[str], ical_uids: Sequence[str]
-) -> tuple[dict[str, str], dict[str, str]]:
-    """This application's live bookings among upstream events: (by upstream id, by iCalUId) → event_id."""
+    conn: Connection,
+    application_id: uuid.UUID,
+    upstream_ids: Sequence[str],
+    ical_uids: Sequence[str],
+    markers: Sequence[str] = (),
+) -> ManagedCopies:
+    """This application's bookings among upstream items, in any state and of any generation.
+
+    The organizer's item is found by its id or its marker, every attendee's copy (a cancelled one
+    included) by the iCalUId it shares with the organizer's, an earlier generation's copies by the
+    iCalUIds and markers the row keeps.
+    """
+    wanted_markers: list[uuid.UUID] = []
+    for marker in markers:
+        try:
+            wanted_markers.append(uuid.UUID(marker))
+        except ValueError:
+            continue  # someone else's value in our property: not ours
     rows = await conn.fetch(
-        """SELECT event_id, upstream_id, ical_uid FROM events
-           WHERE application_id = $1 AND state <> 'cancelled'
-             AND (upstream_id = ANY($2::text[]) OR ical_uid = ANY($3::text[]))""",
+        """SELECT event_id, upstream_id, ical_uid, marker, earlier_ical_uids, earlier_markers FROM events
+           WHERE application_id = $1
+             AND (upstream_id = ANY($2::text[]) OR ical_uid = ANY($3::text[]) OR marker = ANY($4::uuid[])
+                  OR earlier_ical_uids && $3::text[] OR earlier_markers && $4::uuid[])""",
         application_id,
         list(upstream_ids),
         list(ical_uids),
+        wanted_markers,
     )
-    by_id = {row["upstream_id"]: row["event_id"] for row in rows if row["upstream_id"]}
-    by_uid = {row["ical_uid"]: row["event_id"] for row in rows if row["ical_uid"]}
-    return by_id, by_uid
+    copies = ManagedCopies({}, {}, {})
+    for row in rows:
+        event_id = row["event_id"]
+        if row["upstream_id"]:
+            copies.by_upstream_id[row["upstream_id"]] = event_id
+        for uid in (row["ical_uid"], *row["earlier_ical_uids"]):
+            if uid:
+                copies.by_ical_uid[uid] = event_id
+        for marker in (row["marker"], *row["earlier_markers"]):
+            copies.by_marker[str(marker)] = event_id
+    return copies

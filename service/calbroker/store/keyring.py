@@ -5,6 +5,12 @@ stored with it. Rotating master keys therefore re-wraps 60-byte data keys and ne
 sealed payloads. Both layers authenticate the record's purpose and id as associated data, so a
 sealed blob copied onto another record fails to open instead of leaking into the wrong tenant.
 
+Keys from the embedded default's key file are re-read when the file changes (checked before
+sealing, and whenever a blob names a key id the keyring does not have), so a running server
+follows `calbroker keys rotate --generate` run next to it. Keys from CALBROKER_MASTER_KEYS are
+fixed for the life of the process; the README gives the order of steps that keeps every replica
+able to open every secret while they change.
+
 Blob layout (version 1):
     b"cb1" | len(kid):u8 | kid | wrap_nonce:12 | wrapped_key:48 | nonce:12 | ciphertext+tag
 """
@@ -14,6 +20,7 @@ from __future__ import annotations
 import os
 import secrets
 import stat
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +34,7 @@ __all__ = [
     "KeyringError",
     "SecretTampered",
     "UnknownKeyId",
+    "add_key_to_file",
     "generate_master_key",
     "load_keyring",
 ]
@@ -86,11 +94,28 @@ def _aad(purpose: str, record_id: str) -> bytes:
 
 
 class Keyring:
-    """Seals and opens secrets with the configured master keys (the first one seals)."""
+    """Seals and opens secrets with the configured master keys (the first one seals).
 
-    __slots__ = ("_by_kid", "_primary")
+    Built from a key file (`from_key_file`: the embedded default), it re-reads the file when it has
+    changed: see `refresh`.
+    """
+
+    __slots__ = ("_by_kid", "_file", "_primary", "_stamp")
 
     def __init__(self, keys: tuple[MasterKey, ...]) -> None:
+        self._file: Path | None = None
+        self._stamp: tuple[int, int, int] | None = None
+        self._use(keys)
+
+    @classmethod
+    def from_key_file(cls, path: Path) -> Keyring:
+        """The keys of `path`, followed as the file changes."""
+        stamp = _stamp(path)  # before reading: a change in between is then seen by the next refresh
+        keyring = cls(_read_key_file(path))
+        keyring._file, keyring._stamp = path, stamp
+        return keyring
+
+    def _use(self, keys: tuple[MasterKey, ...]) -> None:
         if not keys:
             raise ValueError("a keyring needs at least one master key")
         self._primary = keys[0]
@@ -105,10 +130,31 @@ class Keyring:
 
     @property
     def kids(self) -> tuple[str, ...]:
-        return tuple(self._by_kid)
+        """Every master key id, the sealing one first."""
+        return (self._primary.kid, *(kid for kid in self._by_kid if kid != self._primary.kid))
+
+    def refresh(self) -> bool:
+        """Re-read the key file if it changed since it was read; True if the keys were replaced.
+
+        Raises KeyringError when the changed file cannot be used (the keys in use stay).
+        """
+        if self._file is None:
+            return False
+        try:
+            stamp = _stamp(self._file)
+            if stamp == self._stamp:
+                return False
+            keys = _read_key_file(self._file)
+        except (OSError, ConfigError) as exc:
+            raise KeyringError(f"master key file {self._file} cannot be read: {exc}") from None
+        self._use(keys)
+        self._stamp = stamp
+        return True
 
     def seal(self, plaintext: bytes, *, purpose: str, record_id: str) -> bytes:
-        """Encrypt under a fresh data key bound to (purpose, record_id)."""
+        """Encrypt under a fresh data key bound to (purpose, record_id), with the newest primary key."""
+        with suppress(KeyringError):  # an unreadable key file: keep sealing with the keys in use
+            self.refresh()
         aad = _aad(purpose, record_id)
         data_key = AESGCM.generate_key(bit_length=256)
         nonce = os.urandom(_NONCE)
@@ -146,6 +192,8 @@ class Keyring:
 
     def _unwrap(self, parsed: _Parsed, aad: bytes) -> bytes:
         master = self._by_kid.get(parsed.kid)
+        if master is None and self.refresh():
+            master = self._by_kid.get(parsed.kid)
         if master is None:
             raise UnknownKeyId(parsed.kid)
         try:
@@ -160,6 +208,12 @@ def generate_master_key(kid: str | None = None) -> str:
 
     kid = kid or f"k{secrets.token_hex(4)}"
     return f"{kid}:{base64.b64encode(os.urandom(32)).decode()}"
+
+
+def _stamp(path: Path) -> tuple[int, int, int]:
+    """What changes when the key file is rewritten (`add_key_to_file` replaces it: a new inode)."""
+    info = path.stat()
+    return info.st_ino, info.st_mtime_ns, info.st_size
 
 
 def _read_key_file(path: Path) -> tuple[MasterKey, ...]:
@@ -189,7 +243,7 @@ def load_keyring(settings: Settings, *, create: bool = True) -> Keyring:
         if not create:
             raise ConfigError("CALBROKER_MASTER_KEYS", f"is unset and {path} does not exist")
         _create_key_file(path)
-    return Keyring(_read_key_file(path))
+    return Keyring.from_key_file(path)
 
 
 def add_key_to_file(settings: Settings) -> str:

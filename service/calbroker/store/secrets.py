@@ -7,6 +7,7 @@ row cannot make it open there.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 
 import asyncpg
 
@@ -14,7 +15,7 @@ from calbroker.domain.errors import NotFound
 from calbroker.store.database import Connection
 from calbroker.store.keyring import Keyring
 
-__all__ = ["delete_secret", "read_secret", "rewrap_all", "store_secret"]
+__all__ = ["delete_secret", "read_secret", "rewrap_all", "secrets_sealed_without", "store_secret"]
 
 
 async def store_secret(conn: Connection, keyring: Keyring, *, purpose: str, plaintext: bytes) -> uuid.UUID:
@@ -66,3 +67,14 @@ async def rewrap_all(pool: asyncpg.Pool, keyring: Keyring, *, batch: int = 200) 
         total += len(rows)
         if len(rows) < batch:
             return total
+
+
+async def secrets_sealed_without(conn: Connection, kids: Sequence[str]) -> dict[str, int]:
+    """Master key id → how many secrets it seals, for the key ids not in `kids`: what a keyring with
+    `kids` cannot open."""
+    rows = await conn.fetch(
+        """SELECT key_id, count(*) AS secrets FROM sealed_secrets WHERE NOT (key_id = ANY($1::text[]))
+           GROUP BY key_id ORDER BY key_id""",
+        list(kids),
+    )
+    return {row["key_id"]: row["secrets"] for row in rows}

@@ -21,7 +21,7 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 
 from calbroker.domain.connections import Connection, ConnectionStatus
-from calbroker.domain.errors import NotFound, UpstreamThrottled
+from calbroker.domain.errors import CredentialsUnavailable, NotFound, UpstreamThrottled
 from calbroker.domain.secret_expiry import secret_warning
 from calbroker.logs import get_logger
 from calbroker.providers.protocol import Deadline
@@ -29,7 +29,6 @@ from calbroker.services import Services
 from calbroker.store.audit import record_audit
 from calbroker.store.connection_checks import DueCheck, claim_due_checks, record_check, record_expiry_warning
 from calbroker.store.connections import get_connection, mark_connection_health
-from calbroker.store.keyring import KeyringError
 
 __all__ = ["HealthRound", "check_due_connections", "health_checker"]
 
@@ -93,12 +92,7 @@ async def check_due_connections(services: Services, *, every: timedelta | None =
 
 async def _verify(services: Services, connection: Connection, mailbox: str) -> str | None:
     """None when the connection works, else the admin-readable reason it does not."""
-    try:
-        error = await services.upstream.verify(
-            connection, mailbox, Deadline.after(services.settings.upstream_deadline_s)
-        )
-    except KeyringError:
-        return "The stored credentials cannot be decrypted on this server (a master key is missing)."
+    error = await services.upstream.verify(connection, mailbox, Deadline.after(services.settings.upstream_deadline_s))
     return error.detail if error is not None else None
 
 
@@ -112,6 +106,10 @@ async def _check(services: Services, check: DueCheck) -> _Outcome:
         error = await _verify(services, connection, check.test_mailbox)
     except UpstreamThrottled:
         log.info("health.throttled", connection_id=str(connection.id))  # busy, not broken: next round
+        return _Outcome(checked=False, healthy=True, warned=False)
+    except CredentialsUnavailable as exc:
+        # This replica lacks a master key (readiness says so); other replicas may check it fine.
+        log.error("health.credentials_unavailable", connection_id=str(connection.id), error=exc.detail)
         return _Outcome(checked=False, healthy=True, warned=False)
     warning = secret_warning(connection.secret_expires_at, datetime.now(UTC))
     announce = warning is not None and (

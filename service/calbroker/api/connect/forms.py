@@ -30,6 +30,7 @@ from calbroker.config import Settings
 from calbroker.domain.connections import (
     AccessLevel,
     ConnectionMethod,
+    ConnectionPurpose,
     Credentials,
     EwsServiceAccount,
     GraphClientSecret,
@@ -148,6 +149,13 @@ def _access_level(values: Mapping[str, str], offered: list[AccessLevel]) -> Acce
     return level
 
 
+def _purpose(values: Mapping[str, str]) -> ConnectionPurpose:
+    try:
+        return ConnectionPurpose(values.get("purpose") or ConnectionPurpose.CALENDARS.value)
+    except ValueError:
+        raise InvalidRequest.field("purpose", "choose what the app is for") from None
+
+
 def _required(values: Mapping[str, str], name: str, message: str) -> str:
     value = values.get(name, "").strip()
     if not value:
@@ -231,6 +239,7 @@ def draft_from_form(
             tenant_id=tenant_id,
             allowed_mailboxes=allowed,
             secret_expires_at=expires,
+            purpose=_purpose(values),
         )
     if method is ConnectionMethod.EWS:
         endpoint = _required(
@@ -363,6 +372,7 @@ FORM_FIELDS: Mapping[ConnectionMethod, frozenset[str]] = {
             "certificate",
             "certificate_password",
             "cloud",
+            "purpose",
             "access_level",
             "test_mailbox",
             "domains",
@@ -416,6 +426,7 @@ def form_page(
             chosen = values.get("cloud") or default_cloud(settings)
             context |= {
                 "permissions": GRAPH_PERMISSIONS,
+                "purpose": values.get("purpose") or ConnectionPurpose.CALENDARS.value,
                 "level_labels": graph_level_labels(),
                 "policy_commands": access_policy_commands(values),
                 "clouds": [(name, CLOUD_NAMES.get(name, name)) for name in settings.clouds],

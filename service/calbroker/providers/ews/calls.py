@@ -7,6 +7,12 @@ long as each back-off is short enough (upstream.md, Part 2B). So every call goes
 `Deadline` allows it, and translates exchangelib and requests exceptions into domain errors here
 and nowhere else (style rule 12).
 
+Every exchangelib HTTP request a call makes is bounded by the call's `Deadline` (`request_timeout`,
+read by our Protocol for each request): exchangelib's own timeout would otherwise let an abandoned
+thread go on writing to Exchange for half a minute after the caller gave up. A write is never
+abandoned: its caller waits for the thread to end (`settle`), so when `run` raises, the request
+has really ended, and a reservation held for it can be let go.
+
 exchangelib often re-raises a low-level failure as another exception inside its ``except``
 block (a refused connection becomes ``ErrorTimeoutExpired``, which its retry loop may turn into
 ``ErrorServerBusy``; a busy fault during the version probe becomes ``TransportError``). The
@@ -19,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import re
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Executor, Future
 from contextlib import suppress
@@ -69,9 +76,9 @@ from calbroker.domain.errors import (
     UpstreamUnavailable,
 )
 from calbroker.logs import get_logger
-from calbroker.providers.protocol import Deadline, connection_closed
+from calbroker.providers.protocol import WRITE_SETTLE_S, Deadline, connection_closed
 
-__all__ = ["EwsCalls", "translate_error"]
+__all__ = ["EwsCalls", "request_timeout", "translate_error"]
 
 T = TypeVar("T")
 
@@ -98,6 +105,33 @@ _SERVER_TROUBLE = (
 _MAX_DROPPED_RETRIES = 2
 _FIRST_BACK_OFF_S = 0.5
 """Back-off when the server is busy but names no BackOffMilliseconds (doubles per attempt)."""
+_LAST_REQUEST_S = 0.05
+"""HTTP timeout of a request exchangelib starts when the call's deadline has passed: it fails at once."""
+
+_budget = threading.local()
+"""The running call's deadline (monotonic seconds), per worker thread."""
+
+
+def request_timeout(ceiling_s: float) -> float:
+    """The HTTP timeout for the next exchangelib request of this thread: what is left of the running
+    call's deadline, never more than `ceiling_s` (outside a call: `ceiling_s`)."""
+    at: float | None = getattr(_budget, "at", None)
+    if at is None:
+        return ceiling_s
+    return max(_LAST_REQUEST_S, min(ceiling_s, at - time.monotonic()))
+
+
+def _within(deadline: Deadline, call: Callable[[float], T]) -> Callable[[float], T]:
+    """`call`, run with this thread's request budget set to `deadline`."""
+
+    def bounded(timeout_s: float) -> T:
+        _budget.at = deadline.at
+        try:
+            return call(timeout_s)
+        finally:
+            _budget.at = None
+
+    return bounded
 
 
 def _first_cause(exc: BaseException) -> BaseException:
@@ -274,12 +308,15 @@ class EwsCalls:
         *,
         mailbox: str | None = None,
         idempotent: bool = True,
+        settle: bool = False,
     ) -> T:
         """`call(http_timeout_s)` in a worker thread, retried within `deadline`; domain errors only.
 
         Busy/throttling answers are retried after the server's back-off when the deadline leaves
         room for it (the server did not process the request, so this is safe even for writes);
         dropped connections and transient server errors are retried only when `idempotent`.
+        With `settle` (writes), a call still running at the deadline is waited for (its requests
+        stop at the deadline, so within `WRITE_SETTLE_S`): what it did is what `run` reports.
         """
         self.check_open()
         busy_retries = 0
@@ -287,7 +324,7 @@ class EwsCalls:
         while True:
             deadline.check(what)
             try:
-                return await self._in_thread(call, deadline)
+                return await self._in_thread(call, deadline, settle=settle)
             except TimeoutError:
                 raise UpstreamTimeout(f"{what} did not complete within the request deadline", mailbox=mailbox) from None
             except (EWSError, requests.RequestException) as exc:
@@ -313,13 +350,13 @@ class EwsCalls:
                 _log.info("ews.retry", operation=what, wait_s=wait, cause=type(_first_cause(exc)).__name__)
                 await asyncio.sleep(wait)
 
-    async def _in_thread(self, call: Callable[[float], T], deadline: Deadline) -> T:
+    async def _in_thread(self, call: Callable[[float], T], deadline: Deadline, *, settle: bool) -> T:
         loop = asyncio.get_running_loop()
         async with asyncio.timeout(deadline.remaining()):
             await self._slots.acquire()
         timeout_s = max(0.1, min(self._http_timeout_s, deadline.remaining()))
         try:
-            future = self._executor.submit(call, timeout_s)
+            future = self._executor.submit(_within(deadline, call), timeout_s)
         except BaseException:
             self._slots.release()
             raise
@@ -333,8 +370,23 @@ class EwsCalls:
                 loop.call_soon_threadsafe(self._slots.release)
 
         future.add_done_callback(finished)
-        async with asyncio.timeout(deadline.remaining()):
-            return await asyncio.wrap_future(future)
+        waiting = asyncio.wrap_future(future)
+        try:
+            async with asyncio.timeout(deadline.remaining()):
+                return await asyncio.shield(waiting)
+        except TimeoutError:
+            if not settle or future.cancel():  # a read may be abandoned; a write that never started is void
+                waiting.cancel()
+                raise
+        # A write is mid-request. Its HTTP requests end at the deadline (`request_timeout`), so it
+        # ends within moments: wait, and report what it really did, a late success included.
+        try:
+            async with asyncio.timeout(WRITE_SETTLE_S):
+                return await asyncio.shield(waiting)
+        except TimeoutError:
+            _log.error("ews.write_unsettled", wait_s=WRITE_SETTLE_S)
+            waiting.cancel()
+            raise
 
     @property
     def closed(self) -> bool:

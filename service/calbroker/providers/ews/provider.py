@@ -10,24 +10,37 @@ impersonation; only the levels that allow it open calendar folders as the impers
 from __future__ import annotations
 
 import asyncio
-from collections import defaultdict
-from collections.abc import Callable, Sequence
+import time
+from collections import OrderedDict, defaultdict
+from collections.abc import Callable, Coroutine, Sequence
 from concurrent.futures import Executor
 from contextlib import suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 from exchangelib import IMPERSONATION, Account, Configuration, Credentials, EWSDateTime
 from exchangelib import UTC as EWS_UTC
-from exchangelib.errors import ResponseMessageError
-from exchangelib.properties import FreeBusyViewOptions, MailboxData, RoomList, TimeWindow, TimeZone
+from exchangelib.errors import ErrorItemNotFound, ResponseMessageError
+from exchangelib.folders import DistinguishedFolderId
+from exchangelib.properties import (
+    FreeBusyViewOptions,
+    Mailbox,
+    MailboxData,
+    TimeWindow,
+    TimeZone,
+    UserConfigurationNameMNS,
+)
 from exchangelib.protocol import Protocol as ExchangeProtocol
-from exchangelib.services import GetRoomLists, GetRooms, GetServerTimeZones, GetUserAvailability
+from exchangelib.services import (
+    GetServerTimeZones,
+    GetUserAvailability,
+    GetUserConfiguration,
+)
 from exchangelib.transport import BASIC, NTLM
 
 from calbroker.domain.connections import Connection, EwsServiceAccount
@@ -39,12 +52,15 @@ from calbroker.domain.errors import (
 )
 from calbroker.domain.events import EventSpec, OnlineMeeting, UpstreamEvent
 from calbroker.domain.intervals import Interval
-from calbroker.domain.schedules import MailboxSchedule, Room, ScheduleResult
+from calbroker.domain.schedules import MailboxSchedule, Room, RoomList, ScheduleResult
+from calbroker.logs import get_logger
 from calbroker.providers.ews import events
-from calbroker.providers.ews.calls import EwsCalls, translate_error
-from calbroker.providers.ews.schedules import schedule_from_view
+from calbroker.providers.ews.calls import EwsCalls, request_timeout, translate_error
+from calbroker.providers.ews.rooms import room_lists, room_location, rooms_of
+from calbroker.providers.ews.schedules import schedule_from_view, zone_name_of_work_hours
 from calbroker.providers.ews.tls import trusting_adapter
 from calbroker.providers.protocol import Deadline, for_mailbox, merge_schedules
+from calbroker.providers.windows_zones import zone_for
 
 __all__ = [
     "EWS_PATH",
@@ -54,6 +70,8 @@ __all__ = [
 ]
 
 EWS_PATH = "/EWS/Exchange.asmx"
+T = TypeVar("T")
+_log = get_logger(__name__)
 
 # Exchange Online's EWS hosts (worldwide, GCC High, DoD, 21Vianet) and the consumer Outlook.com ones.
 _EXCHANGE_ONLINE = (
@@ -70,6 +88,9 @@ _AUTH_TYPES = {"basic": BASIC, "ntlm": NTLM}
 # (https://learn.microsoft.com/en-us/exchange/client-developer/web-service-reference/requestedview).
 _REQUESTED_VIEW = "FreeBusy"
 _VERIFY_SPAN = timedelta(days=1)
+_ZONE_NAME_TTL_S = 6 * 3600.0
+"""How long a mailbox's own zone name is trusted before it is read again (people rarely move zones)."""
+_ZONE_NAMES_KEPT = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,7 +107,7 @@ class EwsLimits:
     merged_interval: timedelta = timedelta(minutes=15)
     """MergedFreeBusyIntervalInMinutes: slot length when Exchange only has merged free/busy."""
     http_timeout_s: float = 30.0
-    """Upper bound for one HTTP request; the request deadline usually cuts it shorter."""
+    """Upper bound for one HTTP request; what is left of the call's deadline cuts it shorter."""
 
     def __post_init__(self) -> None:
         if self.mailboxes_per_request < 1 or self.concurrency < 1:
@@ -173,17 +194,21 @@ def _fresh_protocol(config: Any, ca_bundle: Path | None, http_timeout_s: float) 
     a changed CA or limit is not, so evict whatever is cached under our key before creating ours.
     Accounts get our Protocol assigned explicitly (`EwsProvider._account`), so a later
     `CachingProtocol.clear_cache()` or another provider for the same key cannot swap it out.
+    exchangelib reads `TIMEOUT` for every request a service makes without its own timeout (item
+    saves, folder look-ups): ours is what is left of the running call's deadline.
     """
     adapter = trusting_adapter(config.service_endpoint, ca_bundle)
 
     class _Protocol(ExchangeProtocol):  # type: ignore[misc]  # exchangelib ships no types
         HTTP_ADAPTER_CLS = adapter  # read by the classmethods that build sessions
 
+        @property
+        def TIMEOUT(self) -> float:
+            return request_timeout(http_timeout_s)
+
     with suppress(KeyError):
         del ExchangeProtocol[config]  # CachingProtocol.__delitem__
-    protocol = _Protocol(config=config)
-    protocol.TIMEOUT = http_timeout_s  # read per request by exchangelib when a service sets none
-    return protocol
+    return _Protocol(config=config)
 
 
 def _utc(moment: datetime) -> Any:
@@ -237,23 +262,25 @@ def _availability(
     ]
 
 
+def _own_zone_name(_timeout_s: float, *, account_for: Callable[[], Any], mailbox: str) -> str | None:
+    """The mailbox's Windows zone from its calendar's ``WorkHours`` configuration object (GetUserConfiguration,
+    https://learn.microsoft.com/en-us/exchange/client-developer/web-service-reference/getuserconfiguration-operation);
+    None when the mailbox has none (ErrorItemNotFound) or it names no zone."""
+    folder = DistinguishedFolderId(id="calendar", mailbox=Mailbox(email_address=mailbox))
+    service = GetUserConfiguration(account=account_for())
+    try:
+        found = service.get(
+            user_configuration_name=UserConfigurationNameMNS(name="WorkHours", folder=folder), properties="XmlData"
+        )
+    except ErrorItemNotFound:
+        return None
+    return zone_name_of_work_hours(found.xml_data)
+
+
 def _calendar_probe(_timeout_s: float, *, account_for: Callable[[], Any], window: Interval) -> int:
     account = account_for()
     view = account.calendar.view(start=_utc(window.start), end=_utc(window.end))
     return len(list(view.only("start", "end")))
-
-
-def _room_lists(timeout_s: float, *, protocol: Any) -> list[str]:
-    return [str(room_list.email_address) for room_list in GetRoomLists(protocol=protocol, timeout=timeout_s).call()]
-
-
-def _rooms(timeout_s: float, *, protocol: Any, room_list: str) -> list[Room]:
-    rooms = GetRooms(protocol=protocol, timeout=timeout_s).call(room_list=RoomList(email_address=room_list))
-    return [
-        Room(email=str(room.email_address).lower(), name=str(room.name or room.email_address), room_list=room_list)
-        for room in rooms
-        if room.email_address
-    ]
 
 
 class EwsProvider:
@@ -292,6 +319,8 @@ class EwsProvider:
         self._event_accounts = events.Accounts(self._account)
         self._utc_zone_definition: Any = None
         self._zone_lock = asyncio.Lock()
+        self._zone_names: OrderedDict[str, tuple[float, str | None]] = OrderedDict()
+        """Mailbox → (monotonic time read, its own Windows zone name or None)."""
 
     @property
     def connection(self) -> Connection:
@@ -363,7 +392,43 @@ class EwsProvider:
         for task in tasks:
             for mailbox, result in task.result().items():
                 results[mailbox].append(result)
-        return {mailbox: merge_schedules(mailbox, results[mailbox]) for mailbox in wanted}
+        merged = {mailbox: merge_schedules(mailbox, results[mailbox]) for mailbox in wanted}
+        if self._connection.access_level.opens_calendars:
+            await self._name_zones(merged, deadline)
+        return merged
+
+    async def _name_zones(self, schedules: dict[str, ScheduleResult], deadline: Deadline) -> None:
+        """Put working hours in the mailbox's own zone where its calendar names one (read once per
+        `_ZONE_NAME_TTL_S`); where it cannot be read now, the zone matched from Exchange's rule stays."""
+        with_hours = {
+            mailbox: schedule
+            for mailbox, schedule in schedules.items()
+            if isinstance(schedule, MailboxSchedule) and schedule.working_hours is not None
+        }
+        now = time.monotonic()
+        stale = [m for m in with_hours if m not in self._zone_names or now - self._zone_names[m][0] > _ZONE_NAME_TTL_S]
+        if stale:
+            async with asyncio.TaskGroup() as group:
+                for mailbox in stale:
+                    group.create_task(self._read_zone_name(mailbox, deadline))
+        for mailbox, schedule in with_hours.items():
+            assert schedule.working_hours is not None
+            named = self._zone_names.get(mailbox)
+            zone = zone_for(named[1]) if named is not None else None
+            if zone is not None and zone != schedule.working_hours.tz:
+                schedules[mailbox] = replace(schedule, working_hours=replace(schedule.working_hours, tz=zone))
+
+    async def _read_zone_name(self, mailbox: str, deadline: Deadline) -> None:
+        call = partial(_own_zone_name, account_for=partial(self._event_accounts.get, mailbox), mailbox=mailbox)
+        try:
+            name = await self._calls.run("GetUserConfiguration", call, deadline, mailbox=mailbox)
+        except CalbrokerError as error:
+            _log.info("ews.zone_name_unavailable", mailbox=mailbox, error=error.slug)
+            return
+        self._zone_names[mailbox] = (time.monotonic(), name)
+        self._zone_names.move_to_end(mailbox)
+        while len(self._zone_names) > _ZONE_NAMES_KEPT:
+            self._zone_names.popitem(last=False)
 
     async def _fetch_batch(
         self, batch: list[str], piece: Interval, timezone: Any, deadline: Deadline
@@ -411,25 +476,40 @@ class EwsProvider:
             raise result
 
     async def list_rooms(self, deadline: Deadline) -> list[Room]:
-        """Rooms of every room list (GetRoomLists + GetRooms); rooms in no list are invisible to EWS."""
-        lists = await self._calls.run("GetRoomLists", partial(_room_lists, protocol=self._protocol), deadline)
+        """Rooms of every room list (GetRoomLists + GetRooms; rooms in no list are invisible to EWS), each
+        with its building from the directory (`rooms.room_location`). EWS has no room capacity: it is None."""
+        lists = await self._calls.run("GetRoomLists", partial(room_lists, protocol=self._protocol), deadline)
+        members = await self._gather(
+            [
+                self._calls.run("GetRooms", partial(rooms_of, protocol=self._protocol, room_list=room_list), deadline)
+                for room_list in lists
+            ]
+        )
+        listed: dict[str, tuple[str, RoomList]] = {}
+        for room_list, rooms in zip(lists, members, strict=True):
+            for email, name in rooms:
+                listed.setdefault(email, (name, room_list))
+        emails = sorted(listed)
+        locations = await self._gather(
+            [
+                self._calls.run("ResolveNames", partial(room_location, protocol=self._protocol, email=email), deadline)
+                for email in emails
+            ]
+        )
+        return [
+            Room(email=email, name=listed[email][0], building=location, room_list=listed[email][1])
+            for email, location in zip(emails, locations, strict=True)
+        ]
+
+    @staticmethod
+    async def _gather(calls: Sequence[Coroutine[Any, Any, T]]) -> list[T]:
+        """All of `calls` at once (EwsCalls bounds how many run); the first failure fails the lot."""
         try:
             async with asyncio.TaskGroup() as group:
-                tasks = [
-                    group.create_task(
-                        self._calls.run(
-                            "GetRooms", partial(_rooms, protocol=self._protocol, room_list=room_list), deadline
-                        )
-                    )
-                    for room_list in lists
-                ]
+                tasks = [group.create_task(call) for call in calls]
         except* CalbrokerError as failures:
             raise failures.exceptions[0] from None
-        rooms: dict[str, Room] = {}
-        for task in tasks:
-            for room in task.result():
-                rooms.setdefault(room.email, room)
-        return sorted(rooms.values(), key=lambda room: room.email)
+        return [task.result() for task in tasks]
 
     # --- events (the exchangelib side lives in events.py) -----------------------------------------
 
@@ -450,7 +530,9 @@ class EwsProvider:
             join_url=join_url,
             look_first=may_exist,
         )
-        return await self._calls.run("CreateItem", call, deadline, mailbox=spec.organizer, idempotent=False)
+        return await self._calls.run(
+            "CreateItem", call, deadline, mailbox=spec.organizer, idempotent=False, settle=True
+        )
 
     async def update_event(
         self,
@@ -470,7 +552,7 @@ class EwsProvider:
             changed=changed,
             join_url=join_url,
         )
-        return await self._calls.run("UpdateItem", call, deadline, mailbox=spec.organizer)
+        return await self._calls.run("UpdateItem", call, deadline, mailbox=spec.organizer, settle=True)
 
     async def cancel_event(self, organizer: str, upstream_id: str, *, notify: bool, deadline: Deadline) -> None:
         self._connection.require_calendar_access("cancel events")
@@ -480,7 +562,7 @@ class EwsProvider:
             upstream_id=upstream_id,
             notify=notify,
         )
-        await self._calls.run("DeleteItem", call, deadline, mailbox=organizer)
+        await self._calls.run("DeleteItem", call, deadline, mailbox=organizer, settle=True)
 
     async def get_event(self, organizer: str, upstream_id: str, deadline: Deadline) -> UpstreamEvent | None:
         self._connection.require_calendar_access("read events")

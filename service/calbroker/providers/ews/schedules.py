@@ -9,11 +9,14 @@ Working hours (https://learn.microsoft.com/en-us/exchange/client-developer/web-s
 are lossy over EWS, and we say so rather than guess silently:
 
 - the zone comes only as the legacy ``Bias``/``StandardTime``/``DaylightTime`` rule *for one year*,
-  never by name. We pick the first zone of CLDR's Windows table whose UTC offsets over that year
-  match the rule exactly (so Berlin, Paris and Budapest are interchangeable and one of them is
-  chosen deterministically); failing that, a fixed ``Etc/GMT±h`` zone for whole-hour offsets without
-  DST; failing that, no working hours (never invented ones). The chosen zone's own rules then apply
-  to every year of a window, which is what Exchange does with the mailbox's real zone.
+  never by name. Where the connection may open the mailbox's calendar, the mailbox's own zone name
+  is read from its working hours configuration ([MS-OXOCFG] 2.2.5.2.1, the ``WorkHours`` object
+  whose ``TimeZone/Name`` Exchange itself builds the availability answer from; `zone_name_of_work_hours`)
+  and wins. Otherwise we pick the Windows zone of CLDR's table whose UTC offsets over that year match
+  the rule exactly, the one CLDR maps the most locations to among equals (Berlin, not Paris or
+  Budapest: `windows_zones.zone_from_rule`); failing that, a fixed ``Etc/GMT±h`` zone for whole-hour
+  offsets without DST; failing that, no working hours (never invented ones). The chosen zone's own
+  rules then apply to every year of a window, which is what Exchange does with the mailbox's zone.
 - ``EndTimeInMinutes`` 1440 means midnight at the end of the day (exchangelib parses it as 00:00);
   periods Exchange cannot express the way we do (ending before they start) are dropped.
 - ``DayOfWeek`` values other than the seven weekdays (``Day``, ``Weekday``, ``WeekendDay``) are not
@@ -25,6 +28,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, time, timedelta
 from typing import Any
+
+from exchangelib.util import ParseError, to_xml
 
 from calbroker.domain.busy import BusyBlock, BusyStatus
 from calbroker.domain.errors import UpstreamError
@@ -41,6 +46,7 @@ __all__ = [
     "schedule_from_view",
     "utc_datetime",
     "working_hours_from_view",
+    "zone_name_of_work_hours",
 ]
 
 BUSY_TYPES: dict[str, BusyStatus | None] = {
@@ -160,3 +166,22 @@ def schedule_from_view(
     else:
         blocks = []  # a FreeBusy/Detailed view without events: the calendar is free in the window
     return MailboxSchedule(mailbox, tuple(blocks), working_hours_from_view(view, window.start.year))
+
+
+_WORK_HOURS_NS = "WorkingHours.xsd"
+
+
+def zone_name_of_work_hours(xml: bytes | None) -> str | None:
+    """``Root/WorkHoursVersion1/TimeZone/Name`` of a working hours stream ([MS-OXOCFG] 2.2.5.2.1,
+    https://learn.microsoft.com/en-us/openspecs/exchange_server_protocols/ms-oxocfg/b4aa6771-145d-4492-8b87-ac2003d9a64c):
+    the mailbox's Windows zone name; None when absent (Name is optional) or unreadable."""
+    if not xml:
+        return None
+    try:
+        root = to_xml(xml)
+    except (ParseError, ValueError):
+        return None
+    path = "/".join(f"{{{_WORK_HOURS_NS}}}{tag}" for tag in ("WorkHoursVersion1", "TimeZone", "Name"))
+    found = root.find(path)
+    name = (found.text or "").strip() if found is not None else ""
+    return name or None

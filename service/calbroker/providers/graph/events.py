@@ -346,13 +346,15 @@ class GraphEvents:
         return None
 
     async def calendar_view(self, mailbox: str, window: Interval, deadline: Deadline) -> list[UpstreamEvent]:
-        """Every page of the calendar view (occurrences expanded), in UTC."""
+        """Every page of the calendar view (occurrences expanded), in UTC, each item with its marker if it
+        has one (https://learn.microsoft.com/graph/api/singlevaluelegacyextendedproperty-get)."""
         query = urlencode(
             {
                 "startDateTime": _utc(window.start),
                 "endDateTime": _utc(window.end),
                 "$select": "id,iCalUId,subject,start,end,location,attendees,organizer,showAs,isCancelled,"
                 "isAllDay,isOnlineMeeting,onlineMeeting",
+                "$expand": f"singleValueExtendedProperties($filter=id eq '{MARKER_PROPERTY}')",
             }
         )
         url: str | None = f"/users/{quote(mailbox, safe='@')}/calendarView?{query}"

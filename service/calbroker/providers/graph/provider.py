@@ -19,17 +19,18 @@ from urllib.parse import quote, urlencode
 import aiohttp
 
 from calbroker.config import Cloud, OperatorApp
-from calbroker.domain.connections import Connection, Credentials, GraphDelegated
+from calbroker.domain.connections import Connection, ConnectionPurpose, Credentials, GraphDelegated
 from calbroker.domain.errors import (
     CalbrokerError,
     CredentialsRejected,
     MailboxNotFound,
     MailboxOutOfScope,
+    TeamsUnavailable,
     UpstreamError,
 )
 from calbroker.domain.events import EventSpec, OnlineMeeting, UpstreamEvent
 from calbroker.domain.intervals import Interval
-from calbroker.domain.schedules import MailboxSchedule, Room, ScheduleResult
+from calbroker.domain.schedules import MailboxSchedule, Room, RoomList, ScheduleResult
 from calbroker.logs import get_logger
 from calbroker.providers.graph import wire
 from calbroker.providers.graph.auth import GraphCredentials, GraphTokens
@@ -166,11 +167,14 @@ class GraphProvider:
         return {requested: merged[requested.strip().lower()] for requested in mailboxes}
 
     async def verify(self, test_mailbox: str, deadline: Deadline) -> None:
-        """A token, then the cheapest real call that needs the connection's access level."""
+        """A token, then the cheapest real call that needs the connection's purpose and access level."""
         self._client.check_open()
         mailbox = test_mailbox.strip().lower()
         now = datetime.now(UTC).replace(microsecond=0)
         window = Interval(now, now + timedelta(days=1))
+        if self._connection.purpose is ConnectionPurpose.ONLINE_MEETINGS:
+            await self._verify_online_meetings(mailbox, Interval(now, now + timedelta(minutes=30)), deadline)
+            return
         if not self._connection.access_level.opens_calendars:
             found = (await self.fetch_schedules([mailbox], window, deadline))[mailbox]
             if isinstance(found, CalbrokerError):
@@ -187,6 +191,23 @@ class GraphProvider:
         await self._client.request(
             "GET", f"/users/{_quote(mailbox)}/calendarView?{query}", deadline=deadline, mailbox=mailbox
         )
+
+    async def _verify_online_meetings(self, mailbox: str, when: Interval, deadline: Deadline) -> None:
+        """What a Teams-only connection does for real, and nothing more: a Teams meeting for `mailbox`
+        (createOrGet by an external id of this connection, so checks never pile up meetings), deleted
+        again. That needs the OnlineMeetings.ReadWrite.All role and a Teams application access policy
+        covering the mailbox; no calendar is read."""
+        try:
+            meeting = await self._events.create_online_meeting(
+                mailbox,
+                subject="calbroker connection check",
+                interval=when,
+                external_id=f"calbroker-check-{self._connection.id}",
+                deadline=deadline,
+            )
+        except TeamsUnavailable as exc:
+            raise CredentialsRejected(exc.detail, upstream_code="OnlineMeetings", mailbox=mailbox) from None
+        await self._events.delete_online_meeting(mailbox, meeting.id, deadline)
 
     async def list_rooms(self, deadline: Deadline) -> list[Room]:
         """Room mailboxes (`/places/microsoft.graph.room`, every page), with their room list when readable."""
@@ -344,8 +365,8 @@ class GraphProvider:
         ordered = candidates[start:] + candidates[:start]
         return min(ordered, key=lambda m: self._in_flight[m])
 
-    async def _room_lists(self, deadline: Deadline) -> dict[str, str]:
-        """Room email → room list name; empty if the tenant has none or the app may not read them."""
+    async def _room_lists(self, deadline: Deadline) -> dict[str, RoomList]:
+        """Room email → its room list; empty if the tenant has none or the app may not read them."""
         try:
             page = (await self._client.request("GET", "/places/microsoft.graph.roomlist", deadline=deadline)).decode(
                 wire.places_decoder
@@ -353,15 +374,17 @@ class GraphProvider:
         except UpstreamError as exc:
             _log.info("graph.room_lists_unreadable", error=exc.slug)
             return {}
-        names: dict[str, str] = {}
+        names: dict[str, RoomList] = {}
 
         async def rooms_of(room_list: wire.Place) -> None:
             assert room_list.email_address is not None
+            email = room_list.email_address.strip().lower()
+            found = RoomList(email, room_list.display_name or email)
             path = f"/places/{_quote(room_list.email_address)}/microsoft.graph.roomlist/rooms"
             members = (await self._client.request("GET", path, deadline=deadline)).decode(wire.places_decoder)
             for room in members.value:
                 if room.email_address:
-                    names[room.email_address.lower()] = room_list.display_name or room_list.email_address
+                    names[room.email_address.lower()] = found
 
         try:
             async with asyncio.TaskGroup() as group:

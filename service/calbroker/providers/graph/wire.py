@@ -28,7 +28,7 @@ from calbroker.domain.errors import (
     UpstreamUnavailable,
 )
 from calbroker.domain.intervals import Interval
-from calbroker.domain.schedules import MailboxSchedule, Room, ScheduleResult
+from calbroker.domain.schedules import MailboxSchedule, Room, RoomList, ScheduleResult
 from calbroker.domain.working_hours import Weekday, WeeklyPeriod, WorkingHours
 from calbroker.logs import get_logger
 from calbroker.providers.windows_zones import zone_for
@@ -137,7 +137,7 @@ class Place(GraphModel):
     capacity: int | None = None
     building: str | None = None
 
-    def to_domain(self, room_list: str | None = None) -> Room | None:
+    def to_domain(self, room_list: RoomList | None = None) -> Room | None:
         if not self.email_address:
             return None
         email = self.email_address.strip().lower()

@@ -17,6 +17,7 @@ faults and per-item response codes. Operations and the pages they follow:
 - DeleteItem: .../web-service-reference/deleteitem-operation
 - ResolveNames, ExpandDL: .../web-service-reference/resolvenames-operation, expanddl-operation
 - GetRoomLists / GetRooms: .../web-service-reference/getroomlists-operation, getrooms-operation
+- GetUserConfiguration (the calendar's WorkHours): .../web-service-reference/getuserconfiguration-operation
 
 (``...`` = https://learn.microsoft.com/en-us/exchange/client-developer). Fault injection, request
 counting and per-(service account, mailbox) throttling use ``SandboxState.checkpoint`` and
@@ -35,6 +36,7 @@ from calbroker.sandbox.directory import EwsPrincipal, Mailbox
 from calbroker.sandbox.ews.access import Call, impersonate
 from calbroker.sandbox.ews.auth import EwsAuthenticator
 from calbroker.sandbox.ews.availability import AvailabilityLimits, get_user_availability
+from calbroker.sandbox.ews.configuration import get_user_configuration
 from calbroker.sandbox.ews.folders import find_folder, get_folder
 from calbroker.sandbox.ews.items import TimeContext
 from calbroker.sandbox.ews.lookups import expand_dl, get_room_lists, get_rooms, get_server_time_zones, resolve_names
@@ -86,6 +88,7 @@ _HANDLERS: dict[str, _Handler] = {
     # The folder hierarchy and directory lookups clients send around the item operations.
     "FindFolder": find_folder,
     "ExpandDL": expand_dl,
+    "GetUserConfiguration": get_user_configuration,
 }
 # Answered without the ExchangeImpersonation header by exchangelib (protocol-level services).
 _ORGANISATION_WIDE = frozenset(

@@ -3,7 +3,12 @@ GetServerTimeZones. exchangelib sends these without an impersonation header.
 
 - ResolveNames: https://learn.microsoft.com/en-us/exchange/client-developer/web-service-reference/resolvenames-operation
   ("returns a maximum of 100 candidates"; none → Error ErrorNameResolutionNoResults, several →
-  Warning ErrorNameResolutionMultipleResults); distribution lists resolve as ``PublicDL``
+  Warning ErrorNameResolutionMultipleResults); distribution lists resolve as ``PublicDL``. With
+  ReturnFullContactData each directory entry comes as a Contact
+  (https://learn.microsoft.com/en-us/exchange/client-developer/web-service-reference/contact),
+  its children in the schema's order; a room's location is its OfficeLocation
+  (https://learn.microsoft.com/en-us/exchange/client-developer/web-service-reference/officelocation).
+  A room's capacity is not part of the EWS schema, so nothing here carries it.
 - ExpandDL: https://learn.microsoft.com/en-us/exchange/client-developer/web-service-reference/expanddl-operation
   (a public list by SMTP address, alias or display name; "Recursive expansion is not supported";
   "If the distribution list has no members or the requested distribution list does not exist, the
@@ -111,11 +116,13 @@ def resolve_names(call: Call, body: Element, parent: Element) -> None:
             if mailbox.given_name:
                 child(contact, t("GivenName"), mailbox.given_name)
             child(child(contact, t("EmailAddresses")), t("Entry"), f"SMTP:{mailbox.email}", Key="EmailAddress1")
-            if mailbox.job_title:
-                child(contact, t("JobTitle"), mailbox.job_title)
+            child(contact, t("ContactSource"), "ActiveDirectory")
             if mailbox.department:
                 child(contact, t("Department"), mailbox.department)
-            child(contact, t("ContactSource"), "ActiveDirectory")
+            if mailbox.job_title:
+                child(contact, t("JobTitle"), mailbox.job_title)
+            if mailbox.is_room and mailbox.building:
+                child(contact, t("OfficeLocation"), mailbox.building)
             if mailbox.surname:
                 child(contact, t("Surname"), mailbox.surname)
 
