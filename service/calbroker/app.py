@@ -42,6 +42,7 @@ from calbroker.api.me import me
 from calbroker.api.problem_pages import problem_index, problem_page, register_template_filters
 from calbroker.api.problems import problem_plugin
 from calbroker.api.telemetry import HttpMetrics, RequestTelemetry
+from calbroker.api.wire import decode_body
 from calbroker.config import Settings
 from calbroker.services import open_services
 from calbroker.workers.health import health_checker
@@ -97,6 +98,7 @@ def create_app(settings: Settings) -> Litestar:
             list_events,
         ],
         guards=[require_api_key],
+        before_request=decode_body,
         dependencies={
             "caller": Provide(provide_caller, sync_to_thread=False),
             "schedules": Provide(provide_schedules, sync_to_thread=False),

@@ -486,6 +486,9 @@ async def test_exchange_service_account_impersonation_denied_then_free_busy(
         ({"password": "wrong-password"}, "password", "password rejected"),
         ({"test_mailbox": "frank.miller@fabrikam.com"}, "test_mailbox", "impersonate"),
         ({"test_mailbox": "nobody@fabrikam.com"}, "test_mailbox", "no mailbox"),
+        # PostgreSQL refuses U+0000 and XML refuses the other control characters: named, never a 500.
+        ({"test_mailbox": "anna.schmidt\x00@fabrikam.com"}, "test_mailbox", "control characters"),
+        ({"domains": "fabrikam.com\x00"}, "domains", "control characters"),
     ],
 )
 async def test_exchange_failures_point_at_the_field(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, time, timedelta
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 from zoneinfo import ZoneInfo
 
 import msgspec
@@ -15,12 +15,26 @@ from litestar.params import Body as BodyParam
 
 from calbroker.api.auth import Caller
 from calbroker.api.free_busy import parse_mailboxes
-from calbroker.api.problems import V1_PROBLEMS, embedded_problem
-from calbroker.api.wire import Body, Days, Minutes, Period, Response, interval, zone
+from calbroker.api.problems import EmbeddedProblem, embedded_problem, problem_responses
+from calbroker.api.wire import (
+    Body,
+    Days,
+    Duration,
+    Email,
+    Minutes,
+    Period,
+    Response,
+    StartInterval,
+    Tzid,
+    interval,
+    zone,
+)
 from calbroker.domain import (
     DEFAULT_MAX_RESULTS,
+    MAX_GROUPS,
     MAX_MEMBERS,
     MAX_QUERY_PERIODS,
+    MAX_QUERY_SPAN,
     MAX_RESULTS,
     AvailabilityQuery,
     Explanation,
@@ -43,57 +57,133 @@ _DAYS = tuple(day.name.lower() for day in Weekday)
 
 
 class MemberIn(Body):
-    email: str
-    available_periods: list[Period] | None = None
+    """One person or room whose time counts."""
+
+    email: Annotated[Email, msgspec.Meta(description="The member's mailbox")]
+    available_periods: (
+        Annotated[
+            list[Period],
+            msgspec.Meta(
+                max_length=MAX_QUERY_PERIODS,
+                description=f"Only these periods count as free for this member (at most {MAX_QUERY_PERIODS})",
+            ),
+        ]
+        | None
+    ) = None
 
 
 class Participants(Body):
-    members: Annotated[list[MemberIn], msgspec.Meta(min_length=1)]
-    required: Literal["all"] | Annotated[int, msgspec.Meta(ge=1)] = "all"
+    """A group of members of whom `required` must be free."""
+
+    members: Annotated[
+        list[MemberIn],
+        msgspec.Meta(min_length=1, max_length=MAX_MEMBERS, description=f"1 to {MAX_MEMBERS} members"),
+    ]
+    required: Annotated[
+        Literal["all"] | Annotated[int, msgspec.Meta(ge=1, le=MAX_MEMBERS)],
+        msgspec.Meta(description='"all", or how many members must be free (at most the group\'s size)'),
+    ] = "all"
 
 
 class Buffer(Body):
-    before: Minutes | None = None
-    after: Minutes | None = None
+    """Time kept free around each slot."""
+
+    before: Annotated[Minutes | None, msgspec.Meta(description="Free time needed before the slot")] = None
+    after: Annotated[Minutes | None, msgspec.Meta(description="Free time needed after the slot")] = None
+
+
+Day = Literal["monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday"]
 
 
 class WeeklyPeriodIn(Body):
-    day: Literal["monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday"]
-    start_time: Annotated[str, msgspec.Meta(pattern=r"^([01]\d|2[0-3]):[0-5]\d$", examples=["09:00"])]
-    end_time: Annotated[str, msgspec.Meta(pattern=r"^(([01]\d|2[0-3]):[0-5]\d|24:00)$", examples=["17:30"])]
+    """Wall-clock working time on one weekday."""
+
+    day: Annotated[Day, msgspec.Meta(description="Day of the week")]
+    start_time: Annotated[
+        str, msgspec.Meta(pattern=r"^([01]\d|2[0-3]):[0-5]\d$", examples=["09:00"], description="HH:MM, 00:00–23:59")
+    ]
+    end_time: Annotated[
+        str,
+        msgspec.Meta(
+            pattern=r"^(([01]\d|2[0-3]):[0-5]\d|24:00)$",
+            examples=["17:30"],
+            description="HH:MM after start_time; 24:00 is the end of the day",
+        ),
+    ]
 
 
 class WorkingHoursIn(Body):
-    weekly_periods: Annotated[list[WeeklyPeriodIn], msgspec.Meta(min_length=1, max_length=100)]
+    """A working week that applies to every member, in the request's `tzid`."""
 
-    def to_domain(self, tz: ZoneInfo) -> WorkingHours:
-        periods = tuple(
-            WeeklyPeriod(Weekday(_DAYS.index(p.day)), time.fromisoformat(p.start_time), _wall_time(p.end_time))
-            for p in self.weekly_periods
-        )
-        return WorkingHours(periods, tz)
+    weekly_periods: Annotated[
+        list[WeeklyPeriodIn], msgspec.Meta(min_length=1, max_length=100, description="1 to 100 periods")
+    ]
+
+    def to_domain(self, tz: ZoneInfo, field: str) -> WorkingHours:
+        periods = []
+        for i, p in enumerate(self.weekly_periods):
+            start, end = time.fromisoformat(p.start_time), _wall_time(p.end_time)
+            if end is not None and end <= start:
+                raise InvalidRequest.field(
+                    f"{field}.weekly_periods[{i}].end_time", f"must be after start_time ({p.start_time})"
+                )
+            periods.append(WeeklyPeriod(Weekday(_DAYS.index(p.day)), start, end))
+        return WorkingHours(tuple(periods), tz)
 
 
 class AvailabilityRequest(Body):
-    participants: Annotated[list[Participants], msgspec.Meta(min_length=1)]
-    duration: Minutes
-    query_periods: Annotated[list[Period], msgspec.Meta(min_length=1)]
-    tzid: str | None = None
-    start_interval: Minutes | None = None
-    buffer: Buffer | None = None
-    working_hours: Literal["mailbox"] | WorkingHoursIn | None = None
-    minimum_notice: Minutes | None = None
-    maximum_advance: Days | None = None
-    tentative_as_busy: bool = True
-    response_format: Literal["slots", "periods"] = "slots"
-    max_results: Annotated[int, msgspec.Meta(ge=1, le=MAX_RESULTS)] = DEFAULT_MAX_RESULTS
-    explain: bool = False
+    """Who must meet, for how long, within which periods (design §6)."""
+
+    participants: Annotated[
+        list[Participants],
+        msgspec.Meta(
+            min_length=1, max_length=MAX_GROUPS, description=f"1 to {MAX_GROUPS} groups; every one must be satisfied"
+        ),
+    ]
+    duration: Annotated[Duration, msgspec.Meta(description="How long the meeting lasts")]
+    query_periods: Annotated[
+        list[Period],
+        msgspec.Meta(
+            min_length=1,
+            max_length=MAX_QUERY_PERIODS,
+            description=f"Where to look: 1 to {MAX_QUERY_PERIODS} periods spanning at most {MAX_QUERY_SPAN.days} days",
+        ),
+    ]
+    tzid: Annotated[
+        Tzid | None, msgspec.Meta(description="IANA zone for the answer, the start grid and working hours; default UTC")
+    ] = None
+    start_interval: Annotated[
+        StartInterval | None,
+        msgspec.Meta(description="Slot starts are on this grid from local midnight; default: duration, at most 60"),
+    ] = None
+    buffer: Annotated[Buffer | None, msgspec.Meta(description="Free time needed around each slot")] = None
+    working_hours: Annotated[
+        Literal["mailbox"] | WorkingHoursIn | None,
+        msgspec.Meta(description='"mailbox": each member\'s own working hours; or one working week for everyone'),
+    ] = None
+    minimum_notice: Annotated[Minutes | None, msgspec.Meta(description="No slot starts sooner than this from now")] = (
+        None
+    )
+    maximum_advance: Annotated[Days | None, msgspec.Meta(description="No slot starts later than this from now")] = None
+    tentative_as_busy: Annotated[bool, msgspec.Meta(description="Whether tentative time blocks a slot")] = True
+    response_format: Annotated[
+        Literal["slots", "periods"],
+        msgspec.Meta(description="slots: fixed-length slots on the grid; periods: maximal free periods"),
+    ] = "slots"
+    max_results: Annotated[
+        int, msgspec.Meta(ge=1, le=MAX_RESULTS, description=f"At most this many slots or periods (1 to {MAX_RESULTS})")
+    ] = DEFAULT_MAX_RESULTS
+    explain: Annotated[bool, msgspec.Meta(description="Say what blocked the requested periods")] = False
 
     def to_domain(self, now: datetime) -> AvailabilityQuery:
         """The query in domain terms, checked against every documented limit before anything is read."""
         tz = zone(self.tzid)
         groups, available = self._groups()
-        hours = self.working_hours.to_domain(tz) if isinstance(self.working_hours, WorkingHoursIn) else None
+        hours = (
+            self.working_hours.to_domain(tz, "working_hours")
+            if isinstance(self.working_hours, WorkingHoursIn)
+            else None
+        )
         before = self.buffer.before.delta() if self.buffer and self.buffer.before else timedelta(0)
         after = self.buffer.after.delta() if self.buffer and self.buffer.after else timedelta(0)
         return AvailabilityQuery(
@@ -180,7 +270,7 @@ class ExplanationOut(Response):
 
 class MemberError(Response):
     email: str
-    problem: dict[str, Any]
+    problem: EmbeddedProblem
 
 
 class AvailabilityResponse(Response):
@@ -260,6 +350,7 @@ _RESPONSE_EXAMPLE = {
 
 @post(
     "/availability",
+    operation_id="getAvailability",
     status_code=200,
     tags=["availability"],
     summary="Slots or periods when participant groups can meet",
@@ -270,7 +361,7 @@ _RESPONSE_EXAMPLE = {
             generate_examples=False,
             examples=[Example(summary="Slots for two groups", value=_RESPONSE_EXAMPLE)],
         ),
-        **V1_PROBLEMS,
+        **problem_responses(body=True),
     },
 )
 async def availability(

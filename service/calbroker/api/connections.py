@@ -10,17 +10,17 @@ import base64
 import binascii
 import uuid
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any
+from typing import Annotated
 from urllib.parse import urlsplit
 
 import msgspec
 from litestar import delete, get, post
 from litestar.di import NamedDependency
-from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
+from litestar.params import FromPath, JSONBody, QueryParameter
 
 from calbroker.api.auth import Caller
-from calbroker.api.problems import UPSTREAM_PROBLEMS, V1_PROBLEMS, embedded_problem, problem_response
-from calbroker.api.wire import Body, Response
+from calbroker.api.problems import EmbeddedProblem, embedded_problem, problem_response, problem_responses
+from calbroker.api.wire import EMAIL_PATTERN, Body, Response, text
 from calbroker.config import Settings
 from calbroker.domain.connections import (
     AccessLevel,
@@ -64,12 +64,9 @@ _ALL_METHODS = (
 class ConnectLinkRequest(Body):
     redirect_url: Annotated[
         str,
-        msgspec.Meta(
-            max_length=2000,
-            description="Your page the admin returns to, with `connection_id` and `state` added to its query.",
-        ),
+        text(2000, "Your page the admin returns to, with `connection_id` and `state` added to its query", min_length=1),
     ]
-    state: Annotated[str, msgspec.Meta(max_length=1024, description="Echoed back on the redirect.")] | None = None
+    state: Annotated[str, text(1024, "Echoed back on the redirect")] | None = None
     methods: (
         Annotated[
             list[ConnectionMethod],
@@ -126,7 +123,7 @@ class ConnectionList(Response):
 class VerificationOut(Response):
     verified: bool
     connection: ConnectionOut
-    error: dict[str, Any] | None = None
+    error: EmbeddedProblem | None = None
 
 
 class RoomOut(Response):
@@ -241,16 +238,12 @@ def _live(connection: Connection) -> Connection:
 
 _NOT_FOUND = problem_response(
     "No connection with this id belongs to your application (`/problems/not-found`)",
-    "not-found",
-    "no connection 6f1c2a9e-3d4b-4e8f-9a7c-2b1d0e5f4a3c",
+    ("not-found", "no connection 6f1c2a9e-3d4b-4e8f-9a7c-2b1d0e5f4a3c"),
 )
 _REVOKED = problem_response(
     "The connection was revoked (`/problems/conflict`)",
-    "conflict",
-    "Connection 6f1c2a9e-3d4b-4e8f-9a7c-2b1d0e5f4a3c was revoked; its credentials are gone.",
+    ("conflict", "Connection 6f1c2a9e-3d4b-4e8f-9a7c-2b1d0e5f4a3c was revoked; its credentials are gone."),
 )
-_ONE = {**V1_PROBLEMS, 404: _NOT_FOUND}
-_LIVE_ONE = {**_ONE, 409: _REVOKED, **UPSTREAM_PROBLEMS}
 
 
 # --- handlers ---------------------------------------------------------------------------------------
@@ -258,10 +251,11 @@ _LIVE_ONE = {**_ONE, 409: _REVOKED, **UPSTREAM_PROBLEMS}
 
 @post(
     "/connect_links",
+    operation_id="createConnectLink",
     status_code=201,
     tags=["connections"],
     summary="Create a single-use authorize link for a tenant admin",
-    responses=dict(V1_PROBLEMS),
+    responses=problem_responses(body=True),
 )
 async def create_connect_link(
     data: JSONBody[ConnectLinkRequest], caller: NamedDependency[Caller], services: NamedDependency[Services]
@@ -289,15 +283,18 @@ async def create_connect_link(
 
 @get(
     "/connections",
+    operation_id="listConnections",
     tags=["connections"],
     summary="Connections of this application",
-    responses=dict(V1_PROBLEMS),
+    responses=problem_responses(params=True),
 )
 async def list_application_connections(
     caller: NamedDependency[Caller],
     services: NamedDependency[Services],
     limit: Annotated[int, QueryParameter(ge=1, le=200, description="Page size")] = 50,
-    cursor: FromQuery[str | None] = None,
+    cursor: Annotated[
+        str | None, QueryParameter(pattern=r"^[A-Za-z0-9_-]{1,400}$", description="`next_cursor` of the previous page")
+    ] = None,
 ) -> ConnectionList:
     """Oldest first; pass `next_cursor` back as `cursor` for the next page. Revoked ones are not listed."""
     async with services.pool.acquire() as conn:
@@ -314,9 +311,10 @@ async def list_application_connections(
 
 @get(
     "/connections/{connection_id:uuid}",
+    operation_id="getConnection",
     tags=["connections"],
     summary="One connection: status, last error, secret expiry warnings",
-    responses=dict(_ONE),
+    responses=problem_responses(s404=_NOT_FOUND),
 )
 async def get_connection_by_id(
     connection_id: FromPath[uuid.UUID], caller: NamedDependency[Caller], services: NamedDependency[Services]
@@ -326,10 +324,11 @@ async def get_connection_by_id(
 
 @delete(
     "/connections/{connection_id:uuid}",
+    operation_id="revokeConnection",
     status_code=204,
     tags=["connections"],
     summary="Revoke a connection and wipe its credentials",
-    responses=dict(_ONE),
+    responses=problem_responses(s404=_NOT_FOUND),
 )
 async def revoke_connection(
     connection_id: FromPath[uuid.UUID], caller: NamedDependency[Caller], services: NamedDependency[Services]
@@ -344,17 +343,25 @@ async def revoke_connection(
 
 @post(
     "/connections/{connection_id:uuid}/verify",
+    operation_id="verifyConnection",
     status_code=200,
     tags=["connections"],
     summary="Check the connection against Microsoft now",
-    responses=dict(_LIVE_ONE),
+    responses=problem_responses(params=True, upstream=True, s404=_NOT_FOUND, s409=_REVOKED),
 )
 async def verify_connection(
     connection_id: FromPath[uuid.UUID],
     caller: NamedDependency[Caller],
     services: NamedDependency[Services],
     deadline: NamedDependency[Deadline],
-    test_mailbox: FromQuery[str | None] = None,
+    test_mailbox: Annotated[
+        str | None,
+        QueryParameter(
+            pattern=EMAIL_PATTERN,
+            max_length=320,
+            description="Mailbox to read instead of the one given at connect time",
+        ),
+    ] = None,
 ) -> VerificationOut:
     """Reads the test mailbox given at connect time (or `test_mailbox`) with fresh tokens.
 
@@ -383,9 +390,10 @@ async def verify_connection(
 
 @get(
     "/connections/{connection_id:uuid}/rooms",
+    operation_id="listRooms",
     tags=["connections"],
     summary="Room and resource mailboxes of the connection's tenant",
-    responses=dict(_LIVE_ONE),
+    responses=problem_responses(upstream=True, s404=_NOT_FOUND, s409=_REVOKED),
 )
 async def connection_rooms(
     connection_id: FromPath[uuid.UUID],

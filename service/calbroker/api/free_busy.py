@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime, time, timedelta
-from typing import Annotated, Any
+from typing import Annotated
 from zoneinfo import ZoneInfo
 
 import msgspec
@@ -14,8 +14,8 @@ from litestar.openapi.spec import Example
 from litestar.params import Body as BodyParam
 
 from calbroker.api.auth import Caller
-from calbroker.api.problems import V1_PROBLEMS, embedded_problem
-from calbroker.api.wire import Body, Response, span, zone
+from calbroker.api.problems import EmbeddedProblem, embedded_problem, problem_responses
+from calbroker.api.wire import Body, Email, Instant, Response, Tzid, span, zone
 from calbroker.domain import BusyStatus, Interval
 from calbroker.domain.connections import normalize_email
 from calbroker.domain.errors import CalbrokerError, LimitExceeded
@@ -31,10 +31,19 @@ MAX_FREE_BUSY_SPAN = timedelta(days=62)
 
 
 class FreeBusyRequest(Body):
-    mailboxes: Annotated[list[str], msgspec.Meta(min_length=1, description="Email addresses")]
-    start: datetime
-    end: datetime
-    tzid: str | None = None
+    """Whose busy time to read, over which window."""
+
+    mailboxes: Annotated[
+        list[Email],
+        msgspec.Meta(
+            min_length=1,
+            max_length=MAX_FREE_BUSY_MAILBOXES,
+            description=f"Email addresses, 1 to {MAX_FREE_BUSY_MAILBOXES}",
+        ),
+    ]
+    start: Instant
+    end: Annotated[Instant, msgspec.Meta(description=f"After start, at most {MAX_FREE_BUSY_SPAN.days} days later")]
+    tzid: Annotated[Tzid | None, msgspec.Meta(description="IANA zone the answer's times are in; default UTC")] = None
 
 
 class BusyOut(Response):
@@ -58,7 +67,7 @@ class MailboxFreeBusy(Response):
     mailbox: str
     busy: list[BusyOut] | None = None
     working_hours: WorkingHoursOut | None = None
-    error: dict[str, Any] | None = None
+    error: EmbeddedProblem | None = None
 
 
 class FreeBusyResponse(Response):
@@ -138,6 +147,7 @@ _RESPONSE_EXAMPLE = {
 
 @post(
     "/free_busy",
+    operation_id="getFreeBusy",
     status_code=200,
     tags=["availability"],
     summary="Busy time and working hours for mailboxes",
@@ -148,7 +158,7 @@ _RESPONSE_EXAMPLE = {
             generate_examples=False,
             examples=[Example(summary="A schedule and a per-mailbox problem", value=_RESPONSE_EXAMPLE)],
         ),
-        **V1_PROBLEMS,
+        **problem_responses(body=True),
     },
 )
 async def free_busy(

@@ -11,7 +11,7 @@ from litestar.openapi import ResponseSpec
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from calbroker.api.dependencies import provide_services
-from calbroker.api.problems import ProblemBody
+from calbroker.api.problems import Problem
 from calbroker.api.telemetry import HttpMetrics
 from calbroker.domain.errors import CalbrokerError
 from calbroker.services import Services
@@ -42,7 +42,7 @@ class Readiness(msgspec.Struct):
     checks: dict[str, str]
 
 
-@get("/healthz", tags=["operations"], summary="Liveness: the process is up")
+@get("/healthz", operation_id="getHealth", tags=["operations"], summary="Liveness: the process is up")
 async def healthz() -> Health:
     return Health(status="ok")
 
@@ -66,11 +66,12 @@ async def _database_checks(services: Services) -> dict[str, str]:
 
 @get(
     "/readyz",
+    operation_id="getReadiness",
     tags=["operations"],
     summary="Readiness: database, migrations and keyring",
     responses={
         503: ResponseSpec(
-            ProblemBody,
+            Problem,
             description="A check failed (`/problems/not-ready`); `checks` says which",
             media_type="application/problem+json",
             generate_examples=False,
@@ -95,7 +96,7 @@ async def readyz(state: State) -> Readiness:
     return Readiness(status="ready", checks=checks)
 
 
-@get("/metrics", tags=["operations"], summary="Prometheus metrics", media_type="text/plain")
+@get("/metrics", operation_id="getMetrics", tags=["operations"], summary="Prometheus metrics", media_type="text/plain")
 async def metrics(state: State) -> Response[bytes]:
     http_metrics: HttpMetrics = state["http_metrics"]
     return Response(generate_latest(http_metrics.registry), media_type=CONTENT_TYPE_LATEST)

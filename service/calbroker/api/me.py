@@ -9,7 +9,7 @@ from litestar import get
 from litestar.di import NamedDependency
 
 from calbroker.api.auth import Caller
-from calbroker.api.problems import V1_PROBLEMS
+from calbroker.api.problems import problem_responses
 
 __all__ = ["me"]
 
@@ -27,7 +27,13 @@ class Me(msgspec.Struct):
     api_key: KeyInfo
 
 
-@get("/me", tags=["applications"], summary="The application calling the API", responses=dict(V1_PROBLEMS))
+@get(
+    "/me",
+    operation_id="getMe",
+    tags=["applications"],
+    summary="The application calling the API",
+    responses=problem_responses(),
+)
 async def me(caller: NamedDependency[Caller]) -> Me:
     app = caller.application
     key = caller.key

@@ -34,7 +34,7 @@ __all__ = [
 ]
 
 # Deliberately simple: one @, a dotted domain, no spaces. Exchange decides the rest.
-_EMAIL = re.compile(r"^[^@\s<>()\[\],;:\"]{1,64}@([A-Za-z0-9-]{1,63}\.)+[A-Za-z0-9-]{2,63}$")
+_EMAIL = re.compile(r"^[^@\s<>()\[\],;:\"\x00-\x1f\x7f]{1,64}@([A-Za-z0-9-]{1,63}\.)+[A-Za-z0-9-]{2,63}$")
 _DOMAIN = re.compile(r"^([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z0-9-]{2,63}$")
 
 
