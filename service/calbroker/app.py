@@ -25,7 +25,7 @@ from prometheus_client import CollectorRegistry
 
 from calbroker.api.auth import provide_caller, require_api_key
 from calbroker.api.availability import availability
-from calbroker.api.connect import connect_callback, connect_page, connect_submit
+from calbroker.api.connect import connect_callback, connect_page, connect_submit, service_unavailable
 from calbroker.api.connections import (
     connection_rooms,
     create_connect_link,
@@ -39,12 +39,14 @@ from calbroker.api.events import delete_event, get_event, list_events, put_event
 from calbroker.api.free_busy import free_busy
 from calbroker.api.health import healthz, metrics, readyz
 from calbroker.api.me import me
+from calbroker.api.methods import allowed_methods
 from calbroker.api.problem_pages import problem_index, problem_page, register_template_filters
 from calbroker.api.problems import problem_plugin
 from calbroker.api.telemetry import HttpMetrics, RequestTelemetry
 from calbroker.api.wire import decode_body
 from calbroker.config import Settings
 from calbroker.services import open_services
+from calbroker.store.database import DATABASE_UNAVAILABLE
 from calbroker.workers.health import health_checker
 
 __all__ = ["create_app", "openapi_document"]
@@ -83,6 +85,7 @@ def create_app(settings: Settings) -> Litestar:
     v1 = Router(
         path="/v1",
         route_handlers=[
+            allowed_methods,  # first: it must own OPTIONS on the paths it serves
             me,
             free_busy,
             availability,
@@ -108,7 +111,12 @@ def create_app(settings: Settings) -> Litestar:
         security=[{"apiKey": []}],
     )
     # The authorize-link pages: no API key (the link token, then a CSRF-bound session, is the credential).
-    connect = Router(path="/connect", route_handlers=[connect_callback, connect_submit, connect_page])
+    connect = Router(
+        path="/connect",
+        route_handlers=[connect_callback, connect_submit, connect_page],
+        # An admin's browser gets a page, not a problem document, while the database is away.
+        exception_handlers=dict.fromkeys(DATABASE_UNAVAILABLE, service_unavailable),
+    )
     templates = Path(__file__).parent / "api" / "templates"
     app = Litestar(
         route_handlers=[healthz, readyz, metrics, problem_index, problem_page, openapi_json, v1, connect],

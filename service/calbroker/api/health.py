@@ -24,6 +24,7 @@ class NotReady(CalbrokerError):
     """A readiness check failed; the problem document lists every check."""
 
     slug = "not-ready"
+    retry_after = 5.0
 
     def __init__(self, checks: dict[str, str]) -> None:
         super().__init__("; ".join(f"{name}: {state}" for name, state in checks.items() if state != "ok"))

@@ -426,12 +426,8 @@ def _from_domain(exc: errors.CalbrokerError) -> ProblemDetailsException:
                 }
                 for c in exc.conflicts
             ]
-        case errors.WriteInProgress():
-            headers = {"Retry-After": str(max(1, round(exc.retry_after)))}
         case errors.TeamsUnavailable():
             extra["mailbox"] = exc.mailbox
-        case errors.UpstreamThrottled() if exc.retry_after is not None:
-            headers = {"Retry-After": str(max(1, round(exc.retry_after)))}
         case errors.MailboxError():
             extra["mailbox"] = exc.mailbox
         case errors.Unauthenticated():
@@ -439,6 +435,9 @@ def _from_domain(exc: errors.CalbrokerError) -> ProblemDetailsException:
         case _:
             pass
     extra.update(exc.extensions())
+    retry_after = getattr(exc, "retry_after", None)
+    if headers is None and isinstance(retry_after, int | float):  # any error that knows when to retry says so
+        headers = {"Retry-After": str(max(1, round(retry_after)))}
     if isinstance(exc, errors.UpstreamError):
         if exc.upstream_code:
             extra["upstream_code"] = exc.upstream_code
