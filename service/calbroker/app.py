@@ -8,7 +8,7 @@ never through module globals.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from importlib import metadata
 from pathlib import Path
 
@@ -45,7 +45,7 @@ from calbroker.api.problems import problem_plugin
 from calbroker.api.telemetry import HttpMetrics, RequestTelemetry
 from calbroker.api.wire import decode_body
 from calbroker.config import Settings
-from calbroker.services import open_services
+from calbroker.services import Services, open_services
 from calbroker.store.database import DATABASE_UNAVAILABLE
 from calbroker.workers.health import health_checker
 
@@ -59,10 +59,12 @@ def _version() -> str:
         return "0.0.0"
 
 
-def _lifespan(settings: Settings) -> Callable[[Litestar], AbstractAsyncContextManager[None]]:
+def _lifespan(settings: Settings, opened: Services | None) -> Callable[[Litestar], AbstractAsyncContextManager[None]]:
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        async with open_services(settings) as services:
+        async with AsyncExitStack() as stack:
+            # Services opened by the caller (`calbroker serve`) are borrowed, never closed here.
+            services = opened if opened is not None else await stack.enter_async_context(open_services(settings))
             app.state.services = services
             try:
                 # Connection health checks (off when the interval is unset).
@@ -80,8 +82,12 @@ async def openapi_json(state: State) -> dict[str, object]:
     return document
 
 
-def create_app(settings: Settings) -> Litestar:
-    """Build the ASGI app; nothing touches the network until the lifespan starts."""
+def create_app(settings: Settings, services: Services | None = None) -> Litestar:
+    """Build the ASGI app; nothing touches the network until the lifespan starts.
+
+    Without `services` the lifespan opens (and closes) them; a server that must fail before it
+    listens opens them first and passes them in.
+    """
     v1 = Router(
         path="/v1",
         route_handlers=[
@@ -121,7 +127,7 @@ def create_app(settings: Settings) -> Litestar:
     app = Litestar(
         route_handlers=[healthz, readyz, metrics, problem_index, problem_page, openapi_json, v1, connect],
         dependencies={"services": Provide(provide_services, sync_to_thread=False)},
-        lifespan=[_lifespan(settings)],
+        lifespan=[_lifespan(settings, services)],
         plugins=[problem_plugin()],
         openapi_config=_openapi_config(settings),
         template_config=TemplateConfig(

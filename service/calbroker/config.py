@@ -256,6 +256,9 @@ class Settings:
     ews_max_window: timedelta = timedelta(days=42)
     """Longest GetUserAvailability window, longer ones are split: Exchange's default, which an
     Exchange administrator can change."""
+    header_timeout_s: float = 10.0
+    """How long a client may take to send a request's line and headers before the connection is
+    closed (408): a connection dripping one header line every few seconds must not stay open."""
 
     @property
     def embedded_database(self) -> bool:
@@ -327,4 +330,5 @@ class Settings:
             graph_max_window=_days(env, "CALBROKER_GRAPH_MAX_WINDOW_DAYS", timedelta(days=62)),
             ews_max_mailboxes=_positive_int(env, "CALBROKER_EWS_MAX_MAILBOXES", 100),
             ews_max_window=_days(env, "CALBROKER_EWS_MAX_WINDOW_DAYS", timedelta(days=42)),
+            header_timeout_s=_positive_int(env, "CALBROKER_HEADER_TIMEOUT_S", 10),
         )

@@ -154,3 +154,33 @@ def test_demo_serves_the_api_with_two_verified_connections(tmp_path: Path) -> No
             proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+@pytest.mark.parametrize("command", ["serve", "demo"])
+def test_an_unreachable_database_is_one_line_and_a_failure_before_anything_listens(
+    command: str, tmp_path: Path
+) -> None:
+    closed = _free_port()  # nothing listens there: connection refused, on loopback
+    key = new_master_key()
+    env = {
+        **os.environ,
+        "DATABASE_URL": f"postgresql://calbroker:s3cret-pass@127.0.0.1:{closed}/calbroker",
+        "CALBROKER_MASTER_KEYS": f"{key.kid}:{base64.b64encode(key.key).decode()}",
+        "CALBROKER_DATA_DIR": str(tmp_path),
+        "CALBROKER_LOG_LEVEL": "info",
+    }
+    port = _free_port()
+    done = subprocess.run(
+        [sys.executable, "-m", "calbroker.cli", command, "--port", str(port)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 1, (done.stdout, done.stderr)
+    assert "listening" not in done.stdout
+    [line] = done.stderr.strip().splitlines()
+    assert line.startswith(f"calbroker: PostgreSQL (127.0.0.1:{closed}/calbroker) is unreachable"), line
+    assert "Connection refused" in line or "ConnectionRefusedError" in line
+    assert "s3cret-pass" not in done.stderr + done.stdout

