@@ -184,3 +184,26 @@ def test_an_unreachable_database_is_one_line_and_a_failure_before_anything_liste
     assert line.startswith(f"calbroker: PostgreSQL (127.0.0.1:{closed}/calbroker) is unreachable"), line
     assert "Connection refused" in line or "ConnectionRefusedError" in line
     assert "s3cret-pass" not in done.stderr + done.stdout
+
+
+def test_an_http_ews_endpoint_is_accepted_only_when_the_operator_allows_http(
+    cli_env: dict[str, str],
+    api_key: IssuedKey,
+    sandbox: SandboxThread,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    account = sandbox.directory.tenants["fabrikam"].service_accounts["svc-full"]
+    closed = _free_port()
+    command = [
+        "connections", "add-ews", "--application", str(api_key.application.id), "--username",
+        f"FABRIKAM\\{account.username}", "--password", account.password, "--domains", "fabrikam.com",
+        "--test-mailbox", "anna.schmidt@fabrikam.com", "--cloud", "sandbox", "--auth-type", "basic",
+        "--endpoint", f"http://127.0.0.1:{closed}/EWS/Exchange.asmx",
+    ]  # fmt: skip
+    assert main(command, cli_env) == 2
+    assert "must use https" in capsys.readouterr().err
+    # Allowed: the URL passes validation and the connection is tried (nothing listens there).
+    assert main(command, {**cli_env, "CALBROKER_ALLOW_HTTP_UPSTREAMS": "true"}) == 1
+    err = capsys.readouterr().err
+    assert "https" not in err
+    assert "refused" in err

@@ -20,6 +20,7 @@ from calbroker.domain.connections import (
     EwsServiceAccount,
 )
 from calbroker.domain.errors import InvalidRequest
+from calbroker.providers.endpoints import AddressPolicy
 from calbroker.providers.ews import EwsLimits, EwsProvider
 from calbroker.providers.graph import GraphLimits, GraphProvider
 from calbroker.providers.protocol import CalendarProvider
@@ -52,6 +53,10 @@ class ProviderRegistry:
         self._ews_limits = EwsLimits(
             mailboxes_per_request=settings.ews_max_mailboxes, max_window=settings.ews_max_window
         )
+        self.address_policy = AddressPolicy(
+            allow_private=settings.allow_private_upstreams, allow_http=settings.allow_http_upstreams
+        )
+        """What admin-typed endpoints may point at: checked when typed and on every connection."""
         self._session = session
         self._executor = executor
         self._sink = credentials_sink
@@ -86,7 +91,14 @@ class ProviderRegistry:
         if connection.kind is ConnectionKind.EWS:
             if not isinstance(credentials, EwsServiceAccount):
                 raise TypeError("an EWS connection needs EwsServiceAccount credentials")
-            return EwsProvider(connection, credentials, cloud.ca_bundle, self._executor, limits=self._ews_limits)
+            return EwsProvider(
+                connection,
+                credentials,
+                cloud.ca_bundle,
+                self._executor,
+                limits=self._ews_limits,
+                policy=self.address_policy,
+            )
         sink = self._sink
 
         async def renewed(updated: Credentials) -> None:

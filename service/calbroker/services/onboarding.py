@@ -23,7 +23,7 @@ from calbroker.domain.connections import (
     normalize_email,
 )
 from calbroker.domain.errors import InvalidRequest
-from calbroker.providers.endpoints import check_upstream_url
+from calbroker.providers.endpoints import AddressPolicy, check_upstream_url
 from calbroker.providers.ews import check_ews_endpoint
 from calbroker.providers.protocol import Deadline
 from calbroker.services.bundle import Services
@@ -60,7 +60,7 @@ class ConnectionDraft:
         return f"ConnectionDraft(method={self.method}, domains={list(self.domains)!r}, credentials=<redacted>)"
 
 
-async def _normalised(draft: ConnectionDraft, settings: Settings) -> tuple[NewConnection, str]:
+async def _normalised(draft: ConnectionDraft, settings: Settings, policy: AddressPolicy) -> tuple[NewConnection, str]:
     domains = tuple(dict.fromkeys(normalize_domain(d) for d in draft.domains))
     if not domains:
         raise InvalidRequest.field("domains", "list at least one domain the connection serves, e.g. contoso.com")
@@ -82,13 +82,8 @@ async def _normalised(draft: ConnectionDraft, settings: Settings) -> tuple[NewCo
     kind = ConnectionKind.GRAPH
     if isinstance(credentials, EwsServiceAccount):
         kind = ConnectionKind.EWS
-        endpoint = check_ews_endpoint(credentials.endpoint)
-        endpoint = await check_upstream_url(
-            endpoint,
-            field="endpoint",
-            allow_http=settings.allow_http_upstreams,
-            allow_private=settings.allow_private_upstreams,
-        )
+        endpoint = check_ews_endpoint(credentials.endpoint, allow_http=policy.allow_http or policy.allow_loopback_http)
+        endpoint = await check_upstream_url(endpoint, field="endpoint", policy=policy)
         credentials = EwsServiceAccount(endpoint, credentials.username, credentials.password, credentials.auth_type)
         if not credentials.username.strip():
             raise InvalidRequest.field("username", "is required")
@@ -128,7 +123,7 @@ async def verify_and_save(
     which case nothing was written. The test mailbox is kept for the health checks; `on_save`
     lets an authorize link claim itself atomically with the save (single use across replicas).
     """
-    new, test_mailbox = await _normalised(draft, services.settings)
+    new, test_mailbox = await _normalised(draft, services.settings, services.upstream.registry.address_policy)
     candidate = Connection(
         id=uuid.uuid4(),
         application_id=new.application_id,

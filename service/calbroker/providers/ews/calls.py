@@ -130,6 +130,9 @@ def _code(exc: BaseException) -> str:
     return type(exc).__name__
 
 
+_POLICY_REFUSAL = re.compile(r"resolves to [^;()]*\([^)]*\)|points at a cloud metadata service \([^)]*\)")
+
+
 def _short(text: str, limit: int = 300) -> str:
     text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
@@ -137,6 +140,9 @@ def _short(text: str, limit: int = 300) -> str:
 
 def _unreachable_reason(exc: requests.RequestException) -> str:
     text = str(exc)
+    refused = _POLICY_REFUSAL.search(text)
+    if refused:  # the address policy refused the address before any connection (endpoints.py)
+        return refused.group(0)
     if "NameResolution" in text or "Name or service not known" in text or "nodename nor servname" in text:
         return "its host name does not resolve"
     if "Connection refused" in text or "ConnectionRefused" in text:

@@ -40,6 +40,7 @@ from calbroker.domain.errors import (
 from calbroker.domain.events import EventSpec, OnlineMeeting, UpstreamEvent
 from calbroker.domain.intervals import Interval
 from calbroker.domain.schedules import MailboxSchedule, Room, ScheduleResult
+from calbroker.providers.endpoints import AddressPolicy
 from calbroker.providers.ews import events
 from calbroker.providers.ews.calls import EwsCalls, translate_error
 from calbroker.providers.ews.schedules import schedule_from_view
@@ -108,7 +109,7 @@ def check_ews_endpoint(url: str, *, allow_http: bool = False) -> str:
 
     A bare host (``mail.contoso.com``) or origin gets the standard path; Exchange Online hosts are
     refused, because EWS for Exchange Online is retired and Graph is the way there. No DNS here:
-    address policy (private, loopback, metadata) is `endpoints.check_upstream_url`'s job.
+    address policy (private, loopback, metadata) is `endpoints.AddressPolicy`'s job.
     """
     raw = url.strip()
     if not raw:
@@ -165,7 +166,7 @@ class _Availability(GetUserAvailability):  # type: ignore[misc]  # exchangelib s
     ERRORS_TO_CATCH_IN_RESPONSE = ResponseMessageError
 
 
-def _fresh_protocol(config: Any, ca_bundle: Path | None, http_timeout_s: float) -> Any:
+def _fresh_protocol(config: Any, ca_bundle: Path | None, http_timeout_s: float, policy: AddressPolicy) -> Any:
     """A new Protocol for `config` that trusts `ca_bundle` for its endpoint, never a cached one.
 
     exchangelib caches Protocols process-wide by (endpoint, credentials) and hands the cached one
@@ -174,7 +175,7 @@ def _fresh_protocol(config: Any, ca_bundle: Path | None, http_timeout_s: float) 
     Accounts get our Protocol assigned explicitly (`EwsProvider._account`), so a later
     `CachingProtocol.clear_cache()` or another provider for the same key cannot swap it out.
     """
-    adapter = trusting_adapter(config.service_endpoint, ca_bundle)
+    adapter = trusting_adapter(config.service_endpoint, ca_bundle, policy)
 
     class _Protocol(ExchangeProtocol):  # type: ignore[misc]  # exchangelib ships no types
         HTTP_ADAPTER_CLS = adapter  # read by the classmethods that build sessions
@@ -273,12 +274,14 @@ class EwsProvider:
         executor: Executor,
         *,
         limits: EwsLimits = EwsLimits(),  # frozen, so one shared default is safe
+        policy: AddressPolicy,
     ) -> None:
         auth_type = _AUTH_TYPES.get(credentials.auth_type.strip().lower())
         if auth_type is None:
             raise InvalidRequest.field("auth_type", f"{credentials.auth_type!r} is not supported; use basic or ntlm")
         self._connection = connection
         self._limits = limits
+        # The scheme was checked when the endpoint was typed; every connection is checked by `policy`.
         self.endpoint = check_ews_endpoint(credentials.endpoint or connection.endpoint or "", allow_http=True)
         self._config = Configuration(
             service_endpoint=self.endpoint,
@@ -286,7 +289,7 @@ class EwsProvider:
             auth_type=auth_type,
             max_connections=limits.concurrency,
         )
-        self._protocol = _fresh_protocol(self._config, cloud_ca_bundle, limits.http_timeout_s)
+        self._protocol = _fresh_protocol(self._config, cloud_ca_bundle, limits.http_timeout_s, policy)
         self._calls = EwsCalls(executor, limits.concurrency, limits.http_timeout_s, connection_id=connection.id)
         events.register_marker()
         self._event_accounts = events.Accounts(self._account)
