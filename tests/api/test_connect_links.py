@@ -424,6 +424,29 @@ async def test_own_app_registration_failures_point_at_the_field(
     assert words in error_summary(page.text)
 
 
+async def test_an_app_with_only_calendars_read_is_saved_as_free_busy_never_full(
+    web: AsyncTestClient,  # type: ignore[type-arg]
+    browser: FormBrowser,
+    app_a: IssuedKey,
+    sandbox_control: SandboxControl,
+) -> None:
+    """Reading a calendar succeeds with Calendars.Read, so only the token's roles tell it cannot book."""
+    link = await new_link(web, app_a)
+    hidden = await browser.open_form(link["url"], "graph_app")
+    fields = graph_app_fields(sandbox_control, "contoso-reader")
+    refused = await browser.submit(hidden, fields)
+    assert refused.status_code == 422, refused.text
+    assert '<fieldset id="access_level" class="field-error">' in refused.text, error_summary(refused.text)
+    summary = error_summary(refused.text)
+    assert "Calendars.ReadWrite" in summary
+    assert "Calendars.Read," in summary or "has Calendars.Read" in summary
+    assert "free/busy only" in summary
+    done = await browser.submit(hidden_fields(refused.text), fields | {"access_level": "free_busy"})
+    back = landed(done)
+    body = (await web.get(f"/v1/connections/{back['connection_id']}", headers=auth(app_a))).json()
+    assert body["access_level"] == "free_busy"
+
+
 async def test_own_app_registration_with_a_certificate(
     web: AsyncTestClient,  # type: ignore[type-arg]
     browser: FormBrowser,
