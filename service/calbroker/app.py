@@ -34,6 +34,7 @@ from calbroker.api.connections import (
     revoke_connection,
     verify_connection,
 )
+from calbroker.api.contract import refine
 from calbroker.api.dependencies import provide_bookings, provide_deadline, provide_schedules, provide_services
 from calbroker.api.events import delete_event, get_event, list_events, put_event
 from calbroker.api.free_busy import free_busy
@@ -139,6 +140,7 @@ def create_app(settings: Settings, services: Services | None = None) -> Litestar
     )
     http_metrics = HttpMetrics(CollectorRegistry(auto_describe=True))
     app.state.http_metrics = http_metrics
+    refine(app.openapi_schema)  # Litestar builds the document once; /docs and /openapi.json share it
     app.state.openapi_document = openapi_document(app)
     # Wrap the whole handler (exception middleware included) so 404/405/500 are measured too.
     app.asgi_handler = RequestTelemetry(app.asgi_handler, http_metrics)

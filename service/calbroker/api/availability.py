@@ -25,9 +25,9 @@ from calbroker.api.wire import (
     Period,
     Response,
     StartInterval,
-    Tzid,
     interval,
     zone,
+    zone_field,
 )
 from calbroker.domain import (
     DEFAULT_MAX_RESULTS,
@@ -37,6 +37,7 @@ from calbroker.domain import (
     MAX_QUERY_SPAN,
     MAX_RESULTS,
     AvailabilityQuery,
+    BlockReason,
     Explanation,
     Group,
     Interval,
@@ -149,9 +150,9 @@ class AvailabilityRequest(Body):
             description=f"Where to look: 1 to {MAX_QUERY_PERIODS} periods spanning at most {MAX_QUERY_SPAN.days} days",
         ),
     ]
-    tzid: Annotated[
-        Tzid | None, msgspec.Meta(description="IANA zone for the answer, the start grid and working hours; default UTC")
-    ] = None
+    tzid: (
+        Annotated[str, zone_field("IANA zone for the answer, the start grid and working hours; default UTC")] | None
+    ) = None
     start_interval: Annotated[
         StartInterval | None,
         msgspec.Meta(description="Slot starts are on this grid from local midnight; default: duration, at most 60"),
@@ -244,40 +245,64 @@ class AvailabilityRequest(Body):
 
 
 class SlotOut(Response):
-    start: datetime
-    end: datetime
-    members: list[str]
+    """A time the groups can meet, and who is free over all of it."""
+
+    start: Annotated[datetime, msgspec.Meta(description="Start, in the request's tzid")]
+    end: Annotated[datetime, msgspec.Meta(description="End, in the request's tzid")]
+    members: Annotated[list[str], msgspec.Meta(description="Members free over the whole slot or period, sorted")]
 
 
 class BusyRef(Response):
-    start: datetime
-    end: datetime
-    status: BusyStatus
+    """The busy interval that blocked a time."""
+
+    start: Annotated[datetime, msgspec.Meta(description="Start, in the request's tzid")]
+    end: Annotated[datetime, msgspec.Meta(description="End, in the request's tzid")]
+    status: Annotated[BusyStatus, msgspec.Meta(description="busy, tentative, oof or working_elsewhere")]
 
 
 class BlockerOut(Response):
-    reason: str
-    member: str | None = None
-    busy: BusyRef | None = None
-    detail: str | None = None
+    """One reason a time was not available."""
+
+    reason: Annotated[
+        BlockReason,
+        msgspec.Meta(description="What kept the member (or, for the notice rules, everyone) from the time"),
+    ]
+    member: Annotated[str | None, msgspec.Meta(description="The member it applies to")] = None
+    busy: Annotated[BusyRef | None, msgspec.Meta(description="The busy interval, when busy time blocked it")] = None
+    detail: Annotated[str | None, msgspec.Meta(description="More about the reason, for a person to read")] = None
 
 
 class ExplanationOut(Response):
-    start: datetime
-    end: datetime
-    blocked_by: list[BlockerOut]
+    """Why a stretch of a requested period has no slot."""
+
+    start: Annotated[datetime, msgspec.Meta(description="Start of the stretch, in the request's tzid")]
+    end: Annotated[datetime, msgspec.Meta(description="End of the stretch, in the request's tzid")]
+    blocked_by: Annotated[list[BlockerOut], msgspec.Meta(description="Every reason, member by member")]
 
 
 class MemberError(Response):
-    email: str
-    problem: EmbeddedProblem
+    """A member whose calendar could not be read: unavailable everywhere."""
+
+    email: Annotated[str, msgspec.Meta(description="The member")]
+    problem: Annotated[EmbeddedProblem, msgspec.Meta(description="Why the calendar could not be read")]
 
 
 class AvailabilityResponse(Response):
-    member_errors: list[MemberError]
-    slots: list[SlotOut] | None = None
-    periods: list[SlotOut] | None = None
-    explanations: list[ExplanationOut] | None = None
+    """Slots (or periods) when the groups can meet."""
+
+    member_errors: Annotated[
+        list[MemberError], msgspec.Meta(description="Members whose calendars could not be read (empty if none)")
+    ]
+    slots: Annotated[
+        list[SlotOut] | None, msgspec.Meta(description='With response_format "slots": available slots by start')
+    ] = None
+    periods: Annotated[
+        list[SlotOut] | None,
+        msgspec.Meta(description='With response_format "periods": maximal available periods by start'),
+    ] = None
+    explanations: Annotated[
+        list[ExplanationOut] | None, msgspec.Meta(description="With explain: what blocked the requested periods")
+    ] = None
 
     @classmethod
     def from_domain(cls, answer: AvailabilityAnswer, query: AvailabilityQuery) -> AvailabilityResponse:
@@ -306,7 +331,7 @@ def _explanation_out(explanation: Explanation, tz: ZoneInfo) -> ExplanationOut:
         end=explanation.end.astimezone(tz),
         blocked_by=[
             BlockerOut(
-                reason=b.reason.value,
+                reason=b.reason,
                 member=b.member,
                 busy=BusyRef(
                     start=b.busy.interval.start.astimezone(tz),

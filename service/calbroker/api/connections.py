@@ -16,7 +16,9 @@ from urllib.parse import urlsplit
 import msgspec
 from litestar import delete, get, post
 from litestar.di import NamedDependency
-from litestar.params import FromPath, JSONBody, QueryParameter
+from litestar.openapi.spec import Example
+from litestar.params import Body as BodyParam
+from litestar.params import FromPath, QueryParameter
 
 from calbroker.api.auth import Caller
 from calbroker.api.problems import EmbeddedProblem, embedded_problem, problem_response, problem_responses
@@ -62,6 +64,8 @@ _ALL_METHODS = (
 
 
 class ConnectLinkRequest(Body):
+    """What an authorize link offers the tenant admin, and where it sends them afterwards."""
+
     redirect_url: Annotated[
         str,
         text(2000, "Your page the admin returns to, with `connection_id` and `state` added to its query", min_length=1),
@@ -74,7 +78,9 @@ class ConnectLinkRequest(Body):
         ]
         | None
     ) = None
-    access_level: AccessLevel | None = None
+    access_level: Annotated[
+        AccessLevel | None, msgspec.Meta(description="Offer only this access level; default: the admin chooses")
+    ] = None
     expires_in: (
         Annotated[
             int, msgspec.Meta(ge=300, le=30 * 86400, description="Seconds until the link expires; default 7 days.")
@@ -84,58 +90,75 @@ class ConnectLinkRequest(Body):
 
 
 class ConnectLinkOut(Response):
-    id: uuid.UUID
-    url: str
-    """Send this to the tenant admin; it works once and is shown only here."""
-    expires_at: datetime
-    methods: list[ConnectionMethod]
+    """A single-use authorize link."""
+
+    id: Annotated[uuid.UUID, msgspec.Meta(description="The link's id")]
+    url: Annotated[str, msgspec.Meta(description="Send this to the tenant admin; it works once and is shown only here")]
+    expires_at: Annotated[datetime, msgspec.Meta(description="When the link stops working")]
+    methods: Annotated[list[ConnectionMethod], msgspec.Meta(description="The ways of connecting the link offers")]
 
 
 class WarningOut(Response):
-    code: str
-    message: str
+    """Something about the connection that needs attention before it fails."""
+
+    code: Annotated[str, msgspec.Meta(description="Stable code, e.g. secret_expiring")]
+    message: Annotated[str, msgspec.Meta(description="What to do, for a person to read")]
+
+
+def _d(description: str) -> msgspec.Meta:
+    return msgspec.Meta(description=description)
 
 
 class ConnectionOut(Response):
-    id: uuid.UUID
-    kind: ConnectionKind
-    method: ConnectionMethod
-    access_level: AccessLevel
-    display_name: str
-    domains: list[str]
-    allowed_mailboxes: list[str]
-    status: ConnectionStatus
-    warnings: list[WarningOut]
-    cloud: str
-    tenant_id: str | None = None
-    endpoint: str | None = None
-    last_error: str | None = None
-    last_verified_at: datetime | None = None
-    created_at: datetime | None = None
-    secret_expires_at: datetime | None = None
+    """How this application reaches one organisation's mailboxes."""
+
+    id: Annotated[uuid.UUID, _d("The connection's id")]
+    kind: Annotated[ConnectionKind, _d("graph (Microsoft 365) or ews (Exchange on-premises)")]
+    method: Annotated[ConnectionMethod, _d("How the tenant admin connected")]
+    access_level: Annotated[AccessLevel, _d("full, restricted (calendar folders) or free_busy")]
+    display_name: Annotated[str, _d("A name for people: the organisation and protocol")]
+    domains: Annotated[list[str], _d("Mailbox domains this connection serves")]
+    allowed_mailboxes: Annotated[list[str], _d("If not empty, only these mailboxes may be used")]
+    status: Annotated[ConnectionStatus, _d("active, degraded (health checks failing) or revoked")]
+    warnings: Annotated[list[WarningOut], _d("What needs attention soon (empty if nothing)")]
+    cloud: Annotated[str, _d("The Microsoft cloud: global, usgov, usgov-dod, china or sandbox")]
+    tenant_id: Annotated[str | None, _d("The Entra ID tenant (Graph connections)")] = None
+    endpoint: Annotated[str | None, _d("The EWS URL (Exchange on-premises connections)")] = None
+    last_error: Annotated[str | None, _d("The last failure of a health check or verification")] = None
+    last_verified_at: Annotated[datetime | None, _d("When Microsoft last accepted the credentials")] = None
+    created_at: Annotated[datetime | None, _d("When the connection was made")] = None
+    secret_expires_at: Annotated[datetime | None, _d("When the client secret expires, as the admin entered it")] = None
 
 
 class ConnectionList(Response):
-    connections: list[ConnectionOut]
-    next_cursor: str | None = None
+    """A page of connections, oldest first."""
+
+    connections: Annotated[list[ConnectionOut], _d("This page's connections")]
+    next_cursor: Annotated[str | None, _d("Pass as `cursor` for the next page; absent on the last")] = None
 
 
 class VerificationOut(Response):
-    verified: bool
-    connection: ConnectionOut
-    error: EmbeddedProblem | None = None
+    """The outcome of checking a connection against Microsoft now."""
+
+    verified: Annotated[bool, _d("Whether Microsoft accepted the credentials for the test mailbox")]
+    connection: Annotated[ConnectionOut, _d("The connection, with its updated status")]
+    error: Annotated[EmbeddedProblem | None, _d("Why verification failed")] = None
 
 
 class RoomOut(Response):
-    email: str
-    name: str
-    capacity: int | None = None
-    building: str | None = None
-    room_list: str | None = None
+    """A room or resource mailbox, bookable as an attendee of type `resource`."""
+
+    email: Annotated[str, _d("The room's mailbox")]
+    name: Annotated[str, _d("Its display name")]
+    capacity: Annotated[int | None, _d("Seats, when Exchange knows")] = None
+    building: Annotated[str | None, _d("Building, when Exchange knows")] = None
+    room_list: Annotated[str | None, _d("The room list it belongs to")] = None
 
 
 class RoomList(Response):
-    rooms: list[RoomOut]
+    """The tenant's rooms."""
+
+    rooms: Annotated[list[RoomOut], _d("Rooms, by email")]
 
 
 def connection_out(connection: Connection, now: datetime | None = None) -> ConnectionOut:
@@ -246,6 +269,14 @@ _REVOKED = problem_response(
 )
 
 
+_LINK_EXAMPLE = {
+    "redirect_url": "https://app.example.com/calendar/connected",
+    "state": "customer-4711",
+    "methods": ["graph_consent", "graph_app", "ews"],
+    "expires_in": 86400,
+}
+
+
 # --- handlers ---------------------------------------------------------------------------------------
 
 
@@ -258,7 +289,9 @@ _REVOKED = problem_response(
     responses=problem_responses(body=True),
 )
 async def create_connect_link(
-    data: JSONBody[ConnectLinkRequest], caller: NamedDependency[Caller], services: NamedDependency[Services]
+    data: Annotated[ConnectLinkRequest, BodyParam(examples=[Example(summary="Every method", value=_LINK_EXAMPLE)])],
+    caller: NamedDependency[Caller],
+    services: NamedDependency[Services],
 ) -> ConnectLinkOut:
     """The admin opens `url`, picks how to connect, and is sent back to `redirect_url` with `connection_id`."""
     settings = services.settings

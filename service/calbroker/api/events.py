@@ -21,7 +21,8 @@ from litestar import delete, get, put
 from litestar.di import NamedDependency
 from litestar.openapi import ResponseSpec
 from litestar.openapi.spec import Example
-from litestar.params import JSONBody, PathParameter, QueryParameter
+from litestar.params import Body as BodyParam
+from litestar.params import PathParameter, QueryParameter
 
 from calbroker.api.auth import Caller
 from calbroker.api.problems import problem_response, problem_responses
@@ -34,10 +35,10 @@ from calbroker.api.wire import (
     Email,
     Instant,
     Response,
-    Tzid,
     span,
     text,
     zone,
+    zone_field,
 )
 from calbroker.domain.busy import BusyStatus
 from calbroker.domain.connections import normalize_email
@@ -99,7 +100,7 @@ class EventIn(Body):
     start: Instant
     end: Annotated[Instant, msgspec.Meta(description=f"After start; at most {MAX_DURATION.days} days later")]
     summary: Annotated[str, text(MAX_SUMMARY, f"The subject, at most {MAX_SUMMARY} characters")]
-    tzid: Annotated[Tzid | None, msgspec.Meta(description="IANA zone the event is shown in; default UTC")] = None
+    tzid: Annotated[str, zone_field("IANA zone the event is shown in; default UTC")] | None = None
     description: (
         Annotated[str, text(MAX_DESCRIPTION, f"Body text of the invitation, at most {MAX_DESCRIPTION} characters")]
         | None
@@ -149,10 +150,16 @@ class EventIn(Body):
         )
 
 
+def _d(description: str) -> msgspec.Meta:
+    return msgspec.Meta(description=description)
+
+
 class AttendeeOut(Response):
-    email: str
-    type: AttendeeKind
-    name: str | None = None
+    """Someone (or a room) invited to the event."""
+
+    email: Annotated[str, _d("The attendee's address")]
+    type: Annotated[AttendeeKind, _d("required, optional or resource")]
+    name: Annotated[str | None, _d("Display name, when known")] = None
 
     @classmethod
     def from_domain(cls, attendee: Attendee) -> AttendeeOut:
@@ -160,30 +167,36 @@ class AttendeeOut(Response):
 
 
 class TeamsOut(Response):
-    status: TeamsState
-    join_url: str | None = None
+    """The event's Teams meeting."""
+
+    status: Annotated[TeamsState, _d("ready, or pending while Microsoft has not returned the link yet")]
+    join_url: Annotated[str | None, _d("The link attendees join with")] = None
 
 
 class EventOut(Response):
-    event_id: str
-    status: Status
-    organizer: str
-    start: datetime
-    end: datetime
-    tzid: str
-    summary: str
-    attendees: list[AttendeeOut]
-    show_as: ShowAs
-    version: int
-    created_at: datetime
-    updated_at: datetime
-    description: str | None = None
-    location: str | None = None
-    reminder_minutes: int | None = None
-    teams: TeamsOut | None = None
-    ical_uid: str | None = None
-    last_error: str | None = None
-    """Why a `pending` event is not confirmed yet (the last upstream error); a retry of the PUT heals it."""
+    """An event booked through calbroker, as Exchange now holds it."""
+
+    event_id: Annotated[str, _d("Your own id for the event")]
+    status: Annotated[Status, _d("confirmed, pending (the upstream write has not completed) or cancelled")]
+    organizer: Annotated[str, _d("The organizer's mailbox")]
+    start: Annotated[datetime, _d("Start, in the event's tzid")]
+    end: Annotated[datetime, _d("End, in the event's tzid")]
+    tzid: Annotated[str, _d("IANA zone the event is shown in")]
+    summary: Annotated[str, _d("The subject")]
+    attendees: Annotated[list[AttendeeOut], _d("Everyone invited, in the order given")]
+    show_as: Annotated[ShowAs, _d("How the time shows in the organizer's free/busy")]
+    version: Annotated[int, _d("Grows with every change written upstream")]
+    created_at: Annotated[datetime, _d("When calbroker first booked it")]
+    updated_at: Annotated[datetime, _d("When calbroker last changed it")]
+    description: Annotated[str | None, _d("Body text of the invitation")] = None
+    location: Annotated[str | None, _d("Where")] = None
+    reminder_minutes: Annotated[int | None, _d("Minutes before the start; absent: no reminder")] = None
+    teams: Annotated[TeamsOut | None, _d("The Teams meeting, when one was asked for")] = None
+    ical_uid: Annotated[str | None, _d("The iCalendar UID attendees' calendars know the meeting by")] = None
+    last_error: Annotated[
+        str | None,
+        _d("Why a pending event is not confirmed yet (the last upstream error); a retry of the PUT heals it"),
+    ] = None
 
     @classmethod
     def from_domain(cls, record: EventRecord) -> EventOut:
@@ -213,20 +226,22 @@ class EventOut(Response):
 
 
 class CalendarEventOut(Response):
-    id: Annotated[str, msgspec.Meta(description="Exchange's id of the item in this mailbox (opaque)")]
-    managed: Annotated[bool, msgspec.Meta(description="Whether this application booked it through calbroker")]
-    summary: str
-    start: datetime
-    end: datetime
-    show_as: ShowAs
-    attendees: list[AttendeeOut]
-    event_id: str | None = None
-    organizer: str | None = None
-    location: str | None = None
-    cancelled: bool = False
-    all_day: bool = False
-    teams_join_url: str | None = None
-    ical_uid: str | None = None
+    """An item of a mailbox's calendar, booked through calbroker or not."""
+
+    id: Annotated[str, _d("Exchange's id of the item in this mailbox (opaque)")]
+    managed: Annotated[bool, _d("Whether this application booked it through calbroker")]
+    summary: Annotated[str, _d("The subject (empty when Exchange hides it)")]
+    start: Annotated[datetime, _d("Start, in the requested tzid")]
+    end: Annotated[datetime, _d("End, in the requested tzid")]
+    show_as: Annotated[ShowAs, _d("How the time shows in free/busy")]
+    attendees: Annotated[list[AttendeeOut], _d("Everyone invited")]
+    event_id: Annotated[str | None, _d("Your event_id, when this application booked it")] = None
+    organizer: Annotated[str | None, _d("The organizer's mailbox")] = None
+    location: Annotated[str | None, _d("Where")] = None
+    cancelled: Annotated[bool, _d("Whether the meeting was cancelled (the item stays until removed)")] = False
+    all_day: Annotated[bool, _d("Whether it is an all-day event")] = False
+    teams_join_url: Annotated[str | None, _d("The Teams link, when it is an online meeting")] = None
+    ical_uid: Annotated[str | None, _d("The iCalendar UID of the meeting")] = None
 
     @classmethod
     def from_domain(cls, entry: CalendarEntry, tz: ZoneInfo) -> CalendarEventOut:
@@ -250,9 +265,11 @@ class CalendarEventOut(Response):
 
 
 class CalendarView(Response):
-    mailbox: str
-    events: list[CalendarEventOut]
-    next_cursor: Annotated[str | None, msgspec.Meta(description="Pass as `cursor` for the next page")] = None
+    """A page of a mailbox's calendar, by start."""
+
+    mailbox: Annotated[str, _d("The mailbox, normalised (lower case)")]
+    events: Annotated[list[CalendarEventOut], _d("This page's items; occurrences of series are expanded")]
+    next_cursor: Annotated[str | None, _d("Pass as `cursor` for the next page; absent on the last")] = None
 
 
 def _event_id(raw: str) -> str:
@@ -321,6 +338,24 @@ _VIEW_INVALID = problem_response(
 )
 
 
+_EVENT_EXAMPLE = {
+    "organizer": "adele.vance@contoso.com",
+    "start": "2026-12-01T10:00:00+01:00",
+    "end": "2026-12-01T10:30:00+01:00",
+    "tzid": "Europe/Berlin",
+    "summary": "Interview: Alex Wilber",
+    "description": "Second round, with the hiring manager.",
+    "location": "Room 3.14",
+    "attendees": [
+        {"email": "alex.wilber@contoso.com", "name": "Alex Wilber", "type": "required"},
+        {"email": "room-314@contoso.com", "type": "resource"},
+    ],
+    "teams_meeting": True,
+    "check_availability": True,
+    "reminder_minutes": 15,
+}
+
+
 @put(
     "/events/{event_id:str}",
     operation_id="upsertEvent",
@@ -334,7 +369,7 @@ _VIEW_INVALID = problem_response(
 )
 async def put_event(
     event_id: EventId,
-    data: JSONBody[EventIn],
+    data: Annotated[EventIn, BodyParam(examples=[Example(summary="An interview with Teams", value=_EVENT_EXAMPLE)])],
     caller: NamedDependency[Caller],
     bookings: NamedDependency[Bookings],
     deadline: NamedDependency[Deadline],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Annotated
 
 import msgspec
 from litestar import Response, get
@@ -35,12 +36,16 @@ class NotReady(CalbrokerError):
 
 
 class Health(msgspec.Struct):
-    status: str
+    """The process is up."""
+
+    status: Annotated[str, msgspec.Meta(description='Always "ok"')]
 
 
 class Readiness(msgspec.Struct):
-    status: str
-    checks: dict[str, str]
+    """Every readiness check passed."""
+
+    status: Annotated[str, msgspec.Meta(description='Always "ready"')]
+    checks: Annotated[dict[str, str], msgspec.Meta(description='Each check (database, migrations, keyring) and "ok"')]
 
 
 @get("/healthz", operation_id="getHealth", tags=["operations"], summary="Liveness: the process is up")

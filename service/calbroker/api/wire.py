@@ -47,6 +47,7 @@ __all__ = [
     "span",
     "text",
     "zone",
+    "zone_field",
 ]
 
 TEXT_PATTERN = r"^[^\u0000-\u0008\u000b\u000c\u000e-\u001f\ufffe\uffff]*$"
@@ -88,15 +89,15 @@ Instant = Annotated[
         extra_json_schema={"extra": {"pattern": YEAR_PATTERN}},
     ),
 ]
-Tzid = Annotated[
-    str,
-    msgspec.Meta(
-        max_length=64,
-        pattern=TZID_PATTERN,
-        description="IANA time zone name; default UTC",
-        examples=["Europe/London"],
-    ),
-]
+
+
+def zone_field(description: str) -> msgspec.Meta:
+    """Constraints of an IANA zone name field (the value must also be a zone the server knows)."""
+    return msgspec.Meta(max_length=64, pattern=TZID_PATTERN, description=description, examples=["Europe/London"])
+
+
+EMAIL_ITEMS: dict[str, Any] = {"extra": {"items": {"type": "string", "pattern": EMAIL_PATTERN, "maxLength": 320}}}
+"""`extra_json_schema` for a list of addresses: Litestar drops the constraints of list items."""
 
 _MAX_MINUTES = 60 * 24 * 366
 
