@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import json
 import re
+from datetime import datetime
 from typing import Any
 
+import msgspec
 import pytest
 from litestar.testing import AsyncTestClient
 
@@ -313,9 +315,15 @@ async def test_a_json_body_with_a_charset_or_a_json_suffix_is_accepted(
 
 def test_the_declared_patterns_agree_with_the_code() -> None:
     year = re.compile(YEAR_PATTERN)
-    for written in (f"{FIRST_YEAR}-01-01", f"{LAST_YEAR}-12-31"):
+    for written in (f"{FIRST_YEAR}-01-01T00:00:00Z", f"{LAST_YEAR}-12-31 23:59:59.5+14:00", "2026-11-24t09:00:00z"):
         assert year.match(written)
-    for written in (f"{FIRST_YEAR - 1}-12-31", f"{LAST_YEAR + 1}-01-01", "0001-01-01", "9999-12-31"):
+    for written in (f"{FIRST_YEAR - 1}-12-31T23:00:00Z", f"{LAST_YEAR + 1}-01-01T00:00:00Z", "0001-01-01T00:00:00Z"):
+        assert not year.match(written)
+    # Every form msgspec decodes is declared, and what it refuses is not.
+    for written in ("2026-11-24T09:00:00+0100", "2026-11-24T09:00:00.123456789-00:00"):
+        assert year.match(written)
+        msgspec.json.decode(f'"{written}"'.encode(), type=datetime)
+    for written in ("2026-11-24T09:00Z", "2026-11-24T24:00:00Z", "2026-11-24T09:00:00+01", "2026-11-24T09:00:00"):
         assert not year.match(written)
     text = re.compile(TEXT_PATTERN)
     assert text.match("Interview\twith\r\nAdele — 面接 😀")

@@ -82,7 +82,18 @@ class Participants(Body):
     ]
     required: Annotated[
         Literal["all"] | Annotated[int, msgspec.Meta(ge=1, le=MAX_MEMBERS)],
-        msgspec.Meta(description='"all", or how many members must be free (at most the group\'s size)'),
+        msgspec.Meta(
+            description='"all", or how many members must be free (at most the group\'s size)',
+            # Litestar drops the bounds of an integer inside a union: spelled out for the contract.
+            extra_json_schema={
+                "extra": {
+                    "one_of": [
+                        {"type": "string", "enum": ["all"]},
+                        {"type": "integer", "minimum": 1, "maximum": MAX_MEMBERS},
+                    ]
+                }
+            },
+        ),
     ] = "all"
 
 

@@ -3,7 +3,8 @@
 Run once on the document Litestar built (the same object `/openapi.json`, `/docs` and
 `openapi/openapi.json` are made from):
 
-- every schema is described by its Struct's docstring (Litestar describes only enums);
+- every schema is described by its Struct's docstring (Litestar describes only enums), and a
+  request schema whose Struct forbids unknown members says so (`additionalProperties: false`);
 - Litestar adds a `400` to every operation with a parameter, but calbroker answers bad parameters
   with `422` and uses `400` only for a body that is not JSON: the automatic one is removed;
 - every response carries `X-Request-Id`, and the responses that can say when to retry
@@ -41,14 +42,16 @@ def _structs(root: type[msgspec.Struct]) -> Iterable[type[msgspec.Struct]]:
 
 
 def _describe_schemas(components: Components) -> None:
-    docs: dict[str, str] = {}
-    for struct in _structs(msgspec.Struct):
-        doc = struct.__dict__.get("__doc__")
-        if doc and struct.__module__.startswith("calbroker.api"):
-            docs[struct.__name__] = inspect.cleandoc(doc).split("\n\n", 1)[0].replace("\n", " ")
+    ours = {s.__name__: s for s in _structs(msgspec.Struct) if s.__module__.startswith("calbroker.api")}
     for name, schema in (components.schemas or {}).items():
-        if isinstance(schema, Schema) and not schema.description and name in docs:
-            schema.description = docs[name]
+        struct = ours.get(name)
+        if struct is None or not isinstance(schema, Schema):
+            continue
+        doc = struct.__dict__.get("__doc__")
+        if doc and not schema.description:
+            schema.description = inspect.cleandoc(doc).split("\n\n", 1)[0].replace("\n", " ")
+        if struct.__struct_config__.forbid_unknown_fields:
+            schema.additional_properties = False
 
 
 def _headers_of(response: OpenAPIResponse, status: str) -> dict[str, OpenAPIHeader | Reference]:

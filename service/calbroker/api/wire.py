@@ -20,6 +20,7 @@ import msgspec
 from litestar import Request
 from litestar.exceptions import HTTPException
 
+from calbroker.domain.connections import EMAIL_PATTERN
 from calbroker.domain.errors import FieldError, InvalidRequest, LimitExceeded
 from calbroker.domain.intervals import FIRST_YEAR, LAST_YEAR, Interval, supported
 
@@ -52,14 +53,16 @@ __all__ = [
 
 TEXT_PATTERN = r"^[^\u0000-\u0008\u000b\u000c\u000e-\u001f\ufffe\uffff]*$"
 """Free text: anything but the control characters PostgreSQL (U+0000) or XML 1.0 (EWS) refuse."""
-EMAIL_PATTERN = r"^\s*[^@\s<>()\[\],;:\"\u0000-\u001f\u007f]{1,64}@([A-Za-z0-9-]{1,63}\.)+[A-Za-z0-9-]{2,63}\s*$"
-"""One @, a dotted domain; the same rule as `domain.connections.normalize_email`, which trims and lower-cases."""
 TZID_PATTERN = r"^[A-Za-z][A-Za-z0-9_+-]*(/[A-Za-z0-9_+-]+)*$"
 """The shape of an IANA zone name; the value must also be a zone the server knows (Europe/London)."""
 EVENT_ID_PATTERN = r"^[A-Za-z0-9._~:@+=-]{1,200}$"
 """The application's own id for an event, as it appears in the URL."""
-YEAR_PATTERN = r"^(19[7-9][0-9]|20[0-9]{2})-"
-"""A time written with a year from FIRST_YEAR to LAST_YEAR (`domain.intervals.supported`; a test ties them)."""
+YEAR_PATTERN = (
+    r"^(19[7-9][0-9]|20[0-9]{2})-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])[Tt ]([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]"
+    r"(\.[0-9]+)?([Zz]|[+-]([01][0-9]|2[0-3]):?[0-5][0-9])$"
+)
+"""The times msgspec accepts (RFC 3339 with an offset), with a year from FIRST_YEAR to LAST_YEAR
+(`domain.intervals.supported`; a test ties them): the contract says exactly what the decoder takes."""
 
 # msgspec quotes the pattern it failed with as repr(pattern).
 _PATTERN_MESSAGES = {
