@@ -9,7 +9,7 @@ from typing import Any
 
 from litestar.testing import AsyncTestClient
 
-from calbroker.api.wire import EMAIL_PATTERN, EVENT_ID_PATTERN, TEXT_PATTERN, TZID_PATTERN, YEAR_PATTERN
+from calbroker.api.wire import EMAIL_PATTERN, EVENT_ID_PATTERN, INSTANT_PATTERN, TEXT_PATTERN, TZID_PATTERN
 from calbroker.app import create_app, openapi_document
 from calbroker.config import Settings
 from calbroker.store.applications import IssuedKey
@@ -116,7 +116,7 @@ def test_enforced_patterns_are_declared() -> None:
     assert schemas["EventIn"]["properties"]["summary"]["pattern"] == TEXT_PATTERN
     assert schemas["EventIn"]["properties"]["summary"]["maxLength"] == 255
     assert schemas["FreeBusyRequest"]["properties"]["mailboxes"]["items"]["pattern"] == EMAIL_PATTERN
-    assert schemas["FreeBusyRequest"]["properties"]["start"]["pattern"] == YEAR_PATTERN
+    assert schemas["FreeBusyRequest"]["properties"]["start"]["pattern"] == INSTANT_PATTERN
     assert schemas["AvailabilityRequest"]["properties"]["tzid"]["pattern"] == TZID_PATTERN
     [mailbox] = [p for p in document["paths"]["/v1/events"]["get"]["parameters"] if p["name"] == "mailbox"]
     assert mailbox["schema"]["pattern"] == EMAIL_PATTERN

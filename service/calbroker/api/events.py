@@ -29,12 +29,12 @@ from calbroker.api.problems import problem_response, problem_responses
 from calbroker.api.wire import (
     EMAIL_PATTERN,
     EVENT_ID_PATTERN,
+    INSTANT_PATTERN,
     TZID_PATTERN,
-    YEAR_PATTERN,
     Body,
     Email,
-    Instant,
     Response,
+    instant_field,
     span,
     text,
     zone,
@@ -97,8 +97,8 @@ class EventIn(Body):
     """The event as the application wants Exchange to hold it (limits in the field descriptions)."""
 
     organizer: Annotated[Email, msgspec.Meta(description="The organizer's mailbox; its domain picks the connection")]
-    start: Instant
-    end: Annotated[Instant, msgspec.Meta(description=f"After start; at most {MAX_DURATION.days} days later")]
+    start: Annotated[str, instant_field("Start")]
+    end: Annotated[str, instant_field(f"End, after start, at most {MAX_DURATION.days} days later")]
     summary: Annotated[str, text(MAX_SUMMARY, f"The subject, at most {MAX_SUMMARY} characters")]
     tzid: Annotated[str, zone_field("IANA zone the event is shown in; default UTC")] | None = None
     description: (
@@ -440,17 +440,19 @@ async def list_events(
         QueryParameter(pattern=EMAIL_PATTERN, max_length=320, description="The mailbox whose calendar to read"),
     ],
     start: Annotated[
-        datetime,
+        str,
         QueryParameter(
-            description=f"RFC 3339 with offset, in the years {FIRST_YEAR}–{LAST_YEAR}",
-            schema_extra={"pattern": YEAR_PATTERN},
+            pattern=INSTANT_PATTERN,
+            description=f"Start of the window; RFC 3339 with a UTC offset, in the years {FIRST_YEAR}–{LAST_YEAR}",
+            schema_extra={"format": "date-time"},
         ),
     ],
     end: Annotated[
-        datetime,
+        str,
         QueryParameter(
-            description=f"After start; at most {MAX_VIEW_SPAN.days} days later",
-            schema_extra={"pattern": YEAR_PATTERN},
+            pattern=INSTANT_PATTERN,
+            description=f"End of the window, after start, at most {MAX_VIEW_SPAN.days} days later",
+            schema_extra={"format": "date-time"},
         ),
     ],
     tzid: Annotated[

@@ -15,7 +15,7 @@ from litestar.params import Body as BodyParam
 
 from calbroker.api.auth import Caller
 from calbroker.api.problems import EmbeddedProblem, embedded_problem, problem_responses
-from calbroker.api.wire import EMAIL_ITEMS, Body, Email, Instant, Response, span, zone, zone_field
+from calbroker.api.wire import EMAIL_ITEMS, Body, Email, Response, instant_field, span, zone, zone_field
 from calbroker.domain import BusyStatus, Interval
 from calbroker.domain.connections import normalize_email
 from calbroker.domain.errors import CalbrokerError, LimitExceeded
@@ -42,8 +42,8 @@ class FreeBusyRequest(Body):
             extra_json_schema=EMAIL_ITEMS,
         ),
     ]
-    start: Instant
-    end: Annotated[Instant, msgspec.Meta(description=f"After start, at most {MAX_FREE_BUSY_SPAN.days} days later")]
+    start: Annotated[str, instant_field("Start of the window")]
+    end: Annotated[str, instant_field(f"End of the window, after start, at most {MAX_FREE_BUSY_SPAN.days} days later")]
     tzid: Annotated[str, zone_field("IANA zone the answer's times are in; default UTC")] | None = None
 
 

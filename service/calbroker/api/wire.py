@@ -27,14 +27,13 @@ from calbroker.domain.intervals import FIRST_YEAR, LAST_YEAR, Interval, supporte
 __all__ = [
     "EMAIL_PATTERN",
     "EVENT_ID_PATTERN",
+    "INSTANT_PATTERN",
     "TEXT_PATTERN",
     "TZID_PATTERN",
-    "YEAR_PATTERN",
     "Body",
     "Days",
     "Duration",
     "Email",
-    "Instant",
     "MalformedBody",
     "Minutes",
     "Period",
@@ -44,6 +43,7 @@ __all__ = [
     "aware",
     "decode_body",
     "field_error",
+    "instant_field",
     "interval",
     "span",
     "text",
@@ -57,18 +57,21 @@ TZID_PATTERN = r"^[A-Za-z][A-Za-z0-9_+-]*(/[A-Za-z0-9_+-]+)*$"
 """The shape of an IANA zone name; the value must also be a zone the server knows (Europe/London)."""
 EVENT_ID_PATTERN = r"^[A-Za-z0-9._~:@+=-]{1,200}$"
 """The application's own id for an event, as it appears in the URL."""
-YEAR_PATTERN = (
+INSTANT_PATTERN = (
     r"^(19[7-9][0-9]|20[0-9]{2})-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])[Tt ]([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]"
-    r"(\.[0-9]+)?([Zz]|[+-]([01][0-9]|2[0-3]):?[0-5][0-9])$"
+    r"(\.[0-9]+)?([Zz]|[+-]([01][0-9]|2[0-3]):[0-5][0-9])$"
 )
-"""The times msgspec accepts (RFC 3339 with an offset), with a year from FIRST_YEAR to LAST_YEAR
-(`domain.intervals.supported`; a test ties them): the contract says exactly what the decoder takes."""
+"""RFC 3339 date-times with an offset, in the years FIRST_YEAR to LAST_YEAR (`domain.intervals.supported`;
+a test ties them). Times travel as strings checked against this pattern, then parsed, so the
+contract (`format: date-time` plus this pattern) and the decoder accept exactly the same text."""
 
 # msgspec quotes the pattern it failed with as repr(pattern).
 _PATTERN_MESSAGES = {
     repr(TEXT_PATTERN): "must not contain control characters (tab, line feed and carriage return are fine)",
     repr(EMAIL_PATTERN): "must be an email address such as adele.vance@contoso.com",
     repr(TZID_PATTERN): "must be an IANA time zone name such as Europe/London",
+    repr(INSTANT_PATTERN): f"must be an RFC 3339 date-time with a UTC offset, in the years {FIRST_YEAR}–{LAST_YEAR}, "
+    "e.g. 2026-11-24T09:00:00Z",
     repr(EVENT_ID_PATTERN): "1–200 characters of letters, digits and . _ ~ : @ + = - (your own id for the event)",
 }
 
@@ -84,14 +87,16 @@ Email = Annotated[
         max_length=320, pattern=EMAIL_PATTERN, description="A mailbox address", examples=["adele.vance@contoso.com"]
     ),
 ]
-Instant = Annotated[
-    datetime,
-    msgspec.Meta(
-        description=f"RFC 3339 with a UTC offset, in the years {FIRST_YEAR}–{LAST_YEAR}",
-        examples=["2026-11-24T09:00:00+01:00"],
-        extra_json_schema={"extra": {"pattern": YEAR_PATTERN}},
-    ),
-]
+
+
+def instant_field(description: str, example: str = "2026-11-24T09:00:00+01:00") -> msgspec.Meta:
+    """Constraints of a time field: RFC 3339 with an offset, in the supported years."""
+    return msgspec.Meta(
+        pattern=INSTANT_PATTERN,
+        description=f"{description}; RFC 3339 with a UTC offset, in the years {FIRST_YEAR}–{LAST_YEAR}",
+        examples=[example],
+        extra_json_schema={"extra": {"format": "date-time"}},
+    )
 
 
 def zone_field(description: str) -> msgspec.Meta:
@@ -158,32 +163,30 @@ class Days(Body):
 class Period(Body):
     """A half-open span of time `[start, end)`."""
 
-    start: Instant
-    end: Annotated[
-        datetime,
-        msgspec.Meta(
-            description=f"RFC 3339 with a UTC offset, after start, in the years {FIRST_YEAR}–{LAST_YEAR}",
-            examples=["2026-11-24T17:00:00+01:00"],
-            extra_json_schema={"extra": {"pattern": YEAR_PATTERN}},
-        ),
-    ]
+    start: Annotated[str, instant_field("Start")]
+    end: Annotated[str, instant_field("End, after start", "2026-11-24T17:00:00+01:00")]
 
 
-def aware(value: datetime, field: str) -> datetime:
-    """Reject times without an offset (ambiguous across the tenant's zones) or outside the supported years."""
+def aware(text: str, field: str) -> datetime:
+    """The time a wire string names; refused without an offset (ambiguous across the tenant's zones)
+    or outside the supported years."""
+    try:
+        value = msgspec.convert(text, datetime)
+    except msgspec.ValidationError:
+        raise InvalidRequest.field(field, "must be an RFC 3339 date-time such as 2026-11-24T09:00:00Z") from None
     supported(value, field)
     if value.tzinfo is None or value.utcoffset() is None:
         raise InvalidRequest.field(field, "must include a UTC offset, e.g. 2026-11-24T09:00:00Z")
     return value
 
 
-def span(start: datetime, end: datetime, *, start_field: str = "start", end_field: str = "end") -> Interval:
+def span(start: str, end: str, *, start_field: str = "start", end_field: str = "end") -> Interval:
     """A validated [start, end) from two wire times."""
-    start = aware(start, start_field)
-    end = aware(end, end_field)
-    if end <= start:
+    begins = aware(start, start_field)
+    ends = aware(end, end_field)
+    if ends <= begins:
         raise InvalidRequest.field(end_field, "must be after start")
-    return Interval(start, end)
+    return Interval(begins, ends)
 
 
 def interval(period: Period, field: str) -> Interval:
@@ -295,6 +298,37 @@ async def decode_body(request: Request[Any, Any, Any]) -> None:
     try:
         _decoder(body_type).decode(raw)
     except msgspec.ValidationError as exc:
-        raise invalid(str(exc)) from None
+        if not _INTEGRAL_FLOAT.search(str(exc)):
+            raise invalid(str(exc)) from None
+        _decode_integral_floats(raw, body_type)
     except msgspec.DecodeError:
         raise MalformedBody(detail="The request body is missing or not valid UTF-8 JSON.") from None
+
+
+_INTEGRAL_FLOAT = re.compile(r"^Expected `int[^`]*`, got `float`")
+
+
+def _decode_integral_floats(raw: bytes, body_type: Any) -> None:
+    """JSON has one number type: `30.0` is the integer 30 (JSON Schema says so too), `30.5` is not.
+
+    msgspec's strict decoder refuses any number written with a fraction for an `int`, so a body
+    it refused for that alone is decoded again untyped, integral floats become ints, and the
+    result is converted strictly (strings such as "30" stay refused).
+    """
+    try:
+        document = msgspec.json.decode(raw)
+    except RecursionError:
+        raise InvalidRequest.field("body", "nests arrays and objects too deeply") from None
+    stack = [document]
+    while stack:  # iterative: the document may nest as deep as the decoder allowed
+        node = stack.pop()
+        items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+        for key, value in list(items):
+            if isinstance(value, float) and value.is_integer():
+                node[key] = int(value)
+            elif isinstance(value, dict | list):
+                stack.append(value)
+    try:
+        msgspec.convert(document, body_type, strict=True)
+    except msgspec.ValidationError as exc:
+        raise invalid(str(exc)) from None
