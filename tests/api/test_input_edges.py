@@ -334,7 +334,7 @@ async def test_a_json_body_with_a_charset_or_a_json_suffix_is_accepted(
 
 def test_the_declared_patterns_agree_with_the_code() -> None:
     year = re.compile(INSTANT_PATTERN)
-    for written in (f"{FIRST_YEAR}-01-01T00:00:00Z", f"{LAST_YEAR}-12-31 23:59:59.5+14:00", "2026-11-24t09:00:00z"):
+    for written in (f"{FIRST_YEAR}-01-01T00:00:00Z", f"{LAST_YEAR}-12-31T23:59:59.5+14:00", "2026-11-24t09:00:00z"):
         assert year.match(written)
     for written in (f"{FIRST_YEAR - 1}-12-31T23:00:00Z", f"{LAST_YEAR + 1}-01-01T00:00:00Z", "0001-01-01T00:00:00Z"):
         assert not year.match(written)
@@ -346,7 +346,8 @@ def test_the_declared_patterns_agree_with_the_code() -> None:
         "2026-11-24T09:00Z",
         "2026-11-24T24:00:00Z",
         "2026-11-24T09:00:00+01",
-        "2026-11-24T09:00:00+0100",  # msgspec takes it, RFC 3339 does not: refused by the pattern
+        "2026-11-24T09:00:00+0100",  # msgspec takes these two, RFC 3339 does not: refused by the pattern
+        "2026-11-24 09:00:00Z",
         "2026-11-24T09:00:00",
     ):
         assert not year.match(written)

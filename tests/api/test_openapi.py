@@ -146,3 +146,15 @@ async def test_options_and_allow_list_every_method_of_a_path(
         refused = await client.patch(path, headers=auth, json={})
         assert refused.status_code == 405
         assert set(refused.headers["allow"].split(", ")) == methods, path
+
+
+def test_every_request_integer_declares_its_bounds() -> None:
+    """Litestar drops a minimum of 0 (it tests constraints for truth); the contract must still say it."""
+    schemas = _document()["components"]["schemas"]
+    for name, schema in schemas.items():
+        if schema.get("additionalProperties") is not False:
+            continue  # responses
+        for prop, spec in schema.get("properties", {}).items():
+            types = {spec.get("type")} | {s.get("type") for s in spec.get("oneOf", [])}
+            if "integer" in types and prop != "required":
+                assert "minimum" in spec and "maximum" in spec, f"{name}.{prop}: {spec}"

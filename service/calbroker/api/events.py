@@ -30,6 +30,7 @@ from calbroker.api.wire import (
     EMAIL_PATTERN,
     EVENT_ID_PATTERN,
     INSTANT_PATTERN,
+    MINIMUM_ZERO,
     TZID_PATTERN,
     Body,
     Email,
@@ -125,6 +126,7 @@ class EventIn(Body):
                 ge=0,
                 le=MAX_REMINDER_MINUTES,
                 description=f"Minutes before the start, 0–{MAX_REMINDER_MINUTES}; absent or null: no reminder",
+                extra_json_schema=MINIMUM_ZERO,
             ),
         ]
         | None

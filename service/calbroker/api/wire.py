@@ -28,6 +28,7 @@ __all__ = [
     "EMAIL_PATTERN",
     "EVENT_ID_PATTERN",
     "INSTANT_PATTERN",
+    "MINIMUM_ZERO",
     "TEXT_PATTERN",
     "TZID_PATTERN",
     "Body",
@@ -58,7 +59,7 @@ TZID_PATTERN = r"^[A-Za-z][A-Za-z0-9_+-]*(/[A-Za-z0-9_+-]+)*$"
 EVENT_ID_PATTERN = r"^[A-Za-z0-9._~:@+=-]{1,200}$"
 """The application's own id for an event, as it appears in the URL."""
 INSTANT_PATTERN = (
-    r"^(19[7-9][0-9]|20[0-9]{2})-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])[Tt ]([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]"
+    r"^(19[7-9][0-9]|20[0-9]{2})-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])[Tt]([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]"
     r"(\.[0-9]+)?([Zz]|[+-]([01][0-9]|2[0-3]):[0-5][0-9])$"
 )
 """RFC 3339 date-times with an offset, in the years FIRST_YEAR to LAST_YEAR (`domain.intervals.supported`;
@@ -109,6 +110,9 @@ EMAIL_ITEMS: dict[str, Any] = {"extra": {"items": {"type": "string", "pattern": 
 
 _MAX_MINUTES = 60 * 24 * 366
 
+MINIMUM_ZERO: dict[str, Any] = {"extra": {"minimum": 0}}
+"""`extra_json_schema` for `ge=0`: Litestar tests constraints for truth and so drops a minimum of 0."""
+
 
 class Body(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, omit_defaults=True):
     """Base of every request body.
@@ -127,7 +131,15 @@ class Response(msgspec.Struct, kw_only=True, omit_defaults=True):
 class Minutes(Body):
     """A length of time in whole minutes (buffers, notice)."""
 
-    minutes: Annotated[int, msgspec.Meta(ge=0, le=_MAX_MINUTES, description="Whole minutes, 0 to 527040 (366 days)")]
+    minutes: Annotated[
+        int,
+        msgspec.Meta(
+            ge=0,
+            le=_MAX_MINUTES,
+            description="Whole minutes, 0 to 527040 (366 days)",
+            extra_json_schema=MINIMUM_ZERO,
+        ),
+    ]
 
     def delta(self) -> timedelta:
         return timedelta(minutes=self.minutes)
