@@ -51,6 +51,8 @@ __all__ = [
 ]
 
 DEFAULT_LINK_LIFETIME = timedelta(days=7)
+REDIRECT_URL_PATTERN = r"^[Hh][Tt][Tt][Pp][Ss]?://[^\u0000-\u0020/?#@\\]+([/?][^\u0000-\u0020#]*)?$"
+"""An absolute http(s) URL: a host, no credentials, no fragment, no spaces or control characters."""
 _OPERATOR_METHODS = (ConnectionMethod.GRAPH_CONSENT, ConnectionMethod.GRAPH_DELEGATED)
 _ALL_METHODS = (
     ConnectionMethod.GRAPH_CONSENT,
@@ -68,7 +70,13 @@ class ConnectLinkRequest(Body):
 
     redirect_url: Annotated[
         str,
-        text(2000, "Your page the admin returns to, with `connection_id` and `state` added to its query", min_length=1),
+        msgspec.Meta(
+            max_length=2000,
+            pattern=REDIRECT_URL_PATTERN,
+            description="Your page the admin returns to, with `connection_id` and `state` added to its query: an "
+            "absolute https URL (http only where the operator allows it), without credentials or #fragment",
+            examples=["https://app.example.com/calendar/connected"],
+        ),
     ]
     state: Annotated[str, text(1024, "Echoed back on the redirect")] | None = None
     methods: (
