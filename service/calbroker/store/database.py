@@ -42,11 +42,12 @@ _DB_NAME = "calbroker"
 _CONNECT_TIMEOUT_S = 5.0
 
 
-class DatabaseUnavailable(Exception):
+class DatabaseUnavailable(ConnectionError):
     """PostgreSQL cannot be reached (refused, gone, shutting down, or not answering in time).
 
     Raised when a pool connection cannot be opened; `DATABASE_UNAVAILABLE` also lists asyncpg's
-    errors for a connection lost mid-query, so callers can tell an outage from a bug.
+    errors for a connection lost mid-query, so callers can tell an outage from a bug. An OSError,
+    as the refusal it wraps was, so code that rides out network blips (the health checker) still does.
     """
 
 

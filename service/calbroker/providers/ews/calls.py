@@ -61,6 +61,7 @@ from calbroker.domain.errors import (
     CalbrokerError,
     CredentialsRejected,
     ImpersonationDenied,
+    MailboxError,
     MailboxNotFound,
     MailboxOutOfScope,
     UpstreamRejected,
@@ -131,6 +132,14 @@ def _code(exc: BaseException) -> str:
 
 
 _POLICY_REFUSAL = re.compile(r"resolves to [^;()]*\([^)]*\)|points at a cloud metadata service \([^)]*\)")
+
+
+def _header_safe(text: str) -> bool:
+    try:
+        text.encode("latin-1")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _short(text: str, limit: int = 300) -> str:
@@ -296,6 +305,15 @@ class EwsCalls:
                 return await self._in_thread(call, deadline)
             except TimeoutError:
                 raise UpstreamTimeout(f"{what} did not complete within the request deadline", mailbox=mailbox) from None
+            except UnicodeEncodeError:
+                # exchangelib names the impersonated mailbox in the X-AnchorMailbox header, and HTTP
+                # headers carry Latin-1 only: such an address cannot be used over EWS at all.
+                if mailbox is None or _header_safe(mailbox):
+                    raise
+                raise MailboxError(
+                    f"{mailbox} cannot be used over EWS: its address has characters an HTTP header cannot carry.",
+                    mailbox=mailbox,
+                ) from None
             except (EWSError, requests.RequestException) as exc:
                 error = translate_error(exc, what=what, mailbox=mailbox)
                 if isinstance(error, UpstreamThrottled):
