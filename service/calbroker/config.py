@@ -192,7 +192,10 @@ def _database_url(raw: str) -> str | None:
     raw = raw.strip()
     if not raw:
         return None
-    parts = urlsplit(raw)
+    try:
+        parts = urlsplit(raw)
+    except ValueError:
+        raise ConfigError("DATABASE_URL", "must be a postgresql:// URL") from None
     if parts.scheme not in ("postgres", "postgresql"):
         # Say what was wrong without repeating the URL: it may hold a password.
         raise ConfigError("DATABASE_URL", "must be a postgresql:// URL")
@@ -201,7 +204,10 @@ def _database_url(raw: str) -> str | None:
 
 def _base_url(raw: str, default: str, *, variable: str = "CALBROKER_PUBLIC_URL") -> str:
     value = (raw.strip() or default).rstrip("/")
-    parts = urlsplit(value)
+    try:
+        parts = urlsplit(value)
+    except ValueError:
+        raise ConfigError(variable, f"must be an absolute http(s) URL, got {value!r}") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigError(variable, f"must be an absolute http(s) URL, got {value!r}")
     if parts.query or parts.fragment:

@@ -506,6 +506,7 @@ async def test_exchange_service_account_impersonation_denied_then_free_busy(
         ({"endpoint": "https://127.0.0.1:1/EWS/Exchange.asmx"}, "endpoint", "unreachable"),
         ({"endpoint": "http://mail.fabrikam.example/EWS/Exchange.asmx"}, "endpoint", "https"),
         ({"endpoint": "https://169.254.169.254/EWS/Exchange.asmx"}, "endpoint", "metadata"),
+        ({"endpoint": "https://mail]fabrikam.example/EWS/Exchange.asmx"}, "endpoint", "not an https:// URL"),
         ({"password": "wrong-password"}, "password", "password rejected"),
         ({"test_mailbox": "frank.miller@fabrikam.com"}, "test_mailbox", "impersonate"),
         ({"test_mailbox": "nobody@fabrikam.com"}, "test_mailbox", "no mailbox"),

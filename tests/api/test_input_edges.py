@@ -81,6 +81,8 @@ TEXT_CASES = [
     ("PUT", "/v1/events/e1", _event(tzid=f"Europe/London{NUL}"), "tzid"),
     ("POST", "/v1/connect_links", {"redirect_url": "https://app.example/back", "state": f"s{NUL}"}, "state"),
     ("POST", "/v1/connect_links", {"redirect_url": f"https://app.example/{NUL}"}, "redirect_url"),
+    # Found by make fuzz: urlsplit raises on an unbalanced ] in the host (was a 500).
+    ("POST", "/v1/connect_links", {"redirect_url": "hTTPs://\u0103]\U0001f3fb\u00da\u00c6"}, "redirect_url"),
     ("POST", "/v1/free_busy", _free_busy(mailboxes=[f"a{NUL}@contoso.com"]), "mailboxes[0]"),
     ("POST", "/v1/free_busy", _free_busy(tzid=f"UTC{NUL}"), "tzid"),
     (

@@ -129,6 +129,7 @@ def test_plain_http_needs_the_operator_setting_or_loopback_in_a_demo() -> None:
         ("https://localhost/EWS/Exchange.asmx", STRICT, "private, local or reserved"),
         ("http://52.96.0.1/EWS/Exchange.asmx", STRICT, "https"),
         ("https://user:pw@52.96.0.1/EWS/Exchange.asmx", STRICT, "credentials"),
+        ("https://mail]contoso.com/EWS/Exchange.asmx", STRICT, "not an absolute https:// URL"),
     ],
 )
 async def test_typed_urls_are_refused_with_the_reason(url: str, policy: AddressPolicy, words: str) -> None:

@@ -215,7 +215,10 @@ def redirect_target(raw: str, settings: Settings) -> str:
     No DNS or private-address check: calbroker never fetches it, the admin's browser goes there.
     """
     url = raw.strip()
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # unbalanced [ ] in the host
+        raise InvalidRequest.field("redirect_url", "must be an absolute https:// URL of your application") from None
     scheme = parts.scheme.lower()
     if scheme not in ("https", "http") or not parts.hostname:
         raise InvalidRequest.field("redirect_url", "must be an absolute https:// URL of your application")

@@ -117,7 +117,10 @@ def _refusal(field: str, url: str, why: str) -> InvalidRequest:
 async def check_upstream_url(url: str, *, field: str, policy: AddressPolicy, resolve: bool = True) -> str:
     """The URL, normalised, or InvalidRequest naming the field and what would be accepted."""
     url = url.strip()
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # unbalanced [ ] in the host
+        raise _refusal(field, url, "is not an absolute https:// URL") from None
     scheme = parts.scheme.lower()
     if scheme not in ("https", "http") or not parts.hostname:
         raise _refusal(field, url or "(empty)", "is not an absolute https:// URL")

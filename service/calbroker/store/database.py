@@ -86,9 +86,12 @@ def embedded_server_url(data_dir: Path) -> str:
 
 def database_location(url: str) -> str:
     """`host:port/database` of a DATABASE_URL, without user or password: safe to print."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        return "DATABASE_URL"
     host = parts.hostname or "local socket"
-    port = f":{parts.port}" if parts.port else ""
     return f"{host}{port}{parts.path or ''}"
 
 

@@ -116,7 +116,10 @@ def check_ews_endpoint(url: str, *, allow_http: bool = False) -> str:
         raise InvalidRequest.field("endpoint", "enter the EWS URL, e.g. https://mail.contoso.com/EWS/Exchange.asmx")
     if "://" not in raw:
         raw = "https://" + raw
-    parts = urlsplit(raw)
+    try:
+        parts = urlsplit(raw)
+    except ValueError:  # unbalanced [ ] in the host
+        raise InvalidRequest.field("endpoint", f"{url!r} is not an https:// URL") from None
     scheme = parts.scheme.lower()
     if scheme not in ("https", "http") or not parts.hostname:
         raise InvalidRequest.field("endpoint", f"{url!r} is not an https:// URL")
