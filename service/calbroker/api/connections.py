@@ -22,7 +22,7 @@ from litestar.params import FromPath, QueryParameter
 
 from calbroker.api.auth import Caller
 from calbroker.api.problems import EmbeddedProblem, embedded_problem, problem_response, problem_responses
-from calbroker.api.wire import EMAIL_PATTERN, Body, Response, text
+from calbroker.api.wire import EMAIL_PATTERN, Body, Response, doc, text
 from calbroker.config import Settings
 from calbroker.domain.connections import (
     AccessLevel,
@@ -113,60 +113,56 @@ class WarningOut(Response):
     message: Annotated[str, msgspec.Meta(description="What to do, for a person to read")]
 
 
-def _d(description: str) -> msgspec.Meta:
-    return msgspec.Meta(description=description)
-
-
 class ConnectionOut(Response):
     """How this application reaches one organisation's mailboxes."""
 
-    id: Annotated[uuid.UUID, _d("The connection's id")]
-    kind: Annotated[ConnectionKind, _d("graph (Microsoft 365) or ews (Exchange on-premises)")]
-    method: Annotated[ConnectionMethod, _d("How the tenant admin connected")]
-    access_level: Annotated[AccessLevel, _d("full, restricted (calendar folders) or free_busy")]
-    display_name: Annotated[str, _d("A name for people: the organisation and protocol")]
-    domains: Annotated[list[str], _d("Mailbox domains this connection serves")]
-    allowed_mailboxes: Annotated[list[str], _d("If not empty, only these mailboxes may be used")]
-    status: Annotated[ConnectionStatus, _d("active, degraded (health checks failing) or revoked")]
-    warnings: Annotated[list[WarningOut], _d("What needs attention soon (empty if nothing)")]
-    cloud: Annotated[str, _d("The Microsoft cloud: global, usgov, usgov-dod, china or sandbox")]
-    tenant_id: Annotated[str | None, _d("The Entra ID tenant (Graph connections)")] = None
-    endpoint: Annotated[str | None, _d("The EWS URL (Exchange on-premises connections)")] = None
-    last_error: Annotated[str | None, _d("The last failure of a health check or verification")] = None
-    last_verified_at: Annotated[datetime | None, _d("When Microsoft last accepted the credentials")] = None
-    created_at: Annotated[datetime | None, _d("When the connection was made")] = None
-    secret_expires_at: Annotated[datetime | None, _d("When the client secret expires, as the admin entered it")] = None
+    id: Annotated[uuid.UUID, doc("The connection's id")]
+    kind: Annotated[ConnectionKind, doc("graph (Microsoft 365) or ews (Exchange on-premises)")]
+    method: Annotated[ConnectionMethod, doc("How the tenant admin connected")]
+    access_level: Annotated[AccessLevel, doc("full, restricted (calendar folders) or free_busy")]
+    display_name: Annotated[str, doc("A name for people: the organisation and protocol")]
+    domains: Annotated[list[str], doc("Mailbox domains this connection serves")]
+    allowed_mailboxes: Annotated[list[str], doc("If not empty, only these mailboxes may be used")]
+    status: Annotated[ConnectionStatus, doc("active, degraded (health checks failing) or revoked")]
+    warnings: Annotated[list[WarningOut], doc("What needs attention soon (empty if nothing)")]
+    cloud: Annotated[str, doc("The Microsoft cloud: global, usgov, usgov-dod, china or sandbox")]
+    tenant_id: Annotated[str | None, doc("The Entra ID tenant (Graph connections)")] = None
+    endpoint: Annotated[str | None, doc("The EWS URL (Exchange on-premises connections)")] = None
+    last_error: Annotated[str | None, doc("The last failure of a health check or verification")] = None
+    last_verified_at: Annotated[datetime | None, doc("When Microsoft last accepted the credentials")] = None
+    created_at: Annotated[datetime | None, doc("When the connection was made")] = None
+    secret_expires_at: Annotated[datetime | None, doc("When the client secret expires, as the admin entered it")] = None
 
 
 class ConnectionList(Response):
     """A page of connections, oldest first."""
 
-    connections: Annotated[list[ConnectionOut], _d("This page's connections")]
-    next_cursor: Annotated[str | None, _d("Pass as `cursor` for the next page; absent on the last")] = None
+    connections: Annotated[list[ConnectionOut], doc("This page's connections")]
+    next_cursor: Annotated[str | None, doc("Pass as `cursor` for the next page; absent on the last")] = None
 
 
 class VerificationOut(Response):
     """The outcome of checking a connection against Microsoft now."""
 
-    verified: Annotated[bool, _d("Whether Microsoft accepted the credentials for the test mailbox")]
-    connection: Annotated[ConnectionOut, _d("The connection, with its updated status")]
-    error: Annotated[EmbeddedProblem | None, _d("Why verification failed")] = None
+    verified: Annotated[bool, doc("Whether Microsoft accepted the credentials for the test mailbox")]
+    connection: Annotated[ConnectionOut, doc("The connection, with its updated status")]
+    error: Annotated[EmbeddedProblem | None, doc("Why verification failed")] = None
 
 
 class RoomOut(Response):
     """A room or resource mailbox, bookable as an attendee of type `resource`."""
 
-    email: Annotated[str, _d("The room's mailbox")]
-    name: Annotated[str, _d("Its display name")]
-    capacity: Annotated[int | None, _d("Seats, when Exchange knows")] = None
-    building: Annotated[str | None, _d("Building, when Exchange knows")] = None
-    room_list: Annotated[str | None, _d("The room list it belongs to")] = None
+    email: Annotated[str, doc("The room's mailbox")]
+    name: Annotated[str, doc("Its display name")]
+    capacity: Annotated[int | None, doc("Seats, when Exchange knows")] = None
+    building: Annotated[str | None, doc("Building, when Exchange knows")] = None
+    room_list: Annotated[str | None, doc("The room list it belongs to")] = None
 
 
 class RoomList(Response):
     """The tenant's rooms."""
 
-    rooms: Annotated[list[RoomOut], _d("Rooms, by email")]
+    rooms: Annotated[list[RoomOut], doc("Rooms, by email")]
 
 
 def connection_out(connection: Connection, now: datetime | None = None) -> ConnectionOut:

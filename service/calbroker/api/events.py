@@ -35,6 +35,7 @@ from calbroker.api.wire import (
     Body,
     Email,
     Response,
+    doc,
     instant_field,
     span,
     text,
@@ -152,16 +153,12 @@ class EventIn(Body):
         )
 
 
-def _d(description: str) -> msgspec.Meta:
-    return msgspec.Meta(description=description)
-
-
 class AttendeeOut(Response):
     """Someone (or a room) invited to the event."""
 
-    email: Annotated[str, _d("The attendee's address")]
-    type: Annotated[AttendeeKind, _d("required, optional or resource")]
-    name: Annotated[str | None, _d("Display name, when known")] = None
+    email: Annotated[str, doc("The attendee's address")]
+    type: Annotated[AttendeeKind, doc("required, optional or resource")]
+    name: Annotated[str | None, doc("Display name, when known")] = None
 
     @classmethod
     def from_domain(cls, attendee: Attendee) -> AttendeeOut:
@@ -171,33 +168,33 @@ class AttendeeOut(Response):
 class TeamsOut(Response):
     """The event's Teams meeting."""
 
-    status: Annotated[TeamsState, _d("ready, or pending while Microsoft has not returned the link yet")]
-    join_url: Annotated[str | None, _d("The link attendees join with")] = None
+    status: Annotated[TeamsState, doc("ready, or pending while Microsoft has not returned the link yet")]
+    join_url: Annotated[str | None, doc("The link attendees join with")] = None
 
 
 class EventOut(Response):
     """An event booked through calbroker, as Exchange now holds it."""
 
-    event_id: Annotated[str, _d("Your own id for the event")]
-    status: Annotated[Status, _d("confirmed, pending (the upstream write has not completed) or cancelled")]
-    organizer: Annotated[str, _d("The organizer's mailbox")]
-    start: Annotated[datetime, _d("Start, in the event's tzid")]
-    end: Annotated[datetime, _d("End, in the event's tzid")]
-    tzid: Annotated[str, _d("IANA zone the event is shown in")]
-    summary: Annotated[str, _d("The subject")]
-    attendees: Annotated[list[AttendeeOut], _d("Everyone invited, in the order given")]
-    show_as: Annotated[ShowAs, _d("How the time shows in the organizer's free/busy")]
-    version: Annotated[int, _d("Grows with every change written upstream")]
-    created_at: Annotated[datetime, _d("When calbroker first booked it")]
-    updated_at: Annotated[datetime, _d("When calbroker last changed it")]
-    description: Annotated[str | None, _d("Body text of the invitation")] = None
-    location: Annotated[str | None, _d("Where")] = None
-    reminder_minutes: Annotated[int | None, _d("Minutes before the start; absent: no reminder")] = None
-    teams: Annotated[TeamsOut | None, _d("The Teams meeting, when one was asked for")] = None
-    ical_uid: Annotated[str | None, _d("The iCalendar UID attendees' calendars know the meeting by")] = None
+    event_id: Annotated[str, doc("Your own id for the event")]
+    status: Annotated[Status, doc("confirmed, pending (the upstream write has not completed) or cancelled")]
+    organizer: Annotated[str, doc("The organizer's mailbox")]
+    start: Annotated[datetime, doc("Start, in the event's tzid")]
+    end: Annotated[datetime, doc("End, in the event's tzid")]
+    tzid: Annotated[str, doc("IANA zone the event is shown in")]
+    summary: Annotated[str, doc("The subject")]
+    attendees: Annotated[list[AttendeeOut], doc("Everyone invited, in the order given")]
+    show_as: Annotated[ShowAs, doc("How the time shows in the organizer's free/busy")]
+    version: Annotated[int, doc("Grows with every change written upstream")]
+    created_at: Annotated[datetime, doc("When calbroker first booked it")]
+    updated_at: Annotated[datetime, doc("When calbroker last changed it")]
+    description: Annotated[str | None, doc("Body text of the invitation")] = None
+    location: Annotated[str | None, doc("Where")] = None
+    reminder_minutes: Annotated[int | None, doc("Minutes before the start; absent: no reminder")] = None
+    teams: Annotated[TeamsOut | None, doc("The Teams meeting, when one was asked for")] = None
+    ical_uid: Annotated[str | None, doc("The iCalendar UID attendees' calendars know the meeting by")] = None
     last_error: Annotated[
         str | None,
-        _d("Why a pending event is not confirmed yet (the last upstream error); a retry of the PUT heals it"),
+        doc("Why a pending event is not confirmed yet (the last upstream error); a retry of the PUT heals it"),
     ] = None
 
     @classmethod
@@ -230,20 +227,20 @@ class EventOut(Response):
 class CalendarEventOut(Response):
     """An item of a mailbox's calendar, booked through calbroker or not."""
 
-    id: Annotated[str, _d("Exchange's id of the item in this mailbox (opaque)")]
-    managed: Annotated[bool, _d("Whether this application booked it through calbroker")]
-    summary: Annotated[str, _d("The subject (empty when Exchange hides it)")]
-    start: Annotated[datetime, _d("Start, in the requested tzid")]
-    end: Annotated[datetime, _d("End, in the requested tzid")]
-    show_as: Annotated[ShowAs, _d("How the time shows in free/busy")]
-    attendees: Annotated[list[AttendeeOut], _d("Everyone invited")]
-    event_id: Annotated[str | None, _d("Your event_id, when this application booked it")] = None
-    organizer: Annotated[str | None, _d("The organizer's mailbox")] = None
-    location: Annotated[str | None, _d("Where")] = None
-    cancelled: Annotated[bool, _d("Whether the meeting was cancelled (the item stays until removed)")] = False
-    all_day: Annotated[bool, _d("Whether it is an all-day event")] = False
-    teams_join_url: Annotated[str | None, _d("The Teams link, when it is an online meeting")] = None
-    ical_uid: Annotated[str | None, _d("The iCalendar UID of the meeting")] = None
+    id: Annotated[str, doc("Exchange's id of the item in this mailbox (opaque)")]
+    managed: Annotated[bool, doc("Whether this application booked it through calbroker")]
+    summary: Annotated[str, doc("The subject (empty when Exchange hides it)")]
+    start: Annotated[datetime, doc("Start, in the requested tzid")]
+    end: Annotated[datetime, doc("End, in the requested tzid")]
+    show_as: Annotated[ShowAs, doc("How the time shows in free/busy")]
+    attendees: Annotated[list[AttendeeOut], doc("Everyone invited")]
+    event_id: Annotated[str | None, doc("Your event_id, when this application booked it")] = None
+    organizer: Annotated[str | None, doc("The organizer's mailbox")] = None
+    location: Annotated[str | None, doc("Where")] = None
+    cancelled: Annotated[bool, doc("Whether the meeting was cancelled (the item stays until removed)")] = False
+    all_day: Annotated[bool, doc("Whether it is an all-day event")] = False
+    teams_join_url: Annotated[str | None, doc("The Teams link, when it is an online meeting")] = None
+    ical_uid: Annotated[str | None, doc("The iCalendar UID of the meeting")] = None
 
     @classmethod
     def from_domain(cls, entry: CalendarEntry, tz: ZoneInfo) -> CalendarEventOut:
@@ -269,9 +266,9 @@ class CalendarEventOut(Response):
 class CalendarView(Response):
     """A page of a mailbox's calendar, by start."""
 
-    mailbox: Annotated[str, _d("The mailbox, normalised (lower case)")]
-    events: Annotated[list[CalendarEventOut], _d("This page's items; occurrences of series are expanded")]
-    next_cursor: Annotated[str | None, _d("Pass as `cursor` for the next page; absent on the last")] = None
+    mailbox: Annotated[str, doc("The mailbox, normalised (lower case)")]
+    events: Annotated[list[CalendarEventOut], doc("This page's items; occurrences of series are expanded")]
+    next_cursor: Annotated[str | None, doc("Pass as `cursor` for the next page; absent on the last")] = None
 
 
 def _event_id(raw: str) -> str:

@@ -43,6 +43,7 @@ __all__ = [
     "UnsupportedMediaType",
     "aware",
     "decode_body",
+    "doc",
     "field_error",
     "instant_field",
     "interval",
@@ -75,6 +76,11 @@ _PATTERN_MESSAGES = {
     "e.g. 2026-11-24T09:00:00Z",
     repr(EVENT_ID_PATTERN): "1–200 characters of letters, digits and . _ ~ : @ + = - (your own id for the event)",
 }
+
+
+def doc(description: str) -> msgspec.Meta:
+    """A field's description in the contract, and nothing else."""
+    return msgspec.Meta(description=description)
 
 
 def text(max_length: int, description: str, *, min_length: int = 0) -> msgspec.Meta:
