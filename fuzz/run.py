@@ -85,6 +85,11 @@ def main() -> int:
             f"http://127.0.0.1:{port}/openapi.json",
             "--checks",
             "all",
+            # DELETE /v1/events/{event_id} cancels: the event stays readable with status "cancelled"
+            # (an application can see what became of its booking) and a repeated DELETE answers 204
+            # (design §5). "A deleted resource answers 404" does not hold by design.
+            "--exclude-checks",
+            "use_after_free",
             "--header",
             f"Authorization: Bearer {key}",
             "--max-examples",
