@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run serve test lint typecheck imports pytest browser openapi bench clean
+.PHONY: run serve test lint typecheck imports pytest browser openapi bench fuzz clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "calbroker needs Python 3.11 or newer")'
@@ -53,6 +53,13 @@ bench: $(STAMP)
 	$(BIN)/python bench/engine.py
 	$(BIN)/python bench/availability.py
 	$(BIN)/python bench/events.py
+
+# schemathesis, every check, against `calbroker demo` (sandbox + embedded PostgreSQL) on loopback;
+# not part of `make test` (minutes). FUZZ_EXAMPLES cases per operation and phase.
+FUZZ_EXAMPLES ?= 250
+fuzz: $(STAMP)
+	@$(BIN)/python -c 'import schemathesis' 2>/dev/null || $(BIN)/python -m pip install --quiet -e '.[dev,fuzz]'
+	$(BIN)/python fuzz/run.py --examples $(FUZZ_EXAMPLES)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

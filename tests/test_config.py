@@ -49,6 +49,8 @@ def test_full_configuration(tmp_path: Path) -> None:
         ({"CALBROKER_PORT": "70000"}, "CALBROKER_PORT"),
         ({"CALBROKER_LOG_LEVEL": "loud"}, "CALBROKER_LOG_LEVEL"),
         ({"CALBROKER_PUBLIC_URL": "ftp://x"}, "CALBROKER_PUBLIC_URL"),
+        ({"CALBROKER_PUBLIC_URL": "https://[::1/x"}, "CALBROKER_PUBLIC_URL"),  # urlsplit raises on the bracket
+        ({"DATABASE_URL": "postgresql://u:pw@[db/x"}, "DATABASE_URL"),
         ({"DATABASE_URL": "mysql://secret-password@db/x"}, "DATABASE_URL"),
         ({"DATABASE_URL": "postgresql://db/x"}, "CALBROKER_MASTER_KEYS"),
         ({"CALBROKER_MASTER_KEYS": "nokid"}, "CALBROKER_MASTER_KEYS"),

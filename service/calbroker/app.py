@@ -8,7 +8,7 @@ never through module globals.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from importlib import metadata
 from pathlib import Path
 
@@ -26,7 +26,7 @@ from prometheus_client import CollectorRegistry
 from calbroker.api.auth import provide_caller, require_api_key
 from calbroker.api.availability import availability
 from calbroker.api.compat.cronofy import cronofy_router
-from calbroker.api.connect import connect_callback, connect_page, connect_submit
+from calbroker.api.connect import connect_callback, connect_page, connect_submit, service_unavailable
 from calbroker.api.connections import (
     connection_rooms,
     create_connect_link,
@@ -35,16 +35,20 @@ from calbroker.api.connections import (
     revoke_connection,
     verify_connection,
 )
+from calbroker.api.contract import refine
 from calbroker.api.dependencies import provide_bookings, provide_deadline, provide_schedules, provide_services
 from calbroker.api.events import delete_event, get_event, list_events, put_event
 from calbroker.api.free_busy import free_busy
 from calbroker.api.health import healthz, metrics, readyz
 from calbroker.api.me import me
+from calbroker.api.methods import allowed_methods
 from calbroker.api.problem_pages import problem_index, problem_page, register_template_filters
 from calbroker.api.problems import problem_plugin
 from calbroker.api.telemetry import HttpMetrics, RequestTelemetry
+from calbroker.api.wire import decode_body
 from calbroker.config import Settings
-from calbroker.services import open_services
+from calbroker.services import Services, open_services
+from calbroker.store.database import DATABASE_UNAVAILABLE
 from calbroker.workers.health import health_checker
 
 __all__ = ["create_app", "openapi_document"]
@@ -57,10 +61,12 @@ def _version() -> str:
         return "0.0.0"
 
 
-def _lifespan(settings: Settings) -> Callable[[Litestar], AbstractAsyncContextManager[None]]:
+def _lifespan(settings: Settings, opened: Services | None) -> Callable[[Litestar], AbstractAsyncContextManager[None]]:
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        async with open_services(settings) as services:
+        async with AsyncExitStack() as stack:
+            # Services opened by the caller (`calbroker serve`) are borrowed, never closed here.
+            services = opened if opened is not None else await stack.enter_async_context(open_services(settings))
             app.state.services = services
             try:
                 # Connection health checks (off when the interval is unset).
@@ -78,11 +84,16 @@ async def openapi_json(state: State) -> dict[str, object]:
     return document
 
 
-def create_app(settings: Settings) -> Litestar:
-    """Build the ASGI app; nothing touches the network until the lifespan starts."""
+def create_app(settings: Settings, services: Services | None = None) -> Litestar:
+    """Build the ASGI app; nothing touches the network until the lifespan starts.
+
+    Without `services` the lifespan opens (and closes) them; a server that must fail before it
+    listens opens them first and passes them in.
+    """
     v1 = Router(
         path="/v1",
         route_handlers=[
+            allowed_methods,  # first: it must own OPTIONS on the paths it serves
             me,
             free_busy,
             availability,
@@ -98,6 +109,7 @@ def create_app(settings: Settings) -> Litestar:
             list_events,
         ],
         guards=[require_api_key],
+        before_request=decode_body,
         dependencies={
             "caller": Provide(provide_caller, sync_to_thread=False),
             "schedules": Provide(provide_schedules, sync_to_thread=False),
@@ -107,14 +119,19 @@ def create_app(settings: Settings) -> Litestar:
         security=[{"apiKey": []}],
     )
     # The authorize-link pages: no API key (the link token, then a CSRF-bound session, is the credential).
-    connect = Router(path="/connect", route_handlers=[connect_callback, connect_submit, connect_page])
+    connect = Router(
+        path="/connect",
+        route_handlers=[connect_callback, connect_submit, connect_page],
+        # An admin's browser gets a page, not a problem document, while the database is away.
+        exception_handlers=dict.fromkeys(DATABASE_UNAVAILABLE, service_unavailable),
+    )
     # Cronofy's API for its SDKs: its own credentials and error shapes, the same services underneath.
     cronofy = cronofy_router()
     templates = Path(__file__).parent / "api" / "templates"
     app = Litestar(
         route_handlers=[healthz, readyz, metrics, problem_index, problem_page, openapi_json, v1, connect, cronofy],
         dependencies={"services": Provide(provide_services, sync_to_thread=False)},
-        lifespan=[_lifespan(settings)],
+        lifespan=[_lifespan(settings, services)],
         plugins=[problem_plugin()],
         openapi_config=_openapi_config(settings),
         template_config=TemplateConfig(
@@ -126,6 +143,7 @@ def create_app(settings: Settings) -> Litestar:
     )
     http_metrics = HttpMetrics(CollectorRegistry(auto_describe=True))
     app.state.http_metrics = http_metrics
+    refine(app.openapi_schema)  # Litestar builds the document once; /docs and /openapi.json share it
     app.state.openapi_document = openapi_document(app)
     # Wrap the whole handler (exception middleware included) so 404/405/500 are measured too.
     app.asgi_handler = RequestTelemetry(app.asgi_handler, http_metrics)

@@ -45,7 +45,7 @@ from calbroker.store.applications import (
 )
 from calbroker.store.connections import delete_connection, get_connection, list_connections
 from calbroker.store.cronofy import issue_client, issue_service_account_token
-from calbroker.store.database import connect_pool, resolve_database_url
+from calbroker.store.database import DatabaseUnavailable, connect_pool, database_location, resolve_database_url
 from calbroker.store.keyring import KeyringError, add_key_to_file, generate_master_key, load_keyring
 from calbroker.store.migrations import MigrationError, migrate
 from calbroker.store.secrets import rewrap_all
@@ -206,23 +206,13 @@ def _bind(settings: Settings, args: argparse.Namespace) -> Settings:
 
 
 async def _serve(settings: Settings) -> int:
-    import uvicorn  # noqa: PLC0415
-
+    """Open the services first: an unreachable database is one line and exit 1, before any socket listens."""
+    from calbroker.api.server import ApiServer, server_config  # noqa: PLC0415
     from calbroker.app import create_app  # noqa: PLC0415
 
-    config = uvicorn.Config(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        log_config=None,
-        access_log=False,
-        lifespan="on",
-        server_header=False,
-        proxy_headers=True,
-    )
-    server = uvicorn.Server(config)
-    print(f"calbroker listening on http://{settings.host}:{settings.port}", flush=True)
-    await server.serve()
+    async with open_services(settings) as services:
+        server = ApiServer(server_config(create_app(settings, services), settings))
+        await server.serve()
     return 0 if server.started else 1
 
 
@@ -515,6 +505,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None, environ: dict[str, str] | None = None) -> int:
     """Entry point of the `calbroker` console script."""
     args = _parser().parse_args(argv)
+    settings: Settings | None = None
     try:
         settings = Settings.from_env(dict(os.environ) if environ is None else environ)
         configure_logging(settings.log_level, json=settings.log_json)
@@ -526,6 +517,10 @@ def main(argv: Sequence[str] | None = None, environ: dict[str, str] | None = Non
     except InvalidRequest as exc:
         print(f"calbroker: {exc.detail}", file=sys.stderr)
         return 2
+    except DatabaseUnavailable as exc:
+        where = database_location(settings.database_url) if settings and settings.database_url else "embedded"
+        print(f"calbroker: PostgreSQL ({where}) is unreachable: {redact_text(str(exc))}", file=sys.stderr)
+        return 1
     except (CalbrokerError, KeyringError, MigrationError) as exc:
         print(f"calbroker: {type(exc).__name__}: {redact_text(str(exc))}", file=sys.stderr)
         return 1

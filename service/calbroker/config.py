@@ -205,7 +205,10 @@ def _database_url(raw: str) -> str | None:
     raw = raw.strip()
     if not raw:
         return None
-    parts = urlsplit(raw)
+    try:
+        parts = urlsplit(raw)
+    except ValueError:
+        raise ConfigError("DATABASE_URL", "must be a postgresql:// URL") from None
     if parts.scheme not in ("postgres", "postgresql"):
         # Say what was wrong without repeating the URL: it may hold a password.
         raise ConfigError("DATABASE_URL", "must be a postgresql:// URL")
@@ -214,7 +217,10 @@ def _database_url(raw: str) -> str | None:
 
 def _base_url(raw: str, default: str, *, variable: str = "CALBROKER_PUBLIC_URL") -> str:
     value = (raw.strip() or default).rstrip("/")
-    parts = urlsplit(value)
+    try:
+        parts = urlsplit(value)
+    except ValueError:
+        raise ConfigError(variable, f"must be an absolute http(s) URL, got {value!r}") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigError(variable, f"must be an absolute http(s) URL, got {value!r}")
     if parts.query or parts.fragment:
@@ -269,6 +275,9 @@ class Settings:
     ews_max_window: timedelta = timedelta(days=42)
     """Longest GetUserAvailability window, longer ones are split: Exchange's default, which an
     Exchange administrator can change."""
+    header_timeout_s: float = 10.0
+    """How long a client may take to send a request's line and headers before the connection is
+    closed (408): a connection dripping one header line every few seconds must not stay open."""
 
     @property
     def embedded_database(self) -> bool:
@@ -340,4 +349,5 @@ class Settings:
             graph_max_window=_days(env, "CALBROKER_GRAPH_MAX_WINDOW_DAYS", timedelta(days=62)),
             ews_max_mailboxes=_positive_int(env, "CALBROKER_EWS_MAX_MAILBOXES", 100),
             ews_max_window=_days(env, "CALBROKER_EWS_MAX_WINDOW_DAYS", timedelta(days=42)),
+            header_timeout_s=_positive_int(env, "CALBROKER_HEADER_TIMEOUT_S", 10),
         )

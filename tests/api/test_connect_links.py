@@ -424,6 +424,29 @@ async def test_own_app_registration_failures_point_at_the_field(
     assert words in error_summary(page.text)
 
 
+async def test_an_app_with_only_calendars_read_is_saved_as_free_busy_never_full(
+    web: AsyncTestClient,  # type: ignore[type-arg]
+    browser: FormBrowser,
+    app_a: IssuedKey,
+    sandbox_control: SandboxControl,
+) -> None:
+    """Reading a calendar succeeds with Calendars.Read, so only the token's roles tell it cannot book."""
+    link = await new_link(web, app_a)
+    hidden = await browser.open_form(link["url"], "graph_app")
+    fields = graph_app_fields(sandbox_control, "contoso-reader")
+    refused = await browser.submit(hidden, fields)
+    assert refused.status_code == 422, refused.text
+    assert '<fieldset id="access_level" class="field-error">' in refused.text, error_summary(refused.text)
+    summary = error_summary(refused.text)
+    assert "Calendars.ReadWrite" in summary
+    assert "Calendars.Read," in summary or "has Calendars.Read" in summary
+    assert "free/busy only" in summary
+    done = await browser.submit(hidden_fields(refused.text), fields | {"access_level": "free_busy"})
+    back = landed(done)
+    body = (await web.get(f"/v1/connections/{back['connection_id']}", headers=auth(app_a))).json()
+    assert body["access_level"] == "free_busy"
+
+
 async def test_own_app_registration_with_a_certificate(
     web: AsyncTestClient,  # type: ignore[type-arg]
     browser: FormBrowser,
@@ -515,9 +538,13 @@ async def test_exchange_form_takes_an_email_address_and_autodiscovers_the_endpoi
         ({"endpoint": "https://127.0.0.1:1/EWS/Exchange.asmx"}, "endpoint", "unreachable"),
         ({"endpoint": "http://mail.fabrikam.example/EWS/Exchange.asmx"}, "endpoint", "https"),
         ({"endpoint": "https://169.254.169.254/EWS/Exchange.asmx"}, "endpoint", "metadata"),
+        ({"endpoint": "https://mail]fabrikam.example/EWS/Exchange.asmx"}, "endpoint", "not an https:// URL"),
         ({"password": "wrong-password"}, "password", "password rejected"),
         ({"test_mailbox": "frank.miller@fabrikam.com"}, "test_mailbox", "impersonate"),
         ({"test_mailbox": "nobody@fabrikam.com"}, "test_mailbox", "no mailbox"),
+        # PostgreSQL refuses U+0000 and XML refuses the other control characters: named, never a 500.
+        ({"test_mailbox": "anna.schmidt\x00@fabrikam.com"}, "test_mailbox", "control characters"),
+        ({"domains": "fabrikam.com\x00"}, "domains", "control characters"),
     ],
 )
 async def test_exchange_failures_point_at_the_field(

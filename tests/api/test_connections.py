@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
@@ -395,3 +396,44 @@ async def test_an_app_without_teams_rights_is_not_saved_as_online_meetings(
     with pytest.raises(InvalidRequest) as invalid:
         await save(services, ews)
     assert invalid.value.errors[0].field == "purpose"
+
+
+ODD_MAILBOX = "\t \x0c\n\U000173c6\U00096d5e?@2Xs7Eg.0z6HIQ2.sP3W\r\r\t"  # found by make fuzz
+
+
+async def test_verifying_an_odd_or_unknown_test_mailbox_is_an_answer_not_an_outage(
+    web: AsyncTestClient,  # type: ignore[type-arg]
+    services: Services,
+    sandbox: SandboxThread,
+    make_application: MakeApplication,
+) -> None:
+    """A wrong test mailbox is about that mailbox: the connection keeps serving requests in flight."""
+    key = await make_application("odd verifier")
+    for connection in (
+        await contoso_graph(services, sandbox, key.application.id),
+        await fabrikam_ews(services, sandbox, key.application.id),
+    ):
+        domain = connection.domains[0]
+        mailbox = "adele.vance@contoso.com" if domain == "contoso.com" else "anna.schmidt@fabrikam.com"
+        window = {"mailboxes": [mailbox], "start": "2026-11-24T00:00:00Z", "end": "2026-11-25T00:00:00Z"}
+
+        verify_path = f"/v1/connections/{connection.id}/verify"
+        for odd in (ODD_MAILBOX, f"nobody@{domain}"):
+            answers = await asyncio.gather(
+                web.post("/v1/free_busy", json=window, headers=auth(key)),
+                web.post(verify_path, params={"test_mailbox": odd}, headers=auth(key)),
+                web.post("/v1/free_busy", json=window, headers=auth(key)),
+                web.post(verify_path, params={"test_mailbox": odd}, headers=auth(key)),
+                web.post("/v1/free_busy", json=window, headers=auth(key)),
+            )
+            for answer in answers:
+                assert answer.status_code == 200, answer.text
+            for free_busy in answers[0::2]:
+                assert "busy" in free_busy.json()["free_busy"][0], free_busy.text
+            checked = answers[1].json()
+            assert checked["verified"] is False
+            assert checked["error"]["type"] in (
+                "/problems/mailbox-not-found",
+                "/problems/mailbox-out-of-scope",
+                "/problems/mailbox-error",  # EWS: an address no HTTP header can carry
+            )

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import requests
 
-from calbroker.providers.endpoints import refused_address
+from calbroker.providers.endpoints import AddressPolicy
 from tests.compat.conftest import CallbackReceiver, CronofyWorld
 
 
@@ -199,4 +199,4 @@ def test_a_mailbox_outside_the_connection_is_reported_in_the_callback(
     ],
 )
 def test_the_address_rule_every_outbound_call_obeys(address: str, allow_private: bool, refused: bool) -> None:
-    assert (refused_address(ipaddress.ip_address(address), allow_private=allow_private) is not None) is refused
+    assert (AddressPolicy(allow_private=allow_private).refusal(ipaddress.ip_address(address)) is not None) is refused

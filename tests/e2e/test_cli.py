@@ -139,8 +139,11 @@ def test_add_graph_for_teams_meetings_only(
         "--client-id", app.client_id, "--client-secret", app.secrets[0].value, "--domains", "fabrikam.com",
         "--test-mailbox", "anna.schmidt@fabrikam.com", "--cloud", "sandbox",
     ]  # fmt: skip
-    assert main(base, cli_env) == 1  # as a calendar connection it cannot read a calendar
-    assert "CredentialsRejected" in capsys.readouterr().err
+    # As a calendar connection it is refused: the token it gets grants no calendar permission.
+    assert main(base, cli_env) == 1
+    refused = capsys.readouterr().err
+    assert "AccessLevelInsufficient" in refused
+    assert "Calendars.ReadWrite" in refused
     assert main([*base, "--purpose", "online_meetings"], cli_env) == 0
     assert "verified with anna.schmidt@fabrikam.com" in capsys.readouterr().out
     assert main(["connections", "list", "--application", str(api_key.application.id), "--json"], cli_env) == 0
@@ -222,3 +225,56 @@ def test_demo_serves_the_api_with_its_verified_connections(tmp_path: Path) -> No
             proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+@pytest.mark.parametrize("command", ["serve", "demo"])
+def test_an_unreachable_database_is_one_line_and_a_failure_before_anything_listens(
+    command: str, tmp_path: Path
+) -> None:
+    closed = _free_port()  # nothing listens there: connection refused, on loopback
+    key = new_master_key()
+    env = {
+        **os.environ,
+        "DATABASE_URL": f"postgresql://calbroker:s3cret-pass@127.0.0.1:{closed}/calbroker",
+        "CALBROKER_MASTER_KEYS": f"{key.kid}:{base64.b64encode(key.key).decode()}",
+        "CALBROKER_DATA_DIR": str(tmp_path),
+        "CALBROKER_LOG_LEVEL": "info",
+    }
+    port = _free_port()
+    done = subprocess.run(
+        [sys.executable, "-m", "calbroker.cli", command, "--port", str(port)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 1, (done.stdout, done.stderr)
+    assert "listening" not in done.stdout
+    [line] = done.stderr.strip().splitlines()
+    assert line.startswith(f"calbroker: PostgreSQL (127.0.0.1:{closed}/calbroker) is unreachable"), line
+    assert "Connection refused" in line or "ConnectionRefusedError" in line
+    assert "s3cret-pass" not in done.stderr + done.stdout
+
+
+def test_an_http_ews_endpoint_is_accepted_only_when_the_operator_allows_http(
+    cli_env: dict[str, str],
+    api_key: IssuedKey,
+    sandbox: SandboxThread,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    account = sandbox.directory.tenants["fabrikam"].service_accounts["svc-full"]
+    closed = _free_port()
+    command = [
+        "connections", "add-ews", "--application", str(api_key.application.id), "--username",
+        f"FABRIKAM\\{account.username}", "--password", account.password, "--domains", "fabrikam.com",
+        "--test-mailbox", "anna.schmidt@fabrikam.com", "--cloud", "sandbox", "--auth-type", "basic",
+        "--endpoint", f"http://127.0.0.1:{closed}/EWS/Exchange.asmx",
+    ]  # fmt: skip
+    assert main(command, cli_env) == 2
+    assert "must use https" in capsys.readouterr().err
+    # Allowed: the URL passes validation and the connection is tried (nothing listens there).
+    assert main(command, {**cli_env, "CALBROKER_ALLOW_HTTP_UPSTREAMS": "true"}) == 1
+    err = capsys.readouterr().err
+    assert "https" not in err
+    assert "refused" in err

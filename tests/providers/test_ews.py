@@ -49,8 +49,11 @@ from calbroker.providers import (
     zone_for,
     zone_from_rule,
 )
+from calbroker.providers.endpoints import AddressPolicy
 from calbroker.sandbox import SandboxThread
 from tests.fixtures.sandbox import SandboxControl
+
+LOOPBACK_SANDBOX = AddressPolicy(allow_private=True)  # the sandbox listens on loopback
 
 ANCHOR = datetime(2026, 11, 23, tzinfo=UTC)  # the sandbox's default calendar anchor (a Monday)
 SEEDED = Interval(ANCHOR - timedelta(days=30), ANCHOR + timedelta(days=60))  # its calendar window
@@ -126,6 +129,7 @@ async def make_provider(
             sandbox.ca_path if ca == "sandbox" else ca if isinstance(ca, Path) else None,
             executor,
             limits=limits or EwsLimits(),
+            policy=LOOPBACK_SANDBOX,
         )
         built.append(provider)
         return provider

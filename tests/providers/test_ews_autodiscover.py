@@ -12,7 +12,7 @@ from exchangelib.protocol import CachingProtocol
 
 from calbroker.domain.connections import EwsServiceAccount
 from calbroker.domain.errors import InvalidRequest
-from calbroker.providers.endpoints import check_upstream_url
+from calbroker.providers.endpoints import AddressPolicy, check_upstream_url
 from calbroker.providers.ews import discover_ews_endpoint, is_email_address
 from calbroker.providers.ews.autodiscover import SrvRecord, autodiscover_candidates, pick_srv_target
 from calbroker.sandbox import SandboxThread
@@ -74,13 +74,17 @@ def service_account(sandbox: SandboxThread, name: str = "svc-full", *, wrong: bo
 async def discover(
     sandbox: SandboxThread, executor: ThreadPoolExecutor, email: str, credentials: EwsServiceAccount, **policy: bool
 ) -> str:
-    check = partial(check_upstream_url, field="endpoint", allow_private=policy.get("allow_private", True))
+    private = policy.get("allow_private", True)
+    strict = AddressPolicy(allow_private=private)
     return await discover_ews_endpoint(
         email,
         credentials,
         executor=executor,
-        check_url=check,
-        check_http_url=partial(check, allow_http=True),
+        check_url=partial(check_upstream_url, field="endpoint", policy=strict),
+        check_http_url=partial(
+            check_upstream_url, field="endpoint", policy=AddressPolicy(allow_private=private, allow_http=True)
+        ),
+        policy=strict,
         start_host=sandbox.autodiscover_host,
         ca_bundle=sandbox.ca_path,
     )
@@ -111,7 +115,7 @@ async def test_failures_name_every_url_tried_and_its_answer(
         assert "enter the EWS URL itself" in caught.value.detail
     assert "InvalidUser" in unknown.value.detail
     assert "credentials were refused (401)" in refused.value.detail
-    assert "private or local address" in private.value.detail
+    assert "private, local or reserved address" in private.value.detail
     assert "no Autodiscover answer" in down.value.detail
     # Only the unknown address and the injected fault reached the service: a refused login stops at
     # authentication, and the URL the policy refused was never called.

@@ -21,6 +21,7 @@ from calbroker.domain.errors import AccessLevelInsufficient, ImpersonationDenied
 from calbroker.domain.events import Attendee, AttendeeType, EventSpec
 from calbroker.domain.intervals import Interval
 from calbroker.providers import Deadline, EwsProvider
+from calbroker.providers.endpoints import AddressPolicy
 from calbroker.sandbox import SandboxThread
 from calbroker.sandbox.ews import parse_item_id
 from tests.fixtures.sandbox import SandboxControl
@@ -68,7 +69,9 @@ async def make_provider(
             endpoint=sandbox.ews_url,
         )
         credentials = EwsServiceAccount(sandbox.ews_url, f"FABRIKAM\\{account['username']}", account["password"])
-        provider = EwsProvider(connection, credentials, sandbox.ca_path, executor)
+        provider = EwsProvider(
+            connection, credentials, sandbox.ca_path, executor, policy=AddressPolicy(allow_private=True)
+        )
         built.append(provider)
         return provider
 

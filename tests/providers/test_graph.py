@@ -48,6 +48,7 @@ from calbroker.domain.schedules import MailboxSchedule, RoomList, ScheduleResult
 from calbroker.domain.working_hours import Weekday, WeeklyPeriod, WorkingHours
 from calbroker.providers import WINDOWS_TO_IANA, Deadline, GraphLimits, GraphProvider, zone_for
 from calbroker.providers.graph import read_schedules
+from calbroker.providers.graph.wire import DateTimeTimeZone, wall_time
 from calbroker.sandbox import SandboxThread
 from tests.fixtures.sandbox import SandboxControl
 
@@ -804,3 +805,8 @@ def _self_signed() -> tuple[str, str]:
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     ).decode()
     return key_pem, certificate.public_bytes(serialization.Encoding.PEM).decode()
+
+
+def test_graph_wall_times_always_have_four_digit_years() -> None:
+    assert wall_time(datetime(1, 1, 1, tzinfo=UTC)) == "0001-01-01T00:00:00"
+    assert DateTimeTimeZone.utc(datetime(2026, 11, 24, 9, 0, 0, 123456, tzinfo=UTC)).date_time == "2026-11-24T09:00:00"

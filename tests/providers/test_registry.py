@@ -49,7 +49,13 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
 
 
 def settings(sandbox: SandboxThread, tmp_path: Path, **limits: Any) -> Settings:
-    return Settings(data_dir=tmp_path, clouds={"sandbox": sandbox_cloud(sandbox.url, sandbox.ca_path)}, **limits)
+    # The sandbox listens on loopback, which every EWS connection checks (the address policy).
+    return Settings(
+        data_dir=tmp_path,
+        clouds={"sandbox": sandbox_cloud(sandbox.url, sandbox.ca_path)},
+        allow_private_upstreams=True,
+        **limits,
+    )
 
 
 def graph_connection(control: SandboxControl) -> tuple[Connection, GraphClientSecret]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, time, timedelta
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 from zoneinfo import ZoneInfo
 
 import msgspec
@@ -15,14 +15,29 @@ from litestar.params import Body as BodyParam
 
 from calbroker.api.auth import Caller
 from calbroker.api.free_busy import parse_mailboxes
-from calbroker.api.problems import V1_PROBLEMS, embedded_problem
-from calbroker.api.wire import Body, Days, Minutes, Period, Response, interval, zone
+from calbroker.api.problems import EmbeddedProblem, embedded_problem, problem_responses
+from calbroker.api.wire import (
+    Body,
+    Days,
+    Duration,
+    Email,
+    Minutes,
+    Period,
+    Response,
+    StartInterval,
+    interval,
+    zone,
+    zone_field,
+)
 from calbroker.domain import (
     DEFAULT_MAX_RESULTS,
+    MAX_GROUPS,
     MAX_MEMBERS,
     MAX_QUERY_PERIODS,
+    MAX_QUERY_SPAN,
     MAX_RESULTS,
     AvailabilityQuery,
+    BlockReason,
     Explanation,
     Group,
     Interval,
@@ -43,57 +58,144 @@ _DAYS = tuple(day.name.lower() for day in Weekday)
 
 
 class MemberIn(Body):
-    email: str
-    available_periods: list[Period] | None = None
+    """One person or room whose time counts."""
+
+    email: Annotated[Email, msgspec.Meta(description="The member's mailbox")]
+    available_periods: (
+        Annotated[
+            list[Period],
+            msgspec.Meta(
+                max_length=MAX_QUERY_PERIODS,
+                description=f"Only these periods count as free for this member (at most {MAX_QUERY_PERIODS})",
+            ),
+        ]
+        | None
+    ) = None
 
 
 class Participants(Body):
-    members: Annotated[list[MemberIn], msgspec.Meta(min_length=1)]
-    required: Literal["all"] | Annotated[int, msgspec.Meta(ge=1)] = "all"
+    """A group of members of whom `required` must be free."""
+
+    members: Annotated[
+        list[MemberIn],
+        msgspec.Meta(min_length=1, max_length=MAX_MEMBERS, description=f"1 to {MAX_MEMBERS} members"),
+    ]
+    required: Annotated[
+        Literal["all"] | Annotated[int, msgspec.Meta(ge=1, le=MAX_MEMBERS)],
+        msgspec.Meta(
+            description='"all", or how many members must be free (at most the group\'s size)',
+            # Litestar drops the bounds of an integer inside a union: spelled out for the contract.
+            extra_json_schema={
+                "extra": {
+                    "one_of": [
+                        {"type": "string", "enum": ["all"]},
+                        {"type": "integer", "minimum": 1, "maximum": MAX_MEMBERS},
+                    ]
+                }
+            },
+        ),
+    ] = "all"
 
 
 class Buffer(Body):
-    before: Minutes | None = None
-    after: Minutes | None = None
+    """Time kept free around each slot."""
+
+    before: Annotated[Minutes | None, msgspec.Meta(description="Free time needed before the slot")] = None
+    after: Annotated[Minutes | None, msgspec.Meta(description="Free time needed after the slot")] = None
+
+
+Day = Literal["monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday"]
 
 
 class WeeklyPeriodIn(Body):
-    day: Literal["monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday"]
-    start_time: Annotated[str, msgspec.Meta(pattern=r"^([01]\d|2[0-3]):[0-5]\d$", examples=["09:00"])]
-    end_time: Annotated[str, msgspec.Meta(pattern=r"^(([01]\d|2[0-3]):[0-5]\d|24:00)$", examples=["17:30"])]
+    """Wall-clock working time on one weekday."""
+
+    day: Annotated[Day, msgspec.Meta(description="Day of the week")]
+    start_time: Annotated[
+        str, msgspec.Meta(pattern=r"^([01]\d|2[0-3]):[0-5]\d$", examples=["09:00"], description="HH:MM, 00:00–23:59")
+    ]
+    end_time: Annotated[
+        str,
+        msgspec.Meta(
+            pattern=r"^(([01]\d|2[0-3]):[0-5]\d|24:00)$",
+            examples=["17:30"],
+            description="HH:MM after start_time; 24:00 is the end of the day",
+        ),
+    ]
 
 
 class WorkingHoursIn(Body):
-    weekly_periods: Annotated[list[WeeklyPeriodIn], msgspec.Meta(min_length=1, max_length=100)]
+    """A working week that applies to every member, in the request's `tzid`."""
 
-    def to_domain(self, tz: ZoneInfo) -> WorkingHours:
-        periods = tuple(
-            WeeklyPeriod(Weekday(_DAYS.index(p.day)), time.fromisoformat(p.start_time), _wall_time(p.end_time))
-            for p in self.weekly_periods
-        )
-        return WorkingHours(periods, tz)
+    weekly_periods: Annotated[
+        list[WeeklyPeriodIn], msgspec.Meta(min_length=1, max_length=100, description="1 to 100 periods")
+    ]
+
+    def to_domain(self, tz: ZoneInfo, field: str) -> WorkingHours:
+        periods = []
+        for i, p in enumerate(self.weekly_periods):
+            start, end = time.fromisoformat(p.start_time), _wall_time(p.end_time)
+            if end is not None and end <= start:
+                raise InvalidRequest.field(
+                    f"{field}.weekly_periods[{i}].end_time", f"must be after start_time ({p.start_time})"
+                )
+            periods.append(WeeklyPeriod(Weekday(_DAYS.index(p.day)), start, end))
+        return WorkingHours(tuple(periods), tz)
 
 
 class AvailabilityRequest(Body):
-    participants: Annotated[list[Participants], msgspec.Meta(min_length=1)]
-    duration: Minutes
-    query_periods: Annotated[list[Period], msgspec.Meta(min_length=1)]
-    tzid: str | None = None
-    start_interval: Minutes | None = None
-    buffer: Buffer | None = None
-    working_hours: Literal["mailbox"] | WorkingHoursIn | None = None
-    minimum_notice: Minutes | None = None
-    maximum_advance: Days | None = None
-    tentative_as_busy: bool = True
-    response_format: Literal["slots", "periods"] = "slots"
-    max_results: Annotated[int, msgspec.Meta(ge=1, le=MAX_RESULTS)] = DEFAULT_MAX_RESULTS
-    explain: bool = False
+    """Who must meet, for how long, within which periods (design §6)."""
+
+    participants: Annotated[
+        list[Participants],
+        msgspec.Meta(
+            min_length=1, max_length=MAX_GROUPS, description=f"1 to {MAX_GROUPS} groups; every one must be satisfied"
+        ),
+    ]
+    duration: Annotated[Duration, msgspec.Meta(description="How long the meeting lasts")]
+    query_periods: Annotated[
+        list[Period],
+        msgspec.Meta(
+            min_length=1,
+            max_length=MAX_QUERY_PERIODS,
+            description=f"Where to look: 1 to {MAX_QUERY_PERIODS} periods spanning at most {MAX_QUERY_SPAN.days} days",
+        ),
+    ]
+    tzid: (
+        Annotated[str, zone_field("IANA zone for the answer, the start grid and working hours; default UTC")] | None
+    ) = None
+    start_interval: Annotated[
+        StartInterval | None,
+        msgspec.Meta(description="Slot starts are on this grid from local midnight; default: duration, at most 60"),
+    ] = None
+    buffer: Annotated[Buffer | None, msgspec.Meta(description="Free time needed around each slot")] = None
+    working_hours: Annotated[
+        Literal["mailbox"] | WorkingHoursIn | None,
+        msgspec.Meta(description='"mailbox": each member\'s own working hours; or one working week for everyone'),
+    ] = None
+    minimum_notice: Annotated[Minutes | None, msgspec.Meta(description="No slot starts sooner than this from now")] = (
+        None
+    )
+    maximum_advance: Annotated[Days | None, msgspec.Meta(description="No slot starts later than this from now")] = None
+    tentative_as_busy: Annotated[bool, msgspec.Meta(description="Whether tentative time blocks a slot")] = True
+    response_format: Annotated[
+        Literal["slots", "periods"],
+        msgspec.Meta(description="slots: fixed-length slots on the grid; periods: maximal free periods"),
+    ] = "slots"
+    max_results: Annotated[
+        int, msgspec.Meta(ge=1, le=MAX_RESULTS, description=f"At most this many slots or periods (1 to {MAX_RESULTS})")
+    ] = DEFAULT_MAX_RESULTS
+    explain: Annotated[bool, msgspec.Meta(description="Say what blocked the requested periods")] = False
 
     def to_domain(self, now: datetime) -> AvailabilityQuery:
         """The query in domain terms, checked against every documented limit before anything is read."""
         tz = zone(self.tzid)
         groups, available = self._groups()
-        hours = self.working_hours.to_domain(tz) if isinstance(self.working_hours, WorkingHoursIn) else None
+        hours = (
+            self.working_hours.to_domain(tz, "working_hours")
+            if isinstance(self.working_hours, WorkingHoursIn)
+            else None
+        )
         before = self.buffer.before.delta() if self.buffer and self.buffer.before else timedelta(0)
         after = self.buffer.after.delta() if self.buffer and self.buffer.after else timedelta(0)
         return AvailabilityQuery(
@@ -154,40 +256,64 @@ class AvailabilityRequest(Body):
 
 
 class SlotOut(Response):
-    start: datetime
-    end: datetime
-    members: list[str]
+    """A time the groups can meet, and who is free over all of it."""
+
+    start: Annotated[datetime, msgspec.Meta(description="Start, in the request's tzid")]
+    end: Annotated[datetime, msgspec.Meta(description="End, in the request's tzid")]
+    members: Annotated[list[str], msgspec.Meta(description="Members free over the whole slot or period, sorted")]
 
 
 class BusyRef(Response):
-    start: datetime
-    end: datetime
-    status: BusyStatus
+    """The busy interval that blocked a time."""
+
+    start: Annotated[datetime, msgspec.Meta(description="Start, in the request's tzid")]
+    end: Annotated[datetime, msgspec.Meta(description="End, in the request's tzid")]
+    status: Annotated[BusyStatus, msgspec.Meta(description="busy, tentative, oof or working_elsewhere")]
 
 
 class BlockerOut(Response):
-    reason: str
-    member: str | None = None
-    busy: BusyRef | None = None
-    detail: str | None = None
+    """One reason a time was not available."""
+
+    reason: Annotated[
+        BlockReason,
+        msgspec.Meta(description="What kept the member (or, for the notice rules, everyone) from the time"),
+    ]
+    member: Annotated[str | None, msgspec.Meta(description="The member it applies to")] = None
+    busy: Annotated[BusyRef | None, msgspec.Meta(description="The busy interval, when busy time blocked it")] = None
+    detail: Annotated[str | None, msgspec.Meta(description="More about the reason, for a person to read")] = None
 
 
 class ExplanationOut(Response):
-    start: datetime
-    end: datetime
-    blocked_by: list[BlockerOut]
+    """Why a stretch of a requested period has no slot."""
+
+    start: Annotated[datetime, msgspec.Meta(description="Start of the stretch, in the request's tzid")]
+    end: Annotated[datetime, msgspec.Meta(description="End of the stretch, in the request's tzid")]
+    blocked_by: Annotated[list[BlockerOut], msgspec.Meta(description="Every reason, member by member")]
 
 
 class MemberError(Response):
-    email: str
-    problem: dict[str, Any]
+    """A member whose calendar could not be read: unavailable everywhere."""
+
+    email: Annotated[str, msgspec.Meta(description="The member")]
+    problem: Annotated[EmbeddedProblem, msgspec.Meta(description="Why the calendar could not be read")]
 
 
 class AvailabilityResponse(Response):
-    member_errors: list[MemberError]
-    slots: list[SlotOut] | None = None
-    periods: list[SlotOut] | None = None
-    explanations: list[ExplanationOut] | None = None
+    """Slots (or periods) when the groups can meet."""
+
+    member_errors: Annotated[
+        list[MemberError], msgspec.Meta(description="Members whose calendars could not be read (empty if none)")
+    ]
+    slots: Annotated[
+        list[SlotOut] | None, msgspec.Meta(description='With response_format "slots": available slots by start')
+    ] = None
+    periods: Annotated[
+        list[SlotOut] | None,
+        msgspec.Meta(description='With response_format "periods": maximal available periods by start'),
+    ] = None
+    explanations: Annotated[
+        list[ExplanationOut] | None, msgspec.Meta(description="With explain: what blocked the requested periods")
+    ] = None
 
     @classmethod
     def from_domain(cls, answer: AvailabilityAnswer, query: AvailabilityQuery) -> AvailabilityResponse:
@@ -216,7 +342,7 @@ def _explanation_out(explanation: Explanation, tz: ZoneInfo) -> ExplanationOut:
         end=explanation.end.astimezone(tz),
         blocked_by=[
             BlockerOut(
-                reason=b.reason.value,
+                reason=b.reason,
                 member=b.member,
                 busy=BusyRef(
                     start=b.busy.interval.start.astimezone(tz),
@@ -260,6 +386,7 @@ _RESPONSE_EXAMPLE = {
 
 @post(
     "/availability",
+    operation_id="getAvailability",
     status_code=200,
     tags=["availability"],
     summary="Slots or periods when participant groups can meet",
@@ -270,7 +397,7 @@ _RESPONSE_EXAMPLE = {
             generate_examples=False,
             examples=[Example(summary="Slots for two groups", value=_RESPONSE_EXAMPLE)],
         ),
-        **V1_PROBLEMS,
+        **problem_responses(body=True),
     },
 )
 async def availability(

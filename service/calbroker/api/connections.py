@@ -10,17 +10,19 @@ import base64
 import binascii
 import uuid
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any
+from typing import Annotated
 from urllib.parse import urlsplit
 
 import msgspec
 from litestar import delete, get, post
 from litestar.di import NamedDependency
-from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
+from litestar.openapi.spec import Example
+from litestar.params import Body as BodyParam
+from litestar.params import FromPath, QueryParameter
 
 from calbroker.api.auth import Caller
-from calbroker.api.problems import UPSTREAM_PROBLEMS, V1_PROBLEMS, embedded_problem, problem_response
-from calbroker.api.wire import Body, Response
+from calbroker.api.problems import EmbeddedProblem, embedded_problem, problem_response, problem_responses
+from calbroker.api.wire import EMAIL_PATTERN, Body, Response, doc, text
 from calbroker.config import Settings
 from calbroker.domain.connections import (
     AccessLevel,
@@ -50,6 +52,8 @@ __all__ = [
 ]
 
 DEFAULT_LINK_LIFETIME = timedelta(days=7)
+REDIRECT_URL_PATTERN = r"^[Hh][Tt][Tt][Pp][Ss]?://[^\u0000-\u0020/?#@\\]+([/?][^\u0000-\u0020#]*)?$"
+"""An absolute http(s) URL: a host, no credentials, no fragment, no spaces or control characters."""
 _OPERATOR_METHODS = (ConnectionMethod.GRAPH_CONSENT, ConnectionMethod.GRAPH_DELEGATED)
 _ALL_METHODS = (
     ConnectionMethod.GRAPH_CONSENT,
@@ -63,14 +67,19 @@ _ALL_METHODS = (
 
 
 class ConnectLinkRequest(Body):
+    """What an authorize link offers the tenant admin, and where it sends them afterwards."""
+
     redirect_url: Annotated[
         str,
         msgspec.Meta(
             max_length=2000,
-            description="Your page the admin returns to, with `connection_id` and `state` added to its query.",
+            pattern=REDIRECT_URL_PATTERN,
+            description="Your page the admin returns to, with `connection_id` and `state` added to its query: an "
+            "absolute https URL (http only where the operator allows it), without credentials or #fragment",
+            examples=["https://app.example.com/calendar/connected"],
         ),
     ]
-    state: Annotated[str, msgspec.Meta(max_length=1024, description="Echoed back on the redirect.")] | None = None
+    state: Annotated[str, text(1024, "Echoed back on the redirect")] | None = None
     methods: (
         Annotated[
             list[ConnectionMethod],
@@ -78,7 +87,9 @@ class ConnectLinkRequest(Body):
         ]
         | None
     ) = None
-    access_level: AccessLevel | None = None
+    access_level: Annotated[
+        AccessLevel | None, msgspec.Meta(description="Offer only this access level; default: the admin chooses")
+    ] = None
     expires_in: (
         Annotated[
             int, msgspec.Meta(ge=300, le=30 * 86400, description="Seconds until the link expires; default 7 days.")
@@ -88,93 +99,99 @@ class ConnectLinkRequest(Body):
 
 
 class ConnectLinkOut(Response):
-    id: uuid.UUID
-    url: str
-    """Send this to the tenant admin; it works once and is shown only here."""
-    expires_at: datetime
-    methods: list[ConnectionMethod]
+    """A single-use authorize link."""
+
+    id: Annotated[uuid.UUID, msgspec.Meta(description="The link's id")]
+    url: Annotated[str, msgspec.Meta(description="Send this to the tenant admin; it works once and is shown only here")]
+    expires_at: Annotated[datetime, msgspec.Meta(description="When the link stops working")]
+    methods: Annotated[list[ConnectionMethod], msgspec.Meta(description="The ways of connecting the link offers")]
 
 
 class WarningOut(Response):
-    code: str
-    message: str
+    """Something about the connection that needs attention before it fails."""
+
+    code: Annotated[str, msgspec.Meta(description="Stable code, e.g. secret_expiring")]
+    message: Annotated[str, msgspec.Meta(description="What to do, for a person to read")]
 
 
 class ConnectionOut(Response):
-    id: uuid.UUID
-    kind: ConnectionKind
-    method: ConnectionMethod
+    """How this application reaches one organisation's mailboxes."""
+
+    id: Annotated[uuid.UUID, doc("The connection's id")]
+    kind: Annotated[ConnectionKind, doc("graph (Microsoft 365) or ews (Exchange on-premises)")]
+    method: Annotated[ConnectionMethod, doc("How the tenant admin connected")]
     purpose: Annotated[
         ConnectionPurpose,
-        msgspec.Meta(
-            description="`calendars`: free/busy, availability and events of its domains. `online_meetings`: Teams "
+        doc(
+            "`calendars`: free/busy, availability and events of its domains. `online_meetings`: Teams "
             "meetings only, for organizers whose calendars another connection serves (hybrid tenants)."
         ),
     ]
     access_level: Annotated[
         AccessLevel | None,
-        msgspec.Meta(description="What may be done with calendars; null for an online-meetings connection."),
+        doc("full, restricted (calendar folders) or free_busy; null for an online-meetings connection"),
     ]
-    display_name: str
-    domains: list[str]
-    allowed_mailboxes: list[str]
-    status: ConnectionStatus
-    warnings: list[WarningOut]
-    cloud: str
-    tenant_id: str | None = None
-    endpoint: str | None = None
-    last_error: str | None = None
-    last_verified_at: datetime | None = None
-    created_at: datetime | None = None
-    secret_expires_at: datetime | None = None
-    superseded_by: (
-        Annotated[
-            uuid.UUID,
-            msgspec.Meta(
-                description="The connection that replaced this one when the organisation was connected again "
-                "(`status: superseded`); events booked through this one are managed through it."
-            ),
-        ]
-        | None
-    ) = None
+    display_name: Annotated[str, doc("A name for people: the organisation and protocol")]
+    domains: Annotated[list[str], doc("Mailbox domains this connection serves")]
+    allowed_mailboxes: Annotated[list[str], doc("If not empty, only these mailboxes may be used")]
+    status: Annotated[
+        ConnectionStatus,
+        doc("active, degraded (health checks failing), superseded (connected again) or revoked"),
+    ]
+    warnings: Annotated[list[WarningOut], doc("What needs attention soon (empty if nothing)")]
+    cloud: Annotated[str, doc("The Microsoft cloud: global, usgov, usgov-dod, china or sandbox")]
+    tenant_id: Annotated[str | None, doc("The Entra ID tenant (Graph connections)")] = None
+    endpoint: Annotated[str | None, doc("The EWS URL (Exchange on-premises connections)")] = None
+    last_error: Annotated[str | None, doc("The last failure of a health check or verification")] = None
+    last_verified_at: Annotated[datetime | None, doc("When Microsoft last accepted the credentials")] = None
+    created_at: Annotated[datetime | None, doc("When the connection was made")] = None
+    secret_expires_at: Annotated[datetime | None, doc("When the client secret expires, as the admin entered it")] = None
+    superseded_by: Annotated[
+        uuid.UUID | None,
+        doc(
+            "The connection that replaced this one when the organisation was connected again "
+            "(`status: superseded`); events booked through this one are managed through it."
+        ),
+    ] = None
 
 
 class ConnectionList(Response):
-    connections: list[ConnectionOut]
-    next_cursor: str | None = None
+    """A page of connections, oldest first."""
+
+    connections: Annotated[list[ConnectionOut], doc("This page's connections")]
+    next_cursor: Annotated[str | None, doc("Pass as `cursor` for the next page; absent on the last")] = None
 
 
 class VerificationOut(Response):
-    verified: bool
-    connection: ConnectionOut
-    error: dict[str, Any] | None = None
+    """The outcome of checking a connection against Microsoft now."""
+
+    verified: Annotated[bool, doc("Whether Microsoft accepted the credentials for the test mailbox")]
+    connection: Annotated[ConnectionOut, doc("The connection, with its updated status")]
+    error: Annotated[EmbeddedProblem | None, doc("Why verification failed")] = None
 
 
 class RoomOut(Response):
-    """One shape for both protocols; a field the tenant's protocol does not report is null."""
+    """A room or resource mailbox, bookable as an attendee of type `resource`: one shape for both protocols,
+    a field the tenant's protocol does not report is null."""
 
-    email: str
-    name: str
-    capacity: (
-        Annotated[int, msgspec.Meta(description="Seats; null when unknown (Exchange on-premises over EWS never says)")]
-        | None
-    ) = None
-    building: (
-        Annotated[
-            str,
-            msgspec.Meta(
-                description="Graph: the place's building. EWS: the room mailbox's Office (location) in the directory. "
-                "Null when not set."
-            ),
-        ]
-        | None
-    ) = None
-    room_list: Annotated[str, msgspec.Meta(description="Display name of the room's room list")] | None = None
-    room_list_email: Annotated[str, msgspec.Meta(description="Address of the room's room list")] | None = None
+    email: Annotated[str, doc("The room's mailbox")]
+    name: Annotated[str, doc("Its display name")]
+    capacity: Annotated[int | None, doc("Seats; null when unknown (Exchange on-premises over EWS never says)")] = None
+    building: Annotated[
+        str | None,
+        doc(
+            "Graph: the place's building. EWS: the room mailbox's Office (location) in the directory. "
+            "Null when not set."
+        ),
+    ] = None
+    room_list: Annotated[str | None, doc("Display name of the room's room list")] = None
+    room_list_email: Annotated[str | None, doc("Address of the room's room list")] = None
 
 
 class RoomList(Response):
-    rooms: list[RoomOut]
+    """The tenant's rooms."""
+
+    rooms: Annotated[list[RoomOut], doc("Rooms, by email")]
 
 
 def connection_out(connection: Connection, now: datetime | None = None) -> ConnectionOut:
@@ -225,7 +242,10 @@ def redirect_target(raw: str, settings: Settings) -> str:
     No DNS or private-address check: calbroker never fetches it, the admin's browser goes there.
     """
     url = raw.strip()
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # unbalanced [ ] in the host
+        raise InvalidRequest.field("redirect_url", "must be an absolute https:// URL of your application") from None
     scheme = parts.scheme.lower()
     if scheme not in ("https", "http") or not parts.hostname:
         raise InvalidRequest.field("redirect_url", "must be an absolute https:// URL of your application")
@@ -284,16 +304,20 @@ def _live(connection: Connection) -> Connection:
 
 _NOT_FOUND = problem_response(
     "No connection with this id belongs to your application (`/problems/not-found`)",
-    "not-found",
-    "no connection 6f1c2a9e-3d4b-4e8f-9a7c-2b1d0e5f4a3c",
+    ("not-found", "no connection 6f1c2a9e-3d4b-4e8f-9a7c-2b1d0e5f4a3c"),
 )
 _REVOKED = problem_response(
     "The connection was revoked, or superseded by a newer one (`/problems/conflict`)",
-    "conflict",
-    "Connection 6f1c2a9e-3d4b-4e8f-9a7c-2b1d0e5f4a3c was revoked; its credentials are gone.",
+    ("conflict", "Connection 6f1c2a9e-3d4b-4e8f-9a7c-2b1d0e5f4a3c was revoked; its credentials are gone."),
 )
-_ONE = {**V1_PROBLEMS, 404: _NOT_FOUND}
-_LIVE_ONE = {**_ONE, 409: _REVOKED, **UPSTREAM_PROBLEMS}
+
+
+_LINK_EXAMPLE = {
+    "redirect_url": "https://app.example.com/calendar/connected",
+    "state": "customer-4711",
+    "methods": ["graph_consent", "graph_app", "ews"],
+    "expires_in": 86400,
+}
 
 
 # --- handlers ---------------------------------------------------------------------------------------
@@ -301,13 +325,16 @@ _LIVE_ONE = {**_ONE, 409: _REVOKED, **UPSTREAM_PROBLEMS}
 
 @post(
     "/connect_links",
+    operation_id="createConnectLink",
     status_code=201,
     tags=["connections"],
     summary="Create a single-use authorize link for a tenant admin",
-    responses=dict(V1_PROBLEMS),
+    responses=problem_responses(body=True),
 )
 async def create_connect_link(
-    data: JSONBody[ConnectLinkRequest], caller: NamedDependency[Caller], services: NamedDependency[Services]
+    data: Annotated[ConnectLinkRequest, BodyParam(examples=[Example(summary="Every method", value=_LINK_EXAMPLE)])],
+    caller: NamedDependency[Caller],
+    services: NamedDependency[Services],
 ) -> ConnectLinkOut:
     """The admin opens `url`, picks how to connect, and is sent back to `redirect_url` with `connection_id`."""
     settings = services.settings
@@ -332,15 +359,18 @@ async def create_connect_link(
 
 @get(
     "/connections",
+    operation_id="listConnections",
     tags=["connections"],
     summary="Connections of this application",
-    responses=dict(V1_PROBLEMS),
+    responses=problem_responses(params=True),
 )
 async def list_application_connections(
     caller: NamedDependency[Caller],
     services: NamedDependency[Services],
     limit: Annotated[int, QueryParameter(ge=1, le=200, description="Page size")] = 50,
-    cursor: FromQuery[str | None] = None,
+    cursor: Annotated[
+        str | None, QueryParameter(pattern=r"^[A-Za-z0-9_-]{1,400}$", description="`next_cursor` of the previous page")
+    ] = None,
 ) -> ConnectionList:
     """Oldest first; pass `next_cursor` back as `cursor` for the next page. Superseded and revoked ones are not
     listed (read them by id)."""
@@ -358,9 +388,10 @@ async def list_application_connections(
 
 @get(
     "/connections/{connection_id:uuid}",
+    operation_id="getConnection",
     tags=["connections"],
     summary="One connection: status, last error, secret expiry warnings",
-    responses=dict(_ONE),
+    responses=problem_responses(s404=_NOT_FOUND),
 )
 async def get_connection_by_id(
     connection_id: FromPath[uuid.UUID], caller: NamedDependency[Caller], services: NamedDependency[Services]
@@ -370,10 +401,11 @@ async def get_connection_by_id(
 
 @delete(
     "/connections/{connection_id:uuid}",
+    operation_id="revokeConnection",
     status_code=204,
     tags=["connections"],
     summary="Revoke a connection and wipe its credentials",
-    responses=dict(_ONE),
+    responses=problem_responses(s404=_NOT_FOUND),
 )
 async def revoke_connection(
     connection_id: FromPath[uuid.UUID], caller: NamedDependency[Caller], services: NamedDependency[Services]
@@ -388,17 +420,25 @@ async def revoke_connection(
 
 @post(
     "/connections/{connection_id:uuid}/verify",
+    operation_id="verifyConnection",
     status_code=200,
     tags=["connections"],
     summary="Check the connection against Microsoft now",
-    responses=dict(_LIVE_ONE),
+    responses=problem_responses(params=True, upstream=True, s404=_NOT_FOUND, s409=_REVOKED),
 )
 async def verify_connection(
     connection_id: FromPath[uuid.UUID],
     caller: NamedDependency[Caller],
     services: NamedDependency[Services],
     deadline: NamedDependency[Deadline],
-    test_mailbox: FromQuery[str | None] = None,
+    test_mailbox: Annotated[
+        str | None,
+        QueryParameter(
+            pattern=EMAIL_PATTERN,
+            max_length=320,
+            description="Mailbox to read instead of the one given at connect time",
+        ),
+    ] = None,
 ) -> VerificationOut:
     """Reads the test mailbox given at connect time (or `test_mailbox`) with fresh tokens.
 
@@ -427,9 +467,10 @@ async def verify_connection(
 
 @get(
     "/connections/{connection_id:uuid}/rooms",
+    operation_id="listRooms",
     tags=["connections"],
     summary="Room and resource mailboxes of the connection's tenant",
-    responses=dict(_LIVE_ONE),
+    responses=problem_responses(upstream=True, s404=_NOT_FOUND, s409=_REVOKED),
 )
 async def connection_rooms(
     connection_id: FromPath[uuid.UUID],

@@ -20,11 +20,28 @@ from litestar import Response as HttpResponse
 from litestar import delete, get, put
 from litestar.di import NamedDependency
 from litestar.openapi import ResponseSpec
-from litestar.params import FromPath, JSONBody, QueryParameter
+from litestar.openapi.spec import Example
+from litestar.params import Body as BodyParam
+from litestar.params import PathParameter, QueryParameter
 
 from calbroker.api.auth import Caller
-from calbroker.api.problems import V1_PROBLEMS, problem_response
-from calbroker.api.wire import Body, Response, span, zone
+from calbroker.api.problems import problem_response, problem_responses
+from calbroker.api.wire import (
+    EMAIL_PATTERN,
+    EVENT_ID_PATTERN,
+    INSTANT_PATTERN,
+    MINIMUM_ZERO,
+    TZID_PATTERN,
+    Body,
+    Email,
+    Response,
+    doc,
+    instant_field,
+    span,
+    text,
+    zone,
+    zone_field,
+)
 from calbroker.domain.busy import BusyStatus
 from calbroker.domain.connections import normalize_email
 from calbroker.domain.errors import InvalidRequest, LimitExceeded
@@ -33,13 +50,15 @@ from calbroker.domain.events import (
     MAX_DESCRIPTION,
     MAX_DURATION,
     MAX_LOCATION,
+    MAX_NAME,
+    MAX_REMINDER_MINUTES,
     MAX_SUMMARY,
     Attendee,
     AttendeeType,
     EventSpec,
     UpstreamEvent,
 )
-from calbroker.domain.intervals import Interval
+from calbroker.domain.intervals import FIRST_YEAR, LAST_YEAR, Interval
 from calbroker.providers.protocol import Deadline
 from calbroker.services import Bookings, CalendarEntry
 from calbroker.store.events import EventRecord, EventState
@@ -48,7 +67,17 @@ __all__ = ["delete_event", "get_event", "list_events", "put_event"]
 
 MAX_VIEW_SPAN = timedelta(days=62)
 MAX_PAGE = 500
-_EVENT_ID = re.compile(r"^[A-Za-z0-9._~:@+=-]{1,200}$")
+_EVENT_ID = re.compile(EVENT_ID_PATTERN)
+_CURSOR_PATTERN = r"^[A-Za-z0-9_-]{1,400}$"
+
+EventId = Annotated[
+    str,
+    PathParameter(
+        pattern=EVENT_ID_PATTERN,
+        description="Your own id for the event: 1–200 letters, digits and . _ ~ : @ + = -",
+        examples=[Example(value="booking-42")],
+    ),
+]
 
 ShowAs = Literal["free", "tentative", "busy", "oof", "working_elsewhere"]
 AttendeeKind = Literal["required", "optional", "resource"]
@@ -57,34 +86,52 @@ TeamsState = Literal["ready", "pending"]
 
 
 class AttendeeIn(Body):
-    email: str
-    name: str | None = None
-    type: AttendeeKind = "required"
+    """Someone (or a room) invited to the event."""
+
+    email: Annotated[Email, msgspec.Meta(description="The attendee's address")]
+    name: Annotated[str, text(MAX_NAME, f"Display name, at most {MAX_NAME} characters")] | None = None
+    type: Annotated[
+        AttendeeKind, msgspec.Meta(description="required or optional person, or a resource (room, equipment)")
+    ] = "required"
 
 
 class EventIn(Body):
     """The event as the application wants Exchange to hold it (limits in the field descriptions)."""
 
-    organizer: Annotated[str, msgspec.Meta(description="The organizer's mailbox; its domain picks the connection")]
-    start: Annotated[datetime, msgspec.Meta(description="RFC 3339 with offset")]
-    end: Annotated[datetime, msgspec.Meta(description=f"After start; at most {MAX_DURATION.days} days later")]
-    summary: Annotated[str, msgspec.Meta(description=f"At most {MAX_SUMMARY} characters")]
-    tzid: Annotated[str | None, msgspec.Meta(description="IANA zone the event is shown in; default UTC")] = None
-    description: Annotated[str | None, msgspec.Meta(description=f"At most {MAX_DESCRIPTION} characters")] = None
-    location: Annotated[str | None, msgspec.Meta(description=f"At most {MAX_LOCATION} characters")] = None
+    organizer: Annotated[Email, msgspec.Meta(description="The organizer's mailbox; its domain picks the connection")]
+    start: Annotated[str, instant_field("Start")]
+    end: Annotated[str, instant_field(f"End, after start, at most {MAX_DURATION.days} days later")]
+    summary: Annotated[str, text(MAX_SUMMARY, f"The subject, at most {MAX_SUMMARY} characters")]
+    tzid: Annotated[str, zone_field("IANA zone the event is shown in; default UTC")] | None = None
+    description: (
+        Annotated[str, text(MAX_DESCRIPTION, f"Body text of the invitation, at most {MAX_DESCRIPTION} characters")]
+        | None
+    ) = None
+    location: Annotated[str, text(MAX_LOCATION, f"Where, at most {MAX_LOCATION} characters")] | None = None
     attendees: Annotated[
         list[AttendeeIn],
         msgspec.Meta(description=f"At most {MAX_ATTENDEES}; rooms and equipment as type `resource`"),
     ] = msgspec.field(default_factory=list)
-    teams_meeting: bool = False
+    teams_meeting: Annotated[
+        bool, msgspec.Meta(description="Create a Teams meeting and put its join link in the invitation")
+    ] = False
     check_availability: Annotated[
         bool,
         msgspec.Meta(description="Refuse with 409 slot-unavailable if the organizer or an internal attendee is busy"),
     ] = False
-    show_as: ShowAs = "busy"
-    reminder_minutes: Annotated[
-        int | None, msgspec.Meta(description="Minutes before the start, 0–20160; absent or null: no reminder")
-    ] = None
+    show_as: Annotated[ShowAs, msgspec.Meta(description="How the time shows in the organizer's free/busy")] = "busy"
+    reminder_minutes: (
+        Annotated[
+            int,
+            msgspec.Meta(
+                ge=0,
+                le=MAX_REMINDER_MINUTES,
+                description=f"Minutes before the start, 0–{MAX_REMINDER_MINUTES}; absent or null: no reminder",
+                extra_json_schema=MINIMUM_ZERO,
+            ),
+        ]
+        | None
+    ) = None
 
     def to_domain(self) -> EventSpec:
         tz = zone(self.tzid)
@@ -107,9 +154,11 @@ class EventIn(Body):
 
 
 class AttendeeOut(Response):
-    email: str
-    type: AttendeeKind
-    name: str | None = None
+    """Someone (or a room) invited to the event."""
+
+    email: Annotated[str, doc("The attendee's address")]
+    type: Annotated[AttendeeKind, doc("required, optional or resource")]
+    name: Annotated[str | None, doc("Display name, when known")] = None
 
     @classmethod
     def from_domain(cls, attendee: Attendee) -> AttendeeOut:
@@ -117,30 +166,36 @@ class AttendeeOut(Response):
 
 
 class TeamsOut(Response):
-    status: TeamsState
-    join_url: str | None = None
+    """The event's Teams meeting."""
+
+    status: Annotated[TeamsState, doc("ready, or pending while Microsoft has not returned the link yet")]
+    join_url: Annotated[str | None, doc("The link attendees join with")] = None
 
 
 class EventOut(Response):
-    event_id: str
-    status: Status
-    organizer: str
-    start: datetime
-    end: datetime
-    tzid: str
-    summary: str
-    attendees: list[AttendeeOut]
-    show_as: ShowAs
-    version: int
-    created_at: datetime
-    updated_at: datetime
-    description: str | None = None
-    location: str | None = None
-    reminder_minutes: int | None = None
-    teams: TeamsOut | None = None
-    ical_uid: str | None = None
-    last_error: str | None = None
-    """Why a `pending` event is not confirmed yet (the last upstream error); a retry of the PUT heals it."""
+    """An event booked through calbroker, as Exchange now holds it."""
+
+    event_id: Annotated[str, doc("Your own id for the event")]
+    status: Annotated[Status, doc("confirmed, pending (the upstream write has not completed) or cancelled")]
+    organizer: Annotated[str, doc("The organizer's mailbox")]
+    start: Annotated[datetime, doc("Start, in the event's tzid")]
+    end: Annotated[datetime, doc("End, in the event's tzid")]
+    tzid: Annotated[str, doc("IANA zone the event is shown in")]
+    summary: Annotated[str, doc("The subject")]
+    attendees: Annotated[list[AttendeeOut], doc("Everyone invited, in the order given")]
+    show_as: Annotated[ShowAs, doc("How the time shows in the organizer's free/busy")]
+    version: Annotated[int, doc("Grows with every change written upstream")]
+    created_at: Annotated[datetime, doc("When calbroker first booked it")]
+    updated_at: Annotated[datetime, doc("When calbroker last changed it")]
+    description: Annotated[str | None, doc("Body text of the invitation")] = None
+    location: Annotated[str | None, doc("Where")] = None
+    reminder_minutes: Annotated[int | None, doc("Minutes before the start; absent: no reminder")] = None
+    teams: Annotated[TeamsOut | None, doc("The Teams meeting, when one was asked for")] = None
+    ical_uid: Annotated[str | None, doc("The iCalendar UID attendees' calendars know the meeting by")] = None
+    last_error: Annotated[
+        str | None,
+        doc("Why a pending event is not confirmed yet (the last upstream error); a retry of the PUT heals it"),
+    ] = None
 
     @classmethod
     def from_domain(cls, record: EventRecord) -> EventOut:
@@ -170,20 +225,22 @@ class EventOut(Response):
 
 
 class CalendarEventOut(Response):
-    id: Annotated[str, msgspec.Meta(description="Exchange's id of the item in this mailbox (opaque)")]
-    managed: Annotated[bool, msgspec.Meta(description="Whether this application booked it through calbroker")]
-    summary: str
-    start: datetime
-    end: datetime
-    show_as: ShowAs
-    attendees: list[AttendeeOut]
-    event_id: str | None = None
-    organizer: str | None = None
-    location: str | None = None
-    cancelled: bool = False
-    all_day: bool = False
-    teams_join_url: str | None = None
-    ical_uid: str | None = None
+    """An item of a mailbox's calendar, booked through calbroker or not."""
+
+    id: Annotated[str, doc("Exchange's id of the item in this mailbox (opaque)")]
+    managed: Annotated[bool, doc("Whether this application booked it through calbroker")]
+    summary: Annotated[str, doc("The subject (empty when Exchange hides it)")]
+    start: Annotated[datetime, doc("Start, in the requested tzid")]
+    end: Annotated[datetime, doc("End, in the requested tzid")]
+    show_as: Annotated[ShowAs, doc("How the time shows in free/busy")]
+    attendees: Annotated[list[AttendeeOut], doc("Everyone invited")]
+    event_id: Annotated[str | None, doc("Your event_id, when this application booked it")] = None
+    organizer: Annotated[str | None, doc("The organizer's mailbox")] = None
+    location: Annotated[str | None, doc("Where")] = None
+    cancelled: Annotated[bool, doc("Whether the meeting was cancelled (the item stays until removed)")] = False
+    all_day: Annotated[bool, doc("Whether it is an all-day event")] = False
+    teams_join_url: Annotated[str | None, doc("The Teams link, when it is an online meeting")] = None
+    ical_uid: Annotated[str | None, doc("The iCalendar UID of the meeting")] = None
 
     @classmethod
     def from_domain(cls, entry: CalendarEntry, tz: ZoneInfo) -> CalendarEventOut:
@@ -207,9 +264,11 @@ class CalendarEventOut(Response):
 
 
 class CalendarView(Response):
-    mailbox: str
-    events: list[CalendarEventOut]
-    next_cursor: Annotated[str | None, msgspec.Meta(description="Pass as `cursor` for the next page")] = None
+    """A page of a mailbox's calendar, by start."""
+
+    mailbox: Annotated[str, doc("The mailbox, normalised (lower case)")]
+    events: Annotated[list[CalendarEventOut], doc("This page's items; occurrences of series are expanded")]
+    next_cursor: Annotated[str | None, doc("Pass as `cursor` for the next page; absent on the last")] = None
 
 
 def _event_id(raw: str) -> str:
@@ -240,63 +299,76 @@ def _page(entries: list[CalendarEntry], cursor: str | None, limit: int) -> tuple
     return page, token
 
 
-_EVENT_PROBLEMS = {
-    **V1_PROBLEMS,
-    404: problem_response(
-        "No event with this event_id was booked by your application (`/problems/not-found`)",
-        "not-found",
-        "This application has no event 'booking-42'.",
-    ),
-    403: problem_response(
-        "The connection's access level or the mailbox scope does not allow it (`/problems/access-level-insufficient`, "
-        "`/problems/mailbox-out-of-scope`)",
-        "access-level-insufficient",
-        "Cannot book events: connection 'Fabrikam' has free/busy-only access.",
-    ),
-    409: problem_response(
-        "The slot is taken (`/problems/slot-unavailable`, with `conflicts`), or another request is writing "
-        "the event (`/problems/write-in-progress`, with `Retry-After`)",
+_NOT_FOUND = problem_response(
+    "No event with this event_id was booked by your application (`/problems/not-found`)",
+    ("not-found", "This application has no event 'booking-42'."),
+)
+_FORBIDDEN = problem_response(
+    "The connection's access level or the mailbox scope does not allow it (`/problems/access-level-insufficient`, "
+    "`/problems/mailbox-out-of-scope`, `/problems/impersonation-denied`)",
+    ("access-level-insufficient", "Cannot book events: connection 'Fabrikam' has free/busy-only access."),
+    ("mailbox-out-of-scope", "Access to OData is disabled."),
+)
+_CONFLICT = problem_response(
+    "The slot is taken (`/problems/slot-unavailable`, with `conflicts`), or another request is writing "
+    "the event (`/problems/write-in-progress`, with `Retry-After`)",
+    (
         "slot-unavailable",
         "2026-12-01T10:00:00+00:00–2026-12-01T10:30:00+00:00 is no longer free for adele.vance@contoso.com.",
     ),
-    502: problem_response(
-        "Microsoft answered with an error (`/problems/upstream-error`, `upstream-rejected`, `credentials-rejected`); "
-        "`upstream_code` names it. The event stays `pending` and a retry of the request heals it",
-        "upstream-rejected",
-        "Microsoft Graph rejected POST /users/adele.vance@contoso.com/events: HTTP 400 ErrorInvalidRequest: …",
+    ("write-in-progress", "Another request is writing event 'booking-42'; retry after 2 seconds."),
+)
+_EVENT_INVALID = problem_response(
+    "Invalid input, a limit exceeded, an unknown organizer (`/problems/mailbox-not-connected`) or Teams "
+    "asked for where it cannot be made (`/problems/teams-unavailable`)",
+    (
+        "invalid-request",
+        "end: must be after start",
+        [{"field": "end", "message": "must be after start"}],
     ),
-    503: problem_response(
-        "Microsoft is throttling or unavailable (`/problems/upstream-throttled`, `upstream-unavailable`)",
-        "upstream-unavailable",
-        "Microsoft Graph failed POST /users/adele.vance@contoso.com/events: HTTP 503 ServiceNotAvailable: …",
-    ),
-    504: problem_response(
-        "Microsoft did not answer within the deadline (`/problems/upstream-timeout`)",
-        "upstream-timeout",
-        "Microsoft Graph did not answer POST /users/adele.vance@contoso.com/events within the deadline",
-    ),
+    ("limit-exceeded", "at most 250 attendees per event (got 500)"),
+    ("mailbox-not-connected", "No connection of this application covers the domain 'example.com'."),
+)
+_VIEW_INVALID = problem_response(
+    "Invalid parameters, a window over the limit, or a mailbox no connection covers "
+    "(`/problems/invalid-request`, `/problems/limit-exceeded`, `/problems/mailbox-not-connected`)",
+    ("limit-exceeded", "the window may span at most 62 days"),
+    ("mailbox-not-connected", "No connection of this application covers the domain 'example.com'."),
+)
+
+
+_EVENT_EXAMPLE = {
+    "organizer": "adele.vance@contoso.com",
+    "start": "2026-12-01T10:00:00+01:00",
+    "end": "2026-12-01T10:30:00+01:00",
+    "tzid": "Europe/Berlin",
+    "summary": "Interview: Alex Wilber",
+    "description": "Second round, with the hiring manager.",
+    "location": "Room 3.14",
+    "attendees": [
+        {"email": "alex.wilber@contoso.com", "name": "Alex Wilber", "type": "required"},
+        {"email": "room-314@contoso.com", "type": "resource"},
+    ],
+    "teams_meeting": True,
+    "check_availability": True,
+    "reminder_minutes": 15,
 }
 
 
 @put(
     "/events/{event_id:str}",
+    operation_id="upsertEvent",
     status_code=200,
     tags=["events"],
     summary="Create or update an event by your own event_id (idempotent)",
     responses={
         201: ResponseSpec(EventOut, description="Created by this request (or by the earlier try it repeats)"),
-        **_EVENT_PROBLEMS,
-        422: problem_response(
-            "Invalid input, a limit exceeded, an unknown organizer (`/problems/mailbox-not-connected`) or Teams "
-            "asked for where it cannot be made (`/problems/teams-unavailable`)",
-            "limit-exceeded",
-            "at most 250 attendees per event (got 500)",
-        ),
+        **problem_responses(body=True, upstream=True, s403=_FORBIDDEN, s409=_CONFLICT, s422=_EVENT_INVALID),
     },
 )
 async def put_event(
-    event_id: FromPath[str],
-    data: JSONBody[EventIn],
+    event_id: EventId,
+    data: Annotated[EventIn, BodyParam(examples=[Example(summary="An interview with Teams", value=_EVENT_EXAMPLE)])],
     caller: NamedDependency[Caller],
     bookings: NamedDependency[Bookings],
     deadline: NamedDependency[Deadline],
@@ -316,12 +388,13 @@ async def put_event(
 
 @get(
     "/events/{event_id:str}",
+    operation_id="getEvent",
     tags=["events"],
     summary="Read an event booked through calbroker",
-    responses=dict(_EVENT_PROBLEMS),
+    responses=problem_responses(params=True, upstream=True, s404=_NOT_FOUND),
 )
 async def get_event(
-    event_id: FromPath[str],
+    event_id: EventId,
     caller: NamedDependency[Caller],
     bookings: NamedDependency[Bookings],
     deadline: NamedDependency[Deadline],
@@ -333,13 +406,14 @@ async def get_event(
 
 @delete(
     "/events/{event_id:str}",
+    operation_id="cancelEvent",
     status_code=204,
     tags=["events"],
     summary="Cancel an event (attendees get a cancellation)",
-    responses=dict(_EVENT_PROBLEMS),
+    responses=problem_responses(params=True, upstream=True, s403=_FORBIDDEN, s404=_NOT_FOUND, s409=_CONFLICT),
 )
 async def delete_event(
-    event_id: FromPath[str],
+    event_id: EventId,
     caller: NamedDependency[Caller],
     bookings: NamedDependency[Bookings],
     deadline: NamedDependency[Deadline],
@@ -350,21 +424,45 @@ async def delete_event(
 
 @get(
     "/events",
+    operation_id="listEvents",
     tags=["events"],
     summary="A mailbox's events (calendar view), with the ones you booked marked",
-    responses=dict(_EVENT_PROBLEMS),
+    responses=problem_responses(params=True, upstream=True, s403=_FORBIDDEN, s422=_VIEW_INVALID),
 )
 async def list_events(
     *,
     caller: NamedDependency[Caller],
     bookings: NamedDependency[Bookings],
     deadline: NamedDependency[Deadline],
-    mailbox: Annotated[str, QueryParameter(description="The mailbox whose calendar to read")],
-    start: Annotated[datetime, QueryParameter(description="RFC 3339 with offset")],
-    end: Annotated[datetime, QueryParameter(description=f"After start; at most {MAX_VIEW_SPAN.days} days later")],
-    tzid: Annotated[str | None, QueryParameter(description="IANA zone for the times; default UTC")] = None,
+    mailbox: Annotated[
+        str,
+        QueryParameter(pattern=EMAIL_PATTERN, max_length=320, description="The mailbox whose calendar to read"),
+    ],
+    start: Annotated[
+        str,
+        QueryParameter(
+            pattern=INSTANT_PATTERN,
+            description=f"Start of the window; RFC 3339 with a UTC offset, in the years {FIRST_YEAR}–{LAST_YEAR}",
+            schema_extra={"format": "date-time"},
+        ),
+    ],
+    end: Annotated[
+        str,
+        QueryParameter(
+            pattern=INSTANT_PATTERN,
+            description=f"End of the window, after start, at most {MAX_VIEW_SPAN.days} days later",
+            schema_extra={"format": "date-time"},
+        ),
+    ],
+    tzid: Annotated[
+        str | None,
+        QueryParameter(pattern=TZID_PATTERN, max_length=64, description="IANA zone for the times; default UTC"),
+    ] = None,
     limit: Annotated[int, QueryParameter(ge=1, le=MAX_PAGE, description="Page size")] = 100,
-    cursor: Annotated[str | None, QueryParameter(description="`next_cursor` of the previous page")] = None,
+    cursor: Annotated[
+        str | None,
+        QueryParameter(pattern=_CURSOR_PATTERN, description="`next_cursor` of the previous page"),
+    ] = None,
 ) -> CalendarView:
     """Occurrences of recurring series are expanded; times are shown in `tzid` (default UTC)."""
     tz = zone(tzid)

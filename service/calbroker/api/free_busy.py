@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime, time, timedelta
-from typing import Annotated, Any
+from typing import Annotated
 from zoneinfo import ZoneInfo
 
 import msgspec
@@ -14,8 +14,8 @@ from litestar.openapi.spec import Example
 from litestar.params import Body as BodyParam
 
 from calbroker.api.auth import Caller
-from calbroker.api.problems import V1_PROBLEMS, embedded_problem
-from calbroker.api.wire import Body, Response, span, zone
+from calbroker.api.problems import EmbeddedProblem, embedded_problem, problem_responses
+from calbroker.api.wire import EMAIL_ITEMS, Body, Email, Response, instant_field, span, zone, zone_field
 from calbroker.domain import BusyStatus, Interval
 from calbroker.domain.connections import normalize_email
 from calbroker.domain.errors import CalbrokerError, LimitExceeded
@@ -31,38 +31,64 @@ MAX_FREE_BUSY_SPAN = timedelta(days=62)
 
 
 class FreeBusyRequest(Body):
-    mailboxes: Annotated[list[str], msgspec.Meta(min_length=1, description="Email addresses")]
-    start: datetime
-    end: datetime
-    tzid: str | None = None
+    """Whose busy time to read, over which window."""
+
+    mailboxes: Annotated[
+        list[Email],
+        msgspec.Meta(
+            min_length=1,
+            max_length=MAX_FREE_BUSY_MAILBOXES,
+            description=f"Email addresses, 1 to {MAX_FREE_BUSY_MAILBOXES}",
+            extra_json_schema=EMAIL_ITEMS,
+        ),
+    ]
+    start: Annotated[str, instant_field("Start of the window")]
+    end: Annotated[str, instant_field(f"End of the window, after start, at most {MAX_FREE_BUSY_SPAN.days} days later")]
+    tzid: Annotated[str, zone_field("IANA zone the answer's times are in; default UTC")] | None = None
 
 
 class BusyOut(Response):
-    start: datetime
-    end: datetime
-    status: BusyStatus
+    """Time the mailbox is not free."""
+
+    start: Annotated[datetime, msgspec.Meta(description="Start, in the request's tzid (clipped to the window)")]
+    end: Annotated[datetime, msgspec.Meta(description="End, in the request's tzid (clipped to the window)")]
+    status: Annotated[BusyStatus, msgspec.Meta(description="busy, tentative, oof or working_elsewhere")]
 
 
 class WeeklyPeriodOut(Response):
-    day: str
-    start_time: str
-    end_time: str
+    """Wall-clock working time on one weekday."""
+
+    day: Annotated[str, msgspec.Meta(description="Day of the week, e.g. monday")]
+    start_time: Annotated[str, msgspec.Meta(description="HH:MM in the working hours' tzid")]
+    end_time: Annotated[str, msgspec.Meta(description="HH:MM in the working hours' tzid; 24:00 is midnight")]
 
 
 class WorkingHoursOut(Response):
-    tzid: str
-    weekly_periods: list[WeeklyPeriodOut]
+    """A mailbox's working week, as Exchange holds it."""
+
+    tzid: Annotated[str, msgspec.Meta(description="IANA zone the times are in")]
+    weekly_periods: Annotated[list[WeeklyPeriodOut], msgspec.Meta(description="Working periods, by day and start")]
 
 
 class MailboxFreeBusy(Response):
-    mailbox: str
-    busy: list[BusyOut] | None = None
-    working_hours: WorkingHoursOut | None = None
-    error: dict[str, Any] | None = None
+    """One mailbox's answer: busy time and working hours, or a problem."""
+
+    mailbox: Annotated[str, msgspec.Meta(description="The mailbox, normalised (lower case)")]
+    busy: Annotated[
+        list[BusyOut] | None, msgspec.Meta(description="Busy time in the window, by start; absent with `error`")
+    ] = None
+    working_hours: Annotated[
+        WorkingHoursOut | None, msgspec.Meta(description="The mailbox's working hours, when Exchange has them")
+    ] = None
+    error: Annotated[
+        EmbeddedProblem | None, msgspec.Meta(description="Why this mailbox could not be read (it is never free)")
+    ] = None
 
 
 class FreeBusyResponse(Response):
-    free_busy: list[MailboxFreeBusy]
+    """Free/busy per mailbox."""
+
+    free_busy: Annotated[list[MailboxFreeBusy], msgspec.Meta(description="One entry per mailbox, in request order")]
 
 
 def _time(value: time | None) -> str:
@@ -138,6 +164,7 @@ _RESPONSE_EXAMPLE = {
 
 @post(
     "/free_busy",
+    operation_id="getFreeBusy",
     status_code=200,
     tags=["availability"],
     summary="Busy time and working hours for mailboxes",
@@ -148,7 +175,7 @@ _RESPONSE_EXAMPLE = {
             generate_examples=False,
             examples=[Example(summary="A schedule and a per-mailbox problem", value=_RESPONSE_EXAMPLE)],
         ),
-        **V1_PROBLEMS,
+        **problem_responses(body=True),
     },
 )
 async def free_busy(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Annotated
 
 import msgspec
 from litestar import Response, get
@@ -11,7 +12,7 @@ from litestar.openapi import ResponseSpec
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from calbroker.api.dependencies import provide_services
-from calbroker.api.problems import ProblemBody
+from calbroker.api.problems import Problem
 from calbroker.api.telemetry import HttpMetrics
 from calbroker.domain.errors import CalbrokerError
 from calbroker.services import Services
@@ -25,6 +26,7 @@ class NotReady(CalbrokerError):
     """A readiness check failed; the problem document lists every check."""
 
     slug = "not-ready"
+    retry_after = 5.0
 
     def __init__(self, checks: dict[str, str], *, master_keys: list[str] | None = None) -> None:
         super().__init__("; ".join(f"{name}: {state}" for name, state in checks.items() if state != "ok"))
@@ -36,17 +38,23 @@ class NotReady(CalbrokerError):
 
 
 class Health(msgspec.Struct):
-    status: str
+    """The process is up."""
+
+    status: Annotated[str, msgspec.Meta(description='Always "ok"')]
 
 
 class Readiness(msgspec.Struct):
-    status: str
-    checks: dict[str, str]
-    master_keys: list[str]
-    """The master key ids this server has, the sealing one first (ids only: they are not secret)."""
+    """Every readiness check passed."""
+
+    status: Annotated[str, msgspec.Meta(description='Always "ready"')]
+    checks: Annotated[dict[str, str], msgspec.Meta(description='Each check (database, migrations, keyring) and "ok"')]
+    master_keys: Annotated[
+        list[str],
+        msgspec.Meta(description="The master key ids this server has, the sealing one first (ids only: not secret)"),
+    ]
 
 
-@get("/healthz", tags=["operations"], summary="Liveness: the process is up")
+@get("/healthz", operation_id="getHealth", tags=["operations"], summary="Liveness: the process is up")
 async def healthz() -> Health:
     return Health(status="ok")
 
@@ -94,11 +102,12 @@ async def _keyring_check(services: Services, *, database_ok: bool) -> str:
 
 @get(
     "/readyz",
+    operation_id="getReadiness",
     tags=["operations"],
     summary="Readiness: database, migrations and keyring (every stored secret can be opened)",
     responses={
         503: ResponseSpec(
-            ProblemBody,
+            Problem,
             description="A check failed (`/problems/not-ready`); `checks` says which",
             media_type="application/problem+json",
             generate_examples=False,
@@ -118,7 +127,7 @@ async def readyz(state: State) -> Readiness:
     return Readiness(status="ready", checks=checks, master_keys=list(services.keyring.kids))
 
 
-@get("/metrics", tags=["operations"], summary="Prometheus metrics", media_type="text/plain")
+@get("/metrics", operation_id="getMetrics", tags=["operations"], summary="Prometheus metrics", media_type="text/plain")
 async def metrics(state: State) -> Response[bytes]:
     http_metrics: HttpMetrics = state["http_metrics"]
     return Response(generate_latest(http_metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -3,31 +3,44 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Annotated
 
 import msgspec
 from litestar import get
 from litestar.di import NamedDependency
 
 from calbroker.api.auth import Caller
-from calbroker.api.problems import V1_PROBLEMS
+from calbroker.api.problems import problem_responses
 
 __all__ = ["me"]
 
 
 class KeyInfo(msgspec.Struct):
-    prefix: str
-    created_at: datetime
-    last_used_at: datetime | None
+    """The API key this request was made with (never the secret part)."""
+
+    prefix: Annotated[str, msgspec.Meta(description="The key's public prefix, as shown by `calbroker apps list`")]
+    created_at: Annotated[datetime, msgspec.Meta(description="When the key was issued")]
+    last_used_at: Annotated[
+        datetime | None, msgspec.Meta(description="Last use, updated at most once a minute; null if never")
+    ]
 
 
 class Me(msgspec.Struct):
-    id: str
-    name: str
-    created_at: datetime
-    api_key: KeyInfo
+    """The application an API key belongs to."""
+
+    id: Annotated[str, msgspec.Meta(description="The application's id")]
+    name: Annotated[str, msgspec.Meta(description="The application's name, as given to `calbroker apps create`")]
+    created_at: Annotated[datetime, msgspec.Meta(description="When the application was created")]
+    api_key: Annotated[KeyInfo, msgspec.Meta(description="The key used for this request")]
 
 
-@get("/me", tags=["applications"], summary="The application calling the API", responses=dict(V1_PROBLEMS))
+@get(
+    "/me",
+    operation_id="getMe",
+    tags=["applications"],
+    summary="The application calling the API",
+    responses=problem_responses(),
+)
 async def me(caller: NamedDependency[Caller]) -> Me:
     app = caller.application
     key = caller.key

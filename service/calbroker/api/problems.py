@@ -8,10 +8,9 @@ unexpected are mapped by the same table, so no handler builds an error response 
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 from litestar.exceptions import (
@@ -29,21 +28,24 @@ from litestar.plugins.problem_details import (
 )
 from structlog.contextvars import get_contextvars
 
+from calbroker.api.wire import UnsupportedMediaType, field_error
 from calbroker.domain import errors
 from calbroker.logs import get_logger
 from calbroker.redaction import redact_text
+from calbroker.store.database import DATABASE_UNAVAILABLE
 from calbroker.store.keyring import KeyringError
 
 __all__ = [
     "CATALOGUE",
-    "UPSTREAM_PROBLEMS",
-    "V1_PROBLEMS",
+    "DATABASE_RETRY_AFTER_S",
+    "EmbeddedProblem",
     "FieldErrorBody",
     "Problem",
-    "ProblemBody",
+    "ProblemType",
     "embedded_problem",
     "problem_plugin",
     "problem_response",
+    "problem_responses",
     "problem_type",
 ]
 
@@ -51,7 +53,7 @@ log = get_logger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
-class Problem:
+class ProblemType:
     """A documented problem type: what went wrong and how to fix it."""
 
     slug: str
@@ -61,11 +63,11 @@ class Problem:
     fix: str
 
 
-def _p(slug: str, status: int, title: str, explanation: str, fix: str) -> tuple[str, Problem]:
-    return slug, Problem(slug, status, title, explanation, fix)
+def _p(slug: str, status: int, title: str, explanation: str, fix: str) -> tuple[str, ProblemType]:
+    return slug, ProblemType(slug, status, title, explanation, fix)
 
 
-CATALOGUE: Mapping[str, Problem] = dict(
+CATALOGUE: Mapping[str, ProblemType] = dict(
     [
         _p(
             "invalid-request",
@@ -89,6 +91,13 @@ CATALOGUE: Mapping[str, Problem] = dict(
             "The body is not valid JSON",
             "The request body could not be parsed as JSON.",
             "Send a UTF-8 JSON document with `Content-Type: application/json`.",
+        ),
+        _p(
+            "unsupported-media-type",
+            415,
+            "The body is not JSON",
+            "The request's `Content-Type` is not `application/json`, so calbroker does not read the body.",
+            "Send the body as JSON with `Content-Type: application/json`.",
         ),
         _p(
             "payload-too-large",
@@ -276,6 +285,13 @@ CATALOGUE: Mapping[str, Problem] = dict(
             "Operator: fix the failing check; the process keeps retrying.",
         ),
         _p(
+            "service-unavailable",
+            503,
+            "calbroker is temporarily unavailable",
+            "calbroker cannot reach its database (stopped, restarting or unreachable). Nothing was written.",
+            "Retry after the number of seconds in the `Retry-After` header. Operator: check PostgreSQL.",
+        ),
+        _p(
             "internal-error",
             500,
             "Unexpected error",
@@ -292,33 +308,81 @@ def problem_type(slug: str) -> str:
 
 
 class FieldErrorBody(msgspec.Struct, frozen=True):
-    field: str
-    message: str
+    """One input field at fault."""
+
+    field: Annotated[str, msgspec.Meta(description="Dotted path of the field, e.g. `query_periods[0].end`")]
+    message: Annotated[str, msgspec.Meta(description="What is wrong and what would be valid")]
 
 
-class ProblemBody(msgspec.Struct, omit_defaults=True):
-    """The RFC 9457 document every error response carries (for the OpenAPI contract)."""
+class ConflictBody(msgspec.Struct, frozen=True):
+    """Busy time that overlaps a requested booking."""
 
-    type: str
-    title: str
-    status: int
-    detail: str
-    request_id: str | None = None
-    errors: list[FieldErrorBody] | None = None
+    mailbox: Annotated[str, msgspec.Meta(description="The mailbox that is busy")]
+    start: Annotated[str, msgspec.Meta(description="Start of the busy interval, RFC 3339")]
+    end: Annotated[str, msgspec.Meta(description="End of the busy interval, RFC 3339")]
+    status: Annotated[str, msgspec.Meta(description="busy, tentative, oof or working_elsewhere")]
 
 
-def embedded_problem(exc: errors.CalbrokerError) -> dict[str, Any]:
+_TYPE = msgspec.Meta(description="Stable URI reference of the problem type; a page under /problems explains it")
+_TITLE = msgspec.Meta(description="Short summary of the problem type")
+_STATUS = msgspec.Meta(description="The HTTP status code of the problem")
+_DETAIL = msgspec.Meta(description="What happened in this occurrence, for a person to read")
+_MAILBOX = msgspec.Meta(description="The mailbox the problem is about")
+_UPSTREAM_CODE = msgspec.Meta(description="Microsoft's error code (AADSTS…, ErrorAccessDenied…), when it gave one")
+
+
+class EmbeddedProblem(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """An RFC 9457 problem reported inside a successful response (one mailbox of many)."""
+
+    type: Annotated[str, _TYPE]
+    title: Annotated[str, _TITLE]
+    status: Annotated[int, _STATUS]
+    detail: Annotated[str, _DETAIL]
+    mailbox: Annotated[str | None, _MAILBOX] = None
+    upstream_code: Annotated[str | None, _UPSTREAM_CODE] = None
+    retry_after: Annotated[
+        float | None, msgspec.Meta(description="Seconds Microsoft asked to wait before reading this mailbox again")
+    ] = None
+
+
+class Problem(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """The RFC 9457 document every error response carries (`application/problem+json`)."""
+
+    type: Annotated[str, _TYPE]
+    title: Annotated[str, _TITLE]
+    status: Annotated[int, _STATUS]
+    detail: Annotated[str, _DETAIL]
+    request_id: Annotated[
+        str | None, msgspec.Meta(description="The request's id (also in `X-Request-Id`); quote it to the operator")
+    ] = None
+    errors: Annotated[
+        list[FieldErrorBody] | None, msgspec.Meta(description="Each input field at fault (invalid-request)")
+    ] = None
+    limit: Annotated[int | str | None, msgspec.Meta(description="The limit that was exceeded (limit-exceeded)")] = None
+    conflicts: Annotated[
+        list[ConflictBody] | None, msgspec.Meta(description="Busy time overlapping the booking (slot-unavailable)")
+    ] = None
+    mailbox: Annotated[str | None, _MAILBOX] = None
+    upstream_code: Annotated[str | None, _UPSTREAM_CODE] = None
+    checks: Annotated[
+        dict[str, str] | None, msgspec.Meta(description="Each readiness check and its state (not-ready)")
+    ] = None
+
+
+def embedded_problem(exc: errors.CalbrokerError) -> EmbeddedProblem:
     """The problem document for an error reported inside a successful response (per mailbox)."""
     problem = _from_domain(exc)
-    body: dict[str, Any] = {
-        "type": problem.type_,
-        "title": problem.title,
-        "status": problem.status_code,
-        "detail": problem.detail,
-    }
     extra = problem.extra if isinstance(problem.extra, dict) else {}
-    body.update({k: v for k, v in extra.items() if k != "request_id" and v is not None})
-    return body
+    retry_after = getattr(exc, "retry_after", None)
+    return EmbeddedProblem(
+        type=problem.type_ or problem_type("internal-error"),
+        title=problem.title or "",
+        status=problem.status_code,
+        detail=problem.detail,
+        mailbox=extra.get("mailbox"),
+        upstream_code=extra.get("upstream_code"),
+        retry_after=float(retry_after) if isinstance(retry_after, int | float) else None,
+    )
 
 
 def _request_id() -> str | None:
@@ -371,12 +435,8 @@ def _from_domain(exc: errors.CalbrokerError) -> ProblemDetailsException:
                 }
                 for c in exc.conflicts
             ]
-        case errors.WriteInProgress():
-            headers = {"Retry-After": str(max(1, round(exc.retry_after)))}
         case errors.TeamsUnavailable():
             extra["mailbox"] = exc.mailbox
-        case errors.UpstreamThrottled() if exc.retry_after is not None:
-            headers = {"Retry-After": str(max(1, round(exc.retry_after)))}
         case errors.MailboxError():
             extra["mailbox"] = exc.mailbox
         case errors.Unauthenticated():
@@ -384,6 +444,9 @@ def _from_domain(exc: errors.CalbrokerError) -> ProblemDetailsException:
         case _:
             pass
     extra.update(exc.extensions())
+    retry_after = getattr(exc, "retry_after", None)
+    if headers is None and isinstance(retry_after, int | float):  # any error that knows when to retry says so
+        headers = {"Retry-After": str(max(1, round(retry_after)))}
     if isinstance(exc, errors.UpstreamError):
         if exc.upstream_code:
             extra["upstream_code"] = exc.upstream_code
@@ -392,39 +455,20 @@ def _from_domain(exc: errors.CalbrokerError) -> ProblemDetailsException:
     return _build(slug, exc.detail, field_errors=field_errors, headers=headers, extra=extra)
 
 
-_MSGSPEC_PATH = re.compile(r"\s*-\s*at\s*`\$(?P<path>[^`]*)`\s*$")
-_NAMED_FIELD = re.compile(r"(?:unknown|required) field `(?P<name>[^`]+)`")
-
-
-def _field_from(path: str, message: str) -> str:
-    # msgspec reports `$.participants[0].members[1].email`, and names a missing or unknown field
-    # only in the message ("Object missing required field `end`"); callers want one dotted path.
-    field = path.lstrip(".")
-    named = _NAMED_FIELD.search(message)
-    if named:
-        field = f"{field}.{named.group('name')}" if field else named.group("name")
-    return field or "body"
-
-
 def _validation_errors(exc: ValidationException) -> list[dict[str, str]]:
+    """Litestar's parameter errors (query, path, header) as full field paths, like body errors."""
     found: list[dict[str, str]] = []
     items = exc.extra if isinstance(exc.extra, list) else []
     for item in items:
         if not isinstance(item, dict):
             continue
-        message = str(item.get("message", "invalid value"))
+        error, _limit = field_error(str(item.get("message", "invalid value")))
         key = str(item.get("key") or "")
-        match = _MSGSPEC_PATH.search(message)
-        if match:
-            path = match.group("path")
-            message = message[: match.start()]
-        else:
-            # Litestar moves msgspec's `$.a.b` location into `key` (prefixed by the parameter, `data`).
-            path = "" if key in ("", "data") else key.removeprefix("data.")
-        field = _field_from(path, message)
-        if item.get("source") and item.get("source") != "body" and item.get("key"):
-            field = f"{item['source']}.{item['key']}"
-        found.append({"field": field, "message": message.rstrip(". ")})
+        # A parameter is named by its name; a body member by its path.
+        field = key if key and item.get("source") not in (None, "body") else error.field
+        if field == "body" and key:
+            field = key
+        found.append({"field": field, "message": error.message})
     return found
 
 
@@ -443,6 +487,8 @@ def _from_http(exc: HTTPException) -> ProblemDetailsException:
             return _build("route-not-found", "No endpoint matches this path.", headers=headers)
         case MethodNotAllowedException():
             return _build("method-not-allowed", str(exc.detail), headers=headers)
+        case UnsupportedMediaType():
+            return _build("unsupported-media-type", str(exc.detail), headers={"Accept-Post": "application/json"})
         case _ if exc.status_code == 413:
             return _build("payload-too-large", "The request body is larger than the server accepts.")
         case _ if exc.status_code == 401:
@@ -463,6 +509,18 @@ def _from_unexpected(exc: Exception) -> ProblemDetailsException:
     return _build("internal-error", "An unexpected error occurred; it was logged with the request id.")
 
 
+DATABASE_RETRY_AFTER_S = 5
+
+
+def _from_database(exc: Exception) -> ProblemDetailsException:
+    log.warning("database unavailable", error=f"{type(exc).__name__}: {exc}")
+    return _build(
+        "service-unavailable",
+        "calbroker cannot reach its database right now; nothing was written.",
+        headers={"Retry-After": str(DATABASE_RETRY_AFTER_S)},
+    )
+
+
 def _from_keyring(exc: KeyringError) -> ProblemDetailsException:
     log.error("sealed secret unavailable", error=str(exc))
     return _build("secrets-unavailable", "A stored credential cannot be decrypted on this server.")
@@ -471,6 +529,7 @@ def _from_keyring(exc: KeyringError) -> ProblemDetailsException:
 def problem_plugin() -> ProblemDetailsPlugin:
     """The plugin that turns every exception into a problem+json response."""
     mapping: dict[type[Exception], Any] = {
+        **dict.fromkeys(DATABASE_UNAVAILABLE, _from_database),
         errors.CalbrokerError: _from_domain,
         KeyringError: _from_keyring,
         HTTPException: _from_http,
@@ -479,75 +538,98 @@ def problem_plugin() -> ProblemDetailsPlugin:
     return ProblemDetailsPlugin(ProblemDetailsConfig(exception_to_problem_detail_map=mapping))
 
 
-def problem_response(description: str, slug: str, detail: str) -> ResponseSpec:
-    """The OpenAPI response of one catalogued problem, with an example, for a handler's `responses`."""
-    return _spec(description, slug, detail)
+Sample = tuple[str, str] | tuple[str, str, list[dict[str, str]]]
+"""An example of a problem: (slug, detail) or (slug, detail, field errors)."""
 
 
-def _spec(description: str, slug: str, detail: str, errors: list[dict[str, str]] | None = None) -> ResponseSpec:
-    problem = CATALOGUE[slug]
-    example: dict[str, Any] = {
-        "type": problem_type(slug),
-        "title": problem.title,
-        "status": problem.status,
-        "detail": detail,
-        "request_id": "3f0c6bb2a1d44e0f9c1b5d2e7a8f9012",
-    }
-    if errors:
-        example["errors"] = errors
+def problem_response(description: str, *samples: Sample) -> ResponseSpec:
+    """The OpenAPI response of one status: its problem types, each with an example."""
+    examples = []
+    for sample in samples:
+        slug, detail = sample[0], sample[1]
+        problem = CATALOGUE[slug]
+        value: dict[str, Any] = {
+            "type": problem_type(slug),
+            "title": problem.title,
+            "status": problem.status,
+            "detail": detail,
+            "request_id": "3f0c6bb2a1d44e0f9c1b5d2e7a8f9012",
+        }
+        if len(sample) == 3:
+            value["errors"] = sample[2]
+        examples.append(Example(summary=problem.title, value=value))
     return ResponseSpec(
-        ProblemBody,
+        Problem,
         description=description,
         media_type="application/problem+json",
         generate_examples=False,
-        examples=[Example(summary=problem.title, value=example)],
+        examples=examples,
     )
 
 
-V1_PROBLEMS: Mapping[int, ResponseSpec] = {
-    400: _spec(
-        "The body is not valid JSON (`/problems/malformed-body`)",
-        "malformed-body",
-        "The request body is not valid JSON.",
-    ),
-    401: _spec(
-        "Missing, malformed or revoked API key (`/problems/unauthorized`)",
-        "unauthorized",
-        "The API key is malformed, unknown or revoked.",
-    ),
-    422: _spec(
-        "Invalid input or a limit exceeded; `errors` names each field (`/problems/invalid-request`, "
-        "`/problems/limit-exceeded`)",
+_UNAUTHORIZED = problem_response(
+    "Missing, malformed or revoked API key (`/problems/unauthorized`)",
+    ("unauthorized", "The API key is malformed, unknown or revoked."),
+)
+_INTERNAL = problem_response(
+    "Unexpected error, logged with the request id (`/problems/internal-error`)",
+    ("internal-error", "An unexpected error occurred; it was logged with the request id."),
+)
+_UNAVAILABLE = problem_response(
+    "calbroker cannot reach its database (`/problems/service-unavailable`, with `Retry-After`)",
+    ("service-unavailable", "calbroker cannot reach its database right now; nothing was written."),
+)
+_UPSTREAM_UNAVAILABLE = problem_response(
+    "calbroker cannot reach its database (`/problems/service-unavailable`), or Microsoft is throttling "
+    "(`/problems/upstream-throttled`) or unavailable (`/problems/upstream-unavailable`); `Retry-After` says "
+    "when to retry where it is known",
+    ("upstream-throttled", "Microsoft Graph answered 429 and the back-off did not end within the request's deadline."),
+    ("upstream-unavailable", "Microsoft Graph failed POST /users/adele.vance@contoso.com/events: HTTP 503 …"),
+    ("service-unavailable", "calbroker cannot reach its database right now; nothing was written."),
+)
+_INVALID = problem_response(
+    "Invalid input or a limit exceeded; `errors` names each field (`/problems/invalid-request`, "
+    "`/problems/limit-exceeded`)",
+    (
         "invalid-request",
         "query_periods[0].end: must be after start",
         [{"field": "query_periods[0].end", "message": "must be after start"}],
     ),
-    500: _spec(
-        "Unexpected error, logged with the request id (`/problems/internal-error`)",
-        "internal-error",
-        "An unexpected error occurred; it was logged with the request id.",
-    ),
-}
-"""Problem responses every /v1 operation can return; handlers add their own on top."""
+)
 
 
-UPSTREAM_PROBLEMS: Mapping[int, ResponseSpec] = {
-    502: _spec(
-        "Microsoft answered with an error (`/problems/upstream-rejected`, `/problems/credentials-rejected`); "
-        "`upstream_code` names it",
-        "credentials-rejected",
-        "AADSTS7000222: The provided client secret keys for app '…' are expired.",
-    ),
-    503: _spec(
-        "Microsoft is throttling or unavailable (`/problems/upstream-throttled` with `Retry-After`, "
-        "`/problems/upstream-unavailable`)",
-        "upstream-throttled",
-        "Microsoft Graph answered 429 and the back-off did not end within the request's deadline.",
-    ),
-    504: _spec(
-        "Microsoft did not answer within the deadline (`/problems/upstream-timeout`)",
-        "upstream-timeout",
-        "Microsoft Graph did not answer within the request deadline.",
-    ),
-}
-"""For operations that wait on Microsoft and report its failure as the whole answer."""
+def problem_responses(
+    *, body: bool = False, params: bool = False, upstream: bool = False, **more: ResponseSpec
+) -> dict[int, ResponseSpec]:
+    """The problem responses of one /v1 operation: those every operation has, plus what it can add.
+
+    `body`: it reads a JSON body (400, 415, 422). `params`: it validates path or query parameters
+    (422). `upstream`: its answer waits on Microsoft (502, 503 upstream, 504). `more`: its own,
+    keyed `s404`, `s409`… (they replace a default of the same status).
+    """
+    found: dict[int, ResponseSpec] = {401: _UNAUTHORIZED, 500: _INTERNAL, 503: _UNAVAILABLE}
+    if body:
+        found[400] = problem_response(
+            "The body is missing or not valid JSON (`/problems/malformed-body`)",
+            ("malformed-body", "The request body is missing or not valid UTF-8 JSON."),
+        )
+        found[415] = problem_response(
+            "The body is not sent as JSON (`/problems/unsupported-media-type`)",
+            ("unsupported-media-type", "The body must be JSON, sent with Content-Type: application/json."),
+        )
+    if body or params:
+        found[422] = _INVALID
+    if upstream:
+        found[502] = problem_response(
+            "Microsoft answered with an error (`/problems/upstream-rejected`, `/problems/upstream-error`, "
+            "`/problems/credentials-rejected`); `upstream_code` names it",
+            ("credentials-rejected", "AADSTS7000222: The provided client secret keys for app '…' are expired."),
+        )
+        found[503] = _UPSTREAM_UNAVAILABLE
+        found[504] = problem_response(
+            "Microsoft did not answer within the deadline (`/problems/upstream-timeout`)",
+            ("upstream-timeout", "Microsoft Graph did not answer within the request deadline."),
+        )
+    for key, spec in more.items():
+        found[int(key.removeprefix("s"))] = spec
+    return dict(sorted(found.items()))

@@ -22,6 +22,7 @@ from enum import StrEnum
 from calbroker.domain.errors import AccessLevelInsufficient, InvalidRequest, MailboxNotConnected, MailboxOutOfScope
 
 __all__ = [
+    "EMAIL_PATTERN",
     "AccessLevel",
     "Connection",
     "ConnectionKind",
@@ -40,8 +41,17 @@ __all__ = [
     "successor",
 ]
 
-# Deliberately simple: one @, a dotted domain, no spaces. Exchange decides the rest.
-_EMAIL = re.compile(r"^[^@\s<>()\[\],;:\"]{1,64}@([A-Za-z0-9-]{1,63}\.)+[A-Za-z0-9-]{2,63}$")
+# Deliberately simple: one @, a dotted domain, no spaces or control characters. Exchange decides the
+# rest. Written without `\s` and `$`-before-newline subtleties, so Python's `re` and the ECMA-262
+# dialect of JSON Schema (the API declares it as the `pattern` of every address) read it the same.
+_BLANK = r"\t\n\u000b\f\r "
+EMAIL_PATTERN = (
+    rf"^[{_BLANK}]*[^@{_BLANK}<>()\[\],;:\"\u0000-\u001f\u007f-\u009f\u00a0\u1680\u2000-\u200a\u2028\u2029"
+    rf"\u202f\u205f\u3000\ufeff]{{1,64}}@([A-Za-z0-9-]{{1,63}}\.)+[A-Za-z0-9-]{{2,63}}[{_BLANK}]*$"
+)
+"""An address as typed: surrounding ASCII blanks are trimmed, no other space or control character anywhere."""
+_EMAIL = re.compile(EMAIL_PATTERN)
+_BLANK_CHARS = "\t\n\v\f\r "
 _DOMAIN = re.compile(r"^([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z0-9-]{2,63}$")
 
 
@@ -104,10 +114,9 @@ class ConnectionStatus(StrEnum):
 
 def normalize_email(value: str, *, field_name: str = "email") -> str:
     """Lower-case, trimmed address, or InvalidRequest naming the field."""
-    email = value.strip().lower()
-    if not _EMAIL.match(email):
+    if not _EMAIL.match(value):
         raise InvalidRequest.field(field_name, f"{value!r} is not an email address")
-    return email
+    return value.strip(_BLANK_CHARS).lower()
 
 
 def normalize_domain(value: str, *, field_name: str = "domains") -> str:

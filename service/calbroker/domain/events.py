@@ -25,6 +25,7 @@ __all__ = [
     "MAX_NAME",
     "MAX_REMINDER_MINUTES",
     "MAX_SUMMARY",
+    "MIN_DURATION",
     "Attendee",
     "AttendeeType",
     "EventSpec",
@@ -45,6 +46,9 @@ MAX_DESCRIPTION = 32_768
 MAX_LOCATION = 255
 MAX_NAME = 255
 MAX_DURATION = timedelta(days=31)
+MIN_DURATION = timedelta(minutes=1)
+"""Exchange keeps event times to the second at best (Graph's dateTimeTimeZone, EWS's xs:dateTime as
+Exchange stores it); a shorter event could come back with its end at its start."""
 MAX_REMINDER_MINUTES = 20_160
 """Two weeks: the longest reminder Outlook offers."""
 
@@ -132,6 +136,8 @@ class EventSpec:
                 actual=len(self.attendees),
                 message=f"at most {MAX_ATTENDEES} attendees per event (got {len(self.attendees)})",
             )
+        if self.interval.duration < MIN_DURATION:
+            raise InvalidRequest.field("end", "must be at least a minute after start")
         if self.interval.duration > MAX_DURATION:
             raise LimitExceeded(
                 field="end",

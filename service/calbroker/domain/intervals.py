@@ -25,6 +25,25 @@ _FAR_FUTURE = 1 << 62
 _set_field = object.__setattr__  # how a frozen dataclass sets its own fields
 
 
+FIRST_YEAR = 1970
+LAST_YEAR = 2099
+"""Times calbroker accepts are written with a year in FIRST_YEAR..LAST_YEAR (in their own offset).
+
+Far enough from `datetime`'s limits (years 1 and 9999) that no offset, buffer or advance limit can
+overflow, and wider than any calendar Exchange is asked about."""
+
+
+def supported(moment: datetime, field: str) -> datetime:
+    """The time, or InvalidRequest when its year lies outside the supported range.
+
+    Checked on the year as written, before any conversion: `0001-01-01T00:00:00+14:00` would
+    overflow on its way to UTC.
+    """
+    if not FIRST_YEAR <= moment.year <= LAST_YEAR:
+        raise InvalidRequest.field(field, f"must be in the years {FIRST_YEAR}–{LAST_YEAR} (got {moment.year})")
+    return moment
+
+
 def to_us(moment: datetime) -> int:
     """Exact epoch microseconds of an aware datetime (floats would lose microseconds after 2255)."""
     return (moment - EPOCH) // MICROSECOND

@@ -21,7 +21,7 @@ from calbroker.domain.connections import (
     EwsServiceAccount,
 )
 from calbroker.domain.errors import InvalidRequest
-from calbroker.providers.endpoints import check_upstream_url
+from calbroker.providers.endpoints import AddressPolicy, check_upstream_url
 from calbroker.providers.ews import EwsLimits, EwsProvider, discover_ews_endpoint
 from calbroker.providers.graph import GraphLimits, GraphProvider
 from calbroker.providers.protocol import CalendarProvider
@@ -54,6 +54,10 @@ class ProviderRegistry:
         self._ews_limits = EwsLimits(
             mailboxes_per_request=settings.ews_max_mailboxes, max_window=settings.ews_max_window
         )
+        self.address_policy = AddressPolicy(
+            allow_private=settings.allow_private_upstreams, allow_http=settings.allow_http_upstreams
+        )
+        """What admin-typed endpoints may point at: checked when typed and on every connection."""
         self._session = session
         self._executor = executor
         self._sink = credentials_sink
@@ -76,9 +80,8 @@ class ProviderRegistry:
         settings = self._settings
 
         async def check(url: str, *, allow_http: bool = settings.allow_http_upstreams) -> str:
-            return await check_upstream_url(
-                url, field="endpoint", allow_http=allow_http, allow_private=settings.allow_private_upstreams
-            )
+            policy = AddressPolicy(allow_private=settings.allow_private_upstreams, allow_http=allow_http)
+            return await check_upstream_url(url, field="endpoint", policy=policy)
 
         return await discover_ews_endpoint(
             email,
@@ -86,6 +89,7 @@ class ProviderRegistry:
             executor=self._executor,
             check_url=check,
             check_http_url=partial(check, allow_http=True),  # the unauthenticated redirect probe sends nothing
+            policy=self.address_policy,
             start_host=found.autodiscover_host,
             ca_bundle=found.ca_bundle,
         )
@@ -109,7 +113,14 @@ class ProviderRegistry:
         if connection.kind is ConnectionKind.EWS:
             if not isinstance(credentials, EwsServiceAccount):
                 raise TypeError("an EWS connection needs EwsServiceAccount credentials")
-            return EwsProvider(connection, credentials, cloud.ca_bundle, self._executor, limits=self._ews_limits)
+            return EwsProvider(
+                connection,
+                credentials,
+                cloud.ca_bundle,
+                self._executor,
+                limits=self._ews_limits,
+                policy=self.address_policy,
+            )
         sink = self._sink
 
         async def renewed(updated: Credentials) -> None:

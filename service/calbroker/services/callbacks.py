@@ -19,7 +19,7 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from calbroker.config import Settings
 from calbroker.domain.errors import InvalidRequest
 from calbroker.logs import get_logger
-from calbroker.providers.endpoints import check_upstream_url, refused_address
+from calbroker.providers.endpoints import AddressPolicy, check_upstream_url
 from calbroker.providers.protocol import Deadline
 
 __all__ = ["AppCallbacks"]
@@ -33,16 +33,16 @@ _BACKOFF_S = (0.5, 2.0)
 class _PolicyResolver(AbstractResolver):
     """The default resolver, refusing any answer the URL policy forbids."""
 
-    def __init__(self, *, allow_private: bool) -> None:
+    def __init__(self, policy: AddressPolicy) -> None:
         self._inner = aiohttp.ThreadedResolver()
-        self._allow_private = allow_private
+        self._policy = policy
 
     async def resolve(
         self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
     ) -> list[ResolveResult]:
         found = await self._inner.resolve(host, port, family)
         for item in found:
-            why = refused_address(ipaddress.ip_address(item["host"]), allow_private=self._allow_private)
+            why = self._policy.refusal(ipaddress.ip_address(item["host"]))
             if why is not None:
                 raise OSError(f"{host} {why}")
         return found
@@ -55,13 +55,13 @@ class AppCallbacks:
     """One HTTP session for every call to an application's URL, with the URL policy on each."""
 
     def __init__(self, settings: Settings) -> None:
-        self._settings = settings
+        self._policy = AddressPolicy(
+            allow_private=settings.allow_private_upstreams, allow_http=settings.allow_http_upstreams
+        )
         self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> AppCallbacks:
-        connector = aiohttp.TCPConnector(
-            resolver=_PolicyResolver(allow_private=self._settings.allow_private_upstreams), limit=50
-        )
+        connector = aiohttp.TCPConnector(resolver=_PolicyResolver(self._policy), limit=50)
         self._session = aiohttp.ClientSession(
             connector=connector, timeout=aiohttp.ClientTimeout(total=10), headers={"User-Agent": "calbroker"}
         )
@@ -74,12 +74,7 @@ class AppCallbacks:
 
     async def check(self, url: str, *, field: str) -> str:
         """The URL if the policy allows it, else InvalidRequest naming `field` and why."""
-        return await check_upstream_url(
-            url,
-            field=field,
-            allow_http=self._settings.allow_http_upstreams,
-            allow_private=self._settings.allow_private_upstreams,
-        )
+        return await check_upstream_url(url, field=field, policy=self._policy)
 
     async def post_json(
         self, url: str, body: bytes, deadline: Deadline, *, headers: dict[str, str] | None = None

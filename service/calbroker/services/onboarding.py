@@ -24,7 +24,7 @@ from calbroker.domain.connections import (
     normalize_email,
 )
 from calbroker.domain.errors import InvalidRequest
-from calbroker.providers.endpoints import check_upstream_url
+from calbroker.providers.endpoints import AddressPolicy, check_upstream_url
 from calbroker.providers.ews import check_ews_endpoint, is_email_address
 from calbroker.providers.protocol import Deadline
 from calbroker.services.bundle import Services
@@ -65,7 +65,9 @@ class ConnectionDraft:
 Discover = Callable[[str, EwsServiceAccount, str], Awaitable[str]]
 
 
-async def _normalised(draft: ConnectionDraft, settings: Settings, discover: Discover) -> tuple[NewConnection, str]:
+async def _normalised(
+    draft: ConnectionDraft, settings: Settings, policy: AddressPolicy, discover: Discover
+) -> tuple[NewConnection, str]:
     domains = tuple(dict.fromkeys(normalize_domain(d) for d in draft.domains))
     if not domains:
         raise InvalidRequest.field("domains", "list at least one domain the connection serves, e.g. contoso.com")
@@ -95,13 +97,8 @@ async def _normalised(draft: ConnectionDraft, settings: Settings, discover: Disc
         if is_email_address(typed):
             # An address instead of a URL: Autodiscover, under the same URL policy as a typed URL (below).
             typed = await discover(normalize_email(typed, field_name="endpoint"), credentials, draft.cloud)
-        endpoint = check_ews_endpoint(typed)
-        endpoint = await check_upstream_url(
-            endpoint,
-            field="endpoint",
-            allow_http=settings.allow_http_upstreams,
-            allow_private=settings.allow_private_upstreams,
-        )
+        endpoint = check_ews_endpoint(typed, allow_http=policy.allow_http or policy.allow_loopback_http)
+        endpoint = await check_upstream_url(endpoint, field="endpoint", policy=policy)
         credentials = EwsServiceAccount(endpoint, credentials.username, credentials.password, credentials.auth_type)
     elif draft.tenant_id is None or not draft.tenant_id.strip():
         raise InvalidRequest.field("tenant_id", "is required: the directory (tenant) id or primary domain")
@@ -151,7 +148,10 @@ async def verify_and_save(
     was written. The test mailbox is kept for the health checks; `on_save`
     lets an authorize link claim itself atomically with the save (single use across replicas).
     """
-    new, test_mailbox = await _normalised(draft, services.settings, services.upstream.registry.discover_ews_endpoint)
+    registry = services.upstream.registry
+    new, test_mailbox = await _normalised(
+        draft, services.settings, registry.address_policy, registry.discover_ews_endpoint
+    )
     candidate = Connection(
         id=uuid.uuid4(),
         application_id=new.application_id,

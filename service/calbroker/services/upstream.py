@@ -11,7 +11,7 @@ import asyncpg
 
 from calbroker.config import Cloud
 from calbroker.domain.connections import Connection, Credentials
-from calbroker.domain.errors import CalbrokerError, CredentialsUnavailable, UpstreamThrottled
+from calbroker.domain.errors import CalbrokerError, CredentialsUnavailable, MailboxError, UpstreamThrottled
 from calbroker.providers.protocol import CalendarProvider, Deadline
 from calbroker.providers.registry import ProviderRegistry
 from calbroker.store.connections import load_credentials
@@ -49,19 +49,33 @@ class Upstream:
     ) -> CalbrokerError | None:
         """None when the connection works for `mailbox`, else the error that says why it does not.
 
-        `fresh` starts from new tokens (an admin's "check it now"); a failure always drops the
-        provider, since msal remembers refusals for a while and the next check or request must ask
-        Microsoft again. Throttling and credentials this server cannot open are raised, not returned:
-        a busy tenant, or a master key missing here, is not a broken connection.
+        `fresh` checks with new tokens (an admin's "check it now") through a provider of its own,
+        so requests running on the shared one are not cut off. A failure of the connection itself
+        drops the shared provider, since msal remembers refusals for a while and the next request
+        must ask Microsoft again; a failure about the test mailbox (unknown, out of scope) says
+        nothing about the connection and drops nothing. Throttling and credentials this server
+        cannot open are raised, not returned: a busy tenant, or a master key missing here, is not a
+        broken connection.
         """
-        if fresh:
-            await self.forget(connection)
         try:
-            provider = await self.provider(connection)
-            await provider.verify(mailbox, deadline)
+            if fresh:
+                provider = await self._fresh_provider(connection)
+                try:
+                    await provider.verify(mailbox, deadline)
+                finally:
+                    await provider.aclose()
+            else:
+                await (await self.provider(connection)).verify(mailbox, deadline)
         except (UpstreamThrottled, CredentialsUnavailable):
             raise
+        except MailboxError as exc:
+            return exc
         except CalbrokerError as exc:
             await self.forget(connection)
             return exc
         return None
+
+    async def _fresh_provider(self, connection: Connection) -> CalendarProvider:
+        async with self._pool.acquire() as conn:
+            credentials = await load_credentials(conn, self._keyring, connection)
+        return self.registry.build(connection, credentials)

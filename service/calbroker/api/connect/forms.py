@@ -26,6 +26,7 @@ from calbroker.api.connect.guides import (
 )
 from calbroker.api.connect.messages import CONNECT_HEADERS
 from calbroker.api.connect.session import Visit
+from calbroker.api.wire import TEXT_PATTERN
 from calbroker.config import Settings
 from calbroker.domain.connections import (
     AccessLevel,
@@ -70,6 +71,7 @@ __all__ = [
     "parse_list",
     "precheck_consent",
     "precheck_delegated",
+    "unreadable_field",
 ]
 
 SECRET_FIELDS = frozenset({"client_secret", "certificate", "certificate_password", "password", "csrf_token"})
@@ -85,6 +87,7 @@ CLOUD_NAMES = {
 
 _GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 _SPLIT = re.compile(r"[\s,;]+")
+_TEXT = re.compile(TEXT_PATTERN)
 _MAX_CERTIFICATE_BYTES = 64 * 1024
 
 # Where a draft's field errors are shown on the form (the draft and the form mostly agree).
@@ -112,6 +115,15 @@ class FormState:
 def kept_values(form: Mapping[str, object]) -> dict[str, str]:
     """The submitted text values that may be shown again: everything but secrets and uploads."""
     return {k: v.strip() for k, v in form.items() if isinstance(v, str) and k not in SECRET_FIELDS}
+
+
+def unreadable_field(form: Mapping[str, object]) -> str | None:
+    """The first submitted text field holding a control character (U+0000 and kin), if any.
+
+    Such a value can be neither stored (PostgreSQL refuses U+0000) nor sent to Exchange (XML 1.0
+    refuses the rest), so the form is shown again naming the field instead.
+    """
+    return next((k for k, v in form.items() if isinstance(v, str) and not _TEXT.match(v)), None)
 
 
 def parse_list(raw: str) -> list[str]:

@@ -7,9 +7,11 @@ anything secret, and every one carries the connect pages' security headers.
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 from litestar.response import Template
 
+from calbroker.api.problems import DATABASE_RETRY_AFTER_S
 from calbroker.redaction import redact_text
 from calbroker.store.connect_links import ConnectLink, LinkState
 
@@ -23,6 +25,7 @@ __all__ = [
     "no_operator_app",
     "not_found",
     "rate_limited",
+    "service_unavailable",
     "unavailable",
 ]
 
@@ -115,6 +118,19 @@ def rate_limited(retry_after: timedelta, app_name: str) -> Template:
         429,
         app_name=app_name,
         retry_after=retry_after,
+    )
+
+
+def service_unavailable(_request: Any, _exc: Exception) -> Template:
+    """The page for any connect step while calbroker cannot reach its database (an exception handler)."""
+    return message_page(
+        "Please try again in a moment",
+        [
+            "calbroker cannot reach its database right now, so this step could not be completed. Nothing you "
+            "typed was saved. Go back and submit again in a few seconds; the link still works.",
+        ],
+        503,
+        retry_after=timedelta(seconds=DATABASE_RETRY_AFTER_S),
     )
 
 

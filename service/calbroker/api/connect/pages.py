@@ -33,7 +33,7 @@ from calbroker.api.connect.flow import (
     start_consent,
     start_sign_in,
 )
-from calbroker.api.connect.forms import FormState, draft_from_form, form_page, kept_values
+from calbroker.api.connect.forms import FormState, draft_from_form, form_page, kept_values, unreadable_field
 from calbroker.api.connect.guides import METHODS
 from calbroker.api.connect.messages import (
     CONNECT_HEADERS,
@@ -129,6 +129,11 @@ async def connect_submit(request: Request[Any, Any, Any], services: NamedDepende
     if method is None:
         return forged()
     visit = Visit(services, link, app_name, session)
+    unreadable = unreadable_field(form)
+    if unreadable is not None:
+        values.pop(unreadable, None)
+        state = FormState(values=values, errors={unreadable: "must not contain control characters"})
+        return form_page(visit, method, state, status=422)
     match method:
         case ConnectionMethod.GRAPH_APP | ConnectionMethod.EWS:
             typed = {k: v for k, v in form.items() if isinstance(v, str) and k in _TYPED_SECRETS}

@@ -45,6 +45,7 @@ from exchangelib.transport import BASIC, NTLM
 
 from calbroker.domain.connections import EwsServiceAccount
 from calbroker.domain.errors import InvalidRequest
+from calbroker.providers.endpoints import AddressPolicy
 from calbroker.providers.ews.tls import trusting_adapter
 
 __all__ = ["SrvRecord", "autodiscover_candidates", "discover_ews_endpoint", "is_email_address", "pick_srv_target"]
@@ -129,12 +130,19 @@ class _Answer:
 
 
 def _get_user_settings(
-    email: str, *, url: str, credentials: EwsServiceAccount, ca_bundle: Path | None, timeout_s: float
+    email: str,
+    *,
+    url: str,
+    credentials: EwsServiceAccount,
+    ca_bundle: Path | None,
+    timeout_s: float,
+    policy: AddressPolicy,
 ) -> _Answer:
-    """One SOAP GetUserSettings, in a worker thread (exchangelib is synchronous)."""
+    """One SOAP GetUserSettings, in a worker thread (exchangelib is synchronous), connected only to
+    addresses the URL policy accepts (the same pinning as EWS calls)."""
 
     class _Protocol(AutodiscoverProtocol):  # type: ignore[misc]  # exchangelib ships no types
-        HTTP_ADAPTER_CLS = trusting_adapter(url, ca_bundle)
+        HTTP_ADAPTER_CLS = trusting_adapter(url, ca_bundle, policy)
 
     protocol = _Protocol(
         config=Configuration(
@@ -195,6 +203,7 @@ async def discover_ews_endpoint(
     executor: Executor,
     check_url: UrlPolicy,
     check_http_url: UrlPolicy,
+    policy: AddressPolicy,
     start_host: str | None = None,
     ca_bundle: Path | None = None,
     timeout_s: float = 10.0,
@@ -226,6 +235,7 @@ async def discover_ews_endpoint(
                 credentials=credentials,
                 ca_bundle=ca_bundle,
                 timeout_s=timeout_s,
+                policy=policy,
             ),
         )
         if answer.problem:

@@ -68,6 +68,7 @@ from calbroker.domain.errors import (
     CalbrokerError,
     CredentialsRejected,
     ImpersonationDenied,
+    MailboxError,
     MailboxNotFound,
     MailboxOutOfScope,
     UpstreamRejected,
@@ -164,6 +165,17 @@ def _code(exc: BaseException) -> str:
     return type(exc).__name__
 
 
+_POLICY_REFUSAL = re.compile(r"resolves to [^;()]*\([^)]*\)|points at a cloud metadata service \([^)]*\)")
+
+
+def _header_safe(text: str) -> bool:
+    try:
+        text.encode("latin-1")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _short(text: str, limit: int = 300) -> str:
     text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
@@ -171,6 +183,9 @@ def _short(text: str, limit: int = 300) -> str:
 
 def _unreachable_reason(exc: requests.RequestException) -> str:
     text = str(exc)
+    refused = _POLICY_REFUSAL.search(text)
+    if refused:  # the address policy refused the address before any connection (endpoints.py)
+        return refused.group(0)
     if "NameResolution" in text or "Name or service not known" in text or "nodename nor servname" in text:
         return "its host name does not resolve"
     if "Connection refused" in text or "ConnectionRefused" in text:
@@ -327,6 +342,15 @@ class EwsCalls:
                 return await self._in_thread(call, deadline, settle=settle)
             except TimeoutError:
                 raise UpstreamTimeout(f"{what} did not complete within the request deadline", mailbox=mailbox) from None
+            except UnicodeEncodeError:
+                # exchangelib names the impersonated mailbox in the X-AnchorMailbox header, and HTTP
+                # headers carry Latin-1 only: such an address cannot be used over EWS at all.
+                if mailbox is None or _header_safe(mailbox):
+                    raise
+                raise MailboxError(
+                    f"{mailbox} cannot be used over EWS: its address has characters an HTTP header cannot carry.",
+                    mailbox=mailbox,
+                ) from None
             except (EWSError, requests.RequestException) as exc:
                 error = translate_error(exc, what=what, mailbox=mailbox)
                 if isinstance(error, UpstreamThrottled):

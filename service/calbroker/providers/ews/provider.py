@@ -54,6 +54,7 @@ from calbroker.domain.events import EventSpec, OnlineMeeting, UpstreamEvent
 from calbroker.domain.intervals import Interval
 from calbroker.domain.schedules import MailboxSchedule, Room, RoomList, ScheduleResult
 from calbroker.logs import get_logger
+from calbroker.providers.endpoints import AddressPolicy
 from calbroker.providers.ews import events
 from calbroker.providers.ews.calls import EwsCalls, request_timeout, translate_error
 from calbroker.providers.ews.rooms import room_lists, room_location, rooms_of
@@ -129,14 +130,17 @@ def check_ews_endpoint(url: str, *, allow_http: bool = False) -> str:
 
     A bare host (``mail.contoso.com``) or origin gets the standard path; Exchange Online hosts are
     refused, because EWS for Exchange Online is retired and Graph is the way there. No DNS here:
-    address policy (private, loopback, metadata) is `endpoints.check_upstream_url`'s job.
+    address policy (private, loopback, metadata) is `endpoints.AddressPolicy`'s job.
     """
     raw = url.strip()
     if not raw:
         raise InvalidRequest.field("endpoint", "enter the EWS URL, e.g. https://mail.contoso.com/EWS/Exchange.asmx")
     if "://" not in raw:
         raw = "https://" + raw
-    parts = urlsplit(raw)
+    try:
+        parts = urlsplit(raw)
+    except ValueError:  # unbalanced [ ] in the host
+        raise InvalidRequest.field("endpoint", f"{url!r} is not an https:// URL") from None
     scheme = parts.scheme.lower()
     if scheme not in ("https", "http") or not parts.hostname:
         raise InvalidRequest.field("endpoint", f"{url!r} is not an https:// URL")
@@ -186,7 +190,7 @@ class _Availability(GetUserAvailability):  # type: ignore[misc]  # exchangelib s
     ERRORS_TO_CATCH_IN_RESPONSE = ResponseMessageError
 
 
-def _fresh_protocol(config: Any, ca_bundle: Path | None, http_timeout_s: float) -> Any:
+def _fresh_protocol(config: Any, ca_bundle: Path | None, http_timeout_s: float, policy: AddressPolicy) -> Any:
     """A new Protocol for `config` that trusts `ca_bundle` for its endpoint, never a cached one.
 
     exchangelib caches Protocols process-wide by (endpoint, credentials) and hands the cached one
@@ -197,7 +201,7 @@ def _fresh_protocol(config: Any, ca_bundle: Path | None, http_timeout_s: float) 
     exchangelib reads `TIMEOUT` for every request a service makes without its own timeout (item
     saves, folder look-ups): ours is what is left of the running call's deadline.
     """
-    adapter = trusting_adapter(config.service_endpoint, ca_bundle)
+    adapter = trusting_adapter(config.service_endpoint, ca_bundle, policy)
 
     class _Protocol(ExchangeProtocol):  # type: ignore[misc]  # exchangelib ships no types
         HTTP_ADAPTER_CLS = adapter  # read by the classmethods that build sessions
@@ -300,12 +304,14 @@ class EwsProvider:
         executor: Executor,
         *,
         limits: EwsLimits = EwsLimits(),  # frozen, so one shared default is safe
+        policy: AddressPolicy,
     ) -> None:
         auth_type = _AUTH_TYPES.get(credentials.auth_type.strip().lower())
         if auth_type is None:
             raise InvalidRequest.field("auth_type", f"{credentials.auth_type!r} is not supported; use basic or ntlm")
         self._connection = connection
         self._limits = limits
+        # The scheme was checked when the endpoint was typed; every connection is checked by `policy`.
         self.endpoint = check_ews_endpoint(credentials.endpoint or connection.endpoint or "", allow_http=True)
         self._config = Configuration(
             service_endpoint=self.endpoint,
@@ -313,7 +319,7 @@ class EwsProvider:
             auth_type=auth_type,
             max_connections=limits.concurrency,
         )
-        self._protocol = _fresh_protocol(self._config, cloud_ca_bundle, limits.http_timeout_s)
+        self._protocol = _fresh_protocol(self._config, cloud_ca_bundle, limits.http_timeout_s, policy)
         self._calls = EwsCalls(executor, limits.concurrency, limits.http_timeout_s, connection_id=connection.id)
         events.register_marker()
         self._event_accounts = events.Accounts(self._account)

@@ -1,4 +1,5 @@
-"""Trusting one CA for one EWS endpoint inside exchangelib's sessions, whatever the environment says.
+"""Trusting one CA for one EWS endpoint inside exchangelib's sessions, whatever the environment says,
+and connecting only to addresses the address policy accepted.
 
 exchangelib creates its ``requests`` sessions itself and only lets us choose the adapter *class*
 (``BaseProtocol.HTTP_ADAPTER_CLS``, documented under "Proxies and custom TLS validation" at
@@ -17,17 +18,31 @@ exchangelib never passes ``verify``). ``HTTPAdapter.send`` runs after that merge
 the environment cannot override the endpoint's CA, and a changed CA path never reuses a TLS
 connection verified against the old one. Without a CA we keep requests' default trust (certifi,
 or the environment's bundle — the operator's choice for the whole process).
+
+Each new TCP connection resolves the endpoint's host once, checks every address of that answer
+against the `AddressPolicy` and connects to one of them (`PinnedConnection._new_conn`, the hook
+urllib3's own SOCKS support overrides): the address that was checked is the address connected
+to, so a DNS answer that changes between check and connect (rebinding) cannot reach a private
+address. TLS still verifies the certificate against the endpoint's host name.
 """
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Mapping
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
+from urllib3.util import connection
+
+from calbroker.domain.errors import UpstreamUnavailable
+from calbroker.providers.endpoints import AddressPolicy, checked_addresses
 
 __all__ = ["EndpointTrustAdapter", "endpoint_key", "trusting_adapter"]
 
@@ -40,10 +55,53 @@ def endpoint_key(url: str) -> tuple[str, int]:
     return host, port
 
 
+class _PinnedConnection(HTTPConnection):
+    policy: ClassVar[AddressPolicy] = AddressPolicy()
+
+    def _new_conn(self) -> socket.socket:
+        try:
+            addresses = checked_addresses(self.host, self.port, self.policy)
+        except UpstreamUnavailable as exc:
+            raise NewConnectionError(self, exc.detail) from exc
+        failure: OSError | None = None
+        for address in addresses:
+            try:
+                return connection.create_connection(
+                    (str(address), self.port),
+                    self.timeout,
+                    source_address=self.source_address,
+                    socket_options=self.socket_options,
+                )
+            except TimeoutError as exc:
+                raise ConnectTimeoutError(self, f"Connection to {self.host} timed out") from exc
+            except OSError as exc:
+                failure = exc
+        raise NewConnectionError(self, f"Failed to establish a new connection: {failure}")
+
+
+class _PinnedHTTPSConnection(_PinnedConnection, HTTPSConnection):
+    pass
+
+
+def _pinned_pools(policy: AddressPolicy) -> dict[str, type[HTTPConnectionPool]]:
+    plain = type("PinnedConnection", (_PinnedConnection,), {"policy": policy})
+    tls = type("PinnedHTTPSConnection", (_PinnedHTTPSConnection,), {"policy": policy})
+    return {
+        "http": type("PinnedPool", (HTTPConnectionPool,), {"ConnectionCls": plain}),
+        "https": type("PinnedHTTPSPool", (HTTPSConnectionPool,), {"ConnectionCls": tls}),
+    }
+
+
 class EndpointTrustAdapter(HTTPAdapter):
-    """An HTTPAdapter that verifies the endpoints in `trusted` against their own CA only."""
+    """An HTTPAdapter that verifies the endpoints in `trusted` against their own CA only, and
+    connects only to addresses `policy` accepts."""
 
     trusted: ClassVar[Mapping[tuple[str, int], str]] = {}
+    policy: ClassVar[AddressPolicy] = AddressPolicy()
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = _pinned_pools(self.policy)
 
     def send(  # noqa: PLR0917  # HTTPAdapter.send's signature
         self,
@@ -60,12 +118,12 @@ class EndpointTrustAdapter(HTTPAdapter):
         return super().send(request, stream=stream, timeout=timeout, verify=verify, cert=cert, proxies=proxies)
 
 
-def trusting_adapter(endpoint: str, ca_bundle: Path | None) -> type[EndpointTrustAdapter]:
-    """An adapter class trusting `ca_bundle` (and nothing else) for `endpoint`'s host and port."""
-    if ca_bundle is None:
-        return EndpointTrustAdapter
+def trusting_adapter(endpoint: str, ca_bundle: Path | None, policy: AddressPolicy) -> type[EndpointTrustAdapter]:
+    """An adapter class trusting `ca_bundle` (and nothing else) for `endpoint`'s host and port,
+    reaching only addresses `policy` accepts."""
+    trusted = {endpoint_key(endpoint): str(ca_bundle)} if ca_bundle is not None else {}
     return type(
         "EndpointTrustAdapter",
         (EndpointTrustAdapter,),
-        {"trusted": {endpoint_key(endpoint): str(ca_bundle)}, "__module__": __name__},
+        {"trusted": trusted, "policy": policy, "__module__": __name__},
     )

@@ -16,6 +16,7 @@ from concurrent.futures import Executor
 from typing import Any, cast
 from urllib.parse import urlsplit
 
+import jwt
 import msal
 import msal.exceptions
 import requests
@@ -38,7 +39,7 @@ from calbroker.domain.errors import (
 from calbroker.logs import get_logger
 from calbroker.providers.protocol import Deadline
 
-__all__ = ["DELEGATED_SCOPES", "GraphCredentials", "GraphTokens", "MsalHttpClient"]
+__all__ = ["DELEGATED_SCOPES", "GraphCredentials", "GraphTokens", "MsalHttpClient", "granted_permissions"]
 
 GraphCredentials = GraphClientSecret | GraphCertificate | GraphAdminConsent | GraphDelegated
 
@@ -116,6 +117,30 @@ class MsalHttpClient:
 
     def close(self) -> None:
         self._session.close()
+
+
+def granted_permissions(access_token: str) -> frozenset[str] | None:
+    """The Graph permissions a token carries: `roles` (application) or `scp` (delegated); None if unreadable.
+
+    Claims reference: https://learn.microsoft.com/entra/identity-platform/access-token-claims-reference
+    (`roles`: "the set of permissions exposed by the application ... that have been given
+    permission to call"; `scp`: the delegated scopes, space-separated). The signature is not
+    checked, and need not be: the token is our own, just received from the token endpoint over
+    TLS that we authenticated, and we only read what was granted to decide what to offer; Graph
+    still enforces every call. Microsoft also says tokens are opaque to clients and their format
+    may change, hence None (unknown) rather than an error when it is not a JWT.
+    """
+    try:
+        claims = jwt.decode(access_token, options={"verify_signature": False})
+    except jwt.PyJWTError:
+        return None
+    roles = claims.get("roles")
+    if isinstance(roles, list):
+        return frozenset(str(role) for role in roles)
+    scopes = claims.get("scp")
+    if isinstance(scopes, str):
+        return frozenset(scopes.split())
+    return frozenset()
 
 
 class GraphTokens:

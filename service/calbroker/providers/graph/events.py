@@ -28,7 +28,7 @@ from calbroker.domain.events import Attendee, AttendeeType, EventSpec, OnlineMee
 from calbroker.domain.intervals import Interval
 from calbroker.logs import get_logger
 from calbroker.providers.graph.client import GraphClient, GraphResponse
-from calbroker.providers.graph.wire import DateTimeTimeZone, GraphModel
+from calbroker.providers.graph.wire import DateTimeTimeZone, GraphModel, wall_time
 from calbroker.providers.protocol import Deadline
 from calbroker.providers.windows_zones import WINDOWS_TO_IANA
 
@@ -197,11 +197,11 @@ def _attendee(wire: AttendeeWire) -> Attendee | None:
 def _when(moment: datetime, tzid: str) -> DateTimeTimeZone:
     """Wall time in the event's zone, named the Windows way when there is one (Graph's own form)."""
     local = moment.astimezone(ZoneInfo(tzid))
-    return DateTimeTimeZone(date_time=local.strftime("%Y-%m-%dT%H:%M:%S"), time_zone=_WINDOWS_NAMES.get(tzid, tzid))
+    return DateTimeTimeZone(date_time=wall_time(local), time_zone=_WINDOWS_NAMES.get(tzid, tzid))
 
 
 def _utc(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return wall_time(moment.astimezone(UTC)) + "Z"
 
 
 def _write(spec: EventSpec, changed: frozenset[str] | None) -> EventWrite:

@@ -19,8 +19,9 @@ from urllib.parse import quote, urlencode
 import aiohttp
 
 from calbroker.config import Cloud, OperatorApp
-from calbroker.domain.connections import Connection, ConnectionPurpose, Credentials, GraphDelegated
+from calbroker.domain.connections import AccessLevel, Connection, ConnectionPurpose, Credentials, GraphDelegated
 from calbroker.domain.errors import (
+    AccessLevelInsufficient,
     CalbrokerError,
     CredentialsRejected,
     MailboxNotFound,
@@ -33,7 +34,7 @@ from calbroker.domain.intervals import Interval
 from calbroker.domain.schedules import MailboxSchedule, Room, RoomList, ScheduleResult
 from calbroker.logs import get_logger
 from calbroker.providers.graph import wire
-from calbroker.providers.graph.auth import GraphCredentials, GraphTokens
+from calbroker.providers.graph.auth import GraphCredentials, GraphTokens, granted_permissions
 from calbroker.providers.graph.client import GraphClient
 from calbroker.providers.graph.events import GraphEvents
 from calbroker.providers.protocol import Deadline, for_mailbox, merge_schedules
@@ -80,6 +81,34 @@ class GraphLimits:
             raise ValueError("GraphLimits.max_window must be at least 5 minutes")
         if not 5 <= self.availability_view_interval <= 1440:
             raise ValueError("GraphLimits.availability_view_interval must be 5–1440 minutes")
+
+
+_CALENDAR_PERMISSIONS = ("Calendars.ReadBasic", "Calendars.Read", "Calendars.ReadWrite")
+
+
+def _require_permissions(level: AccessLevel, granted: frozenset[str] | None) -> None:
+    """AccessLevelInsufficient naming the missing Graph permission, when the token shows it missing.
+
+    Permissions: https://learn.microsoft.com/graph/permissions-reference (Calendars.ReadWrite to
+    create, update and delete events; Calendars.Read or Calendars.ReadBasic for getSchedule).
+    An unreadable token, or one with no permission at all (consent missing), is left to the probe
+    call that follows, which reports it as Microsoft does.
+    """
+    if not granted:
+        return
+    if level.opens_calendars:
+        needed, ok, why = "Calendars.ReadWrite", "Calendars.ReadWrite" in granted, "book, move and cancel events"
+    else:
+        needed, ok, why = "Calendars.Read", bool(granted & set(_CALENDAR_PERMISSIONS)), "read free/busy"
+    if ok:
+        return
+    has = sorted(granted & set(_CALENDAR_PERMISSIONS)) or ["no calendar permission"]
+    raise AccessLevelInsufficient(
+        f"The app registration has {', '.join(has)}, but {level.value.replace('_', '/')} access needs the "
+        f"{needed} application permission (to {why}). Grant it under API permissions in Entra ID and give "
+        "admin consent"
+        + (", or connect with free/busy only." if level.opens_calendars and has[0].startswith("Calendars") else ".")
+    )
 
 
 class GraphProvider:
@@ -167,7 +196,11 @@ class GraphProvider:
         return {requested: merged[requested.strip().lower()] for requested in mailboxes}
 
     async def verify(self, test_mailbox: str, deadline: Deadline) -> None:
-        """A token, then the cheapest real call that needs the connection's purpose and access level."""
+        """A token whose permissions cover the purpose and access level, then the cheapest real call that needs it.
+
+        A read succeeds with Calendars.Read alone, so the token's granted permissions are what
+        tells a free/busy-capable app from one that can book events.
+        """
         self._client.check_open()
         mailbox = test_mailbox.strip().lower()
         now = datetime.now(UTC).replace(microsecond=0)
@@ -175,6 +208,7 @@ class GraphProvider:
         if self._connection.purpose is ConnectionPurpose.ONLINE_MEETINGS:
             await self._verify_online_meetings(mailbox, Interval(now, now + timedelta(minutes=30)), deadline)
             return
+        _require_permissions(self._connection.access_level, granted_permissions(await self._tokens.token(deadline)))
         if not self._connection.access_level.opens_calendars:
             found = (await self.fetch_schedules([mailbox], window, deadline))[mailbox]
             if isinstance(found, CalbrokerError):

@@ -49,6 +49,7 @@ __all__ = [
     "schedule_decoder",
     "schedule_error",
     "schedule_result",
+    "wall_time",
 ]
 
 _log = get_logger(__name__)
@@ -65,6 +66,14 @@ class GraphModel(msgspec.Struct, rename="camel", kw_only=True, omit_defaults=Tru
     """
 
 
+def wall_time(moment: datetime) -> str:
+    """`2026-11-24T09:00:00`: ISO 8601 without offset, the year always four digits.
+
+    `strftime("%Y")` writes year 1 as `1` on glibc, which Graph would not parse.
+    """
+    return moment.replace(tzinfo=None, microsecond=0).isoformat()
+
+
 class DateTimeTimeZone(GraphModel):
     """https://learn.microsoft.com/graph/api/resources/datetimetimezone"""
 
@@ -73,7 +82,7 @@ class DateTimeTimeZone(GraphModel):
 
     @classmethod
     def utc(cls, moment: datetime) -> DateTimeTimeZone:
-        return cls(date_time=moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S"), time_zone="UTC")
+        return cls(date_time=wall_time(moment.astimezone(UTC)), time_zone="UTC")
 
     def instant(self) -> datetime:
         """The instant this names. An explicit offset wins; an unknown zone name falls back to UTC,
