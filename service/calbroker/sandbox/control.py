@@ -15,9 +15,12 @@ and steer the sandbox.
   `PATCH|DELETE /_sandbox/mailboxes/{email}/events/{id}` (PATCH also takes `{"shift_minutes": n}`),
   `POST …/events/{id}/respond {"response": "accepted"}` — edits as if made in Outlook; change
   notifications fire.
-- `GET /_sandbox/subscriptions`, `POST /_sandbox/subscriptions/{id}/lifecycle {"event": …}`,
-  `POST /_sandbox/subscriptions/{id}/expire`, `GET /_sandbox/deliveries`.
-- `POST|DELETE /_sandbox/tenants/{tenant}/consent/{client_id}` — grant or revoke admin consent;
+- `GET /_sandbox/subscriptions`, `POST /_sandbox/subscriptions/{id}/lifecycle {"event": …,
+  "variant"?: "organizationId"}`, `POST /_sandbox/subscriptions/{id}/expire`, `GET /_sandbox/deliveries`.
+- `POST /_sandbox/delta/expire {"mailbox"?}` — forget calendarView delta tokens (their next use
+  answers 410 Gone).
+- `POST|DELETE /_sandbox/tenants/{tenant}/consent/{client_id}` — grant or revoke admin consent
+  (revoking sends `reauthorizationRequired` for the app's subscriptions in the tenant);
   `PUT /_sandbox/apps/{client_id}/redirect_uris {"uris": [...]}`.
 - `POST /_sandbox/tokens {"tenant", "client_id", "expires_in"?}` — mint an app token directly.
 - `GET /_sandbox/snapshot` — SHA-256 of the canonical calendar dump (determinism checks).
@@ -35,7 +38,7 @@ from aiohttp import web
 from calbroker.sandbox.directory import AppRegistration, Mailbox, Tenant
 from calbroker.sandbox.entra import EntraAuthority
 from calbroker.sandbox.events import CalendarError, Event, Response
-from calbroker.sandbox.graph import GraphError, SubscriptionBook, parse_draft, parse_event
+from calbroker.sandbox.graph import DeltaBook, GraphError, SubscriptionBook, parse_draft, parse_event
 from calbroker.sandbox.seed import WELL_KNOWN
 from calbroker.sandbox.state import SandboxState
 from calbroker.sandbox.timezones import parse_iso_instant
@@ -230,7 +233,9 @@ def _tenant(state: SandboxState, ref: str) -> Tenant:
     return tenant
 
 
-def routes(state: SandboxState, subscriptions: SubscriptionBook, authority: EntraAuthority) -> list[web.RouteDef]:
+def routes(
+    state: SandboxState, subscriptions: SubscriptionBook, deltas: DeltaBook, authority: EntraAuthority
+) -> list[web.RouteDef]:
     """The aiohttp routes of the control plane."""
 
     def handler(fn: Any) -> Any:
@@ -350,9 +355,16 @@ def routes(state: SandboxState, subscriptions: SubscriptionBook, authority: Entr
     async def lifecycle(request: web.Request) -> Any:
         body = await _json(request)
         try:
-            return await subscriptions.lifecycle(request.match_info["id"], str(body.get("event", "")))
+            return await subscriptions.lifecycle(
+                request.match_info["id"], str(body.get("event", "")), variant=str(body.get("variant", "documented"))
+            )
         except KeyError:
             raise ControlError(404, "no such subscription") from None
+
+    async def expire_deltas(request: web.Request) -> Any:
+        body = await _json(request)
+        mailbox = body.get("mailbox")
+        return {"expired": deltas.expire(str(mailbox) if mailbox else None)}
 
     async def expire(request: web.Request) -> Any:
         if not subscriptions.expire(request.match_info["id"]):
@@ -372,7 +384,9 @@ def routes(state: SandboxState, subscriptions: SubscriptionBook, authority: Entr
 
     async def revoke(request: web.Request) -> Any:
         tenant = _tenant(state, request.match_info["tenant"])
-        state.directory.revoke_consent(tenant, request.match_info["client_id"].lower())
+        client_id = request.match_info["client_id"].lower()
+        state.directory.revoke_consent(tenant, client_id)
+        subscriptions.consent_revoked(tenant.id, client_id)
         return web.Response(status=204)
 
     async def redirect_uris(request: web.Request) -> Any:
@@ -431,6 +445,7 @@ def routes(state: SandboxState, subscriptions: SubscriptionBook, authority: Entr
         web.post(prefix + "/subscriptions/{id}/lifecycle", handler(lifecycle)),
         web.post(prefix + "/subscriptions/{id}/expire", handler(expire)),
         web.get(prefix + "/deliveries", handler(deliveries)),
+        web.post(prefix + "/delta/expire", handler(expire_deltas)),
         web.post(prefix + "/tenants/{tenant}/consent/{client_id}", handler(grant)),
         web.delete(prefix + "/tenants/{tenant}/consent/{client_id}", handler(revoke)),
         web.put(prefix + "/apps/{client_id}/redirect_uris", handler(redirect_uris)),

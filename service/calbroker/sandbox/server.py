@@ -26,7 +26,7 @@ from aiohttp import web
 from calbroker.sandbox import control, entra, ews, graph
 from calbroker.sandbox.directory import Directory
 from calbroker.sandbox.faults import DropConnection
-from calbroker.sandbox.graph import GraphContext, SubscriptionBook
+from calbroker.sandbox.graph import DeltaBook, GraphContext, SubscriptionBook
 from calbroker.sandbox.seed import DEFAULT_ANCHOR, WELL_KNOWN
 from calbroker.sandbox.state import SandboxSettings, SandboxState
 from calbroker.sandbox.tls import load_key_material
@@ -59,11 +59,12 @@ def build_app(state: SandboxState) -> web.Application:
     """The aiohttp application playing Entra ID, Graph, EWS and the control plane over `state`."""
     app = web.Application(middlewares=[_middleware(state)], client_max_size=16 * 1024 * 1024)
     subscriptions = SubscriptionBook(state)
+    deltas = DeltaBook(state)
     authority = entra.EntraAuthority(state)
     app[STATE_KEY] = state
     app[SUBSCRIPTIONS_KEY] = subscriptions
-    app.add_routes(control.routes(state, subscriptions, authority))
-    app.add_routes(graph.routes(GraphContext(state, subscriptions)))
+    app.add_routes(control.routes(state, subscriptions, deltas, authority))
+    app.add_routes(graph.routes(GraphContext(state, subscriptions, deltas)))
     app.add_routes(ews.routes(state))
     app.add_routes(entra.routes(state, authority))
 

@@ -54,13 +54,32 @@ class SandboxSettings:
     users_page_size: int = 100
     batch_max_requests: int = 20
     batch_concurrency: int = 4  # inner requests Graph dispatches at once
-    subscription_max_minutes: int = 10_080  # events [unverified]
+    # Subscriptions and change notifications (changes.md §1): lifetimes, quota, duplicates, and
+    # what Graph does to slow receivers.
+    subscription_max_minutes: int = 10_080  # Outlook events, basic notifications
+    subscription_rich_max_minutes: int = 1_440  # with includeResourceData
     subscription_min_minutes: int = 45
+    subscription_reject_overlong: bool = False  # today clamped; "in the future ... will fail"
+    subscription_max_per_mailbox: int = 1_000  # all applications together
     validation_timeout_s: float = 10.0
     notification_timeout_s: float = 3.0
     notification_retries: int = 2
     notification_retry_delay_s: float = 0.5
+    notification_copies_min: int = 1  # one change, several notifications
+    notification_copies_max: int = 4
+    notification_slow_ms: float = 2_900  # an answer slower than this counts as slow
+    notification_window: int = 100  # deliveries per endpoint before slowness is judged
+    notification_delay_ratio: float = 0.10  # slow share that delays an endpoint's notifications
+    notification_drop_ratio: float = 0.15  # slow share that drops them
+    notification_delay_s: float = 600.0
+    notification_flush_s: float = 600.0  # how long a verdict lasts before counters restart
+    notifications_blocked: bool = False  # a silent outage: nothing delivered, no lifecycle event
     allow_http_notification_urls: bool = True  # real Graph requires https
+    # calendarView delta (https://learn.microsoft.com/graph/api/event-delta)
+    delta_token_capacity: int = 10_000
+    delta_empty_first_page: bool = False
+    delta_omit_occurrence_removals: bool = True
+    delta_expired_status: int = 410  # 410 Gone, or 400 syncStateNotFound
     schedule_scope_errors: bool = True  # getSchedule: per-schedule ErrorAccessDenied outside the policy [unverified]
     hang_s: float = 300.0  # how long a `timeout` fault holds the request
     ews_max_mailboxes: int = 100  # GetUserAvailability MailboxDataArray [unverified]

@@ -8,7 +8,17 @@ from typing import Any
 
 from aiohttp import web
 
-from calbroker.sandbox.graph import batch, calendar, events, online_meetings, places, schedule, subscriptions, users
+from calbroker.sandbox.graph import (
+    batch,
+    calendar,
+    delta,
+    events,
+    online_meetings,
+    places,
+    schedule,
+    subscriptions,
+    users,
+)
 from calbroker.sandbox.graph.dispatch import authenticate, dispatch, normalise_path
 from calbroker.sandbox.graph.odata import (
     JSON_CONTENT_TYPE,
@@ -32,6 +42,7 @@ ROUTES: tuple[Route, ...] = (
     *online_meetings.ROUTES,
     *schedule.ROUTES,
     *calendar.ROUTES,
+    *delta.ROUTES,
     *events.ROUTES,
     *subscriptions.ROUTES,
     *batch.ROUTES,
