@@ -21,8 +21,9 @@ from calbroker.domain.errors import (
 from calbroker.domain.events import EventSpec, OnlineMeeting, UpstreamEvent
 from calbroker.domain.intervals import Interval
 from calbroker.domain.schedules import MailboxSchedule, Room, ScheduleResult
+from calbroker.domain.sync import ChangeSet
 
-__all__ = ["CalendarProvider", "Deadline", "connection_closed", "for_mailbox", "merge_schedules"]
+__all__ = ["CalendarProvider", "ChangeFeed", "Deadline", "connection_closed", "for_mailbox", "merge_schedules"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +129,18 @@ class CalendarProvider(Protocol):
 
     async def aclose(self) -> None:
         """Release sessions and threads; the provider refuses use afterwards."""
+        ...
+
+
+class ChangeFeed(Protocol):
+    """How the sync worker reads a mailbox's calendar a round at a time, whatever the protocol."""
+
+    async def read_changes(self, mailbox: str, window: Interval, cursor: str | None, deadline: Deadline) -> ChangeSet:
+        """Everything in `window` when `cursor` is None (a full round), else what changed since `cursor`.
+
+        The returned set carries the next cursor; `SyncStateExpired` means upstream forgot `cursor`
+        and only a full round will do.
+        """
         ...
 
 

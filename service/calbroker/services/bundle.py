@@ -22,6 +22,7 @@ from calbroker.logs import get_logger
 from calbroker.providers.registry import ProviderRegistry
 from calbroker.services.bookings import Bookings
 from calbroker.services.schedules import ScheduleReader
+from calbroker.services.sync import Sync
 from calbroker.services.upstream import Upstream
 from calbroker.store.connections import update_credentials
 from calbroker.store.database import connect_pool, resolve_database_url
@@ -50,6 +51,7 @@ class Services:
     upstream: Upstream
     schedules: ScheduleReader
     bookings: Bookings
+    sync: Sync
 
 
 @asynccontextmanager
@@ -80,12 +82,13 @@ async def open_services(settings: Settings, *, pool_size: int | None = None) -> 
         registry = ProviderRegistry(settings, session, executor, credentials_sink=persist_renewed)
         stack.push_async_callback(registry.aclose)
         upstream = Upstream(pool, keyring, registry)
-        schedules = ScheduleReader(pool, upstream)
+        sync = Sync.build(pool, upstream, settings)
         yield Services(
             settings=settings,
             pool=pool,
             keyring=keyring,
             upstream=upstream,
-            schedules=schedules,
-            bookings=Bookings(pool, upstream, settings),
+            schedules=ScheduleReader(pool, upstream, sync.cache),
+            bookings=Bookings(pool, upstream, settings, written=sync.cache),
+            sync=sync,
         )

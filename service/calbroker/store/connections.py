@@ -36,6 +36,7 @@ from calbroker.store.secrets import delete_secret, read_secret, store_secret
 __all__ = [
     "NewConnection",
     "delete_connection",
+    "find_connection",
     "get_connection",
     "list_connections",
     "load_credentials",
@@ -240,3 +241,9 @@ async def mark_connection_health(conn: DbConnection, connection_id: uuid.UUID, *
             connection_id,
             error[:1000],
         )
+
+
+async def find_connection(conn: DbConnection, connection_id: uuid.UUID) -> Connection | None:
+    """A connection by id alone, for workers acting on it outside any application's request."""
+    row = await conn.fetchrow("SELECT * FROM connections WHERE id = $1", connection_id)
+    return _connection(row) if row is not None else None

@@ -42,13 +42,16 @@ __all__ = [
     "get_sync_row",
     "hours_from_json",
     "hours_to_json",
+    "list_scopes",
     "list_sync_rows",
     "mark_lifecycle",
     "mark_notified",
     "request_full_everywhere",
     "request_round",
+    "scope_applied",
     "set_feed",
     "set_scope",
+    "sync_ids",
     "sync_row",
     "sync_rows_for",
     "take_outage",
@@ -69,6 +72,19 @@ class SyncScope:
     mode: ScopeMode
     mailboxes: tuple[str, ...]
     updated_at: datetime
+    applied_at: datetime | None = None
+    problem: str | None = None
+
+
+def _scope(row: asyncpg.Record) -> SyncScope:
+    return SyncScope(
+        row["connection_id"],
+        ScopeMode(row["mode"]),
+        tuple(row["mailboxes"]),
+        row["updated_at"],
+        row["applied_at"],
+        row["problem"],
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,9 +194,24 @@ def sync_row(row: asyncpg.Record) -> SyncRow:
 
 async def get_scope(conn: Connection, connection_id: uuid.UUID) -> SyncScope | None:
     row = await conn.fetchrow("SELECT * FROM sync_scopes WHERE connection_id = $1", connection_id)
-    if row is None:
-        return None
-    return SyncScope(row["connection_id"], ScopeMode(row["mode"]), tuple(row["mailboxes"]), row["updated_at"])
+    return _scope(row) if row is not None else None
+
+
+async def list_scopes(conn: Connection) -> list[SyncScope]:
+    """Every scope of a live connection."""
+    rows = await conn.fetch(
+        """
+        SELECT s.* FROM sync_scopes s JOIN connections c ON c.id = s.connection_id
+        WHERE c.status <> 'revoked' ORDER BY s.connection_id
+        """
+    )
+    return [_scope(r) for r in rows]
+
+
+async def scope_applied(conn: Connection, connection_id: uuid.UUID, problem: str | None) -> None:
+    await conn.execute(
+        "UPDATE sync_scopes SET applied_at = now(), problem = $2 WHERE connection_id = $1", connection_id, problem
+    )
 
 
 async def set_scope(
@@ -201,7 +232,7 @@ async def set_scope(
         list(mailboxes),
     )
     assert row is not None
-    return SyncScope(row["connection_id"], ScopeMode(row["mode"]), tuple(row["mailboxes"]), row["updated_at"])
+    return _scope(row)
 
 
 # --- synced mailboxes --------------------------------------------------------------------------------
@@ -238,6 +269,16 @@ async def sync_rows_for(conn: Connection, connection_ids: Sequence[uuid.UUID]) -
         list(connection_ids),
     )
     return [sync_row(r) for r in rows]
+
+
+async def sync_ids(conn: Connection, connection_id: uuid.UUID, mailboxes: Sequence[str]) -> dict[str, uuid.UUID]:
+    """Which of these mailboxes of the connection are synced, and their rows' ids."""
+    rows = await conn.fetch(
+        "SELECT mailbox, id FROM sync_mailboxes WHERE connection_id = $1 AND mailbox = ANY($2::text[])",
+        connection_id,
+        list(mailboxes),
+    )
+    return {r["mailbox"]: r["id"] for r in rows}
 
 
 async def get_sync_row(conn: Connection, sync_id: uuid.UUID) -> SyncRow | None:
@@ -304,7 +345,7 @@ async def complete_round(
             synced_at = $5,
             full_synced_at = CASE WHEN $6 THEN $5 ELSE full_synced_at END,
             full_requested_at = CASE WHEN $6 AND full_requested_at <= $5 THEN NULL ELSE full_requested_at END,
-            working_hours = CASE WHEN $6 THEN $7::jsonb ELSE working_hours END,
+            working_hours = coalesce($7::jsonb, working_hours),
             failures = 0, last_error = NULL, updated_at = now()
         WHERE id = $1
         """,

@@ -33,6 +33,7 @@ from calbroker.domain.schedules import MailboxSchedule, Room, ScheduleResult
 from calbroker.logs import get_logger
 from calbroker.providers.graph import wire
 from calbroker.providers.graph.auth import GraphCredentials, GraphTokens
+from calbroker.providers.graph.changes import GraphChanges
 from calbroker.providers.graph.client import GraphClient
 from calbroker.providers.graph.events import GraphEvents
 from calbroker.providers.protocol import Deadline, for_mailbox, merge_schedules
@@ -129,10 +130,17 @@ class GraphProvider:
         self._proven: OrderedDict[str, None] = OrderedDict()
         """Mailboxes Graph has answered for lately: safe to put in a getSchedule URL (most recent last)."""
         self._events = GraphEvents(self._client)
+        self._changes = GraphChanges(self._client)
 
     @property
     def connection(self) -> Connection:
         return self._connection
+
+    @property
+    def changes(self) -> GraphChanges:
+        """Subscriptions and delta rounds for the sync worker."""
+        self._client.check_open()
+        return self._changes
 
     async def aclose(self) -> None:
         self._client.close()

@@ -7,6 +7,9 @@ CREATE TABLE sync_scopes (
     connection_id   uuid PRIMARY KEY REFERENCES connections (id) ON DELETE CASCADE,
     mode            text NOT NULL CHECK (mode IN ('all', 'list')),
     mailboxes       text[] NOT NULL DEFAULT '{}',
+    -- What the worker could not do when it last applied the scope (e.g. the cap cut the list).
+    problem         text,
+    applied_at      timestamptz,
     updated_at      timestamptz NOT NULL DEFAULT now()
 );
 
