@@ -14,7 +14,7 @@ from litestar.openapi.spec import Example
 from litestar.params import Body as BodyParam
 
 from calbroker.api.auth import Caller
-from calbroker.api.free_busy import parse_mailboxes
+from calbroker.api.free_busy import FRESHNESS, Freshness, parse_mailboxes
 from calbroker.api.problems import V1_PROBLEMS, embedded_problem
 from calbroker.api.wire import Body, Days, Minutes, Period, Response, interval, zone
 from calbroker.domain import (
@@ -33,6 +33,7 @@ from calbroker.domain import (
 )
 from calbroker.domain.busy import BusyStatus
 from calbroker.domain.errors import InvalidRequest, LimitExceeded
+from calbroker.domain.sync import Source
 from calbroker.domain.working_hours import Weekday, WeeklyPeriod, WorkingHours
 from calbroker.providers.protocol import Deadline
 from calbroker.services import AvailabilityAnswer, ScheduleReader, answer_availability
@@ -88,6 +89,7 @@ class AvailabilityRequest(Body):
     response_format: Literal["slots", "periods"] = "slots"
     max_results: Annotated[int, msgspec.Meta(ge=1, le=MAX_RESULTS)] = DEFAULT_MAX_RESULTS
     explain: bool = False
+    freshness: Freshness = "auto"
 
     def to_domain(self, now: datetime) -> AvailabilityQuery:
         """The query in domain terms, checked against every documented limit before anything is read."""
@@ -183,8 +185,15 @@ class MemberError(Response):
     problem: dict[str, Any]
 
 
+class MemberSource(Response):
+    email: str
+    source: Annotated[Source, msgspec.Meta(description="Where this member's busy time came from.")]
+    as_of: Annotated[datetime, msgspec.Meta(description="When Microsoft was known to say this.")]
+
+
 class AvailabilityResponse(Response):
     member_errors: list[MemberError]
+    member_sources: list[MemberSource]
     slots: list[SlotOut] | None = None
     periods: list[SlotOut] | None = None
     explanations: list[ExplanationOut] | None = None
@@ -198,6 +207,9 @@ class AvailabilityResponse(Response):
             slots=[_slot_out(s, tz) for s in result.slots] if slots else None,
             periods=None if slots else [_slot_out(s, tz) for s in result.periods],
             member_errors=[MemberError(email=e, problem=embedded_problem(error)) for e, error in answer.member_errors],
+            member_sources=[
+                MemberSource(email=e, source=source, as_of=as_of.astimezone(tz)) for e, source, as_of in answer.sources
+            ],
             explanations=[_explanation_out(e, tz) for e in result.explanations] if query.explain else None,
         )
 
@@ -248,6 +260,10 @@ _EXAMPLE = {
 }
 _RESPONSE_EXAMPLE = {
     "member_errors": [],
+    "member_sources": [
+        {"email": "anna.schmidt@fabrikam.com", "source": "live", "as_of": "2026-11-23T09:00:00+00:00"},
+        {"email": "miriam.graham@contoso.com", "source": "cache", "as_of": "2026-11-23T08:58:41+00:00"},
+    ],
     "slots": [
         {
             "start": "2026-11-24T09:30:00+00:00",
@@ -285,5 +301,7 @@ async def availability(
     `member_errors` with the reason; the query still answers for everyone else.
     """
     query = data.to_domain(datetime.now(UTC))
-    answer = await answer_availability(schedules, caller.application.id, query, deadline)
+    answer = await answer_availability(
+        schedules, caller.application.id, query, deadline, mode=FRESHNESS[data.freshness]
+    )
     return AvailabilityResponse.from_domain(answer, query)

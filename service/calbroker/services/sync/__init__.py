@@ -5,6 +5,7 @@
     feeds.py     Graph subscriptions (create, renew, recreate) and the notifications they bring
     inbox.py     what the receiver does with a POST: mark, store, answer
     scopes.py    which mailboxes are synced (per connection: all in scope, or a list), capped
+    maintenance.py  reconciliation, feed renewals, scope re-application, the receiver's heartbeat
     cache.py     the copy's two other sides: fresh answers for schedules, calbroker's own writes
 
 The worker runs rounds, feeds and scopes; the API reads through `cache` and stores through `inbox`.
@@ -20,6 +21,7 @@ from calbroker.config import Settings
 from calbroker.services.sync.cache import BusyCache
 from calbroker.services.sync.feeds import GraphFeeds, NotificationsHandled, hook_url
 from calbroker.services.sync.inbox import store_graph_notifications
+from calbroker.services.sync.maintenance import Reconciled, beat, reapply_scopes, reconcile
 from calbroker.services.sync.queue import (
     ConnectionJob,
     JobName,
@@ -41,16 +43,20 @@ __all__ = [
     "MailboxJob",
     "NotificationsHandled",
     "NotificationsJob",
+    "Reconciled",
     "RoundBusy",
     "RoundOutcome",
     "ScopeReport",
     "Sync",
     "SyncRounds",
     "SyncScopes",
+    "beat",
     "change_feed",
     "decode_job",
     "enqueue",
     "hook_url",
+    "reapply_scopes",
+    "reconcile",
     "request_round",
     "store_graph_notifications",
 ]

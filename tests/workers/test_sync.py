@@ -1,0 +1,169 @@
+"""The sync worker against the sandbox, end to end: scope → subscription → rounds → answers from the
+copy; Outlook edits arriving by notification; reads of your own writes; and never an answer from a
+copy that cannot be proved fresh."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from calbroker.config import Settings, sandbox_cloud
+from calbroker.domain.connections import Connection
+from calbroker.sandbox import SandboxThread
+from calbroker.services import open_services
+from calbroker.store.applications import IssuedKey
+from tests.e2e.conftest import graph_draft
+from tests.fixtures.sandbox import SandboxControl
+from tests.fixtures.sync import SyncWorld, fast_sync, next_week, served_api
+from tests.fixtures.waiting import eventually
+
+ADELE = "adele.vance@contoso.com"
+ALEX = "alex.wilber@contoso.com"
+
+
+@pytest.fixture(scope="module")
+async def world(settings: Settings, api_key: IssuedKey, sandbox: SandboxThread) -> AsyncIterator[SyncWorld]:
+    reaching_sandbox = replace(
+        settings, clouds={"sandbox": sandbox_cloud(sandbox.url, sandbox.ca_path)}, allow_private_upstreams=True
+    )
+    async with served_api(fast_sync(reaching_sandbox)) as (url, served):
+        async with open_services(served, pool_size=4) as services:
+            async with SyncWorld(url, served, services, api_key) as found:
+                yield found
+
+
+@pytest.fixture(scope="module")
+async def contoso(world: SyncWorld, sandbox: SandboxThread) -> AsyncIterator[Connection]:
+    """Contoso over Graph with Adele and Alex synced (subscribed, one full round each)."""
+    from calbroker.services import verify_and_save
+
+    connection = await verify_and_save(world.services, graph_draft(world.key.application.id, sandbox), actor="test")
+    response = await world.http.put(
+        f"/v1/connections/{connection.id}/sync", json={"mode": "list", "mailboxes": [ADELE, ALEX]}
+    )
+    assert response.status_code == 200, response.text
+    await world.drain()
+    yield connection
+    await world.http.put(f"/v1/connections/{connection.id}/sync", json={"mode": "off"})
+    await world.drain()
+
+
+@pytest.fixture
+def control(sandbox_control: SandboxControl) -> SandboxControl:
+    return sandbox_control
+
+
+def busy_of(entry: dict[str, Any]) -> list[tuple[str, str, str]]:
+    return [(b["start"], b["end"], b["status"]) for b in entry["busy"]]
+
+
+async def test_synced_mailboxes_answer_from_the_copy_without_asking_microsoft(
+    world: SyncWorld, contoso: Connection, control: SandboxControl
+) -> None:
+    rows = await world.rows(contoso.id)
+    assert {m: (r.state.value, r.feed.value) for m, r in rows.items()} == {
+        ADELE: ("active", "active"),
+        ALEX: ("active", "active"),
+    }
+    start, end = next_week()
+    control.clean()
+    cached = await world.free_busy([ADELE, ALEX], start, end)
+    assert control.stats()["total"] == 0  # not one upstream call
+    assert {m: e["source"] for m, e in cached.items()} == {ADELE: "cache", ALEX: "cache"}
+    live = await world.free_busy([ADELE, ALEX], start, end, freshness="live")
+    assert {m: e["source"] for m, e in live.items()} == {ADELE: "live", ALEX: "live"}
+    assert control.count("graph:getSchedule") == 1
+    # The copy says exactly what Microsoft says (occurrences hydrated from their series, no subjects).
+    for mailbox in (ADELE, ALEX):
+        assert busy_of(cached[mailbox]) == busy_of(live[mailbox]), mailbox
+        assert cached[mailbox]["working_hours"] == live[mailbox]["working_hours"]
+    assert busy_of(cached[ADELE])
+    assert busy_of(cached[ALEX])
+
+
+async def test_an_outlook_edit_arrives_by_notification_and_the_copy_follows(
+    world: SyncWorld, contoso: Connection, control: SandboxControl
+) -> None:
+    start, end = next_week()
+    slot = start + timedelta(days=2, hours=22)  # late evening UTC: free in every seeded calendar
+    event = control.post(
+        f"/_sandbox/mailboxes/{ALEX}/events",
+        {
+            "subject": "Edited in Outlook",
+            "start": {"dateTime": slot.strftime("%Y-%m-%dT%H:%M:%S"), "timeZone": "UTC"},
+            "end": {"dateTime": (slot + timedelta(minutes=30)).strftime("%Y-%m-%dT%H:%M:%S"), "timeZone": "UTC"},
+            "showAs": "oof",
+        },
+    )
+    try:
+        # The receiver marks the copy stale the moment Graph's notification lands.
+        before = (await world.rows(contoso.id))[ALEX].synced_at
+        assert before is not None
+        await eventually(
+            lambda: _notified_after(world, contoso.id, ALEX, before), what="the notification to reach the receiver"
+        )
+        pending = await world.free_busy([ALEX], start, end)
+        assert pending[ALEX]["source"] == "live"
+        assert _has(pending[ALEX], slot, "oof")
+        summary = await world.drain()
+        assert summary.rounds >= 1
+        synced = await world.free_busy([ALEX], start, end)
+        assert synced[ALEX]["source"] == "cache"
+        assert _has(synced[ALEX], slot, "oof")
+    finally:
+        control.delete(f"/_sandbox/mailboxes/{ALEX}/events/{event['id']}")
+        await world.drain()
+    gone = await world.free_busy([ALEX], start, end)
+    assert gone[ALEX]["source"] == "cache"
+    assert not _has(gone[ALEX], slot, "oof")
+
+
+async def test_a_copy_that_cannot_be_proved_fresh_is_never_the_answer(
+    world: SyncWorld, contoso: Connection, control: SandboxControl
+) -> None:
+    """No worker runs while Outlook changes the calendar: every answer is live or shows the edit."""
+    start, end = next_week()
+    slot = start + timedelta(days=3, hours=23)
+    event = control.post(
+        f"/_sandbox/mailboxes/{ADELE}/events",
+        {
+            "subject": "While the worker is down",
+            "start": {"dateTime": slot.strftime("%Y-%m-%dT%H:%M:%S"), "timeZone": "UTC"},
+            "end": {"dateTime": (slot + timedelta(minutes=30)).strftime("%Y-%m-%dT%H:%M:%S"), "timeZone": "UTC"},
+        },
+    )
+    try:
+        for _ in range(20):
+            answer = (await world.free_busy([ADELE], start, end))[ADELE]
+            assert answer["source"] == "live" or _has(answer, slot, "busy"), answer
+        availability = await world.http.post(
+            "/v1/availability",
+            json={
+                "participants": [{"members": [{"email": ADELE}, {"email": ALEX}], "required": "all"}],
+                "duration": {"minutes": 30},
+                "query_periods": [{"start": slot.isoformat(), "end": (slot + timedelta(minutes=30)).isoformat()}],
+            },
+        )
+        assert availability.status_code == 200, availability.text
+        assert availability.json()["slots"] == []  # Adele's new meeting blocks the slot
+        sources = {s["email"]: s["source"] for s in availability.json()["member_sources"]}
+        assert sources[ALEX] == "cache"
+    finally:
+        control.delete(f"/_sandbox/mailboxes/{ADELE}/events/{event['id']}")
+        await world.drain()
+
+
+async def _notified_after(world: SyncWorld, connection_id: uuid.UUID, mailbox: str, when: Any) -> bool:
+    row = (await world.rows(connection_id))[mailbox]
+    return row.last_notified_at is not None and row.last_notified_at > when
+
+
+def _has(entry: dict[str, Any], start: Any, status: str) -> bool:
+    from datetime import datetime
+
+    return any(datetime.fromisoformat(b["start"]) == start and b["status"] == status for b in entry.get("busy") or [])
