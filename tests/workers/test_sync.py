@@ -31,10 +31,12 @@ async def world(settings: Settings, api_key: IssuedKey, sandbox: SandboxThread) 
     reaching_sandbox = replace(
         settings, clouds={"sandbox": sandbox_cloud(sandbox.url, sandbox.ca_path)}, allow_private_upstreams=True
     )
-    async with served_api(fast_sync(reaching_sandbox)) as (url, served):
-        async with open_services(served, pool_size=4) as services:
-            async with SyncWorld(url, served, services, api_key) as found:
-                yield found
+    async with (
+        served_api(fast_sync(reaching_sandbox)) as (url, served),
+        open_services(served, pool_size=4) as services,
+        SyncWorld(url, served, services, api_key) as found,
+    ):
+        yield found
 
 
 @pytest.fixture(scope="module")
