@@ -341,7 +341,8 @@ async def complete_round(
     await conn.execute(
         """
         UPDATE sync_mailboxes SET
-            state = 'active', cursor = $2, window_start = $3, window_end = $4,
+            state = CASE WHEN state = 'unsupported' THEN state ELSE 'active' END,
+            cursor = $2, window_start = $3, window_end = $4,
             synced_at = $5,
             full_synced_at = CASE WHEN $6 THEN $5 ELSE full_synced_at END,
             full_requested_at = CASE WHEN $6 AND full_requested_at <= $5 THEN NULL ELSE full_requested_at END,
@@ -424,7 +425,8 @@ async def set_feed(
     keep_identity: bool = False,
 ) -> None:
     """Record the mailbox's change feed. `keep_identity` changes only state, expiry and error
-    (a renewal); otherwise the subscription id and clientState digest are replaced too."""
+    (a renewal); otherwise the subscription id and clientState digest are replaced too, and a
+    lifecycle event waiting for the old subscription is forgotten."""
     await conn.execute(
         """
         UPDATE sync_mailboxes SET
@@ -433,6 +435,7 @@ async def set_feed(
             subscription_expires_at = $4,
             client_state_hash = CASE WHEN $7 THEN client_state_hash ELSE $5 END,
             subscription_error = $6,
+            lifecycle_pending_at = CASE WHEN $7 THEN lifecycle_pending_at ELSE NULL END,
             state = CASE WHEN $2 = 'unsupported' THEN 'unsupported'
                          WHEN state = 'unsupported' THEN 'pending' ELSE state END,
             updated_at = now()
@@ -505,13 +508,14 @@ async def mark_lifecycle(
 
 
 async def feeds_due(conn: Connection, *, renew_before: timedelta, limit: int) -> list[SyncRow]:
-    """Graph-style feeds to create or renew: none yet, failed, expiring within `renew_before`, or a
-    lifecycle event waiting."""
+    """Graph feeds to create or renew: none yet, failed, expiring within `renew_before`, a lifecycle
+    event waiting, or refused by Microsoft more than a day ago (a quota may have freed up)."""
     rows = await conn.fetch(
         """
         SELECT s.* FROM sync_mailboxes s JOIN connections c ON c.id = s.connection_id
-        WHERE c.kind = 'graph' AND c.status <> 'revoked' AND s.subscription_state <> 'unsupported' AND (
+        WHERE c.kind = 'graph' AND c.status <> 'revoked' AND (
               s.subscription_state IN ('none', 'failed')
+           OR (s.subscription_state = 'unsupported' AND s.updated_at < now() - interval '1 day')
            OR s.subscription_expires_at IS NULL OR s.subscription_expires_at < now() + $1::interval
            OR s.lifecycle_pending_at IS NOT NULL)
         ORDER BY s.subscription_expires_at NULLS FIRST

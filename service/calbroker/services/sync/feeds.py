@@ -7,7 +7,7 @@
 - Notifications only ever ask for a (debounced) round: the round reads the truth. Each item's
   clientState is checked against the stored digest in constant time; lifecycle events are acted on
   only when it matches: `reauthorizationRequired` renews, `subscriptionRemoved` recreates and
-  resyncs, `missed` resyncs in full.
+  resyncs, `missed` resyncs in full. An item that does not match gets a round and nothing else.
 """
 
 from __future__ import annotations
@@ -180,6 +180,7 @@ class GraphFeeds:
         counts: Counter[str] = Counter()
         changed: set[uuid.UUID] = set()
         lifecycle: list[tuple[SyncRow, str]] = []
+        forged: list[SyncRow] = []
         for item in items:
             row = by_subscription.get(item.subscription_id)
             if row is None:
@@ -189,15 +190,21 @@ class GraphFeeds:
             if not verified:
                 counts["unverified"] += 1
                 log.warning("sync.notification_unverified", sync_id=str(row.id), mailbox=row.mailbox)
-            if item.lifecycle_event is None:
-                # Verified or not, a round only reads the truth; it also clears the receiver's mark.
+            if item.lifecycle_event is None or not verified:
+                # A round only reads the truth, so it is safe whoever asked; it also settles the mark
+                # the receiver put on the copy. Only a verified lifecycle event changes a subscription.
                 changed.add(row.id)
-            elif verified:
+                if item.lifecycle_event is not None:
+                    forged.append(row)
+            else:
                 lifecycle.append((row, item.lifecycle_event))
         debounce = self._settings.sync.debounce
         async with self._pool.acquire() as conn, conn.transaction():
             for sync_id in sorted(changed):
                 await request_round(conn, sync_id, notified=True, delay=debounce)
+            for row in forged:
+                assert row.subscription_id is not None
+                await mark_lifecycle(conn, row.connection_id, [row.subscription_id], pending=False)
             for row, event in lifecycle:
                 await self._lifecycle(conn, row, event)
         return NotificationsHandled(

@@ -20,7 +20,7 @@ from calbroker.config import Settings
 from calbroker.domain.errors import CalbrokerError, SyncStateExpired, UpstreamThrottled
 from calbroker.domain.intervals import Interval
 from calbroker.domain.schedules import MailboxSchedule
-from calbroker.domain.sync import ChangeSet
+from calbroker.domain.sync import ChangeSet, SyncState
 from calbroker.domain.working_hours import WorkingHours
 from calbroker.logs import get_logger
 from calbroker.providers import CalendarProvider, ChangeFeed, Deadline, GraphProvider
@@ -86,6 +86,8 @@ class SyncRounds:
         if claimed is None:
             return None
         row, started = claimed
+        if row.state is SyncState.UNSUPPORTED:
+            return None  # without a change feed the copy could never answer: no upstream calls for it
         connection = await find_connection(conn, row.connection_id)
         if connection is None:
             return None
