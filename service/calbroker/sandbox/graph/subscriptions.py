@@ -129,7 +129,8 @@ class _EndpointHealth:
         self.slow.append(elapsed_s * 1000 > settings.notification_slow_ms)
         if len(self.slow) < settings.notification_window:
             return
-        share = sum(self.slow) / len(self.slow)
+        judged = list(self.slow)[-settings.notification_window :]
+        share = sum(judged) / len(judged)
         self.slow.clear()
         if share >= settings.notification_drop_ratio:
             self.state = "drop"
