@@ -16,7 +16,7 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody
 
 from calbroker.api.auth import Caller
-from calbroker.api.problems import V1_PROBLEMS, embedded_problem
+from calbroker.api.problems import V1_PROBLEMS, embedded_problem, problem_response
 from calbroker.api.wire import Body, Response
 from calbroker.domain import errors
 from calbroker.domain.sync import FeedState, SyncState
@@ -112,7 +112,22 @@ def _mailbox_out(row: SyncRow) -> SyncedMailboxOut:
     )
 
 
-@get("/connections/{connection_id:uuid}/sync", tags=["connections"], summary="Synced mailboxes of a connection")
+_RESPONSES = {
+    **V1_PROBLEMS,
+    404: problem_response(
+        "No connection with this id belongs to your application (`/problems/not-found`)",
+        "not-found",
+        "no connection 6f1c2a9e-3d4b-4e8f-9a7c-2b1d0e5f4a3c",
+    ),
+}
+
+
+@get(
+    "/connections/{connection_id:uuid}/sync",
+    tags=["connections"],
+    summary="Synced mailboxes of a connection",
+    responses=_RESPONSES,
+)
 async def get_sync(
     connection_id: FromPath[uuid.UUID], caller: NamedDependency[Caller], services: NamedDependency[Services]
 ) -> SyncOut:
@@ -124,7 +139,7 @@ async def get_sync(
     "/connections/{connection_id:uuid}/sync",
     tags=["connections"],
     summary="Choose which mailboxes of a connection are synced",
-    responses=dict(V1_PROBLEMS),
+    responses=_RESPONSES,
 )
 async def put_sync(
     connection_id: FromPath[uuid.UUID],
