@@ -2,7 +2,8 @@
 
 It starts the sandbox (HTTPS, its own CA) in a thread, points a `sandbox` cloud at it, creates a
 demo application and two connections through the production verify-then-save path (Graph for
-Contoso, EWS for Fabrikam's on-premises Exchange), then serves the API and prints what to type.
+Contoso, EWS for Fabrikam's on-premises Exchange), asks for both organisations' mailboxes to be
+synced, then serves the API with one sync worker beside it and prints what to type.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from calbroker.sandbox import SandboxThread, start_sandbox_in_thread, this_week_
 from calbroker.services import ConnectionDraft, Services, verify_and_save
 from calbroker.store.applications import IssuedKey, create_application, list_applications, rotate_key
 from calbroker.store.connections import delete_connection, list_connections
+from calbroker.store.sync_state import ScopeMode
 
 __all__ = ["DemoWorld", "demo_settings", "prepare_demo", "start_demo_sandbox"]
 
@@ -125,6 +127,10 @@ async def prepare_demo(services: Services, sandbox: SandboxThread, base_url: str
     def users(tenant_key: str) -> list[str]:
         tenant = directory.tenants[tenant_key]
         return sorted(m.email for m in tenant.mailboxes.values() if not m.is_room)
+
+    # The worker keeps these copies fresh; free/busy says `source: cache` once they are.
+    await services.sync.scopes.set(application_id, graph.id, ScopeMode.ALL, [])
+    await services.sync.scopes.set(application_id, ews.id, ScopeMode.LIST, users("fabrikam"))
 
     return DemoWorld(
         base_url=base_url,

@@ -19,6 +19,9 @@ and steer the sandbox.
   "variant"?: "organizationId"}`, `POST /_sandbox/subscriptions/{id}/expire`, `GET /_sandbox/deliveries`.
 - `POST /_sandbox/delta/expire {"mailbox"?}` — forget calendarView delta tokens (their next use
   answers 410 Gone).
+- `GET /_sandbox/ews/subscriptions`; `POST /_sandbox/ews/restart` — the EWS process restarts (every
+  streaming subscription is lost, open streams close); `POST /_sandbox/ews/sync/expire` —
+  SyncFolderItems states stop being accepted (ErrorInvalidSyncStateData).
 - `POST|DELETE /_sandbox/tenants/{tenant}/consent/{client_id}` — grant or revoke admin consent
   (revoking sends `reauthorizationRequired` for the app's subscriptions in the tenant);
   `PUT /_sandbox/apps/{client_id}/redirect_uris {"uris": [...]}`.
@@ -38,6 +41,7 @@ from aiohttp import web
 from calbroker.sandbox.directory import AppRegistration, Mailbox, Tenant
 from calbroker.sandbox.entra import EntraAuthority
 from calbroker.sandbox.events import CalendarError, Event, Response
+from calbroker.sandbox.ews import EwsStreams
 from calbroker.sandbox.graph import DeltaBook, GraphError, SubscriptionBook, parse_draft, parse_event
 from calbroker.sandbox.seed import WELL_KNOWN
 from calbroker.sandbox.state import SandboxState
@@ -234,7 +238,11 @@ def _tenant(state: SandboxState, ref: str) -> Tenant:
 
 
 def routes(
-    state: SandboxState, subscriptions: SubscriptionBook, deltas: DeltaBook, authority: EntraAuthority
+    state: SandboxState,
+    subscriptions: SubscriptionBook,
+    deltas: DeltaBook,
+    streams: EwsStreams,
+    authority: EntraAuthority,
 ) -> list[web.RouteDef]:
     """The aiohttp routes of the control plane."""
 
@@ -374,6 +382,22 @@ def routes(
     async def deliveries(request: web.Request) -> Any:
         return {"deliveries": list(subscriptions.deliveries)}
 
+    async def ews_subscriptions(request: web.Request) -> Any:
+        return {
+            "subscriptions": [
+                {"id": s.id, "mailbox": s.mailbox, "account": s.account, "event_types": sorted(s.event_types)}
+                for s in streams.subscriptions.values()
+            ],
+            "hanging": dict(streams.hanging),
+        }
+
+    async def ews_restart(request: web.Request) -> Any:
+        return {"dropped": streams.restart()}
+
+    async def ews_expire_sync(request: web.Request) -> Any:
+        streams.expire_sync_states()
+        return {"expired": True}
+
     async def grant(request: web.Request) -> Any:
         tenant = _tenant(state, request.match_info["tenant"])
         client_id = request.match_info["client_id"].lower()
@@ -446,6 +470,9 @@ def routes(
         web.post(prefix + "/subscriptions/{id}/expire", handler(expire)),
         web.get(prefix + "/deliveries", handler(deliveries)),
         web.post(prefix + "/delta/expire", handler(expire_deltas)),
+        web.get(prefix + "/ews/subscriptions", handler(ews_subscriptions)),
+        web.post(prefix + "/ews/restart", handler(ews_restart)),
+        web.post(prefix + "/ews/sync/expire", handler(ews_expire_sync)),
         web.post(prefix + "/tenants/{tenant}/consent/{client_id}", handler(grant)),
         web.delete(prefix + "/tenants/{tenant}/consent/{client_id}", handler(revoke)),
         web.put(prefix + "/apps/{client_id}/redirect_uris", handler(redirect_uris)),

@@ -60,12 +60,13 @@ def build_app(state: SandboxState) -> web.Application:
     app = web.Application(middlewares=[_middleware(state)], client_max_size=16 * 1024 * 1024)
     subscriptions = SubscriptionBook(state)
     deltas = DeltaBook(state)
+    streams = ews.EwsStreams(state)
     authority = entra.EntraAuthority(state)
     app[STATE_KEY] = state
     app[SUBSCRIPTIONS_KEY] = subscriptions
-    app.add_routes(control.routes(state, subscriptions, deltas, authority))
+    app.add_routes(control.routes(state, subscriptions, deltas, streams, authority))
     app.add_routes(graph.routes(GraphContext(state, subscriptions, deltas)))
-    app.add_routes(ews.routes(state))
+    app.add_routes(ews.routes(state, streams=streams))
     app.add_routes(entra.routes(state, authority))
 
     async def subscription_client(_: web.Application) -> AsyncIterator[None]:

@@ -84,6 +84,9 @@ class SandboxSettings:
     hang_s: float = 300.0  # how long a `timeout` fault holds the request
     ews_max_mailboxes: int = 100  # GetUserAvailability MailboxDataArray [unverified]
     ews_max_window_days: int = 42  # GetUserAvailability TimeWindow
+    ews_stream_minute_s: float = 60.0  # how long a ConnectionTimeout "minute" lasts (tests shorten it)
+    ews_hanging_connection_limit: int = 10  # HangingConnectionLimit, per service account (2016/2019)
+    ews_sync_max_changes: int = 512  # SyncFolderItems never returns more per call
 
     def update(self, changes: dict[str, Any]) -> None:
         """Apply control-plane changes; unknown names and wrong types are refused."""

@@ -1,15 +1,18 @@
 """Exchange Web Services as on-premises Exchange answers them: SOAP 1.1 at `/EWS/Exchange.asmx`,
-Basic/NTLM service accounts, impersonation, availability and calendar-item operations."""
+Basic/NTLM service accounts, impersonation, availability, calendar-item operations, streaming
+notifications and SyncFolderItems."""
 
 from __future__ import annotations
 
 from calbroker.sandbox.ews.endpoint import EWS_PATH, EwsEndpoint, routes
 from calbroker.sandbox.ews.items import parse_item_id
+from calbroker.sandbox.ews.notifications import EwsStreams
 from calbroker.sandbox.ews.timezones import LegacyTimeZone, legacy_timezone, timezone_definition
 
 __all__ = [
     "EWS_PATH",
     "EwsEndpoint",
+    "EwsStreams",
     "LegacyTimeZone",
     "legacy_timezone",
     "parse_item_id",

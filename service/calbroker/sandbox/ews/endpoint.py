@@ -17,6 +17,7 @@ faults and per-item response codes. Operations and the pages they follow:
 - DeleteItem: .../web-service-reference/deleteitem-operation
 - ResolveNames: .../web-service-reference/resolvenames-operation
 - GetRoomLists / GetRooms: .../web-service-reference/getroomlists-operation, getrooms-operation
+- Subscribe (streaming), GetStreamingEvents, Unsubscribe, SyncFolderItems (``notifications``)
 
 (``...`` = https://learn.microsoft.com/en-us/exchange/client-developer). Fault injection, request
 counting and per-(service account, mailbox) throttling use ``SandboxState.checkpoint`` and
@@ -37,6 +38,7 @@ from calbroker.sandbox.ews.auth import EwsAuthenticator
 from calbroker.sandbox.ews.availability import AvailabilityLimits, get_user_availability
 from calbroker.sandbox.ews.items import TimeContext
 from calbroker.sandbox.ews.lookups import get_room_lists, get_rooms, get_server_time_zones, resolve_names
+from calbroker.sandbox.ews.notifications import EwsStreams
 from calbroker.sandbox.ews.operations import (
     convert_id,
     create_item,
@@ -97,11 +99,19 @@ class EwsEndpoint:
         *,
         server_version: ServerVersion | None = None,
         realm: str = "mail.fabrikam.com",
+        streams: EwsStreams | None = None,
     ) -> None:
         self.state = state
         self.server_version = server_version or ServerVersion()
         self.realm = realm
         self.auth = EwsAuthenticator(realm)
+        self.streams = streams or EwsStreams(state)
+        self._handlers: dict[str, _Handler] = {
+            **_HANDLERS,
+            "Subscribe": self.streams.subscribe,
+            "Unsubscribe": self.streams.unsubscribe,
+            "SyncFolderItems": self.streams.sync_folder_items,
+        }
 
     # --- HTTP -------------------------------------------------------------------------------------
 
@@ -117,11 +127,20 @@ class EwsEndpoint:
         target = soap.impersonation.value if soap.impersonation else None
         rule = await self.state.checkpoint(route, mailbox=target, client_id=account.username)
         if rule is not None:
-            response = self._injected(rule)
+            response: web.StreamResponse = self._injected(rule)
+        elif soap.operation == "GetStreamingEvents":
+            response = await self._stream(request, account, soap)
         else:
             response = await self._answer(account, soap)
         self.state.stats.record_status(route, response.status)
         return response
+
+    async def _stream(self, request: web.Request, account: ServiceAccount, soap: SoapRequest) -> web.StreamResponse:
+        try:
+            impersonate(account, soap.impersonation, self.state.directory)
+        except SoapFault as exc:
+            return self._fault(exc)
+        return await self.streams.stream(request, account, soap, self.server_version)
 
     def _fault(self, exc: SoapFault) -> web.Response:
         body = fault(self.server_version, exc.code, exc.message, exc.values or None)
@@ -190,17 +209,22 @@ class EwsEndpoint:
                 limits=limits,
             )
         else:
-            handler = _HANDLERS.get(soap.operation)
+            handler = self._handlers.get(soap.operation)
             if handler is None:
                 raise SoapFault(
                     "ErrorSchemaValidation",
                     f"The request failed schema validation: the sandbox does not implement {soap.operation}.",
                 )
             handler(call, soap.body, body)
-        return web.Response(status=200, body=serialize(root), content_type="text/xml", charset="utf-8")
+        response = web.Response(status=200, body=serialize(root), content_type="text/xml", charset="utf-8")
+        if soap.operation == "Subscribe":
+            response.set_cookie("X-BackEndOverrideCookie", self.streams.affinity_cookie(call), httponly=True)
+        return response
 
 
-def routes(state: SandboxState, *, realm: str = "mail.fabrikam.com") -> list[web.RouteDef]:
+def routes(
+    state: SandboxState, *, realm: str = "mail.fabrikam.com", streams: EwsStreams | None = None
+) -> list[web.RouteDef]:
     """The EWS route for the sandbox server: ``POST /EWS/Exchange.asmx``."""
-    endpoint = EwsEndpoint(state, realm=realm)
+    endpoint = EwsEndpoint(state, realm=realm, streams=streams)
     return [web.post(EWS_PATH, endpoint.handle)]
