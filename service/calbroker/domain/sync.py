@@ -103,7 +103,9 @@ class ChangeSet:
     A full set replaces the mailbox's whole copy; an incremental one upserts `items`, removes
     `removed` (item ids, or series ids for a series that is gone) and replaces every listed
     series by its re-read occurrences (recurring series are re-read whole, because upstream
-    change feeds report occurrences thinly or not at all).
+    change feeds report occurrences thinly or not at all). `series_complete` says `series` holds
+    every series of the window, so any other series in the copy is gone (EWS reports a deleted
+    recurring master by its item id only).
     """
 
     cursor: str
@@ -111,11 +113,12 @@ class ChangeSet:
     items: tuple[CalendarItem, ...] = ()
     removed: tuple[str, ...] = ()
     series: Mapping[str, tuple[CalendarItem, ...]] = field(default_factory=dict)
+    series_complete: bool = False
     working_hours: WorkingHours | None = None
 
     @property
     def empty(self) -> bool:
-        return not (self.full or self.items or self.removed or self.series)
+        return not (self.full or self.items or self.removed or self.series or self.series_complete)
 
 
 @dataclass(frozen=True, slots=True)

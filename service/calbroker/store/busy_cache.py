@@ -156,17 +156,26 @@ async def apply_changes(conn: Connection, sync_id: uuid.UUID, changes: ChangeSet
             removed.update(r["upstream_id"] for r in gone)
             removed.update(changes.removed)
         changed: set[str] = set()
-        if changes.series:
-            old = await conn.fetch(
-                "DELETE FROM busy_cache WHERE sync_id = $1 AND series_id = ANY($2::text[]) RETURNING upstream_id",
-                sync_id,
-                list(changes.series),
-            )
+        if changes.series or changes.series_complete:
+            scope = "series_id IS NOT NULL" if changes.series_complete else "series_id = ANY($2::text[])"
+            args: list[object] = [sync_id] if changes.series_complete else [sync_id, list(changes.series)]
+            old = {
+                r["upstream_id"]: (r["starts_at"], r["ends_at"], r["status"])
+                for r in await conn.fetch(
+                    f"DELETE FROM busy_cache WHERE sync_id = $1 AND {scope} "  # noqa: S608 - one of two fixed clauses
+                    "RETURNING upstream_id, starts_at, ends_at, status",
+                    *args,
+                )
+            }
             fresh = _dedupe(item for items in changes.series.values() for item in items)
             await conn.execute(_INSERT, sync_id, *_columns(fresh))
-            kept = {i.upstream_id for i in fresh if i.status is not BusyStatus.FREE}
-            changed.update(i.upstream_id for i in fresh)
-            removed.update(r["upstream_id"] for r in old if r["upstream_id"] not in kept)
+            kept = {
+                i.upstream_id: (i.interval.start, i.interval.end, i.status.value)
+                for i in fresh
+                if i.status is not BusyStatus.FREE
+            }
+            changed.update(k for k, v in kept.items() if old.get(k) != v)
+            removed.update(k for k in old if k not in kept)
         singles = [i for i in _dedupe(changes.items) if i.series_id not in changes.series]
         freed = [i.upstream_id for i in singles if i.status is BusyStatus.FREE]
         if freed:

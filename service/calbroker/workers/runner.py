@@ -1,5 +1,5 @@
-"""`calbroker worker`: the sync jobs (pgqueuer on the same PostgreSQL), the periodic ticks, and the
-connection health checks, for as many replicas as you like.
+"""`calbroker worker`: the sync jobs (pgqueuer on the same PostgreSQL), the periodic ticks, the EWS
+streaming groups and the connection health checks, for as many replicas as you like.
 
 Replica safety comes from PostgreSQL: pgqueuer claims jobs with `SKIP LOCKED` and re-queues a job
 whose worker stopped beating; a round holds its mailbox's advisory lock; a tick runs on the one
@@ -69,8 +69,10 @@ class Worker:
         concurrency: int = 16,
         heartbeat_timeout: timedelta = timedelta(seconds=30),
         grace: timedelta = timedelta(seconds=20),
+        streams_refresh: timedelta = timedelta(seconds=30),
     ) -> None:
         self._services = services
+        self._streams_refresh = streams_refresh
         self._concurrency = max(2, concurrency)
         self._heartbeat_timeout = heartbeat_timeout
         self._grace = grace
@@ -128,6 +130,11 @@ class Worker:
             await stack.enter_async_context(health_checker(self._services))
             ticker = asyncio.create_task(self._tick_forever(), name="calbroker-worker-ticks")
             stack.push_async_callback(_cancel, ticker)
+            streams = asyncio.create_task(
+                self._services.sync.streams.run(self._stopping, refresh=self._streams_refresh),
+                name="calbroker-worker-ews-streams",
+            )
+            stack.push_async_callback(_finish, streams, self._grace)
             queue = asyncio.create_task(
                 self._queue.run(
                     batch_size=max(1, self._concurrency // 2),
@@ -165,6 +172,14 @@ class Worker:
                 log.warning("worker.tick_failed", error=f"{type(exc).__name__}: {exc}")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), _TICK_EVERY.total_seconds())
+
+
+async def _finish(task: asyncio.Task[None], grace: timedelta) -> None:
+    """Let a task that watches the stop flag end by itself, within `grace`."""
+    try:
+        await asyncio.wait_for(task, grace.total_seconds())
+    except TimeoutError:
+        log.warning("worker.task_grace_exceeded", task=task.get_name())
 
 
 async def _cancel(task: asyncio.Task[object]) -> None:

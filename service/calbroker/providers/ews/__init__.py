@@ -5,5 +5,6 @@ URL an admin types and refuses Exchange Online. Everything else in this package 
 """
 
 from calbroker.providers.ews.provider import EWS_PATH, EwsLimits, EwsProvider, check_ews_endpoint
+from calbroker.providers.ews.streams import MAX_GROUP, StreamGroup
 
-__all__ = ["EWS_PATH", "EwsLimits", "EwsProvider", "check_ews_endpoint"]
+__all__ = ["EWS_PATH", "MAX_GROUP", "EwsLimits", "EwsProvider", "StreamGroup", "check_ews_endpoint"]

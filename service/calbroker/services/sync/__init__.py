@@ -3,6 +3,7 @@
     queue.py     the sync jobs on the queue, and how a round is asked for (debounced, never swallowed)
     rounds.py    one round of one mailbox: provider changes → busy cache, under a per-mailbox lock
     feeds.py     Graph subscriptions (create, renew, recreate) and the notifications they bring
+    streams.py   EWS streaming groups (≤ 200 mailboxes, one holder each), polling when refused
     inbox.py     what the receiver does with a POST: mark, store, answer
     scopes.py    which mailboxes are synced (per connection: all in scope, or a list), capped
     maintenance.py  reconciliation, feed renewals, scope re-application, the receiver's heartbeat
@@ -33,11 +34,13 @@ from calbroker.services.sync.queue import (
 )
 from calbroker.services.sync.rounds import RoundBusy, RoundOutcome, SyncRounds, change_feed
 from calbroker.services.sync.scopes import ScopeReport, SyncScopes
+from calbroker.services.sync.streams import EwsStreams
 from calbroker.services.upstream import Upstream
 
 __all__ = [
     "BusyCache",
     "ConnectionJob",
+    "EwsStreams",
     "GraphFeeds",
     "JobName",
     "MailboxJob",
@@ -70,6 +73,7 @@ class Sync:
     rounds: SyncRounds
     feeds: GraphFeeds
     scopes: SyncScopes
+    streams: EwsStreams
 
     @classmethod
     def build(cls, pool: asyncpg.Pool, upstream: Upstream, settings: Settings) -> Sync:
@@ -79,4 +83,5 @@ class Sync:
             rounds=SyncRounds(pool, upstream, settings),
             feeds=feeds,
             scopes=SyncScopes(pool, upstream, feeds, settings),
+            streams=EwsStreams(pool, upstream, settings),
         )

@@ -23,7 +23,7 @@ from calbroker.domain.schedules import MailboxSchedule
 from calbroker.domain.sync import ChangeSet, SyncState
 from calbroker.domain.working_hours import WorkingHours
 from calbroker.logs import get_logger
-from calbroker.providers import CalendarProvider, ChangeFeed, Deadline, GraphProvider
+from calbroker.providers import CalendarProvider, ChangeFeed, Deadline, EwsProvider, GraphProvider
 from calbroker.services.sync.queue import request_round
 from calbroker.services.upstream import Upstream
 from calbroker.store.busy_cache import RoundChanges, apply_changes
@@ -53,7 +53,7 @@ class RoundOutcome:
 
 def change_feed(provider: CalendarProvider) -> ChangeFeed | None:
     """The provider's round-by-round reader; None when its protocol has none."""
-    if isinstance(provider, GraphProvider):
+    if isinstance(provider, GraphProvider | EwsProvider):
         return provider.changes
     return None
 

@@ -68,6 +68,8 @@ class SyncScopes:
             connections = await list_connections(conn, application_id)
         if connection.status is ConnectionStatus.REVOKED:
             raise InvalidRequest.field("connection_id", "the connection is revoked")
+        if mode is not None:
+            connection.require_calendar_access("sync its mailboxes (reading calendar items)")
         wanted: list[str] = []
         if mode is ScopeMode.LIST:
             if len(mailboxes) > limit:
