@@ -177,6 +177,6 @@ def merge_schedules(mailbox: str, parts: Sequence[ScheduleResult]) -> ScheduleRe
     if errors:
         return next((error for error in errors if isinstance(error, MailboxError)), errors[0])
     blocks = {block for schedule in schedules for block in schedule.busy}
-    ordered = sorted(blocks, key=lambda b: (b.interval.start_us, b.interval.end_us, b.status))
+    ordered = sorted(blocks, key=lambda b: (b.start_us, b.end_us, b.status))
     hours = next((schedule.working_hours for schedule in schedules if schedule.working_hours is not None), None)
     return MailboxSchedule(mailbox, tuple(ordered), hours)

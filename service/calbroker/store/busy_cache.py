@@ -75,7 +75,10 @@ async def read_window(
         FROM unnest($1::uuid[], $2::text[]) AS w (connection_id, mailbox)
         JOIN sync_mailboxes s ON s.connection_id = w.connection_id AND s.mailbox = w.mailbox
         LEFT JOIN LATERAL (
-            SELECT array_agg(c.starts_at) AS starts, array_agg(c.ends_at) AS ends, array_agg(c.status) AS statuses
+            -- Epoch microseconds (extract is exact numeric): blocks are built without datetimes.
+            SELECT array_agg((extract(epoch FROM c.starts_at) * 1000000)::int8 ORDER BY c.starts_at) AS starts,
+                   array_agg((extract(epoch FROM c.ends_at) * 1000000)::int8 ORDER BY c.starts_at) AS ends,
+                   array_agg(c.status ORDER BY c.starts_at) AS statuses
             FROM busy_cache c
             WHERE c.sync_id = s.id AND c.starts_at < $4 AND c.ends_at > $3
         ) b ON true
@@ -86,13 +89,17 @@ async def read_window(
         window.end,
     )
     found: dict[tuple[uuid.UUID, str], CachedMailbox] = {}
+    # Meetings have many attendees: one BusyBlock (immutable) serves every mailbox that holds it.
+    seen: dict[tuple[int, int, str], BusyBlock] = {}
+    at = BusyBlock.at
     for row in rows:
-        starts, ends, statuses = row["starts"] or (), row["ends"] or (), row["statuses"] or ()
-        busy = tuple(
-            BusyBlock(Interval(start, end), _STATUS[status])
-            for start, end, status in zip(starts, ends, statuses, strict=True)
-        )
-        found[(row["connection_id"], row["mailbox"])] = CachedMailbox(sync_row(row), busy, row["db_now"])
+        busy: list[BusyBlock] = []
+        for key in zip(row["starts"] or (), row["ends"] or (), row["statuses"] or (), strict=True):
+            block = seen.get(key)
+            if block is None:
+                block = seen[key] = at(key[0], key[1], _STATUS[key[2]])
+            busy.append(block)
+        found[(row["connection_id"], row["mailbox"])] = CachedMailbox(sync_row(row), tuple(busy), row["db_now"])
     return found
 
 
