@@ -40,6 +40,7 @@ class SandboxSettings:
     """Limits and knobs. Values marked [unverified] in upstream.md are defaults, not truths."""
 
     latency_ms: float = 0.0  # base round-trip latency added to every request (bench/)
+    people_per_tenant: int = 50  # the directory's size (read when the world is built or reset)
     token_lifetime_s: int = 3599  # expires_in of access tokens
     token_clock_skew_s: int = 0  # leeway Graph allows past `exp`
     refresh_token_lifetime_s: int = 90 * 24 * 3600
@@ -138,7 +139,7 @@ class SandboxState:
         self.online_meetings: dict[str, dict[str, Any]] = {}  # Graph /onlineMeetings, by id
         self._calendar_listeners: list[Callable[[Change], None]] = []
         self._reset_hooks: list[Callable[[], None]] = []
-        self.directory: Directory = build_directory(seed, keys.app_certificate)
+        self.directory: Directory = build_directory(seed, keys.app_certificate, people=self.settings.people_per_tenant)
         self.calendars: CalendarStore = build_calendars(self.directory, seed, anchor, clock)
 
     @property
@@ -157,7 +158,7 @@ class SandboxState:
         """Back to the seed: fresh directory (consent), calendars, faults, stats, settings."""
         self.seed = self.seed if seed is None else seed
         self.anchor = self.anchor if anchor is None else anchor
-        self.directory = build_directory(self.seed, self.keys.app_certificate)
+        self.directory = build_directory(self.seed, self.keys.app_certificate, people=self.settings.people_per_tenant)
         self.calendars = build_calendars(self.directory, self.seed, self.anchor, self.clock)
         for listener in self._calendar_listeners:
             self.calendars.add_listener(listener)

@@ -45,7 +45,7 @@ log = get_logger(__name__)
 P = TypeVar("P", MailboxJob, ConnectionJob, NotificationsJob)
 
 _BUSY_RETRY = timedelta(seconds=2)
-_TICK_EVERY = timedelta(seconds=15)
+_TICK_EVERY = timedelta(seconds=5)
 _RECONCILE_EVERY = timedelta(minutes=1)
 _SCOPES_EVERY = timedelta(minutes=30)
 
@@ -156,8 +156,10 @@ class Worker:
     async def tick(self, *, force: bool = False) -> None:
         """The periodic duties that are due (all of them when `force`), each on one replica only."""
         pool, settings = self._services.pool, self._services.settings
+        # Often enough that no mailbox waits much past its reconciliation period for a round.
+        every = min(_RECONCILE_EVERY, settings.sync.reconcile_every / 4)
         async with pool.acquire() as conn:
-            run_reconcile = force or await claim_tick(conn, "sync.reconcile", _RECONCILE_EVERY)
+            run_reconcile = force or await claim_tick(conn, "sync.reconcile", every)
             run_scopes = force or await claim_tick(conn, "sync.scopes", _SCOPES_EVERY)
         if run_scopes:
             await reapply_scopes(pool)

@@ -58,10 +58,10 @@ class GraphLimits:
     """Longest getSchedule window [unverified, commonly reported]; longer windows are split."""
     availability_view_interval: int = 60
     """Minutes (5–1440). We read scheduleItems, not availabilityView, so a coarse view keeps answers small."""
-    max_concurrency: int = 10
+    max_concurrency: int = 25
     """Requests in flight per connection (≈ per tenant). Outlook's documented limit is 4 concurrent
     per app per *mailbox*; batches go through different mailboxes, so this can be higher without
-    risking 429s, and 100 members (5 batches) still cost one round trip."""
+    risking 429s: 500 members (the API's limit, 25 batches) still cost one round trip."""
     max_batch: int = 20
     """JSON `$batch` requests per call (documented). Free/busy does not use `$batch`."""
     max_attempts: int = 4
