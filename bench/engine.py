@@ -183,7 +183,7 @@ def cache_rows(query: AvailabilityQuery) -> list[tuple[list[int], list[int], lis
 
 
 def blocks_from_rows(rows: list[tuple[list[int], list[int], list[str]]]) -> None:
-    """What `store.busy_cache.read_window` does with those arrays."""
+    """What `store.busy_cache.read_application` does with those arrays."""
     statuses = {status.value: status for status in BusyStatus}
     seen: dict[tuple[int, int, str], BusyBlock] = {}
     for starts, ends, names in rows:

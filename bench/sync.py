@@ -349,12 +349,14 @@ async def _measure(
     throughput_calls = control.total_calls()
 
     # --- freshness ------------------------------------------------------------------------------
-    flowing = await _freshness(services, control, url, issued.token, members, edits, start)
-    control.call("PATCH", "/_sandbox/settings", {"notifications_blocked": True})
-    try:
-        dropped = await _freshness(services, control, url, issued.token, members, max(3, edits // 3), start)
-    finally:
-        control.call("PATCH", "/_sandbox/settings", {"notifications_blocked": False})
+    flowing = dropped = None
+    if edits:
+        flowing = await _freshness(services, control, url, issued.token, members, edits, start)
+        control.call("PATCH", "/_sandbox/settings", {"notifications_blocked": True})
+        try:
+            dropped = await _freshness(services, control, url, issued.token, members, max(3, edits // 3), start)
+        finally:
+            control.call("PATCH", "/_sandbox/settings", {"notifications_blocked": False})
     return {
         "members": len(members),
         "first_sync_s": round(first_sync_s, 1),
@@ -440,7 +442,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rtt-ms", type=float, default=50.0)
     parser.add_argument("--seconds", type=float, default=8.0, help="length of each load run")
-    parser.add_argument("--edits", type=int, default=12, help="Outlook edits with notifications flowing")
+    parser.add_argument(
+        "--edits", type=int, default=12, help="Outlook edits with notifications flowing (0: skip freshness)"
+    )
     parser.add_argument("--runs", type=int, default=25)
     args = parser.parse_args()
     configure_logging("warning")
@@ -463,6 +467,8 @@ def main() -> None:
         ("all notifications dropped", "notifications_dropped"),
     ):
         entry = fresh[key]
+        if entry is None:
+            continue
         print(
             f"freshness, {label} ({entry['edits']} Outlook edits): shown in free/busy p50 "
             f"{entry['shown_in_free_busy_s']['p50']} s / p95 {entry['shown_in_free_busy_s']['p95']} s; in the copy p50 "
@@ -474,9 +480,10 @@ def main() -> None:
         f"{figures['settings']['reconcile_s']:g} s with a {figures['settings']['max_age_s']:g} s maximum age — "
         "production defaults are 10 and 15 minutes)"
     )
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(figures, indent=2) + "\n")
-    print(f"wrote {RESULTS}")
+    if args.edits:
+        RESULTS.parent.mkdir(parents=True, exist_ok=True)
+        RESULTS.write_text(json.dumps(figures, indent=2) + "\n")
+        print(f"wrote {RESULTS}")
 
 
 if __name__ == "__main__":

@@ -53,9 +53,12 @@ async def answer_availability(
         if isinstance(result, CalbrokerError):
             errors.append((email, result))
             sources.append((email, Source.LIVE, now))
-            members[email] = replace(member, unavailable_reason=result.detail)
+            members[email] = Member(
+                email, member.busy, member.available_periods, member.working_hours, unavailable_reason=result.detail
+            )
             continue
         sources.append((email, result.source, result.as_of or now))
         hours = member.working_hours if member.working_hours is not None else result.working_hours
-        members[email] = replace(member, busy=result.busy, working_hours=hours)
+        # Built directly: dataclasses.replace costs more than the engine's work for a small member.
+        members[email] = Member(email, result.busy, member.available_periods, hours, member.unavailable_reason)
     return AvailabilityAnswer(find_availability(replace(query, members=members)), tuple(errors), tuple(sources))

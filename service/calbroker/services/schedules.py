@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Awaitable, Callable, Hashable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Generic, TypeVar
 
@@ -27,7 +27,7 @@ from calbroker.logs import get_logger
 from calbroker.providers.protocol import Deadline
 from calbroker.services.sync.cache import BusyCache
 from calbroker.services.upstream import Upstream
-from calbroker.store.connections import list_connections
+from calbroker.store.busy_cache import read_application
 
 __all__ = ["Coalescer", "ScheduleReader"]
 
@@ -96,25 +96,29 @@ class ScheduleReader:
         """
         results: dict[str, ScheduleResult] = {}
         batches: dict[uuid.UUID, list[str]] = {}
+        cached = mode is ReadMode.AUTO and self._cache is not None
         async with self._pool.acquire() as conn:
-            connections = await list_connections(conn, application_id)
-            by_id = {c.id: c for c in connections}
-            for mailbox in dict.fromkeys(mailboxes):
-                try:
-                    connection = route_mailbox(connections, mailbox)
-                except MailboxError as exc:
-                    results[mailbox] = exc
-                    continue
-                batches.setdefault(connection.id, []).append(mailbox)
-            if mode is ReadMode.AUTO and self._cache is not None and batches:
-                cached = await self._cache.fresh(conn, {by_id[c]: found for c, found in batches.items()}, window)
-                results.update(cached)
-                batches = {c: [m for m in found if m not in cached] for c, found in batches.items()}
-        jobs = [_Batch(by_id[cid], tuple(sorted(found))) for cid, found in batches.items() if found]
-        async with asyncio.TaskGroup() as group:
-            tasks = [group.create_task(self._read_batch(job, window, deadline)) for job in jobs]
-        for task in tasks:
-            results.update(task.result())
+            # The connections and, in the same round trip, the synced copy of every requested mailbox.
+            found = await read_application(conn, application_id, mailboxes, window if cached else None)
+        connections = found.connections
+        by_id = {c.id: c for c in connections}
+        for mailbox in dict.fromkeys(mailboxes):
+            try:
+                connection = route_mailbox(connections, mailbox)
+            except MailboxError as exc:
+                results[mailbox] = exc
+                continue
+            batches.setdefault(connection.id, []).append(mailbox)
+        if cached and self._cache is not None and batches:
+            answered = self._cache.fresh(found.copy, {by_id[c]: wanted for c, wanted in batches.items()}, window)
+            results.update(answered)
+            batches = {c: [m for m in wanted if m not in answered] for c, wanted in batches.items()}
+        jobs = [_Batch(by_id[cid], tuple(sorted(wanted))) for cid, wanted in batches.items() if wanted]
+        if jobs:
+            async with asyncio.TaskGroup() as group:
+                tasks = [group.create_task(self._read_batch(job, window, deadline)) for job in jobs]
+            for task in tasks:
+                results.update(task.result())
         return {mailbox: results[mailbox] for mailbox in dict.fromkeys(mailboxes)}
 
     async def _read_batch(self, job: _Batch, window: Interval, deadline: Deadline) -> dict[str, ScheduleResult]:
@@ -133,7 +137,9 @@ class ScheduleReader:
         started = datetime.now(UTC)
         provider = await self._upstream.provider(job.connection)
         found = {
-            mailbox: replace(result, as_of=started) if isinstance(result, MailboxSchedule) else result
+            mailbox: MailboxSchedule(result.mailbox, result.busy, result.working_hours, result.source, started)
+            if isinstance(result, MailboxSchedule)
+            else result
             for mailbox, result in (await provider.fetch_schedules(job.mailboxes, window, deadline)).items()
         }
         missing = [m for m in job.mailboxes if m not in found]

@@ -1,9 +1,10 @@
 """The busy cache: synced mailboxes' busy time, written a round at a time and read a window at a time.
 
-One query reads every requested mailbox's sync bookkeeping and its busy time inside a window
-(`read_window`: an index-only range scan per mailbox), so a 500-member availability query costs
-one round trip. A round's writes (`apply_changes`) happen in the caller's transaction together
-with the round's new cursor, so a crash leaves the previous round intact, never half of one.
+One query reads an application's connections together with every requested mailbox's sync
+bookkeeping and busy time inside a window (`read_application`: an index-only range scan per
+mailbox), so a 500-member availability query costs one round trip. A round's writes
+(`apply_changes`) happen in the caller's transaction together with the round's new cursor, so a
+crash leaves the previous round intact, never half of one.
 """
 
 from __future__ import annotations
@@ -14,30 +15,37 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from calbroker.domain.busy import BusyBlock, BusyStatus
+from calbroker.domain.connections import Connection
 from calbroker.domain.intervals import Interval
-from calbroker.domain.sync import CalendarItem, ChangeSet
-from calbroker.store.database import Connection
-from calbroker.store.sync_state import SyncRow, sync_row
+from calbroker.domain.sync import CalendarItem, ChangeSet, FeedState, SyncHealth, SyncState
+from calbroker.domain.working_hours import WorkingHours
+from calbroker.store.connections import connection_from_row
+from calbroker.store.database import Connection as DbConnection
+from calbroker.store.sync_state import hours_from_json
 
 __all__ = [
+    "ApplicationCopy",
     "CachedMailbox",
     "Change",
     "RoundChanges",
     "apply_changes",
     "changes_since",
     "forget_items",
-    "read_window",
+    "read_application",
     "record_item",
 ]
 
 _STATUS = {status.value: status for status in BusyStatus}
+_STATES = {state.value: state for state in SyncState}
+_FEEDS = {feed.value: feed for feed in FeedState}
 
 
 @dataclass(frozen=True, slots=True)
 class CachedMailbox:
-    """A synced mailbox's bookkeeping and its cached busy time inside the asked window."""
+    """A synced mailbox's freshness bookkeeping and its cached busy time inside the asked window."""
 
-    row: SyncRow
+    health: SyncHealth
+    working_hours: WorkingHours | None
     busy: tuple[BusyBlock, ...]
     now: datetime
     """The database's clock when this was read: what freshness is judged against."""
@@ -63,44 +71,89 @@ class Change:
     removed: tuple[str, ...]
 
 
-async def read_window(
-    conn: Connection, keys: Sequence[tuple[uuid.UUID, str]], window: Interval
-) -> dict[tuple[uuid.UUID, str], CachedMailbox]:
-    """Bookkeeping and busy blocks overlapping `window` for every tracked (connection, mailbox) key."""
-    if not keys:
-        return {}
+@dataclass(frozen=True, slots=True)
+class ApplicationCopy:
+    """An application's connections and the copy of the requested mailboxes they sync."""
+
+    connections: list[Connection]
+    """Every connection that is not revoked, oldest first (the order routing depends on)."""
+    copy: dict[tuple[uuid.UUID, str], CachedMailbox]
+    """By (connection id, mailbox): every requested mailbox some connection syncs."""
+
+
+async def read_application(
+    conn: DbConnection, application_id: uuid.UUID, mailboxes: Sequence[str], window: Interval | None
+) -> ApplicationCopy:
+    """In one round trip: the application's connections and, unless `window` is None, each requested
+    mailbox's sync bookkeeping and cached busy time inside `window` under every connection syncing it.
+
+    One row per (connection, synced mailbox) — a connection syncing none of them still has its row —
+    and a range scan of the busy cache's (sync_id, starts_at) index per mailbox, so a 500-member
+    query costs one query whatever the number of connections.
+    """
     rows = await conn.fetch(
         """
-        SELECT s.*, now() AS db_now, b.starts, b.ends, b.statuses
-        FROM unnest($1::uuid[], $2::text[]) AS w (connection_id, mailbox)
-        JOIN sync_mailboxes s ON s.connection_id = w.connection_id AND s.mailbox = w.mailbox
+        SELECT c.*, s.*, b.*
+        FROM connections c
+        LEFT JOIN LATERAL (
+            SELECT s.id AS copy_sync_id, s.mailbox AS copy_mailbox, s.state AS copy_state,
+                   s.subscription_state AS copy_feed, s.subscription_expires_at AS copy_feed_expires_at,
+                   s.lifecycle_pending_at IS NOT NULL AS copy_lifecycle_pending,
+                   s.window_start AS copy_window_start, s.window_end AS copy_window_end,
+                   s.synced_at AS copy_synced_at, s.last_notified_at AS copy_last_notified_at,
+                   s.working_hours AS copy_working_hours, now() AS copy_now
+            FROM sync_mailboxes s
+            WHERE $3 AND s.connection_id = c.id AND s.mailbox = ANY($2::text[])
+        ) s ON true
         LEFT JOIN LATERAL (
             -- Epoch microseconds (extract is exact numeric): blocks are built without datetimes.
-            SELECT array_agg((extract(epoch FROM c.starts_at) * 1000000)::int8 ORDER BY c.starts_at) AS starts,
-                   array_agg((extract(epoch FROM c.ends_at) * 1000000)::int8 ORDER BY c.starts_at) AS ends,
-                   array_agg(c.status ORDER BY c.starts_at) AS statuses
-            FROM busy_cache c
-            WHERE c.sync_id = s.id AND c.starts_at < $4 AND c.ends_at > $3
-        ) b ON true
+            SELECT array_agg((extract(epoch FROM k.starts_at) * 1000000)::int8 ORDER BY k.starts_at) AS copy_starts,
+                   array_agg((extract(epoch FROM k.ends_at) * 1000000)::int8 ORDER BY k.starts_at) AS copy_ends,
+                   array_agg(k.status ORDER BY k.starts_at) AS copy_statuses
+            FROM busy_cache k
+            WHERE k.sync_id = s.copy_sync_id AND k.starts_at < $5 AND k.ends_at > $4
+        ) b ON s.copy_sync_id IS NOT NULL
+        WHERE c.application_id = $1 AND c.status <> 'revoked'
+        ORDER BY c.created_at, c.id
         """,
-        [k[0] for k in keys],
-        [k[1] for k in keys],
-        window.start,
-        window.end,
+        application_id,
+        list(mailboxes),
+        window is not None,
+        window.start if window is not None else None,
+        window.end if window is not None else None,
     )
-    found: dict[tuple[uuid.UUID, str], CachedMailbox] = {}
+    connections: dict[uuid.UUID, Connection] = {}
+    copy: dict[tuple[uuid.UUID, str], CachedMailbox] = {}
     # Meetings have many attendees: one BusyBlock (immutable) serves every mailbox that holds it.
     seen: dict[tuple[int, int, str], BusyBlock] = {}
     at = BusyBlock.at
     for row in rows:
+        connection_id = row["id"]
+        if connection_id not in connections:
+            connections[connection_id] = connection_from_row(row)
+        mailbox = row["copy_mailbox"]
+        if mailbox is None:
+            continue
         busy: list[BusyBlock] = []
-        for key in zip(row["starts"] or (), row["ends"] or (), row["statuses"] or (), strict=True):
+        for key in zip(row["copy_starts"] or (), row["copy_ends"] or (), row["copy_statuses"] or (), strict=True):
             block = seen.get(key)
             if block is None:
                 block = seen[key] = at(key[0], key[1], _STATUS[key[2]])
             busy.append(block)
-        found[(row["connection_id"], row["mailbox"])] = CachedMailbox(sync_row(row), tuple(busy), row["db_now"])
-    return found
+        start, end = row["copy_window_start"], row["copy_window_end"]
+        health = SyncHealth(
+            state=_STATES[row["copy_state"]],
+            feed=_FEEDS[row["copy_feed"]],
+            feed_expires_at=row["copy_feed_expires_at"],
+            lifecycle_pending=row["copy_lifecycle_pending"],
+            window=Interval(start, end) if start is not None and end is not None else None,
+            synced_at=row["copy_synced_at"],
+            last_notified_at=row["copy_last_notified_at"],
+        )
+        copy[(connection_id, mailbox)] = CachedMailbox(
+            health, hours_from_json(row["copy_working_hours"]), tuple(busy), row["copy_now"]
+        )
+    return ApplicationCopy(list(connections.values()), copy)
 
 
 _Columns = tuple[list[str], list[str | None], list[datetime], list[datetime], list[str]]
@@ -123,7 +176,7 @@ _INSERT = """
 """
 
 
-async def apply_changes(conn: Connection, sync_id: uuid.UUID, changes: ChangeSet) -> RoundChanges:
+async def apply_changes(conn: DbConnection, sync_id: uuid.UUID, changes: ChangeSet) -> RoundChanges:
     """Write one round into the copy (call inside the round's transaction) and log what changed.
 
     A full round replaces the copy and logs the difference; an incremental one removes, replaces
@@ -223,7 +276,7 @@ def _dedupe(items: Iterable[CalendarItem]) -> list[CalendarItem]:
     return list(latest.values())
 
 
-async def record_item(conn: Connection, sync_ids: Sequence[uuid.UUID], item: CalendarItem) -> None:
+async def record_item(conn: DbConnection, sync_ids: Sequence[uuid.UUID], item: CalendarItem) -> None:
     """Write one item calbroker itself just wrote upstream into these mailboxes' copies (read your writes)."""
     if item.status is BusyStatus.FREE:
         await forget_items(conn, sync_ids, [item.upstream_id])
@@ -244,7 +297,7 @@ async def record_item(conn: Connection, sync_ids: Sequence[uuid.UUID], item: Cal
     )
 
 
-async def forget_items(conn: Connection, sync_ids: Sequence[uuid.UUID], upstream_ids: Sequence[str]) -> None:
+async def forget_items(conn: DbConnection, sync_ids: Sequence[uuid.UUID], upstream_ids: Sequence[str]) -> None:
     """Remove items calbroker just cancelled upstream from these mailboxes' copies."""
     await conn.execute(
         "DELETE FROM busy_cache WHERE sync_id = ANY($1::uuid[]) AND upstream_id = ANY($2::text[])",
@@ -254,7 +307,7 @@ async def forget_items(conn: Connection, sync_ids: Sequence[uuid.UUID], upstream
 
 
 async def changes_since(
-    conn: Connection, sync_ids: Sequence[uuid.UUID], after: int = 0, *, limit: int = 1000
+    conn: DbConnection, sync_ids: Sequence[uuid.UUID], after: int = 0, *, limit: int = 1000
 ) -> list[Change]:
     """The change feed of these mailboxes after entry `after`, oldest first."""
     rows = await conn.fetch(

@@ -35,6 +35,7 @@ from calbroker.store.secrets import delete_secret, read_secret, store_secret
 
 __all__ = [
     "NewConnection",
+    "connection_from_row",
     "delete_connection",
     "find_connection",
     "get_connection",
@@ -109,6 +110,11 @@ def _connection(row: asyncpg.Record) -> Connection:
         secret_expires_at=row["secret_expires_at"],
         secret_id=row["secret_id"],
     )
+
+
+def connection_from_row(row: asyncpg.Record) -> Connection:
+    """A `connections` row (every column, under its own name) as a value, for queries that join it."""
+    return _connection(row)
 
 
 async def save_connection(conn: DbConnection, keyring: Keyring, new: NewConnection, *, actor: str) -> Connection:

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, time, timedelta
 from enum import StrEnum
+from functools import lru_cache
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -146,9 +147,15 @@ def hours_to_json(hours: WorkingHours | None) -> str | None:
 
 
 def hours_from_json(raw: str | None) -> WorkingHours | None:
-    """Stored working hours; None for anything unreadable (a zone this host lacks reads as unknown)."""
+    """Stored working hours; None for anything unreadable (a zone this host lacks reads as unknown).
+    Memoized by the stored text: every read of a cached mailbox needs them, and they rarely change."""
     if raw is None:
         return None
+    return _hours_from_json(raw)
+
+
+@lru_cache(maxsize=4096)
+def _hours_from_json(raw: str) -> WorkingHours | None:
     data: dict[str, Any] = json.loads(raw)
     try:
         zone = ZoneInfo(str(data["tz"]))
@@ -161,6 +168,10 @@ def hours_from_json(raw: str | None) -> WorkingHours | None:
     return WorkingHours(periods, zone)
 
 
+_STATES = {state.value: state for state in SyncState}
+_FEEDS = {feed.value: feed for feed in FeedState}
+
+
 def sync_row(row: asyncpg.Record) -> SyncRow:
     """A `sync_mailboxes` row (every column) as a value."""
     start, end = row["window_start"], row["window_end"]
@@ -168,7 +179,7 @@ def sync_row(row: asyncpg.Record) -> SyncRow:
         id=row["id"],
         connection_id=row["connection_id"],
         mailbox=row["mailbox"],
-        state=SyncState(row["state"]),
+        state=_STATES[row["state"]],
         window=Interval(start, end) if start is not None and end is not None else None,
         cursor=row["cursor"],
         working_hours=hours_from_json(row["working_hours"]),
@@ -180,7 +191,7 @@ def sync_row(row: asyncpg.Record) -> SyncRow:
         full_requested_at=row["full_requested_at"],
         last_error=row["last_error"],
         failures=row["failures"],
-        feed=FeedState(row["subscription_state"]),
+        feed=_FEEDS[row["subscription_state"]],
         subscription_id=row["subscription_id"],
         subscription_expires_at=row["subscription_expires_at"],
         client_state_hash=bytes(row["client_state_hash"]) if row["client_state_hash"] is not None else None,

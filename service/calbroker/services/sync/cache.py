@@ -1,9 +1,9 @@
 """The busy cache's two sides for everyone but the worker: answering from the copy when it is
 provably fresh, and keeping it honest about writes calbroker makes itself.
 
-- `fresh` reads, in one query, the bookkeeping and busy time of every requested mailbox of healthy
-  connections, and keeps only those the freshness rule (`domain.sync.stale_reason`) lets answer;
-  every other mailbox is read live by the caller.
+- `fresh` judges what the read path fetched in its one query (the bookkeeping and busy time of
+  every requested mailbox) and keeps only mailboxes of healthy connections that the freshness
+  rule (`domain.sync.stale_reason`) lets answer; every other mailbox is read live by the caller.
 - `booked` / `cancelled` apply an event calbroker just wrote to the organizer's copy at once (read
   your own writes), and mark the internal attendees' copies stale until a round has seen the
   invitation Exchange delivers to them.
@@ -25,7 +25,7 @@ from calbroker.domain.schedules import MailboxSchedule
 from calbroker.domain.sync import CalendarItem, Source, StaleReason, stale_reason
 from calbroker.logs import get_logger
 from calbroker.services.sync.queue import request_round
-from calbroker.store.busy_cache import forget_items, read_window, record_item
+from calbroker.store.busy_cache import CachedMailbox, forget_items, record_item
 from calbroker.store.database import Connection as DbConnection
 from calbroker.store.sync_state import sync_ids
 
@@ -42,29 +42,38 @@ class BusyCache:
         """Why mailboxes were read live instead of from the copy (for metrics and tests)."""
         self.hits = 0
 
-    async def fresh(
-        self, conn: DbConnection, batches: Mapping[Connection, Sequence[str]], window: Interval
+    def fresh(
+        self,
+        copy: Mapping[tuple[uuid.UUID, str], CachedMailbox],
+        batches: Mapping[Connection, Sequence[str]],
+        window: Interval,
     ) -> dict[str, MailboxSchedule]:
-        """The mailboxes the copy can answer for `window`, answered (source cache, as of their last round)."""
-        keys: list[tuple[uuid.UUID, str]] = []
+        """The mailboxes the copy can answer for `window`, answered (source cache, as of their last round).
+
+        `copy` is what `store.busy_cache.read_application` read; `batches` is each connection's
+        share of the requested mailboxes after routing: only the routed connection's copy counts.
+        """
+        settings = self._settings.sync
+        answers: dict[str, MailboxSchedule] = {}
         for connection, mailboxes in batches.items():
             if connection.status is not ConnectionStatus.ACTIVE:
                 self.misses[StaleReason.CONNECTION_UNHEALTHY] += len(mailboxes)
                 continue
-            keys.extend((connection.id, mailbox) for mailbox in mailboxes)
-        found = await read_window(conn, keys, window)
-        settings = self._settings.sync
-        answers: dict[str, MailboxSchedule] = {}
-        for (_, mailbox), cached in found.items():
-            row = cached.row
-            reason = stale_reason(
-                row.health, window, now=cached.now, max_age=settings.max_age, polling_age=settings.ews_poll_every * 2
-            )
-            if reason is not None:
-                self.misses[reason] += 1
-                continue
-            answers[mailbox] = MailboxSchedule(mailbox, cached.busy, row.working_hours, Source.CACHE, row.synced_at)
-        self.misses[StaleReason.NOT_SYNCED] += len(keys) - len(found)
+            for mailbox in mailboxes:
+                cached = copy.get((connection.id, mailbox))
+                if cached is None:
+                    self.misses[StaleReason.NOT_SYNCED] += 1
+                    continue
+                health = cached.health
+                reason = stale_reason(
+                    health, window, now=cached.now, max_age=settings.max_age, polling_age=settings.ews_poll_every * 2
+                )
+                if reason is not None:
+                    self.misses[reason] += 1
+                    continue
+                answers[mailbox] = MailboxSchedule(
+                    mailbox, cached.busy, cached.working_hours, Source.CACHE, health.synced_at
+                )
         self.hits += len(answers)
         return answers
 
