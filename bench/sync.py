@@ -17,14 +17,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import json
 import math
 import os
 import platform
 import random
 import shutil
-import socket
 import ssl
 import statistics
 import sys
@@ -32,8 +30,7 @@ import tempfile
 import time
 import urllib.request
 import warnings
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -43,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import aiohttp
 import httpx
 
+from bench.serving import api_environment, eventually, free_port, served
 from calbroker.app import create_app
 from calbroker.config import MasterKey, Settings, SyncSettings, sandbox_cloud
 from calbroker.domain import AvailabilityQuery, Group, Interval, Member, ResponseFormat
@@ -90,45 +88,6 @@ def _summary(values: list[float]) -> dict[str, float]:
         "p95": round(_percentile(values, 0.95), 2),
         "max": round(max(values), 2),
     }
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-async def _eventually(check: Callable[[], Awaitable[bool]], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not await check():
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.2)
-
-
-@asynccontextmanager
-async def served(settings: Settings, env: dict[str, str]) -> AsyncIterator[str]:
-    """`calbroker serve` in a process of its own (the server under load)."""
-    port = int(env["CALBROKER_PORT"])
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "calbroker.cli", "serve", env=env, stdout=asyncio.subprocess.DEVNULL
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        async with httpx.AsyncClient() as client:
-
-            async def up() -> bool:
-                try:
-                    return (await client.get(url + "/readyz")).status_code == 200
-                except httpx.HTTPError:
-                    return False
-
-            await _eventually(up, 60, "the API process")
-        yield url
-    finally:
-        process.terminate()
-        await process.wait()
 
 
 async def load(
@@ -190,7 +149,7 @@ async def run(rtt_ms: float, seconds: float, edits: int, runs: int) -> dict[str,
             server = embedded_server_url(root / "data")
         database = await ensure_database(server, "bench_sync")
         key = MasterKey("bench", b"s" * 32)
-        port = _free_port()
+        port = free_port()
         settings = Settings(
             data_dir=root / "data",
             database_url=database,
@@ -201,20 +160,15 @@ async def run(rtt_ms: float, seconds: float, edits: int, runs: int) -> dict[str,
             database_pool_size=8,
             sync=SyncSettings(max_age=MAX_AGE, reconcile_every=RECONCILE),
         )
-        env = {
-            **os.environ,
-            "DATABASE_URL": database,
-            "CALBROKER_MASTER_KEYS": f"bench:{base64.b64encode(key.key).decode()}",
-            "CALBROKER_SANDBOX_URL": sandbox.url,
-            "CALBROKER_SANDBOX_CA": str(sandbox.ca_path),
-            "CALBROKER_ALLOW_PRIVATE_UPSTREAMS": "true",
-            "CALBROKER_PORT": str(port),
-            "CALBROKER_HEALTH_CHECK_INTERVAL_S": "0",
-            "CALBROKER_SYNC_MAX_AGE_S": str(int(MAX_AGE.total_seconds())),
-            "CALBROKER_SYNC_RECONCILE_S": str(int(RECONCILE.total_seconds())),
-            "CALBROKER_LOG_LEVEL": "warning",
-            "CALBROKER_DATA_DIR": str(root / "data"),
-        }
+        env = api_environment(
+            database=database,
+            key=key,
+            sandbox=sandbox,
+            port=port,
+            data_dir=str(root / "data"),
+            CALBROKER_SYNC_MAX_AGE_S=str(int(MAX_AGE.total_seconds())),
+            CALBROKER_SYNC_RECONCILE_S=str(int(RECONCILE.total_seconds())),
+        )
         async with open_services(settings) as services:
             async with services.pool.acquire() as conn:
                 issued = await create_application(conn, "bench", actor="bench")
@@ -241,7 +195,7 @@ async def run(rtt_ms: float, seconds: float, edits: int, runs: int) -> dict[str,
             assert len(members) == MEMBERS, len(members)
             await services.sync.scopes.set(issued.application.id, connection.id, ScopeMode.LIST, members)
             # The receiver first: subscriptions are validated against it.
-            async with served(settings, env) as url, open_services(settings, pool_size=20) as worker_services:
+            async with served(env) as url, open_services(settings, pool_size=20) as worker_services:
                 worker = Worker(worker_services, concurrency=16)
                 working = asyncio.create_task(worker.run())
                 try:
@@ -290,7 +244,7 @@ async def _measure(
         )
 
     started = time.monotonic()
-    await _eventually(synced, 300, "every member to be synced")
+    await eventually(synced, 300, "every member to be synced")
     first_sync_s = time.monotonic() - started
 
     # --- warm, in process ----------------------------------------------------------------------

@@ -43,14 +43,25 @@ def _middleware(state: SandboxState) -> Any:
     async def middleware(
         request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
-        if not request.path.startswith("/_sandbox") and state.settings.latency_ms > 0:
-            await asyncio.sleep(state.settings.latency_ms / 1000)
+        # The round trip covers the sandbox's own work, as a remote service's does: a request is
+        # answered `latency_ms` after it arrived (or when its work is done, if that takes longer).
+        # Sleeping first would add the single-threaded sandbox's work for concurrent requests one
+        # after another on top of the latency — a cost Microsoft, answering them in parallel, does
+        # not have.
+        delay = state.settings.latency_ms / 1000 if not request.path.startswith("/_sandbox") else 0.0
+        loop = asyncio.get_running_loop()
+        answer_at = loop.time() + delay
         try:
-            return await handler(request)
+            response = await handler(request)
         except DropConnection:
             if request.transport is not None:
                 request.transport.abort()
             raise asyncio.CancelledError from None
+        except web.HTTPException:
+            await asyncio.sleep(max(0.0, answer_at - loop.time()))
+            raise
+        await asyncio.sleep(max(0.0, answer_at - loop.time()))
+        return response
 
     return middleware
 

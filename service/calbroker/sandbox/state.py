@@ -39,7 +39,7 @@ __all__ = ["SandboxSettings", "SandboxState"]
 class SandboxSettings:
     """Limits and knobs. Values marked [unverified] in upstream.md are defaults, not truths."""
 
-    latency_ms: float = 0.0  # base round-trip latency added to every request (bench/)
+    latency_ms: float = 0.0  # base round trip of every request, the sandbox's own work included (bench/)
     people_per_tenant: int = 50  # the directory's size (read when the world is built or reset)
     token_lifetime_s: int = 3599  # expires_in of access tokens
     token_clock_skew_s: int = 0  # leeway Graph allows past `exp`

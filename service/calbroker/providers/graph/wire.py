@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC, datetime, time
+from functools import lru_cache
 from typing import TypeVar
 from zoneinfo import ZoneInfo
 
@@ -273,7 +274,8 @@ def _busy_blocks(items: Sequence[ScheduleItem], reading: _Reading) -> list[BusyB
     answer (ten thousand items for a large query), hence the local names and the inlined lookups."""
     blocks: list[BusyBlock] = []
     append = blocks.append
-    seen, instants, statuses, at = reading.blocks, reading.instants, _STATUS_AS_SENT, BusyBlock.at
+    seen, instants, statuses = reading.blocks, reading.instants, _STATUS_AS_SENT
+    new = tuple.__new__  # BusyBlock.at without its check: the loop has made it already
     for item in items:
         start, end = item.start, item.end
         if start.time_zone != "UTC" or end.time_zone != "UTC":
@@ -290,7 +292,7 @@ def _busy_blocks(items: Sequence[ScheduleItem], reading: _Reading) -> list[BusyB
                     began = instants.get(key[0]) or reading.utc_us(key[0])
                     ended = instants.get(key[1]) or reading.utc_us(key[1])
                     if began < ended:  # Exchange can hold zero-length items; they block nothing
-                        block = at(began, ended, status)  # type: ignore[arg-type]
+                        block = new(BusyBlock, (began, ended, status))
                 seen[key] = block
         if block is not None:
             append(block)
@@ -312,12 +314,23 @@ def _working_hours(wire: WorkingHoursWire | None, mailbox: str) -> WorkingHours 
     if wire is None:
         return None
     zone_name = wire.time_zone.name if wire.time_zone else None
-    zone = zone_for(zone_name)
-    start, end = _clock(wire.start_time), _clock(wire.end_time)
-    if zone is None or start is None or end is None:
+    usable, hours = _hours_of(zone_name, wire.start_time, wire.end_time, tuple(wire.days_of_week))
+    if not usable:
         _log.warning("graph.working_hours_unusable", mailbox=mailbox, time_zone=zone_name, start=wire.start_time)
-        return None
-    days = [Weekday[d.strip().upper()] for d in wire.days_of_week if d.strip().upper() in Weekday.__members__]
+    return hours
+
+
+@lru_cache(maxsize=1024)
+def _hours_of(
+    zone_name: str | None, start_raw: str | None, end_raw: str | None, days_of_week: tuple[str, ...]
+) -> tuple[bool, WorkingHours | None]:
+    """Working hours from their wire fields, remembered: colleagues share a handful of values, and
+    WorkingHours is immutable. False first when the zone or a clock cannot be read."""
+    zone = zone_for(zone_name)
+    start, end = _clock(start_raw), _clock(end_raw)
+    if zone is None or start is None or end is None:
+        return False, None
+    days = [Weekday[d.strip().upper()] for d in days_of_week if d.strip().upper() in Weekday.__members__]
     periods: list[WeeklyPeriod] = []
     for day in sorted(set(days)):
         if end == time(0):
@@ -328,9 +341,9 @@ def _working_hours(wire: WorkingHoursWire | None, mailbox: str) -> WorkingHours 
             periods.append(WeeklyPeriod(day, start, None))
             periods.append(WeeklyPeriod(Weekday((day + 1) % 7), time(0), end))
     try:
-        return WorkingHours(tuple(periods), zone) if periods else None
+        return True, WorkingHours(tuple(periods), zone) if periods else None
     except InvalidRequest:
-        return None
+        return True, None
 
 
 def schedule_error(code: str | None, message: str | None, mailbox: str) -> MailboxError | UpstreamError:
