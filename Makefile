@@ -53,6 +53,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/engine.py
 	$(BIN)/python bench/availability.py
 	$(BIN)/python bench/events.py
+	$(BIN)/python bench/sync.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
