@@ -156,15 +156,17 @@ class Worker:
     async def tick(self, *, force: bool = False) -> None:
         """The periodic duties that are due (all of them when `force`), each on one replica only."""
         pool, settings = self._services.pool, self._services.settings
-        # Often enough that no mailbox waits much past its reconciliation period for a round.
-        every = min(_RECONCILE_EVERY, settings.sync.reconcile_every / 4)
+        every = max(_TICK_EVERY, min(_RECONCILE_EVERY, settings.sync.reconcile_every / 10))
         async with pool.acquire() as conn:
             run_reconcile = force or await claim_tick(conn, "sync.reconcile", every)
             run_scopes = force or await claim_tick(conn, "sync.scopes", _SCOPES_EVERY)
         if run_scopes:
             await reapply_scopes(pool)
         if run_reconcile:
-            await reconcile(pool, settings)
+            # Rounds fall due two ticks early: one for the tick that notices late, one for the queue
+            # and the round itself, so an edit no notification told of still shows up within the
+            # reconciliation period (10 minutes: a round every 8 to 9).
+            await reconcile(pool, settings, lead=2 * every)
 
     async def _tick_forever(self) -> None:
         while not self._stopping.is_set():

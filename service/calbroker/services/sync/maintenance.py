@@ -46,8 +46,9 @@ class Reconciled:
     outage: bool = False
 
 
-async def reconcile(pool: asyncpg.Pool, settings: Settings) -> Reconciled:
-    """Queue every round and feed renewal that is due (one replica per tick runs this)."""
+async def reconcile(pool: asyncpg.Pool, settings: Settings, *, lead: timedelta = timedelta(0)) -> Reconciled:
+    """Queue every round and feed renewal that is due (one replica per tick runs this); a mailbox's
+    round falls due `lead` before its reconciliation period is up, so it can finish inside it."""
     sync = settings.sync
     async with pool.acquire() as conn:
         outage = await take_outage(conn)
@@ -56,7 +57,8 @@ async def reconcile(pool: asyncpg.Pool, settings: Settings) -> Reconciled:
             log.warning(
                 "sync.receiver_outage", since=outage[0].isoformat(), until=outage[1].isoformat(), mailboxes=count
             )
-        due = await due_rounds(conn, every=sync.reconcile_every, full_every=sync.full_every, limit=_BATCH)
+        every = max(sync.reconcile_every - lead, sync.reconcile_every / 2)
+        due = await due_rounds(conn, every=every, full_every=sync.full_every, limit=_BATCH)
         async with conn.transaction():
             for row in due:
                 await request_round(conn, row.id, full=row.full_requested_at is not None)
