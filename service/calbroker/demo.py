@@ -128,9 +128,12 @@ async def prepare_demo(services: Services, sandbox: SandboxThread, base_url: str
         tenant = directory.tenants[tenant_key]
         return sorted(m.email for m in tenant.mailboxes.values() if not m.is_room)
 
-    # The worker keeps these copies fresh; free/busy says `source: cache` once they are.
+    # The worker keeps these copies fresh; free/busy says `source: cache` once they are. Fabrikam's
+    # service account may impersonate only its scope group: the others stay live (and say why).
+    impersonable = set(fabrikam.groups[fabrikam.scope_group].members)
+    people = [email for email in users("fabrikam") if email in impersonable]
     await services.sync.scopes.set(application_id, graph.id, ScopeMode.ALL, [])
-    await services.sync.scopes.set(application_id, ews.id, ScopeMode.LIST, users("fabrikam"))
+    await services.sync.scopes.set(application_id, ews.id, ScopeMode.LIST, people)
 
     return DemoWorld(
         base_url=base_url,

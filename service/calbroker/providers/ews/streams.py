@@ -19,6 +19,8 @@ thread of the group's own, never from the provider's pool.
 
 from __future__ import annotations
 
+import contextlib
+import socket
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -140,13 +142,28 @@ class StreamGroup:
                 continue
 
     def stop(self) -> None:
-        """Close the stream now (from any thread); the listening thread returns."""
+        """Close the stream now (from any thread); the listening thread returns.
+
+        The socket is shut down first: closing the response alone waits for the thread blocked
+        reading it to let go of the buffered reader, which lasts until Exchange next writes.
+        """
         self._stopped.set()
         with self._lock:
             streaming = self._streaming
         if streaming is not None:
-            streaming.stop_streaming()
+            _shut_down(getattr(streaming, "_streaming_response", None))
+            with contextlib.suppress(RuntimeError):  # the stream ended on its own meanwhile
+                streaming.stop_streaming()
 
     def close(self) -> None:
         self.stop()
         self._protocol.close()
+
+
+def _shut_down(response: Any) -> None:
+    """Shut down the socket under a streaming `requests` response, so a blocked read returns now."""
+    raw = getattr(response, "raw", None)  # urllib3's response; it keeps its connection while streaming
+    sock = getattr(getattr(raw, "connection", None), "sock", None)
+    if isinstance(sock, socket.socket):
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)

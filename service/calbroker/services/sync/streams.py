@@ -218,10 +218,11 @@ class EwsStreams:
                 if not quit_.is_set():
                     await self._catch_up(sync_ids, stale=False)
         finally:
-            stream.stop()
+            # Blocking calls, off the event loop: stopping closes sockets another thread may be reading.
+            await _in_own_thread(stream.stop)
             subscribed = dict(ids)
             await _in_own_thread(lambda: stream.unsubscribe(subscribed))
-            stream.close()
+            await _in_own_thread(stream.close)
 
     async def _catch_up(self, sync_ids: dict[str, uuid.UUID], *, stale: bool) -> None:
         """A round for every member after a (re)connect; `stale` when events may have been missed."""
@@ -261,10 +262,12 @@ class EwsStreams:
         try:
             await asyncio.wait([listening, quitting], return_when=asyncio.FIRST_COMPLETED)  # type: ignore[type-var]
             if not listening.done():
-                stream.stop()
+                await _in_own_thread(stream.stop)
             await listening
             await notified.join()
         finally:
+            if not listening.done():  # cancelled: the reading thread must not outlive the group
+                threading.Thread(target=stream.stop, name="calbroker-ews-stop", daemon=True).start()
             quitting.cancel()
             for helper in helpers:
                 helper.cancel()
