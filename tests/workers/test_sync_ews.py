@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import datetime, timedelta
@@ -212,3 +213,27 @@ async def test_a_rejected_sync_state_means_a_full_round(
     assert after.full_synced_at is not None
     assert before.full_synced_at is not None
     assert after.full_synced_at > before.full_synced_at
+
+
+async def test_a_stopping_worker_closes_its_open_streams_at_once(
+    world: SyncWorld, fabrikam: Connection, sandbox_control: SandboxControl
+) -> None:
+    """A stream Exchange would hold for half an hour is closed by the worker's stop, not waited for:
+    the thread reading it ends and the event loop is never blocked on it."""
+
+    def hanging() -> int:
+        return sum(sandbox_control.get("/_sandbox/ews/subscriptions")["hanging"].values())
+
+    def stream_threads() -> list[threading.Thread]:
+        return [t for t in threading.enumerate() if t.name == "calbroker-ews-stream" and t.is_alive()]
+
+    settings = replace(world.settings, sync=replace(world.settings.sync, ews_stream_minutes=30))
+    worker = await world.worker(settings, streams_refresh=timedelta(milliseconds=300), grace=timedelta(minutes=5))
+    task = asyncio.create_task(worker.run())
+    try:
+        await eventually(hanging, what="a GetStreamingEvents connection held open")
+    finally:
+        worker.stop()
+        # Bounds a failing test only: the stream itself would stay open for 30 (sandbox) minutes.
+        await asyncio.wait_for(task, timeout=60)
+    await eventually(lambda: not stream_threads(), what="the threads reading streams to end")
