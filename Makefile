@@ -53,6 +53,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/engine.py
 	$(BIN)/python bench/availability.py
 	$(BIN)/python bench/events.py
+	$(BIN)/python bench/sync.py
 
 # schemathesis, every check, against `calbroker demo` (sandbox + embedded PostgreSQL) on loopback;
 # not part of `make test` (minutes). FUZZ_EXAMPLES cases per operation and phase.

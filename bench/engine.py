@@ -1,14 +1,17 @@
-"""Engine compute time for 100 members × 30 days (design §10: single-digit milliseconds).
+"""Engine compute time for 100 members × 30 days (design §10: single-digit milliseconds), and what
+the API path spends before the engine runs.
 
 Run: ``.venv/bin/python bench/engine.py`` (``--runs N``). Inputs are built once, deterministically;
-only ``find_availability`` is timed, so the figures exclude decoding upstream responses. A last line
-times building the members' busy blocks from plain UTC datetimes, the domain's share of the API path.
+``find_availability`` is timed alone. The last lines time turning the same members' busy time into
+busy blocks the way the service does: from a Graph getSchedule answer (JSON decoding, then
+datetimes and blocks, reported apart), and from busy-cache rows as PostgreSQL returns them.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import random
 import statistics
 from datetime import UTC, datetime, time, timedelta
@@ -28,6 +31,8 @@ from calbroker.domain import (
     WorkingHours,
     find_availability,
 )
+from calbroker.providers.graph import read_schedules
+from calbroker.providers.graph.wire import decode, schedule_decoder
 
 ZONES = ("Europe/London", "Europe/Berlin", "America/New_York", "America/Chicago")
 START = datetime(2025, 3, 3, tzinfo=UTC)  # a Monday; both the US and EU DST changes fall inside
@@ -120,22 +125,82 @@ def main() -> None:
         ms, count = median_ms(case, args.runs)
         per_member_day = ms * 1000 / (MEMBERS * DAYS)
         print(f"{label}: median {ms:.2f} ms ({per_member_day:.1f} µs per member-day, {count} results)")
-    print(f"building the {blocks} busy blocks of {MEMBERS} members: median {building_ms(query, args.runs):.2f} ms")
+    answer, mailboxes = graph_answer(query)
+    decode_only = _median(lambda: decode(answer, schedule_decoder), args.runs)
+    whole = _median(lambda: read_schedules(answer, mailboxes), args.runs)
+    print(
+        f"Graph getSchedule answer ({len(answer) // 1024} KiB) → the {blocks} busy blocks: median {whole:.2f} ms "
+        f"= JSON decoding {decode_only:.2f} ms + datetimes and blocks {whole - decode_only:.2f} ms"
+    )
+    rows = cache_rows(query)
+    from_rows = _median(lambda: blocks_from_rows(rows), args.runs)
+    print(f"busy-cache rows → the {blocks} busy blocks: median {from_rows:.2f} ms")
 
 
-def building_ms(query: AvailabilityQuery, runs: int) -> float:
-    """Median time to build every member's ``BusyBlock(Interval(start, end), status)`` from UTC datetimes,
-    as a provider does after parsing; garbage collection stays on, as it is in the service."""
-    raw = [
-        (member, [(block.interval.start, block.interval.end, block.status) for block in member.busy])
+def graph_answer(query: AvailabilityQuery) -> tuple[bytes, list[str]]:
+    """The members' busy time as Graph answers getSchedule (UTC, seven fractional digits, subjects)."""
+
+    def when(moment: datetime) -> dict[str, str]:
+        return {"dateTime": moment.strftime("%Y-%m-%dT%H:%M:%S.0000000"), "timeZone": "UTC"}
+
+    value = [
+        {
+            "scheduleId": member.email,
+            "availabilityView": "",
+            "scheduleItems": [
+                {
+                    "isPrivate": False,
+                    "status": "workingElsewhere" if b.status is BusyStatus.WORKING_ELSEWHERE else b.status.value,
+                    "subject": "Project sync",
+                    "location": "Room 1",
+                    "isMeeting": True,
+                    "isRecurring": False,
+                    "isException": False,
+                    "isReminderSet": True,
+                    "start": when(b.interval.start),
+                    "end": when(b.interval.end),
+                }
+                for b in member.busy
+            ],
+            "workingHours": {
+                "daysOfWeek": ["monday", "tuesday", "wednesday", "thursday", "friday"],
+                "startTime": "09:00:00.0000000",
+                "endTime": "17:00:00.0000000",
+                "timeZone": {"name": "GMT Standard Time"},
+            },
+        }
         for member in query.members.values()
     ]
+    return json.dumps({"value": value}).encode(), list(query.members)
+
+
+def cache_rows(query: AvailabilityQuery) -> list[tuple[list[int], list[int], list[str]]]:
+    """The members' busy time as the busy cache's one query returns it (epoch microseconds)."""
+    return [
+        ([b.start_us for b in member.busy], [b.end_us for b in member.busy], [b.status.value for b in member.busy])
+        for member in query.members.values()
+    ]
+
+
+def blocks_from_rows(rows: list[tuple[list[int], list[int], list[str]]]) -> None:
+    """What `store.busy_cache.read_application` does with those arrays."""
+    statuses = {status.value: status for status in BusyStatus}
+    seen: dict[tuple[int, int, str], BusyBlock] = {}
+    for starts, ends, names in rows:
+        busy = []
+        for key in zip(starts, ends, names, strict=True):
+            block = seen.get(key)
+            if block is None:
+                block = seen[key] = BusyBlock.at(key[0], key[1], statuses[key[2]])
+            busy.append(block)
+        tuple(busy)
+
+
+def _median(run: object, runs: int) -> float:
     timings = []
     for _ in range(runs):
         started = perf_counter()
-        for member, blocks in raw:
-            busy = tuple(BusyBlock(Interval(start, end), status) for start, end, status in blocks)
-            Member(member.email, busy, None, member.working_hours, None)
+        run()  # type: ignore[operator]
         timings.append((perf_counter() - started) * 1000)
     return statistics.median(timings)
 

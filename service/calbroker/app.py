@@ -2,7 +2,8 @@
 
 The lifespan opens the services bundle (database pool, keyring, HTTP session, thread pool,
 provider registry) and closes it in reverse order; handlers reach it only through dependencies,
-never through module globals.
+never through module globals. It also beats the notification receiver's heartbeat, so the worker
+notices when the receiver was down. Background work (sync, health checks) runs in `calbroker worker`.
 """
 
 from __future__ import annotations
@@ -40,16 +41,17 @@ from calbroker.api.dependencies import provide_bookings, provide_deadline, provi
 from calbroker.api.events import delete_event, get_event, list_events, put_event
 from calbroker.api.free_busy import free_busy
 from calbroker.api.health import healthz, metrics, readyz
+from calbroker.api.hooks import graph_notifications, receiver_heartbeat
 from calbroker.api.me import me
 from calbroker.api.methods import allowed_methods
 from calbroker.api.problem_pages import problem_index, problem_page, register_template_filters
 from calbroker.api.problems import problem_plugin
+from calbroker.api.sync import get_sync, put_sync
 from calbroker.api.telemetry import HttpMetrics, RequestTelemetry
 from calbroker.api.wire import decode_body
 from calbroker.config import Settings
 from calbroker.services import Services, open_services
 from calbroker.store.database import DATABASE_UNAVAILABLE
-from calbroker.workers.health import health_checker
 
 __all__ = ["create_app", "openapi_document"]
 
@@ -69,8 +71,7 @@ def _lifespan(settings: Settings, opened: Services | None) -> Callable[[Litestar
             services = opened if opened is not None else await stack.enter_async_context(open_services(settings))
             app.state.services = services
             try:
-                # Connection health checks (off when the interval is unset).
-                async with health_checker(services):
+                async with receiver_heartbeat(services):
                     yield
             finally:
                 app.state.pop("services", None)
@@ -103,6 +104,8 @@ def create_app(settings: Settings, services: Services | None = None) -> Litestar
             revoke_connection,
             verify_connection,
             connection_rooms,
+            get_sync,
+            put_sync,
             put_event,
             get_event,
             delete_event,
@@ -129,7 +132,18 @@ def create_app(settings: Settings, services: Services | None = None) -> Litestar
     cronofy = cronofy_router()
     templates = Path(__file__).parent / "api" / "templates"
     app = Litestar(
-        route_handlers=[healthz, readyz, metrics, problem_index, problem_page, openapi_json, v1, connect, cronofy],
+        route_handlers=[
+            healthz,
+            readyz,
+            metrics,
+            problem_index,
+            problem_page,
+            openapi_json,
+            graph_notifications,
+            v1,
+            connect,
+            cronofy,
+        ],
         dependencies={"services": Provide(provide_services, sync_to_thread=False)},
         lifespan=[_lifespan(settings, services)],
         plugins=[problem_plugin()],

@@ -1,4 +1,4 @@
-"""`calbroker` command line: serve, migrate, apps, keys, openapi.
+"""`calbroker` command line: serve, worker, migrate, apps, keys, connections, demo, sandbox, openapi.
 
 The only place that reads the environment: it builds `Settings` once and passes it down. Errors
 the operator can fix print one line and exit non-zero; they never print a traceback.
@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import json
 import os
+import signal
 import sys
 import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
@@ -220,6 +221,38 @@ async def _cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     return await _serve(_bind(settings, args))
 
 
+@asynccontextmanager
+async def _running_worker(settings: Settings, concurrency: int) -> AsyncIterator[asyncio.Task[object]]:
+    """A worker for the duration of the block (the demo's), on the same code path as `calbroker worker`."""
+    from calbroker.workers.runner import Worker  # noqa: PLC0415
+
+    async with open_services(settings, pool_size=concurrency + 4) as services:
+        worker = Worker(services, concurrency=concurrency)
+        task: asyncio.Task[object] = asyncio.create_task(worker.run(), name="calbroker-worker")
+        try:
+            yield task
+        finally:
+            worker.stop()
+            await task
+
+
+async def _cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
+    from calbroker.workers.runner import Worker  # noqa: PLC0415
+
+    async with open_services(settings, pool_size=args.concurrency + 4) as services:
+        worker = Worker(services, concurrency=args.concurrency)
+        if args.burst:
+            summary = await worker.drain()
+            print(f"calbroker worker: drained the queue: {summary.rounds} rounds ({summary.round_failures} failed)")
+            return 0
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, worker.stop)
+        print("calbroker worker running (Ctrl-C stops it after the running jobs)", flush=True)
+        await worker.run()
+    return 0
+
+
 async def _cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
     from calbroker.demo import (  # noqa: PLC0415
         demo_instructions,
@@ -240,7 +273,8 @@ async def _cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
         demo_file = settings.data_dir / "demo.json"
         await asyncio.to_thread(write_demo_file, demo_file, world)
         print(demo_instructions(world, demo_file), flush=True)
-        return await _serve(settings)
+        async with _running_worker(settings, concurrency=4):
+            return await _serve(settings)
     finally:
         await asyncio.to_thread(sandbox.stop)
 
@@ -391,6 +425,11 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default=None, help="bind address (default CALBROKER_HOST or 127.0.0.1)")
     serve.add_argument("--port", type=int, default=None, help="port (default CALBROKER_PORT or 8080)")
     serve.set_defaults(run=_cmd_serve)
+
+    worker = sub.add_parser("worker", help="run the sync worker: notifications, rounds, reconciliation, health checks")
+    worker.add_argument("--concurrency", type=int, default=16, help="jobs in flight at once (default 16)")
+    worker.add_argument("--burst", action="store_true", help="work until the queue is empty, then exit")
+    worker.set_defaults(run=_cmd_worker)
 
     demo = sub.add_parser("demo", help="the API plus the Microsoft 365 sandbox, with a demo app and connections")
     demo.add_argument("--host", default=None, help="bind address (default CALBROKER_HOST or 127.0.0.1)")

@@ -24,6 +24,7 @@ __all__ = [
     "MasterKey",
     "OperatorApp",
     "Settings",
+    "SyncSettings",
     "parse_master_keys",
 ]
 
@@ -239,6 +240,72 @@ def _host(raw: str) -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class SyncSettings:
+    """How the sync worker keeps mailboxes' busy time and when the copy may answer (issue 12)."""
+
+    max_age: timedelta = timedelta(minutes=15)
+    """The copy answers only if its last round started this recently (CALBROKER_SYNC_MAX_AGE_S)."""
+    reconcile_every: timedelta = timedelta(minutes=10)
+    """Every mailbox gets a round at least this often, whatever notifications did; under `max_age`,
+    so a quiet mailbox stays answerable from the copy (CALBROKER_SYNC_RECONCILE_S)."""
+    full_every: timedelta = timedelta(days=1)
+    """A full round (and a new window) this often."""
+    window_past: timedelta = timedelta(days=1)
+    window_future: timedelta = timedelta(days=180)
+    """The synced window around now (CALBROKER_SYNC_WINDOW_DAYS sets the future part)."""
+    debounce: timedelta = timedelta(seconds=3)
+    """Wait this long after a change signal before the round: one edit brings several notifications."""
+    max_mailboxes: int = 1000
+    """Mailboxes synced per connection (CALBROKER_SYNC_MAX_MAILBOXES)."""
+    graph_subscription_lifetime: timedelta = timedelta(minutes=4230)
+    """Valid under every published revision of Graph's limit for events (changes.md §1.1)."""
+    receiver_url: str | None = None
+    """Where Microsoft sends notifications (`/hooks/...` is appended); None: the public URL
+    (CALBROKER_RECEIVER_URL). Graph needs it to be https and reachable from the internet."""
+    ews_streaming: bool = True
+    """EWS streaming subscriptions; off (or refused by Exchange) means polling (CALBROKER_EWS_STREAMING)."""
+    ews_poll_every: timedelta = timedelta(minutes=5)
+    ews_stream_minutes: int = 25
+    """GetStreamingEvents ConnectionTimeout: under Exchange's 30-minute limit, then reconnect."""
+    round_deadline_s: float = 120.0
+    """How long one round may spend upstream (a full round pages through the whole window)."""
+
+    def __post_init__(self) -> None:
+        if self.reconcile_every >= self.max_age:
+            raise ConfigError(
+                "CALBROKER_SYNC_RECONCILE_S", "must be shorter than CALBROKER_SYNC_MAX_AGE_S, or copies go stale"
+            )
+        if not 1 <= self.ews_stream_minutes <= 30:
+            raise ConfigError("CALBROKER_EWS_STREAM_MINUTES", "must be 1-30 (Exchange's ConnectionTimeout range)")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> SyncSettings:
+        receiver = env.get("CALBROKER_RECEIVER_URL", "").strip()
+        default = cls()
+        return cls(
+            max_age=_seconds(env, "CALBROKER_SYNC_MAX_AGE_S", default.max_age),
+            reconcile_every=_seconds(env, "CALBROKER_SYNC_RECONCILE_S", default.reconcile_every),
+            window_future=_days(env, "CALBROKER_SYNC_WINDOW_DAYS", default.window_future),
+            max_mailboxes=_positive_int(env, "CALBROKER_SYNC_MAX_MAILBOXES", default.max_mailboxes),
+            graph_subscription_lifetime=timedelta(
+                minutes=_positive_int(env, "CALBROKER_GRAPH_SUBSCRIPTION_MINUTES", 4230)
+            ),
+            receiver_url=_base_url(receiver, receiver, variable="CALBROKER_RECEIVER_URL") if receiver else None,
+            ews_streaming=_bool(env, "CALBROKER_EWS_STREAMING", True),
+            ews_stream_minutes=_positive_int(env, "CALBROKER_EWS_STREAM_MINUTES", default.ews_stream_minutes),
+        )
+
+
+def _seconds(env: Mapping[str, str], name: str, default: timedelta) -> timedelta:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    if not raw.isdigit() or int(raw) <= 0:
+        raise ConfigError(name, f"must be a positive whole number of seconds, got {raw!r}")
+    return timedelta(seconds=int(raw))
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     """Everything calbroker reads from its environment, validated once."""
 
@@ -263,9 +330,9 @@ class Settings:
     operator_app: OperatorApp | None = None
     """None: the admin-consent and delegated sign-in methods are not offered."""
     health_check_interval_s: float | None = None
-    """How often each connection is re-verified by the API process; None disables the checker
-    (the default for hand-built settings, so tests never see background upstream calls).
-    `from_env` turns it on: CALBROKER_HEALTH_CHECK_INTERVAL_S, default 300, 0 disables."""
+    """How often the worker re-verifies each connection; None disables the checker (the default
+    for hand-built settings, so tests never see background upstream calls). `from_env` turns it
+    on: CALBROKER_HEALTH_CHECK_INTERVAL_S, default 300, 0 disables."""
     graph_max_schedules: int = 20
     """Mailboxes per Graph getSchedule call: commonly reported, not documented (upstream.md §2)."""
     graph_max_window: timedelta = timedelta(days=62)
@@ -278,6 +345,12 @@ class Settings:
     header_timeout_s: float = 10.0
     """How long a client may take to send a request's line and headers before the connection is
     closed (408): a connection dripping one header line every few seconds must not stay open."""
+    sync: SyncSettings = field(default_factory=SyncSettings)
+
+    @property
+    def receiver_url(self) -> str:
+        """The base Microsoft posts change notifications to (`/hooks/...` follows)."""
+        return self.sync.receiver_url or self.public_url
 
     @property
     def embedded_database(self) -> bool:
@@ -350,4 +423,5 @@ class Settings:
             ews_max_mailboxes=_positive_int(env, "CALBROKER_EWS_MAX_MAILBOXES", 100),
             ews_max_window=_days(env, "CALBROKER_EWS_MAX_WINDOW_DAYS", timedelta(days=42)),
             header_timeout_s=_positive_int(env, "CALBROKER_HEADER_TIMEOUT_S", 10),
+            sync=SyncSettings.from_env(env),
         )

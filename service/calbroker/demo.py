@@ -3,7 +3,8 @@
 It starts the sandbox (HTTPS, its own CA) in a thread, points a `sandbox` cloud at it, creates a
 demo application and its connections through the production verify-then-save path (Graph for
 Contoso, EWS for Fabrikam's on-premises Exchange, and Fabrikam's Teams-only Graph app that gives
-its EWS organizers Teams links: the hybrid set-up), then serves the API and prints what to type.
+its EWS organizers Teams links: the hybrid set-up), asks for both organisations' mailboxes to be
+synced, then serves the API with one sync worker beside it and prints what to type.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from calbroker.services import ConnectionDraft, Services, verify_and_save
 from calbroker.store.applications import IssuedKey, create_application, list_applications, rotate_key
 from calbroker.store.connections import delete_connection, list_connections
 from calbroker.store.cronofy import issue_client, issue_service_account_token
+from calbroker.store.sync_state import ScopeMode
 
 __all__ = ["DemoWorld", "demo_settings", "prepare_demo", "start_demo_sandbox"]
 
@@ -168,6 +170,13 @@ async def prepare_demo(services: Services, sandbox: SandboxThread, base_url: str
     def users(tenant_key: str) -> list[str]:
         tenant = directory.tenants[tenant_key]
         return sorted(m.email for m in tenant.mailboxes.values() if not m.is_room)
+
+    # The worker keeps these copies fresh; free/busy says `source: cache` once they are. Fabrikam's
+    # service account may impersonate only its scope group: the others stay live (and say why).
+    impersonable = set(fabrikam.groups[fabrikam.scope_group].members)
+    people = [email for email in users("fabrikam") if email in impersonable]
+    await services.sync.scopes.set(application_id, graph.id, ScopeMode.ALL, [])
+    await services.sync.scopes.set(application_id, ews.id, ScopeMode.LIST, people)
 
     return DemoWorld(
         base_url=base_url,

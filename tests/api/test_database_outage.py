@@ -60,6 +60,8 @@ V1_CALLS: list[tuple[str, str, Any, dict[str, str] | None]] = [
     ("DELETE", f"/v1/connections/{SOME_ID}", None, None),
     ("POST", f"/v1/connections/{SOME_ID}/verify", None, None),
     ("GET", f"/v1/connections/{SOME_ID}/rooms", None, None),
+    ("GET", f"/v1/connections/{SOME_ID}/sync", None, None),
+    ("PUT", f"/v1/connections/{SOME_ID}/sync", {"mode": "all"}, None),
     ("PUT", "/v1/events/outage-1", {"organizer": "a@contoso.com", "start": START, "end": END, "summary": "x"}, None),
     ("GET", "/v1/events/outage-1", None, None),
     ("DELETE", "/v1/events/outage-1", None, None),

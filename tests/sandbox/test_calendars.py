@@ -8,14 +8,17 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from calbroker.sandbox.calendars import CalendarStore
+from calbroker.sandbox.calendars import CalendarStore, merged_view
 from calbroker.sandbox.directory import Directory
 from calbroker.sandbox.events import (
     EWS_DIGITS,
     GRAPH_DIGITS,
     Attendee,
     AttendeeType,
+    BusyItem,
     CalendarError,
     Change,
     ChangeType,
@@ -261,3 +264,54 @@ def test_attendee_sees_the_organizers_exception_under_its_own_ids(store: Calenda
     found = store.occurrences(ALEX, utc(2026, 11, 9), utc(2026, 11, 10))
     assert [(e.subject, e.series_master_id) for e in found] == [("Special sync", copy.id)]
     assert store.get(ALEX, found[0].id) is not None
+
+
+_BASE = datetime(2026, 1, 5, tzinfo=UTC)
+_OFFSETS = st.integers(min_value=-300, max_value=4000).map(lambda m: _BASE + timedelta(minutes=m))
+
+
+def _slot_by_slot(items: list[BusyItem], start: datetime, end: datetime, interval: timedelta) -> str:
+    """The definition: every slot from `start` (the last one whole, past `end`) shows its strongest status."""
+    rank = {
+        ShowAs.OOF: 5,
+        ShowAs.BUSY: 4,
+        ShowAs.TENTATIVE: 3,
+        ShowAs.WORKING_ELSEWHERE: 2,
+        ShowAs.FREE: 1,
+        ShowAs.UNKNOWN: 0,
+    }
+    view, slot = [], start
+    while slot < end:
+        best = max((i.status for i in items if i.start < slot + interval and i.end > slot), key=rank.get, default=None)
+        view.append(GRAPH_DIGITS[best if best is not None and rank[best] > 1 else ShowAs.FREE])
+        slot += interval
+    return "".join(view)
+
+
+@given(
+    items=st.lists(st.tuples(_OFFSETS, st.integers(min_value=0, max_value=600), st.sampled_from(ShowAs)), max_size=12),
+    start=_OFFSETS,
+    length=st.integers(min_value=-30, max_value=3000),
+    interval=st.sampled_from([5, 15, 30, 45, 60, 1440]),
+)
+def test_the_merged_view_touches_only_overlapped_slots_and_matches_the_definition(
+    items: list[tuple[datetime, int, ShowAs]], start: datetime, length: int, interval: int
+) -> None:
+    busy = [
+        BusyItem(
+            start=s,
+            end=s + timedelta(minutes=minutes),
+            status=status,
+            subject="",
+            location="",
+            is_private=False,
+            is_meeting=False,
+            is_recurring=False,
+            is_exception=False,
+            is_reminder_set=False,
+            event_id=str(n),
+        )
+        for n, (s, minutes, status) in enumerate(items)
+    ]
+    end, step = start + timedelta(minutes=length), timedelta(minutes=interval)
+    assert merged_view(busy, start, end, step) == _slot_by_slot(busy, start, end, step)

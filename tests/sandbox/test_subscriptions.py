@@ -18,6 +18,7 @@ from aiohttp import web
 
 from calbroker.sandbox import SandboxThread
 from tests.fixtures.sandbox import SandboxControl
+from tests.fixtures.waiting import eventually
 
 ADELE = "adele.vance@contoso.com"
 
@@ -28,10 +29,12 @@ class Receiver:
     notifications: asyncio.Queue[dict[str, Any]] = field(default_factory=asyncio.Queue)
     lifecycle: asyncio.Queue[dict[str, Any]] = field(default_factory=asyncio.Queue)
     validations: list[str] = field(default_factory=list)
+    answer_after_s: float = 0.0
+    """How long the receiver takes to answer a notification (a slow receiver)."""
 
 
 @pytest.fixture
-async def receiver() -> AsyncIterator[Receiver]:
+async def receiver(sandbox_control: SandboxControl) -> AsyncIterator[Receiver]:
     app = web.Application()
     found = Receiver(url="")
 
@@ -42,6 +45,8 @@ async def receiver() -> AsyncIterator[Receiver]:
                 found.validations.append(token)
                 return web.Response(text=token, content_type="text/plain")
             await queue.put(await request.json())
+            if found.answer_after_s:
+                await asyncio.sleep(found.answer_after_s)
             return web.Response(status=202)
 
         return handle
@@ -61,6 +66,9 @@ async def receiver() -> AsyncIterator[Receiver]:
     try:
         yield found
     finally:
+        for subscription in sandbox_control.get("/_sandbox/subscriptions")["subscriptions"]:
+            if subscription["notificationUrl"].startswith(found.url):
+                sandbox_control.post(f"/_sandbox/subscriptions/{subscription['id']}/expire")
         await runner.cleanup()
 
 
@@ -94,6 +102,7 @@ async def subscribe(
 async def test_handshake_then_notifications_for_outlook_edits(
     sandbox: SandboxThread, sandbox_control: SandboxControl, receiver: Receiver, session: aiohttp.ClientSession
 ) -> None:
+    sandbox_control.tune(notification_copies_max=1)
     token = sandbox_control.token("contoso.com", "contoso-secret")
     status, subscription = await subscribe(session, sandbox, token, receiver)
     assert status == 201, subscription
@@ -133,6 +142,7 @@ async def test_handshake_then_notifications_for_outlook_edits(
 async def test_graph_writes_notify_too_and_respect_change_types(
     sandbox: SandboxThread, sandbox_control: SandboxControl, receiver: Receiver, session: aiohttp.ClientSession
 ) -> None:
+    sandbox_control.tune(notification_copies_max=1)
     token = sandbox_control.token("contoso.com", "contoso-secret")
     status, subscription = await subscribe(session, sandbox, token, receiver, changeType="deleted")
     assert status == 201
@@ -172,11 +182,18 @@ async def test_scope_and_expiration_rules(
     out_of_scope = await subscribe(
         session, sandbox, token, receiver, resource="/users/diego.siciliani@contoso.com/events"
     )
-    too_long = await subscribe(session, sandbox, token, receiver, expirationDateTime=expiry(10_081))
+    too_long = await subscribe(session, sandbox, token, receiver, expirationDateTime=expiry(20_000))
     assert out_of_scope[0] == 403
     assert out_of_scope[1]["error"]["code"] == "ExtensionError"
     assert "Access to OData is disabled." in out_of_scope[1]["error"]["message"]
-    assert too_long[0] == 400
+    assert too_long[0] == 201  # clamped to the documented maximum, 10,080 minutes
+    clamped = datetime.fromisoformat(too_long[1]["expirationDateTime"].replace("Z", "+00:00"))
+    assert clamped <= datetime.now(UTC) + timedelta(minutes=10_080)
+    assert clamped >= datetime.now(UTC) + timedelta(minutes=10_079)
+    sandbox_control.tune(subscription_reject_overlong=True)
+    refused = await subscribe(session, sandbox, token, receiver, expirationDateTime=expiry(20_000))
+    assert refused[0] == 400
+    assert "10080 minutes" in refused[1]["error"]["message"]
 
     status, subscription = await subscribe(session, sandbox, token, receiver, expirationDateTime=expiry(10))
     assert status == 201
@@ -211,3 +228,118 @@ async def test_lifecycle_notifications_from_the_control_plane(
         f"{sandbox.graph_url}/subscriptions/{subscription['id']}", headers={"Authorization": f"Bearer {token}"}
     ) as response:
         assert response.status == 404
+
+
+async def test_one_change_brings_several_notifications(
+    sandbox: SandboxThread, sandbox_control: SandboxControl, receiver: Receiver, session: aiohttp.ClientSession
+) -> None:
+    sandbox_control.tune(notification_copies_min=3, notification_copies_max=3)
+    token = sandbox_control.token("contoso.com", "contoso-secret")
+    status, _ = await subscribe(session, sandbox, token, receiver)
+    assert status == 201
+    created = sandbox_control.post(f"/_sandbox/mailboxes/{ADELE}/events", EVENT)
+    copies = [await asyncio.wait_for(receiver.notifications.get(), 5) for _ in range(3)]
+    assert {c["value"][0]["resourceData"]["id"] for c in copies} == {created["id"]}
+    assert len({c["value"][0]["id"] for c in copies}) == 3  # no reliable dedup key: each has its own id
+    sandbox_control.delete(f"/_sandbox/mailboxes/{ADELE}/events/{created['id']}")
+
+
+async def test_a_slow_receiver_loses_notifications_and_is_told_missed(
+    sandbox: SandboxThread, sandbox_control: SandboxControl, receiver: Receiver, session: aiohttp.ClientSession
+) -> None:
+    sandbox_control.tune(
+        notification_copies_max=1, notification_slow_ms=20, notification_window=2, notification_flush_s=60
+    )
+    token = sandbox_control.token("contoso.com", "contoso-secret")
+    status, subscription = await subscribe(session, sandbox, token, receiver)
+    assert status == 201
+    receiver.answer_after_s = 0.1
+    created = sandbox_control.post(f"/_sandbox/mailboxes/{ADELE}/events", EVENT)
+    await asyncio.wait_for(receiver.notifications.get(), 5)
+    sandbox_control.patch(f"/_sandbox/mailboxes/{ADELE}/events/{created['id']}", {"shift_minutes": 15})
+    await asyncio.wait_for(receiver.notifications.get(), 5)
+    await eventually(lambda: len(notification_log(sandbox_control, subscription["id"])) >= 2)
+    # Both answers were slow: the endpoint is now over the 15 % drop threshold.
+    sandbox_control.delete(f"/_sandbox/mailboxes/{ADELE}/events/{created['id']}")
+    missed = await asyncio.wait_for(receiver.lifecycle.get(), 5)
+    assert missed["value"][0]["lifecycleEvent"] == "missed"
+    assert "dropped" in [d["error"] for d in notification_log(sandbox_control, subscription["id"])]
+    assert receiver.notifications.empty()
+
+
+async def test_blocked_notifications_vanish_without_a_word(
+    sandbox: SandboxThread, sandbox_control: SandboxControl, receiver: Receiver, session: aiohttp.ClientSession
+) -> None:
+    token = sandbox_control.token("contoso.com", "contoso-secret")
+    status, subscription = await subscribe(session, sandbox, token, receiver)
+    assert status == 201
+    sandbox_control.tune(notifications_blocked=True)
+    created = sandbox_control.post(f"/_sandbox/mailboxes/{ADELE}/events", EVENT)
+    sandbox_control.delete(f"/_sandbox/mailboxes/{ADELE}/events/{created['id']}")
+    log = notification_log(sandbox_control, subscription["id"])
+    assert [d["error"] for d in log] == ["blocked", "blocked"]
+    assert receiver.notifications.empty()
+    assert receiver.lifecycle.empty()
+
+
+async def test_lifecycle_notifications_in_the_shape_seen_in_the_wild(
+    sandbox: SandboxThread, sandbox_control: SandboxControl, receiver: Receiver, session: aiohttp.ClientSession
+) -> None:
+    token = sandbox_control.token("contoso.com", "contoso-secret")
+    status, subscription = await subscribe(session, sandbox, token, receiver)
+    assert status == 201
+    sandbox_control.post(
+        f"/_sandbox/subscriptions/{subscription['id']}/lifecycle", {"event": "missed", "variant": "organizationId"}
+    )
+    item = (await asyncio.wait_for(receiver.lifecycle.get(), 5))["value"][0]
+    assert item["organizationId"] == sandbox_control.tenant("contoso")["id"]
+    assert "tenantId" not in item
+    assert item["resource"] == ""
+    assert item["lifecycleEvent"] == "missed"
+
+
+async def test_revoked_consent_asks_for_reauthorization_that_then_fails(
+    sandbox: SandboxThread, sandbox_control: SandboxControl, receiver: Receiver, session: aiohttp.ClientSession
+) -> None:
+    app = sandbox_control.app("contoso-secret")["client_id"]
+    token = sandbox_control.token("contoso.com", "contoso-secret")
+    status, subscription = await subscribe(session, sandbox, token, receiver)
+    assert status == 201
+    saved = sandbox.call(lambda state: state.directory.tenants["contoso"].service_principals[app])
+    try:
+        sandbox_control.delete(f"/_sandbox/tenants/contoso/consent/{app}")
+        item = (await asyncio.wait_for(receiver.lifecycle.get(), 5))["value"][0]
+        assert item["lifecycleEvent"] == "reauthorizationRequired"
+        url = f"{sandbox.graph_url}/subscriptions/{subscription['id']}/reauthorize"
+        async with session.post(url, headers={"Authorization": f"Bearer {token}"}) as response:
+            assert response.status == 403
+    finally:
+        sandbox.call(lambda state: state.directory.tenants["contoso"].service_principals.__setitem__(app, saved))
+
+
+async def test_the_per_mailbox_subscription_quota(
+    sandbox: SandboxThread, sandbox_control: SandboxControl, receiver: Receiver, session: aiohttp.ClientSession
+) -> None:
+    sandbox_control.tune(subscription_max_per_mailbox=1)
+    token = sandbox_control.token("contoso.com", "contoso-secret")
+    first = await subscribe(session, sandbox, token, receiver)
+    second = await subscribe(session, sandbox, token, receiver)
+    assert first[0] == 201
+    assert second[0] == 403
+    assert second[1]["error"]["code"] == "ExtensionError"
+    assert "Maximum number of subscriptions has been reached" in second[1]["error"]["message"]
+
+
+EVENT = {
+    "subject": "Edited in Outlook",
+    "start": {"dateTime": "2027-02-15T09:00:00", "timeZone": "UTC"},
+    "end": {"dateTime": "2027-02-15T10:00:00", "timeZone": "UTC"},
+}
+
+
+def notification_log(control: SandboxControl, subscription_id: str) -> list[dict[str, Any]]:
+    return [
+        d
+        for d in control.get("/_sandbox/deliveries")["deliveries"]
+        if d["subscriptionId"] == subscription_id and d["kind"] == "notification"
+    ]

@@ -14,7 +14,7 @@ from litestar.openapi.spec import Example
 from litestar.params import Body as BodyParam
 
 from calbroker.api.auth import Caller
-from calbroker.api.free_busy import parse_mailboxes
+from calbroker.api.free_busy import FRESHNESS, Freshness, parse_mailboxes
 from calbroker.api.problems import EmbeddedProblem, embedded_problem, problem_responses
 from calbroker.api.wire import (
     Body,
@@ -48,6 +48,7 @@ from calbroker.domain import (
 )
 from calbroker.domain.busy import BusyStatus
 from calbroker.domain.errors import InvalidRequest, LimitExceeded
+from calbroker.domain.sync import Source
 from calbroker.domain.working_hours import Weekday, WeeklyPeriod, WorkingHours
 from calbroker.providers.protocol import Deadline
 from calbroker.services import AvailabilityAnswer, ScheduleReader, answer_availability
@@ -186,6 +187,7 @@ class AvailabilityRequest(Body):
         int, msgspec.Meta(ge=1, le=MAX_RESULTS, description=f"At most this many slots or periods (1 to {MAX_RESULTS})")
     ] = DEFAULT_MAX_RESULTS
     explain: Annotated[bool, msgspec.Meta(description="Say what blocked the requested periods")] = False
+    freshness: Freshness = "auto"
 
     def to_domain(self, now: datetime) -> AvailabilityQuery:
         """The query in domain terms, checked against every documented limit before anything is read."""
@@ -298,11 +300,23 @@ class MemberError(Response):
     problem: Annotated[EmbeddedProblem, msgspec.Meta(description="Why the calendar could not be read")]
 
 
+class MemberSource(Response):
+    """Where one member's busy time came from: the synced copy (only when provably fresh) or Microsoft live."""
+
+    email: Annotated[str, msgspec.Meta(description="The member")]
+    source: Annotated[Source, msgspec.Meta(description="cache or live")]
+    as_of: Annotated[datetime, msgspec.Meta(description="When Microsoft was known to say this")]
+
+
 class AvailabilityResponse(Response):
     """Slots (or periods) when the groups can meet."""
 
     member_errors: Annotated[
         list[MemberError], msgspec.Meta(description="Members whose calendars could not be read (empty if none)")
+    ]
+    member_sources: Annotated[
+        list[MemberSource],
+        msgspec.Meta(description="Per member: whether its busy time came from the synced copy or live, and as of when"),
     ]
     slots: Annotated[
         list[SlotOut] | None, msgspec.Meta(description='With response_format "slots": available slots by start')
@@ -324,6 +338,9 @@ class AvailabilityResponse(Response):
             slots=[_slot_out(s, tz) for s in result.slots] if slots else None,
             periods=None if slots else [_slot_out(s, tz) for s in result.periods],
             member_errors=[MemberError(email=e, problem=embedded_problem(error)) for e, error in answer.member_errors],
+            member_sources=[
+                MemberSource(email=e, source=source, as_of=as_of.astimezone(tz)) for e, source, as_of in answer.sources
+            ],
             explanations=[_explanation_out(e, tz) for e in result.explanations] if query.explain else None,
         )
 
@@ -374,6 +391,10 @@ _EXAMPLE = {
 }
 _RESPONSE_EXAMPLE = {
     "member_errors": [],
+    "member_sources": [
+        {"email": "anna.schmidt@fabrikam.com", "source": "live", "as_of": "2026-11-23T09:00:00+00:00"},
+        {"email": "miriam.graham@contoso.com", "source": "cache", "as_of": "2026-11-23T08:58:41+00:00"},
+    ],
     "slots": [
         {
             "start": "2026-11-24T09:30:00+00:00",
@@ -412,5 +433,7 @@ async def availability(
     `member_errors` with the reason; the query still answers for everyone else.
     """
     query = data.to_domain(datetime.now(UTC))
-    answer = await answer_availability(schedules, caller.application.id, query, deadline)
+    answer = await answer_availability(
+        schedules, caller.application.id, query, deadline, mode=FRESHNESS[data.freshness]
+    )
     return AvailabilityResponse.from_domain(answer, query)

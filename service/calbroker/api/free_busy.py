@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import datetime, time, timedelta
-from typing import Annotated
+from datetime import UTC, datetime, time, timedelta
+from typing import Annotated, Literal
 from zoneinfo import ZoneInfo
 
 import msgspec
@@ -20,14 +20,25 @@ from calbroker.domain import BusyStatus, Interval
 from calbroker.domain.connections import normalize_email
 from calbroker.domain.errors import CalbrokerError, LimitExceeded
 from calbroker.domain.schedules import MailboxSchedule
+from calbroker.domain.sync import ReadMode, Source
 from calbroker.domain.working_hours import Weekday, WorkingHours
 from calbroker.providers.protocol import Deadline
 from calbroker.services import ScheduleReader
 
-__all__ = ["MAX_FREE_BUSY_MAILBOXES", "MAX_FREE_BUSY_SPAN", "free_busy"]
+__all__ = ["FRESHNESS", "MAX_FREE_BUSY_MAILBOXES", "MAX_FREE_BUSY_SPAN", "Freshness", "free_busy"]
 
 MAX_FREE_BUSY_MAILBOXES = 500
 MAX_FREE_BUSY_SPAN = timedelta(days=62)
+
+
+Freshness = Annotated[
+    Literal["auto", "live"],
+    msgspec.Meta(
+        description='"auto" (default): each mailbox from calbroker\'s synced copy when that copy is provably '
+        'fresh, else live from Microsoft; "live": every mailbox from Microsoft now.'
+    ),
+]
+FRESHNESS = {"auto": ReadMode.AUTO, "live": ReadMode.LIVE}
 
 
 class FreeBusyRequest(Body):
@@ -45,6 +56,7 @@ class FreeBusyRequest(Body):
     start: Annotated[str, instant_field("Start of the window")]
     end: Annotated[str, instant_field(f"End of the window, after start, at most {MAX_FREE_BUSY_SPAN.days} days later")]
     tzid: Annotated[str, zone_field("IANA zone the answer's times are in; default UTC")] | None = None
+    freshness: Freshness = "auto"
 
 
 class BusyOut(Response):
@@ -74,6 +86,8 @@ class MailboxFreeBusy(Response):
     """One mailbox's answer: busy time and working hours, or a problem."""
 
     mailbox: Annotated[str, msgspec.Meta(description="The mailbox, normalised (lower case)")]
+    source: Annotated[Source, msgspec.Meta(description="Where this answer came from: the synced copy or Microsoft")]
+    as_of: Annotated[datetime, msgspec.Meta(description="When Microsoft was known to say this")]
     busy: Annotated[
         list[BusyOut] | None, msgspec.Meta(description="Busy time in the window, by start; absent with `error`")
     ] = None
@@ -106,10 +120,12 @@ def working_hours_out(hours: WorkingHours) -> WorkingHoursOut:
 
 
 def _mailbox_out(
-    mailbox: str, result: MailboxSchedule | CalbrokerError, window: Interval, tz: ZoneInfo
+    mailbox: str, result: MailboxSchedule | CalbrokerError, window: Interval, tz: ZoneInfo, now: datetime
 ) -> MailboxFreeBusy:
     if isinstance(result, CalbrokerError):
-        return MailboxFreeBusy(mailbox=mailbox, error=embedded_problem(result))
+        return MailboxFreeBusy(
+            mailbox=mailbox, source=Source.LIVE, as_of=now.astimezone(tz), error=embedded_problem(result)
+        )
     busy = [
         BusyOut(
             start=max(block.interval.start, window.start).astimezone(tz),
@@ -122,7 +138,8 @@ def _mailbox_out(
         and block.interval.start < window.end
     ]
     hours = working_hours_out(result.working_hours) if result.working_hours else None
-    return MailboxFreeBusy(mailbox=mailbox, busy=busy, working_hours=hours)
+    as_of = (result.as_of or now).astimezone(tz)
+    return MailboxFreeBusy(mailbox=mailbox, source=result.source, as_of=as_of, busy=busy, working_hours=hours)
 
 
 def parse_mailboxes(raw: list[str], field: str, limit: int) -> list[str]:
@@ -142,6 +159,8 @@ _RESPONSE_EXAMPLE = {
     "free_busy": [
         {
             "mailbox": "adele.vance@contoso.com",
+            "source": "cache",
+            "as_of": "2026-11-23T17:58:02+00:00",
             "busy": [{"start": "2026-11-24T20:00:00+00:00", "end": "2026-11-24T20:30:00+00:00", "status": "busy"}],
             "working_hours": {
                 "tzid": "America/Los_Angeles",
@@ -150,6 +169,8 @@ _RESPONSE_EXAMPLE = {
         },
         {
             "mailbox": "diego.siciliani@contoso.com",
+            "source": "live",
+            "as_of": "2026-11-23T18:00:00+00:00",
             "error": {
                 "type": "/problems/mailbox-out-of-scope",
                 "title": "The mailbox is outside the connection's scope",
@@ -189,7 +210,8 @@ async def free_busy(
     """Per mailbox: busy intervals (clipped to the window) with status, or a problem object.
 
     One mailbox that cannot be read never fails the others; an unreadable mailbox is reported
-    with its error, never as free.
+    with its error, never as free. Each mailbox says whether it was answered from calbroker's
+    synced copy (`source: cache`, only when provably fresh) or live, and `as_of` when.
     """
     tz = zone(data.tzid)
     window = span(data.start, data.end)
@@ -201,5 +223,6 @@ async def free_busy(
             message=f"the window may span at most {MAX_FREE_BUSY_SPAN.days} days",
         )
     mailboxes = parse_mailboxes(data.mailboxes, "mailboxes", MAX_FREE_BUSY_MAILBOXES)
-    found = await schedules.read(caller.application.id, mailboxes, window, deadline)
-    return FreeBusyResponse(free_busy=[_mailbox_out(m, found[m], window, tz) for m in mailboxes])
+    now = datetime.now(UTC)
+    found = await schedules.read(caller.application.id, mailboxes, window, deadline, mode=FRESHNESS[data.freshness])
+    return FreeBusyResponse(free_busy=[_mailbox_out(m, found[m], window, tz, now) for m in mailboxes])

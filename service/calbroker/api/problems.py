@@ -267,6 +267,24 @@ CATALOGUE: Mapping[str, ProblemType] = dict(
             "credentials, and events booked through it are changed and cancelled through the new one.",
         ),
         _p(
+            "sync-state-expired",
+            502,
+            "Microsoft forgot the mailbox's sync state",
+            "Microsoft no longer recognises the cursor calbroker synced this mailbox with (410 Gone or "
+            "SyncStateNotFound); until a full resynchronisation finishes the mailbox is read live.",
+            "Nothing to do: the worker resynchronises the mailbox on its own.",
+        ),
+        _p(
+            "subscription-limit",
+            409,
+            "The mailbox has too many change subscriptions",
+            "Microsoft refused a change-notification subscription because the mailbox already has the "
+            "maximum its service allows (Exchange Online: 1,000 per mailbox, shared by every application). "
+            "calbroker reads this mailbox live instead of from its synced copy.",
+            "Ask the tenant admin to find the applications holding subscriptions on the mailbox, or stop "
+            "syncing it (PUT /v1/connections/{id}/sync without it).",
+        ),
+        _p(
             "secrets-unavailable",
             503,
             "Stored credentials cannot be decrypted",

@@ -23,7 +23,9 @@
         │   └── CredentialsUnavailable its sealed credentials cannot be opened here (a master key is missing)
         ├── UpstreamTimeout            no answer within the request deadline
         ├── UpstreamRejected           4xx we did not expect: a bug or an API change upstream
-        └── CredentialsRejected        secret wrong/expired, consent missing, tenant unknown
+        ├── CredentialsRejected        secret wrong/expired, consent missing, tenant unknown
+        ├── SyncStateExpired           upstream forgot a sync cursor (410 / SyncStateNotFound): resync
+        └── SubscriptionLimitReached   the mailbox has as many change subscriptions as Microsoft allows
 
 Errors carry data as attributes (``field``, ``mailbox``, ``retry_after``) so the API layer can
 build a problem document without parsing messages. Subclasses set ``slug``: the stable last
@@ -215,3 +217,17 @@ class UpstreamRejected(UpstreamError):
 
 class CredentialsRejected(UpstreamError):
     slug = "credentials-rejected"
+
+
+class SyncStateExpired(UpstreamError):
+    """Upstream no longer knows the sync cursor (Graph 410 Gone / SyncStateNotFound, EWS
+    ErrorInvalidSyncStateData): only a full resynchronisation brings the mailbox back."""
+
+    slug = "sync-state-expired"
+
+
+class SubscriptionLimitReached(UpstreamError):
+    """Microsoft refused a change subscription because the mailbox already has its maximum (Outlook
+    allows 1,000 per mailbox for all applications together); the mailbox is read live instead."""
+
+    slug = "subscription-limit"

@@ -9,7 +9,7 @@ from datetime import datetime
 from enum import StrEnum
 from heapq import heappop, heappush
 from itertools import accumulate, chain, compress
-from operator import attrgetter
+from operator import itemgetter
 
 from calbroker.domain.busy import BusyBlock, BusyStatus
 from calbroker.domain.intervals import MICROSECOND, Span, from_us
@@ -59,7 +59,7 @@ class Explanation:
 _NEVER = 1 << 62
 """Later than any instant: an answer that holds for every later candidate."""
 
-_BY_INTERVAL = attrgetter("interval.start_us", "interval.end_us")
+_BY_INTERVAL = itemgetter(0, 1)  # a BusyBlock's (start_us, end_us)
 
 
 def _fit_edges(spans: Sequence[Span], duration_us: int) -> list[int]:
@@ -110,9 +110,9 @@ class _MemberReasons:
         # Block k, dilated to [s, e), blocks the slot at t iff s < t + duration and e > t: it blocks the
         # slots that start in [_enters[k], _ends[k]). ``_reach`` is the running maximum of ``_ends``.
         reach = after + duration_us - 1
-        self._enters = [block.interval.start_us - reach for block in self._blocks]
+        self._enters = [block[0] - reach for block in self._blocks]
         self._enters.append(_NEVER)
-        self._ends = [block.interval.end_us + before for block in self._blocks]
+        self._ends = [block[1] + before for block in self._blocks]
         self._reach = list(accumulate(self._ends, max))
 
     def blockers(self, start: int) -> tuple[list[Blocker], int]:

@@ -117,11 +117,10 @@ def _free_spans(
     spans = iter(within)
     cursor, end = next(spans, _PAST_THE_LAST)
     previous = -_FAR
-    for block in blocks:
-        if block.status not in statuses:
+    for block_start, block_end, status in blocks:  # a BusyBlock is the tuple (start_us, end_us, status)
+        if status not in statuses:
             continue
-        interval = block.interval
-        cut_start = interval.start_us - earlier
+        cut_start = block_start - earlier
         if cut_start < previous:
             return None
         previous = cut_start
@@ -133,7 +132,7 @@ def _free_spans(
                 cursor = start
         if cut_start > cursor:
             free.append((cursor, cut_start))
-        cut_end = interval.end_us + later
+        cut_end = block_end + later
         if cut_end > cursor:  # noqa: PLR1730
             cursor = cut_end
     while end != _FAR:

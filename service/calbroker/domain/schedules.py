@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 
 from calbroker.domain.busy import BusyBlock
 from calbroker.domain.errors import MailboxError, UpstreamError
+from calbroker.domain.sync import Source
 from calbroker.domain.working_hours import WorkingHours
 
 __all__ = ["MailboxSchedule", "Room", "RoomList", "ScheduleResult"]
@@ -16,6 +18,9 @@ class MailboxSchedule:
     mailbox: str
     busy: tuple[BusyBlock, ...]
     working_hours: WorkingHours | None = None
+    source: Source = Source.LIVE
+    as_of: datetime | None = None
+    """When upstream was known to look like this: the read's start (live), or the last sync round's (cache)."""
 
 
 ScheduleResult = MailboxSchedule | MailboxError | UpstreamError

@@ -15,13 +15,14 @@ module inside them.
 from calbroker.providers.endpoints import check_upstream_url
 from calbroker.providers.ews import EwsLimits, EwsProvider, check_ews_endpoint
 from calbroker.providers.graph import GraphLimits, GraphProvider
-from calbroker.providers.protocol import CalendarProvider, Deadline
+from calbroker.providers.protocol import CalendarProvider, ChangeFeed, Deadline
 from calbroker.providers.registry import CredentialsSink, ProviderRegistry
 from calbroker.providers.windows_zones import WINDOWS_TO_IANA, ZoneRule, ZoneTransition, zone_for, zone_from_rule
 
 __all__ = [
     "WINDOWS_TO_IANA",
     "CalendarProvider",
+    "ChangeFeed",
     "CredentialsSink",
     "Deadline",
     "EwsLimits",

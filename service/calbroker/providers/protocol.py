@@ -21,8 +21,17 @@ from calbroker.domain.errors import (
 from calbroker.domain.events import EventSpec, OnlineMeeting, UpstreamEvent
 from calbroker.domain.intervals import Interval
 from calbroker.domain.schedules import MailboxSchedule, Room, ScheduleResult
+from calbroker.domain.sync import ChangeSet
 
-__all__ = ["WRITE_SETTLE_S", "CalendarProvider", "Deadline", "connection_closed", "for_mailbox", "merge_schedules"]
+__all__ = [
+    "WRITE_SETTLE_S",
+    "CalendarProvider",
+    "ChangeFeed",
+    "Deadline",
+    "connection_closed",
+    "for_mailbox",
+    "merge_schedules",
+]
 
 WRITE_SETTLE_S = 2.0
 """Longest an event write may outlast its deadline while its last upstream request winds down.
@@ -141,6 +150,18 @@ class CalendarProvider(Protocol):
         ...
 
 
+class ChangeFeed(Protocol):
+    """How the sync worker reads a mailbox's calendar a round at a time, whatever the protocol."""
+
+    async def read_changes(self, mailbox: str, window: Interval, cursor: str | None, deadline: Deadline) -> ChangeSet:
+        """Everything in `window` when `cursor` is None (a full round), else what changed since `cursor`.
+
+        The returned set carries the next cursor; `SyncStateExpired` means upstream forgot `cursor`
+        and only a full round will do.
+        """
+        ...
+
+
 def connection_closed(connection_id: object) -> ConnectionClosed:
     """What a closed provider answers: a request raced a revocation or a credential change, so it is
     a retryable 503, not a 500."""
@@ -174,6 +195,6 @@ def merge_schedules(mailbox: str, parts: Sequence[ScheduleResult]) -> ScheduleRe
     if errors:
         return next((error for error in errors if isinstance(error, MailboxError)), errors[0])
     blocks = {block for schedule in schedules for block in schedule.busy}
-    ordered = sorted(blocks, key=lambda b: (b.interval.start_us, b.interval.end_us, b.status))
+    ordered = sorted(blocks, key=lambda b: (b.start_us, b.end_us, b.status))
     hours = next((schedule.working_hours for schedule in schedules if schedule.working_hours is not None), None)
     return MailboxSchedule(mailbox, tuple(ordered), hours)

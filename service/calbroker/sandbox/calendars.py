@@ -60,7 +60,7 @@ from calbroker.sandbox.events import (
 )
 from calbroker.sandbox.timezones import zone
 
-__all__ = ["CalendarStore", "teams_meeting"]
+__all__ = ["CalendarStore", "merged_view", "teams_meeting"]
 
 
 _UPDATABLE = frozenset(f.name for f in dataclasses.fields(EventDraft)) - {"transaction_id"}
@@ -78,6 +78,34 @@ _PRECEDENCE = {
 
 
 Listener = Callable[[Change], None]
+
+
+def merged_view(
+    items: Iterable[BusyItem],
+    start: datetime,
+    end: datetime,
+    interval: timedelta,
+    *,
+    digits: Mapping[ShowAs, str] = GRAPH_DIGITS,
+) -> str:
+    """The availability view of `items` (from `CalendarStore.free_busy`): one digit per `interval`
+    slot from `start`, the strongest status wins; the last slot runs its whole interval, past `end`.
+    Each item touches only the slots it overlaps."""
+    first = start.astimezone(UTC)
+    count = max(0, -((first - end.astimezone(UTC)) // interval))
+    stop = first + count * interval
+    best = [_PRECEDENCE[ShowAs.FREE]] * count
+    statuses = [ShowAs.FREE] * count
+    for item in items:
+        if item.end <= first or item.start >= stop:
+            continue
+        low = max(0, (item.start - first) // interval)
+        high = min(count, -((first - item.end) // interval))  # the slot holding the item's last instant, + 1
+        rank = _PRECEDENCE[item.status]
+        for index in range(low, high):
+            if rank > best[index]:
+                best[index], statuses[index] = rank, item.status
+    return "".join(digits[status] for status in statuses)
 
 
 def teams_meeting(tenant_id: str, user_id: str, key: str) -> OnlineMeeting:
@@ -257,18 +285,19 @@ class CalendarStore:
         assert master.recurrence is not None
         duration = master.end.replace(tzinfo=None) - master.start.replace(tzinfo=None)
         tz = zone(master.recurrence.time_zone)
+        start_utc, end_utc = start.astimezone(UTC), end.astimezone(UTC)
         found: list[Event] = []
         for occ_start in master.recurrence.starts(master.start, end):
+            occ_end = datetime.combine(occ_start.date(), occ_start.time()) + duration
+            occ_end_utc = occ_end.replace(tzinfo=tz).astimezone(UTC)
+            if occ_end_utc <= start_utc:
+                continue
             original = occ_start.astimezone(UTC)
             if original in master.cancelled_occurrences or original in master.exceptions:
                 continue
-            occ_end = datetime.combine(occ_start.date(), occ_start.time()) + duration
-            occ_end_aware = occ_end.replace(tzinfo=tz).astimezone(UTC).astimezone(tz)
-            if occ_end_aware.astimezone(UTC) <= start.astimezone(UTC):
-                continue
-            found.append(self._instance(master, original, occ_start, occ_end_aware))
+            found.append(self._instance(master, original, occ_start, occ_end_utc.astimezone(tz)))
         for exception in master.exceptions.values():
-            if exception.start_utc < end.astimezone(UTC) and exception.end_utc > start.astimezone(UTC):
+            if exception.start_utc < end_utc and exception.end_utc > start_utc:
                 found.append(exception)
         return found
 
@@ -281,15 +310,18 @@ class CalendarStore:
         """
         key = self._scope(mailbox, calendar_id)
         found: list[Event] = []
+        start_utc, end_utc = start.astimezone(UTC), end.astimezone(UTC)
         for event in self._calendar(mailbox).values():
             if event.calendar_id != key:
                 continue
             if event.recurrence is not None:
                 found.extend(self._expand(event, start, end))
-            elif event.start_utc < end.astimezone(UTC) and (
-                event.end_utc > start.astimezone(UTC) or event.start_utc == event.end_utc >= start
-            ):
-                found.append(event)
+                continue
+            event_start = event.start_utc
+            if event_start < end_utc:
+                event_end = event.end_utc
+                if event_end > start_utc or event_start == event_end >= start:
+                    found.append(event)
         return sorted(found, key=lambda e: (e.start_utc, e.end_utc, e.id))
 
     def free_busy(self, mailbox: str, start: datetime, end: datetime, *, include_free: bool = False) -> list[BusyItem]:
@@ -325,19 +357,7 @@ class CalendarStore:
         digits: Mapping[ShowAs, str] = GRAPH_DIGITS,
     ) -> str:
         """Merged free/busy: one digit per `interval` slot from `start`, the strongest status wins."""
-        items = self.free_busy(mailbox, start, end)
-        view = []
-        slot = start.astimezone(UTC)
-        stop = end.astimezone(UTC)
-        while slot < stop:
-            slot_end = slot + interval
-            best: ShowAs = ShowAs.FREE
-            for item in items:
-                if item.start < slot_end and item.end > slot and _PRECEDENCE[item.status] > _PRECEDENCE[best]:
-                    best = item.status
-            view.append(digits[best])
-            slot = slot_end
-        return "".join(view)
+        return merged_view(self.free_busy(mailbox, start, end), start, end, interval, digits=digits)
 
     # --- writes -------------------------------------------------------------------------------
 

@@ -15,9 +15,15 @@ and steer the sandbox.
   `PATCH|DELETE /_sandbox/mailboxes/{email}/events/{id}` (PATCH also takes `{"shift_minutes": n}`),
   `POST …/events/{id}/respond {"response": "accepted"}` — edits as if made in Outlook; change
   notifications fire.
-- `GET /_sandbox/subscriptions`, `POST /_sandbox/subscriptions/{id}/lifecycle {"event": …}`,
-  `POST /_sandbox/subscriptions/{id}/expire`, `GET /_sandbox/deliveries`.
-- `POST|DELETE /_sandbox/tenants/{tenant}/consent/{client_id}` — grant or revoke admin consent;
+- `GET /_sandbox/subscriptions`, `POST /_sandbox/subscriptions/{id}/lifecycle {"event": …,
+  "variant"?: "organizationId"}`, `POST /_sandbox/subscriptions/{id}/expire`, `GET /_sandbox/deliveries`.
+- `POST /_sandbox/delta/expire {"mailbox"?}` — forget calendarView delta tokens (their next use
+  answers 410 Gone).
+- `GET /_sandbox/ews/subscriptions`; `POST /_sandbox/ews/restart` — the EWS process restarts (every
+  streaming subscription is lost, open streams close); `POST /_sandbox/ews/sync/expire` —
+  SyncFolderItems states stop being accepted (ErrorInvalidSyncStateData).
+- `POST|DELETE /_sandbox/tenants/{tenant}/consent/{client_id}` — grant or revoke admin consent
+  (revoking sends `reauthorizationRequired` for the app's subscriptions in the tenant);
   `PUT /_sandbox/apps/{client_id}/redirect_uris {"uris": [...]}`.
 - `POST /_sandbox/tokens {"tenant", "client_id", "expires_in"?}` — mint an app token directly.
 - `GET /_sandbox/snapshot` — SHA-256 of the canonical calendar dump (determinism checks).
@@ -36,7 +42,8 @@ from calbroker.sandbox import timezones
 from calbroker.sandbox.directory import AppRegistration, Mailbox, Tenant
 from calbroker.sandbox.entra import EntraAuthority
 from calbroker.sandbox.events import CalendarError, Event, Response
-from calbroker.sandbox.graph import GraphError, SubscriptionBook, parse_draft, parse_event
+from calbroker.sandbox.ews import EwsStreams
+from calbroker.sandbox.graph import DeltaBook, GraphError, SubscriptionBook, parse_draft, parse_event
 from calbroker.sandbox.seed import WELL_KNOWN
 from calbroker.sandbox.state import SandboxState
 from calbroker.sandbox.timezones import parse_iso_instant
@@ -231,7 +238,13 @@ def _tenant(state: SandboxState, ref: str) -> Tenant:
     return tenant
 
 
-def routes(state: SandboxState, subscriptions: SubscriptionBook, authority: EntraAuthority) -> list[web.RouteDef]:
+def routes(
+    state: SandboxState,
+    subscriptions: SubscriptionBook,
+    deltas: DeltaBook,
+    streams: EwsStreams,
+    authority: EntraAuthority,
+) -> list[web.RouteDef]:
     """The aiohttp routes of the control plane."""
 
     def handler(fn: Any) -> Any:
@@ -371,9 +384,16 @@ def routes(state: SandboxState, subscriptions: SubscriptionBook, authority: Entr
     async def lifecycle(request: web.Request) -> Any:
         body = await _json(request)
         try:
-            return await subscriptions.lifecycle(request.match_info["id"], str(body.get("event", "")))
+            return await subscriptions.lifecycle(
+                request.match_info["id"], str(body.get("event", "")), variant=str(body.get("variant", "documented"))
+            )
         except KeyError:
             raise ControlError(404, "no such subscription") from None
+
+    async def expire_deltas(request: web.Request) -> Any:
+        body = await _json(request)
+        mailbox = body.get("mailbox")
+        return {"expired": deltas.expire(str(mailbox) if mailbox else None)}
 
     async def expire(request: web.Request) -> Any:
         if not subscriptions.expire(request.match_info["id"]):
@@ -382,6 +402,22 @@ def routes(state: SandboxState, subscriptions: SubscriptionBook, authority: Entr
 
     async def deliveries(request: web.Request) -> Any:
         return {"deliveries": list(subscriptions.deliveries)}
+
+    async def ews_subscriptions(request: web.Request) -> Any:
+        return {
+            "subscriptions": [
+                {"id": s.id, "mailbox": s.mailbox, "account": s.account, "event_types": sorted(s.event_types)}
+                for s in streams.subscriptions.values()
+            ],
+            "hanging": dict(streams.hanging),
+        }
+
+    async def ews_restart(request: web.Request) -> Any:
+        return {"dropped": streams.restart()}
+
+    async def ews_expire_sync(request: web.Request) -> Any:
+        streams.expire_sync_states()
+        return {"expired": True}
 
     async def grant(request: web.Request) -> Any:
         tenant = _tenant(state, request.match_info["tenant"])
@@ -393,7 +429,9 @@ def routes(state: SandboxState, subscriptions: SubscriptionBook, authority: Entr
 
     async def revoke(request: web.Request) -> Any:
         tenant = _tenant(state, request.match_info["tenant"])
-        state.directory.revoke_consent(tenant, request.match_info["client_id"].lower())
+        client_id = request.match_info["client_id"].lower()
+        state.directory.revoke_consent(tenant, client_id)
+        subscriptions.consent_revoked(tenant.id, client_id)
         return web.Response(status=204)
 
     async def redirect_uris(request: web.Request) -> Any:
@@ -453,6 +491,10 @@ def routes(state: SandboxState, subscriptions: SubscriptionBook, authority: Entr
         web.post(prefix + "/subscriptions/{id}/lifecycle", handler(lifecycle)),
         web.post(prefix + "/subscriptions/{id}/expire", handler(expire)),
         web.get(prefix + "/deliveries", handler(deliveries)),
+        web.post(prefix + "/delta/expire", handler(expire_deltas)),
+        web.get(prefix + "/ews/subscriptions", handler(ews_subscriptions)),
+        web.post(prefix + "/ews/restart", handler(ews_restart)),
+        web.post(prefix + "/ews/sync/expire", handler(ews_expire_sync)),
         web.post(prefix + "/tenants/{tenant}/consent/{client_id}", handler(grant)),
         web.delete(prefix + "/tenants/{tenant}/consent/{client_id}", handler(revoke)),
         web.put(prefix + "/apps/{client_id}/redirect_uris", handler(redirect_uris)),

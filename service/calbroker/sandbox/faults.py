@@ -25,8 +25,8 @@ import fnmatch
 import random
 import time
 from collections import Counter, defaultdict, deque
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -182,6 +182,23 @@ class RequestStats:
     clients: defaultdict[str, Counter[str]] = field(default_factory=lambda: defaultdict(Counter))
     statuses: defaultdict[str, Counter[str]] = field(default_factory=lambda: defaultdict(Counter))
     in_flight: int = 0
+    running_now: Counter[tuple[str, str]] = field(default_factory=Counter)
+    peaks: defaultdict[str, Counter[str]] = field(default_factory=lambda: defaultdict(Counter))
+    """Most requests of one route for one mailbox in flight at once (e.g. two syncs of one mailbox)."""
+
+    @contextmanager
+    def running(self, route: str, mailbox: str | None) -> Iterator[None]:
+        """Count the request as in flight for `peaks` while the block runs."""
+        if not mailbox:
+            yield
+            return
+        key = (route, mailbox.lower())
+        self.running_now[key] += 1
+        self.peaks[route][key[1]] = max(self.peaks[route][key[1]], self.running_now[key])
+        try:
+            yield
+        finally:
+            self.running_now[key] -= 1
 
     def record(self, route: str, *, mailbox: str | None = None, client_id: str | None = None) -> None:
         self.routes[route] += 1
@@ -198,6 +215,7 @@ class RequestStats:
         self.mailboxes.clear()
         self.clients.clear()
         self.statuses.clear()
+        self.peaks.clear()
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -207,6 +225,7 @@ class RequestStats:
             "mailboxes": {k: dict(sorted(v.items())) for k, v in sorted(self.mailboxes.items())},
             "clients": {k: dict(sorted(v.items())) for k, v in sorted(self.clients.items())},
             "statuses": {k: dict(sorted(v.items())) for k, v in sorted(self.statuses.items())},
+            "peaks": {k: dict(sorted(v.items())) for k, v in sorted(self.peaks.items())},
         }
 
 

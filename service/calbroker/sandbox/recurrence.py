@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time
+from functools import lru_cache
 from itertools import islice
 from typing import Any
 
@@ -118,7 +119,9 @@ class Recurrence:
     # --- expansion --------------------------------------------------------------------------------
 
     def _rule(self) -> rrule:
-        """The pattern and range as an RFC 5545 rule over dates (midnight), from `start_date`.
+        """The pattern and range as an RFC 5545 rule over dates (midnight), from `start_date`;
+        one per distinct recurrence, remembering the dates it has produced (free/busy reads expand
+        the same series over and over).
 
         Graph's patterns map one to one: `firstDayOfWeek` is `wkst`, `index` is the weekday's
         ordinal in the month (`last` = -1), and a day of month a month lacks is skipped (as
@@ -147,7 +150,7 @@ class Recurrence:
             options["count"] = self.number_of_occurrences
         elif self.range_type == "endDate" and self.end_date is not None:
             options["until"] = datetime.combine(self.end_date, time())
-        return rrule(dtstart=datetime.combine(self.start_date, time()), interval=self.interval, **options)
+        return rrule(dtstart=datetime.combine(self.start_date, time()), interval=self.interval, cache=True, **options)
 
     def starts(self, first_start: datetime, until: datetime) -> Iterator[datetime]:
         """Occurrence starts (aware, in the recurrence zone) from the series start until `until` (exclusive).
@@ -158,8 +161,13 @@ class Recurrence:
         tz = zone(self.time_zone)
         local_time = first_start.astimezone(tz).time()
         until_utc = until.astimezone(UTC)
-        for day in islice(self._rule(), _MAX_STEPS + 1):
+        for day in islice(_rule_of(self), _MAX_STEPS + 1):
             moment = datetime.combine(day.date(), local_time, tz).astimezone(UTC)
             if moment >= until_utc:
                 return
             yield moment.astimezone(tz)
+
+
+@lru_cache(maxsize=4096)
+def _rule_of(recurrence: Recurrence) -> rrule:
+    return recurrence._rule()  # the memo of the method, keyed by the (frozen) value

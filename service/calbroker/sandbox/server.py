@@ -27,7 +27,7 @@ from aiohttp import web
 from calbroker.sandbox import control, entra, ews, graph
 from calbroker.sandbox.directory import Directory
 from calbroker.sandbox.faults import DropConnection
-from calbroker.sandbox.graph import GraphContext, SubscriptionBook
+from calbroker.sandbox.graph import DeltaBook, GraphContext, SubscriptionBook
 from calbroker.sandbox.seed import DEFAULT_ANCHOR, WELL_KNOWN
 from calbroker.sandbox.state import SandboxSettings, SandboxState
 from calbroker.sandbox.tls import load_key_material
@@ -44,21 +44,34 @@ def _middleware(state: SandboxState) -> Any:
     async def middleware(
         request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
-        if request.path.startswith("/_sandbox"):
-            return await handler(request)
-        state.stats.in_flight += 1
+        # The round trip covers the sandbox's own work, as a remote service's does: a request is
+        # answered `latency_ms` after it arrived (or when its work is done, if that takes longer).
+        # Sleeping first would add the single-threaded sandbox's work for concurrent requests one
+        # after another on top of the latency — a cost Microsoft, answering them in parallel, does
+        # not have.
+        control = request.path.startswith("/_sandbox")
+        delay = 0.0 if control else state.settings.latency_ms / 1000
+        loop = asyncio.get_running_loop()
+        answer_at = loop.time() + delay
+        if not control:
+            state.stats.in_flight += 1
         try:
-            if state.settings.latency_ms > 0:
-                await asyncio.sleep(state.settings.latency_ms / 1000)
-            return await handler(request)
-        except DropConnection:
-            if request.transport is not None:
-                request.transport.abort()
-            raise asyncio.CancelledError from None
+            try:
+                response = await handler(request)
+            except DropConnection:
+                if request.transport is not None:
+                    request.transport.abort()
+                raise asyncio.CancelledError from None
+            except web.HTTPException:
+                await asyncio.sleep(max(0.0, answer_at - loop.time()))
+                raise
+            await asyncio.sleep(max(0.0, answer_at - loop.time()))
+            return response
         finally:
             # Also when the client went away mid-request: the runner cancels the handler
             # (handler_cancellation=True), so a delayed write whose client gave up never lands.
-            state.stats.in_flight -= 1
+            if not control:
+                state.stats.in_flight -= 1
 
     return middleware
 
@@ -67,12 +80,14 @@ def build_app(state: SandboxState) -> web.Application:
     """The aiohttp application playing Entra ID, Graph, EWS and the control plane over `state`."""
     app = web.Application(middlewares=[_middleware(state)], client_max_size=16 * 1024 * 1024)
     subscriptions = SubscriptionBook(state)
+    deltas = DeltaBook(state)
+    streams = ews.EwsStreams(state)
     authority = entra.EntraAuthority(state)
     app[STATE_KEY] = state
     app[SUBSCRIPTIONS_KEY] = subscriptions
-    app.add_routes(control.routes(state, subscriptions, authority))
-    app.add_routes(graph.routes(GraphContext(state, subscriptions)))
-    app.add_routes(ews.routes(state))
+    app.add_routes(control.routes(state, subscriptions, deltas, streams, authority))
+    app.add_routes(graph.routes(GraphContext(state, subscriptions, deltas)))
+    app.add_routes(ews.routes(state, streams=streams))
     app.add_routes(ews.autodiscover_routes(state))
     app.add_routes(entra.routes(state, authority))
 

@@ -39,7 +39,8 @@ __all__ = ["SandboxSettings", "SandboxState"]
 class SandboxSettings:
     """Limits and knobs. Values marked [unverified] in upstream.md are defaults, not truths."""
 
-    latency_ms: float = 0.0  # base round-trip latency added to every request (bench/)
+    latency_ms: float = 0.0  # base round trip of every request, the sandbox's own work included (bench/)
+    people_per_tenant: int = 50  # the directory's size (read when the world is built or reset)
     token_lifetime_s: int = 3599  # expires_in of access tokens
     token_clock_skew_s: int = 0  # leeway Graph allows past `exp`
     refresh_token_lifetime_s: int = 90 * 24 * 3600
@@ -54,8 +55,13 @@ class SandboxSettings:
     users_page_size: int = 100
     batch_max_requests: int = 20
     batch_concurrency: int = 4  # inner requests Graph dispatches at once
-    subscription_max_minutes: int = 10_080  # events [unverified]
+    # Subscriptions and change notifications (changes.md §1): lifetimes, quota, duplicates, and
+    # what Graph does to slow receivers.
+    subscription_max_minutes: int = 10_080  # Outlook events, basic notifications
+    subscription_rich_max_minutes: int = 1_440  # with includeResourceData
     subscription_min_minutes: int = 45
+    subscription_reject_overlong: bool = False  # today clamped; "in the future ... will fail"
+    subscription_max_per_mailbox: int = 1_000  # all applications together
     validation_timeout_s: float = 10.0
     notification_timeout_s: float = 3.0
     notification_retries: int = 2
@@ -64,10 +70,27 @@ class SandboxSettings:
     # (https://learn.microsoft.com/graph/change-notifications-delivery-webhooks), so http URLs are
     # refused unless a local receiver opts in (the test fixtures, `calbroker demo`, `--allow-http-notifications`).
     allow_http_notification_urls: bool = False
+    notification_copies_min: int = 1  # one change, several notifications
+    notification_copies_max: int = 4
+    notification_slow_ms: float = 2_900  # an answer slower than this counts as slow
+    notification_window: int = 100  # deliveries per endpoint before slowness is judged
+    notification_delay_ratio: float = 0.10  # slow share that delays an endpoint's notifications
+    notification_drop_ratio: float = 0.15  # slow share that drops them
+    notification_delay_s: float = 600.0
+    notification_flush_s: float = 600.0  # how long a verdict lasts before counters restart
+    notifications_blocked: bool = False  # a silent outage: nothing delivered, no lifecycle event
+    # calendarView delta (https://learn.microsoft.com/graph/api/event-delta)
+    delta_token_capacity: int = 10_000
+    delta_empty_first_page: bool = False
+    delta_omit_occurrence_removals: bool = True
+    delta_expired_status: int = 410  # 410 Gone, or 400 syncStateNotFound
     schedule_scope_errors: bool = True  # getSchedule: per-schedule ErrorAccessDenied outside the policy [unverified]
     hang_s: float = 300.0  # how long a `timeout` fault holds the request
     ews_max_mailboxes: int = 100  # GetUserAvailability MailboxDataArray [unverified]
     ews_max_window_days: int = 42  # GetUserAvailability TimeWindow
+    ews_stream_minute_s: float = 60.0  # how long a ConnectionTimeout "minute" lasts (tests shorten it)
+    ews_hanging_connection_limit: int = 10  # HangingConnectionLimit, per service account (2016/2019)
+    ews_sync_max_changes: int = 512  # SyncFolderItems never returns more per call
 
     def update(self, changes: dict[str, Any]) -> None:
         """Apply control-plane changes; unknown names and wrong types are refused."""
@@ -119,7 +142,7 @@ class SandboxState:
         self.online_meetings: dict[str, dict[str, Any]] = {}  # Graph /onlineMeetings, by id
         self._calendar_listeners: list[Callable[[Change], None]] = []
         self._reset_hooks: list[Callable[[], None]] = []
-        self.directory: Directory = build_directory(seed, keys.app_certificate)
+        self.directory: Directory = build_directory(seed, keys.app_certificate, people=self.settings.people_per_tenant)
         self.calendars: CalendarStore = build_calendars(self.directory, seed, anchor, clock)
 
     @property
@@ -138,7 +161,7 @@ class SandboxState:
         """Back to the seed: fresh directory (consent), calendars, faults, stats, settings."""
         self.seed = self.seed if seed is None else seed
         self.anchor = self.anchor if anchor is None else anchor
-        self.directory = build_directory(self.seed, self.keys.app_certificate)
+        self.directory = build_directory(self.seed, self.keys.app_certificate, people=self.settings.people_per_tenant)
         self.calendars = build_calendars(self.directory, self.seed, self.anchor, self.clock)
         for listener in self._calendar_listeners:
             self.calendars.add_listener(listener)

@@ -52,6 +52,7 @@ from calbroker.domain.schedules import ScheduleResult
 from calbroker.logs import get_logger
 from calbroker.providers.protocol import WRITE_SETTLE_S, CalendarProvider, Deadline
 from calbroker.redaction import redact_text
+from calbroker.services.sync.cache import BusyCache
 from calbroker.services.upstream import Upstream
 from calbroker.store.connections import list_connections
 from calbroker.store.database import Connection as DbConnection
@@ -179,10 +180,14 @@ def _conflicts_upstream(
 class Bookings:
     """Event writes and calendar views for applications, over the process's pool and providers."""
 
-    def __init__(self, pool: asyncpg.Pool, upstream: Upstream, settings: Settings) -> None:
+    def __init__(
+        self, pool: asyncpg.Pool, upstream: Upstream, settings: Settings, *, written: BusyCache | None = None
+    ) -> None:
         self._pool = pool
         self._upstream = upstream
         self._settings = settings
+        self._written = written
+        """The busy cache, told of every write so a read right after it sees it (read your writes)."""
 
     # --- PUT --------------------------------------------------------------------------------------
 
@@ -365,6 +370,9 @@ class Bookings:
                 confirmed = await find_event(conn, reserved.application_id, reserved.event_id)
                 if confirmed is None:
                     raise NotFound(f"no event {reserved.event_id!r}")
+        if self._written is not None:
+            attendees = self._internal(route.connection, spec)
+            await self._written.booked(route.connection, spec, event.id, attendees=attendees)
         return confirmed
 
     # --- GET and DELETE -----------------------------------------------------------------------------
@@ -456,6 +464,9 @@ class Bookings:
             raise
         async with self._pool.acquire() as conn:
             done = await confirm_event(conn, application_id, event_id, lease_id, cancelled=True)
+        if self._written is not None and upstream_id is not None:
+            attendees = self._internal(route.connection, spec)
+            await self._written.cancelled(route.connection, spec, upstream_id, attendees=attendees)
         return done or reserved
 
     # --- calendar view ---------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from calbroker.providers.registry import ProviderRegistry
 from calbroker.services.bookings import Bookings
 from calbroker.services.callbacks import AppCallbacks
 from calbroker.services.schedules import ScheduleReader
+from calbroker.services.sync import Sync
 from calbroker.services.upstream import Upstream
 from calbroker.store.connections import update_credentials
 from calbroker.store.database import connect_pool, resolve_database_url
@@ -53,6 +54,7 @@ class Services:
     bookings: Bookings
     callbacks: AppCallbacks
     """Calls to URLs applications gave us (service-account callbacks), under the URL policy."""
+    sync: Sync
 
 
 @asynccontextmanager
@@ -83,14 +85,15 @@ async def open_services(settings: Settings, *, pool_size: int | None = None) -> 
         registry = ProviderRegistry(settings, session, executor, credentials_sink=persist_renewed)
         stack.push_async_callback(registry.aclose)
         upstream = Upstream(pool, keyring, registry)
-        schedules = ScheduleReader(pool, upstream)
         callbacks = await stack.enter_async_context(AppCallbacks(settings))
+        sync = Sync.build(pool, upstream, settings)
         yield Services(
             settings=settings,
             pool=pool,
             keyring=keyring,
             upstream=upstream,
-            schedules=schedules,
-            bookings=Bookings(pool, upstream, settings),
+            schedules=ScheduleReader(pool, upstream, sync.cache),
+            bookings=Bookings(pool, upstream, settings, written=sync.cache),
             callbacks=callbacks,
+            sync=sync,
         )

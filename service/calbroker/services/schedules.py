@@ -1,8 +1,10 @@
-"""Reading busy time for many mailboxes across connections: route, group, fan out, coalesce.
+"""Reading busy time for many mailboxes across connections: route, answer from the synced copy
+where it is provably fresh, and read the rest live — batched, fanned out, coalesced.
 
-This is the one application service that composes store, routing and providers: a request for
-mailboxes on two tenants becomes one batched call per connection, issued concurrently, and
-identical concurrent reads (same connection, mailboxes and window) share one upstream call.
+A request for mailboxes on two tenants becomes one query for everything the copy can answer, then
+one batched upstream call per connection for the rest, issued concurrently; identical concurrent
+live reads (same connection, mailboxes and window) share one upstream call. Every answer says
+where it came from and as of when (`MailboxSchedule.source`, `.as_of`).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import asyncio
 import uuid
 from collections.abc import Awaitable, Callable, Hashable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Generic, TypeVar
 
 import asyncpg
@@ -18,11 +21,13 @@ import asyncpg
 from calbroker.domain.connections import Connection, route_mailbox
 from calbroker.domain.errors import CalbrokerError, MailboxError, UpstreamError, UpstreamUnavailable
 from calbroker.domain.intervals import Interval
-from calbroker.domain.schedules import ScheduleResult
+from calbroker.domain.schedules import MailboxSchedule, ScheduleResult
+from calbroker.domain.sync import ReadMode
 from calbroker.logs import get_logger
 from calbroker.providers.protocol import Deadline
+from calbroker.services.sync.cache import BusyCache
 from calbroker.services.upstream import Upstream
-from calbroker.store.connections import list_connections
+from calbroker.store.busy_cache import read_application
 
 __all__ = ["Coalescer", "ScheduleReader"]
 
@@ -70,19 +75,32 @@ class _Batch:
 class ScheduleReader:
     """Busy time for an application's mailboxes, whichever connection and protocol serves each."""
 
-    def __init__(self, pool: asyncpg.Pool, upstream: Upstream) -> None:
+    def __init__(self, pool: asyncpg.Pool, upstream: Upstream, cache: BusyCache | None = None) -> None:
         self._pool = pool
         self._upstream = upstream
+        self._cache = cache
         self.coalescer: Coalescer[tuple[str, tuple[str, ...], Interval], dict[str, ScheduleResult]] = Coalescer()
 
     async def read(
-        self, application_id: uuid.UUID, mailboxes: Sequence[str], window: Interval, deadline: Deadline
+        self,
+        application_id: uuid.UUID,
+        mailboxes: Sequence[str],
+        window: Interval,
+        deadline: Deadline,
+        *,
+        mode: ReadMode = ReadMode.AUTO,
     ) -> dict[str, ScheduleResult]:
-        """Every mailbox gets a schedule or the error that makes it unavailable; none fails the others."""
-        async with self._pool.acquire() as conn:
-            connections = await list_connections(conn, application_id)
+        """Every mailbox gets a schedule or the error that makes it unavailable; none fails the others.
+
+        `ReadMode.LIVE` skips the synced copy (a caller that must see Microsoft's answer now).
+        """
         results: dict[str, ScheduleResult] = {}
         batches: dict[uuid.UUID, list[str]] = {}
+        cached = mode is ReadMode.AUTO and self._cache is not None
+        async with self._pool.acquire() as conn:
+            # The connections and, in the same round trip, the synced copy of every requested mailbox.
+            found = await read_application(conn, application_id, mailboxes, window if cached else None)
+        connections = found.connections
         by_id = {c.id: c for c in connections}
         for mailbox in dict.fromkeys(mailboxes):
             try:
@@ -91,11 +109,16 @@ class ScheduleReader:
                 results[mailbox] = exc
                 continue
             batches.setdefault(connection.id, []).append(mailbox)
-        jobs = [_Batch(by_id[cid], tuple(sorted(found))) for cid, found in batches.items()]
-        async with asyncio.TaskGroup() as group:
-            tasks = [group.create_task(self._read_batch(job, window, deadline)) for job in jobs]
-        for task in tasks:
-            results.update(task.result())
+        if cached and self._cache is not None and batches:
+            answered = self._cache.fresh(found.copy, {by_id[c]: wanted for c, wanted in batches.items()}, window)
+            results.update(answered)
+            batches = {c: [m for m in wanted if m not in answered] for c, wanted in batches.items()}
+        jobs = [_Batch(by_id[cid], tuple(sorted(wanted))) for cid, wanted in batches.items() if wanted]
+        if jobs:
+            async with asyncio.TaskGroup() as group:
+                tasks = [group.create_task(self._read_batch(job, window, deadline)) for job in jobs]
+            for task in tasks:
+                results.update(task.result())
         return {mailbox: results[mailbox] for mailbox in dict.fromkeys(mailboxes)}
 
     async def _read_batch(self, job: _Batch, window: Interval, deadline: Deadline) -> dict[str, ScheduleResult]:
@@ -111,8 +134,14 @@ class ScheduleReader:
             return dict.fromkeys(job.mailboxes, failure)
 
     async def _fetch(self, job: _Batch, window: Interval, deadline: Deadline) -> dict[str, ScheduleResult]:
+        started = datetime.now(UTC)
         provider = await self._upstream.provider(job.connection)
-        found = await provider.fetch_schedules(job.mailboxes, window, deadline)
+        found = {
+            mailbox: MailboxSchedule(result.mailbox, result.busy, result.working_hours, result.source, started)
+            if isinstance(result, MailboxSchedule)
+            else result
+            for mailbox, result in (await provider.fetch_schedules(job.mailboxes, window, deadline)).items()
+        }
         missing = [m for m in job.mailboxes if m not in found]
         if missing:
             log.error("provider omitted mailboxes", connection_id=str(job.connection.id), count=len(missing))

@@ -38,7 +38,9 @@ from calbroker.store.secrets import delete_secret, read_secret, store_secret
 
 __all__ = [
     "NewConnection",
+    "connection_from_row",
     "delete_connection",
+    "find_connection",
     "get_connection",
     "list_connections",
     "load_credentials",
@@ -114,6 +116,11 @@ def _connection(row: asyncpg.Record) -> Connection:
         purpose=ConnectionPurpose(row["purpose"]),
         superseded_by=row["superseded_by"],
     )
+
+
+def connection_from_row(row: asyncpg.Record) -> Connection:
+    """A `connections` row (every column, under its own name) as a value, for queries that join it."""
+    return _connection(row)
 
 
 async def save_connection(conn: DbConnection, keyring: Keyring, new: NewConnection, *, actor: str) -> Connection:
@@ -283,3 +290,9 @@ async def mark_connection_health(conn: DbConnection, connection_id: uuid.UUID, *
             connection_id,
             error[:1000],
         )
+
+
+async def find_connection(conn: DbConnection, connection_id: uuid.UUID) -> Connection | None:
+    """A connection by id alone, for workers acting on it outside any application's request."""
+    row = await conn.fetchrow("SELECT * FROM connections WHERE id = $1", connection_id)
+    return _connection(row) if row is not None else None

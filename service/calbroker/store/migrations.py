@@ -2,7 +2,8 @@
 
 Two processes starting together both take the lock in turn; the second finds nothing left to
 do. Applied files are checksummed so an edited migration is reported instead of silently
-diverging between environments.
+diverging between environments. The job queue's tables (pgqueuer) are installed or upgraded
+under the same lock.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 from importlib import resources
 
 from calbroker.store.database import Connection
+from calbroker.store.queue import install_queue
 
 __all__ = ["Migration", "MigrationError", "applied_versions", "available_migrations", "migrate"]
 
@@ -100,6 +102,7 @@ async def migrate(conn: Connection) -> list[Migration]:
                     migration.checksum,
                 )
             applied_now.append(migration)
+        await install_queue(conn)
     finally:
         await conn.execute("SELECT pg_advisory_unlock($1)", _LOCK_KEY)
     return applied_now

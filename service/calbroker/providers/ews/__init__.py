@@ -7,5 +7,15 @@ address (Autodiscover). Everything else in this package is their inside.
 
 from calbroker.providers.ews.autodiscover import discover_ews_endpoint, is_email_address
 from calbroker.providers.ews.provider import EWS_PATH, EwsLimits, EwsProvider, check_ews_endpoint
+from calbroker.providers.ews.streams import MAX_GROUP, StreamGroup
 
-__all__ = ["EWS_PATH", "EwsLimits", "EwsProvider", "check_ews_endpoint", "discover_ews_endpoint", "is_email_address"]
+__all__ = [
+    "EWS_PATH",
+    "MAX_GROUP",
+    "EwsLimits",
+    "EwsProvider",
+    "StreamGroup",
+    "check_ews_endpoint",
+    "discover_ews_endpoint",
+    "is_email_address",
+]

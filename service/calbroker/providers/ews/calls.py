@@ -45,6 +45,7 @@ from exchangelib.errors import (
     ErrorInternalServerError,
     ErrorInternalServerTransientError,
     ErrorInvalidSmtpAddress,
+    ErrorInvalidSyncStateData,
     ErrorMailboxMoveInProgress,
     ErrorMailboxStoreUnavailable,
     ErrorMailRecipientNotFound,
@@ -53,6 +54,8 @@ from exchangelib.errors import (
     ErrorProxyRequestNotAllowed,
     ErrorProxyRequestProcessingFailed,
     ErrorServerBusy,
+    ErrorSubscriptionNotFound,
+    ErrorSyncFolderNotFound,
     ErrorTimeoutExpired,
     ErrorTooManyObjectsOpened,
     EWSError,
@@ -60,6 +63,7 @@ from exchangelib.errors import (
     RateLimitError,
     RedirectError,
     ResponseMessageError,
+    SessionPoolMinSizeReached,
     TransportError,
     UnauthorizedError,
 )
@@ -71,6 +75,7 @@ from calbroker.domain.errors import (
     MailboxError,
     MailboxNotFound,
     MailboxOutOfScope,
+    SyncStateExpired,
     UpstreamRejected,
     UpstreamThrottled,
     UpstreamTimeout,
@@ -103,6 +108,8 @@ _SERVER_TROUBLE = (
     ErrorConnectionFailed,
     ErrorFreeBusyGenerationFailed,
 )
+# A sync state or subscription Exchange has forgotten: start over from nothing.
+_FORGOTTEN = (ErrorInvalidSyncStateData, ErrorSyncFolderNotFound, ErrorSubscriptionNotFound)
 _MAX_DROPPED_RETRIES = 2
 _FIRST_BACK_OFF_S = 0.5
 """Back-off when the server is busy but names no BackOffMilliseconds (doubles per attempt)."""
@@ -136,13 +143,19 @@ def _within(deadline: Deadline, call: Callable[[float], T]) -> Callable[[float],
 
 
 def _first_cause(exc: BaseException) -> BaseException:
-    """The deepest exchangelib/requests exception in the chain: what actually went wrong."""
+    """The deepest exchangelib/requests exception in the chain: what actually went wrong.
+
+    exchangelib's own session-pool bookkeeping (`SessionPoolMinSizeReached`, raised while it reacts
+    to ErrorExceededConnectionCount by shrinking its pool) is not a cause and is passed over.
+    """
     found: BaseException = exc
     current: BaseException | None = exc
     seen: list[BaseException] = []
     while current is not None and current not in seen and len(seen) < 12:
         seen.append(current)
-        if isinstance(current, EWSError | requests.RequestException):
+        if isinstance(current, EWSError | requests.RequestException) and not isinstance(
+            current, SessionPoolMinSizeReached
+        ):
             found = current
         current = current.__cause__ or current.__context__
     return found
@@ -209,6 +222,7 @@ def translate_error(exc: BaseException, *, what: str, mailbox: str | None = None
     | TLS failure (requests SSLError)                                 | UpstreamUnavailable ("TLS …")    |
     | refused / DNS / reset (requests ConnectionError)                | UpstreamUnavailable (unreachable)|
     | ErrorInternalServer*, MailboxStoreUnavailable, 503 …            | UpstreamUnavailable              |
+    | ErrorInvalidSyncStateData, …SyncFolderNotFound, …SubscriptionNotFound | SyncStateExpired          |
     | redirect, non-EWS answer, any other response code               | UpstreamRejected                 |
     """
     cause = _first_cause(exc)
@@ -255,6 +269,13 @@ def translate_error(exc: BaseException, *, what: str, mailbox: str | None = None
     if isinstance(cause, requests.RequestException):
         return UpstreamUnavailable(
             f"EWS endpoint unreachable: {_unreachable_reason(cause)}.", upstream_code="connect", mailbox=mailbox
+        )
+    if isinstance(cause, _FORGOTTEN):
+        # https://learn.microsoft.com/exchange/client-developer/exchange-web-services/handling-synchronization-related-errors-in-ews-in-exchange
+        return SyncStateExpired(
+            f"Exchange no longer knows the state of {what} ({_code(cause)}); resynchronising.",
+            upstream_code=_code(cause),
+            mailbox=mailbox,
         )
     if isinstance(cause, _SERVER_TROUBLE):
         return UpstreamUnavailable(

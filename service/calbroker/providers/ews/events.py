@@ -33,12 +33,14 @@ from calbroker.domain.events import Attendee, AttendeeType, EventSpec, UpstreamE
 from calbroker.domain.intervals import Interval
 
 __all__ = [
+    "FREE_BUSY_IN",
     "MARKER_FIELD",
     "Accounts",
     "cancel_event",
     "create_event",
     "find_event",
     "get_event",
+    "item_instant",
     "list_events",
     "register_marker",
     "update_event",
@@ -80,7 +82,8 @@ _FREE_BUSY = {
     BusyStatus.OOF: "OOF",
     BusyStatus.WORKING_ELSEWHERE: "WorkingElsewhere",
 }
-_FREE_BUSY_IN = {value: status for status, value in _FREE_BUSY.items()}
+FREE_BUSY_IN = {value: status for status, value in _FREE_BUSY.items()}
+"""LegacyFreeBusyStatus → BusyStatus (NoData and anything unknown are read as busy by callers)."""
 _ATTENDEE_LISTS = (
     ("required_attendees", AttendeeType.REQUIRED),
     ("optional_attendees", AttendeeType.OPTIONAL),
@@ -187,7 +190,7 @@ def _address(mailbox: Any) -> str | None:
     return str(address).lower() if address else None
 
 
-def _instant(value: Any, zone: Any, *, end: bool) -> datetime | None:
+def item_instant(value: Any, zone: Any, *, end: bool) -> datetime | None:
     """exchangelib gives EWSDateTime, or for all-day items an EWSDate in the item's zone whose end is
     inclusive (it subtracts a day): midnight of the day after, then."""
     if isinstance(value, datetime):
@@ -199,8 +202,8 @@ def _instant(value: Any, zone: Any, *, end: bool) -> datetime | None:
 
 
 def _to_domain(item: Any) -> UpstreamEvent | None:
-    start = _instant(item.start, getattr(item, "_start_timezone", None), end=False)
-    end = _instant(item.end, getattr(item, "_end_timezone", None), end=True)
+    start = item_instant(item.start, getattr(item, "_start_timezone", None), end=False)
+    end = item_instant(item.end, getattr(item, "_end_timezone", None), end=True)
     if start is None or end is None or end <= start:
         return None
     attendees: list[Attendee] = []
@@ -216,7 +219,7 @@ def _to_domain(item: Any) -> UpstreamEvent | None:
         summary=item.subject or "",
         organizer=_address(item.organizer),
         location=item.location or "",
-        show_as=_FREE_BUSY_IN.get(item.legacy_free_busy_status or "Busy", BusyStatus.BUSY),
+        show_as=FREE_BUSY_IN.get(item.legacy_free_busy_status or "Busy", BusyStatus.BUSY),
         attendees=tuple(attendees),
         ical_uid=item.uid,
         is_cancelled=bool(item.is_cancelled),

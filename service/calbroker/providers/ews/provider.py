@@ -53,12 +53,15 @@ from calbroker.domain.errors import (
 from calbroker.domain.events import EventSpec, OnlineMeeting, UpstreamEvent
 from calbroker.domain.intervals import Interval
 from calbroker.domain.schedules import MailboxSchedule, Room, RoomList, ScheduleResult
+from calbroker.domain.sync import ChangeSet
 from calbroker.logs import get_logger
 from calbroker.providers.endpoints import AddressPolicy
 from calbroker.providers.ews import events
 from calbroker.providers.ews.calls import EwsCalls, request_timeout, translate_error
+from calbroker.providers.ews.changes import sync_folder
 from calbroker.providers.ews.rooms import room_lists, room_location, rooms_of
 from calbroker.providers.ews.schedules import schedule_from_view, zone_name_of_work_hours
+from calbroker.providers.ews.streams import StreamGroup
 from calbroker.providers.ews.tls import trusting_adapter
 from calbroker.providers.protocol import Deadline, for_mailbox, merge_schedules
 from calbroker.providers.windows_zones import zone_for
@@ -310,6 +313,7 @@ class EwsProvider:
         if auth_type is None:
             raise InvalidRequest.field("auth_type", f"{credentials.auth_type!r} is not supported; use basic or ntlm")
         self._connection = connection
+        self._credentials = credentials
         self._limits = limits
         # The scheme was checked when the endpoint was typed; every connection is checked by `policy`.
         self.endpoint = check_ews_endpoint(credentials.endpoint or connection.endpoint or "", allow_http=True)
@@ -335,6 +339,31 @@ class EwsProvider:
     @property
     def limits(self) -> EwsLimits:
         return self._limits
+
+    def stream_group(self, mailboxes: Sequence[str]) -> StreamGroup:
+        """A streaming group for these mailboxes (≤ 200), on its own sessions; the caller closes it."""
+        self._connection.require_calendar_access("stream calendar notifications")
+        return StreamGroup(
+            endpoint=self.endpoint,
+            username=self._credentials.username,
+            password=self._credentials.password,
+            auth_type=self._config.auth_type,
+            adapter=self._protocol.HTTP_ADAPTER_CLS,
+            mailboxes=mailboxes,
+            http_timeout_s=self._limits.http_timeout_s,
+        )
+
+    @property
+    def changes(self) -> EwsProvider:
+        """The sync worker's round-by-round reader (this provider: see `read_changes`)."""
+        self._calls.check_open()
+        return self
+
+    async def read_changes(self, mailbox: str, window: Interval, cursor: str | None, deadline: Deadline) -> ChangeSet:
+        """One sync round of `mailbox` (SyncFolderItems, then a calendar view when series changed)."""
+        self._connection.require_calendar_access("synchronise calendars")
+        call = partial(sync_folder, account_for=partial(self._event_accounts.get, mailbox), window=window, state=cursor)
+        return await self._calls.run("SyncFolderItems", call, deadline, mailbox=mailbox)
 
     async def __aenter__(self) -> EwsProvider:
         return self

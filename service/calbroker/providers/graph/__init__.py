@@ -8,6 +8,7 @@ this package is its inside.
 """
 
 from calbroker.providers.graph.certificates import certificate_credentials, certificate_thumbprint
+from calbroker.providers.graph.changes import GraphChanges, GraphSubscription, Notification, read_notifications
 from calbroker.providers.graph.events import MARKER_PROPERTY
 from calbroker.providers.graph.id_tokens import (
     IdToken,
@@ -33,10 +34,13 @@ from calbroker.providers.graph.wire import read_schedules
 __all__ = [
     "ADMIN_ROLES",
     "MARKER_PROPERTY",
+    "GraphChanges",
     "GraphLimits",
     "GraphProvider",
+    "GraphSubscription",
     "IdToken",
     "IdTokenRejected",
+    "Notification",
     "OpenIdKeys",
     "OpenIdMetadata",
     "SignedIn",
@@ -46,6 +50,7 @@ __all__ = [
     "certificate_credentials",
     "certificate_thumbprint",
     "pkce_challenge",
+    "read_notifications",
     "read_schedules",
     "redeem_admin_sign_in",
     "redeem_sign_in",

@@ -35,6 +35,7 @@ from calbroker.domain.schedules import MailboxSchedule, Room, RoomList, Schedule
 from calbroker.logs import get_logger
 from calbroker.providers.graph import wire
 from calbroker.providers.graph.auth import GraphCredentials, GraphTokens, granted_permissions
+from calbroker.providers.graph.changes import GraphChanges
 from calbroker.providers.graph.client import GraphClient
 from calbroker.providers.graph.events import GraphEvents
 from calbroker.providers.protocol import Deadline, for_mailbox, merge_schedules
@@ -59,10 +60,10 @@ class GraphLimits:
     """Longest getSchedule window [unverified, commonly reported]; longer windows are split."""
     availability_view_interval: int = 60
     """Minutes (5–1440). We read scheduleItems, not availabilityView, so a coarse view keeps answers small."""
-    max_concurrency: int = 10
+    max_concurrency: int = 25
     """Requests in flight per connection (≈ per tenant). Outlook's documented limit is 4 concurrent
     per app per *mailbox*; batches go through different mailboxes, so this can be higher without
-    risking 429s, and 100 members (5 batches) still cost one round trip."""
+    risking 429s: 500 members (the API's limit, 25 batches) still cost one round trip."""
     max_batch: int = 20
     """JSON `$batch` requests per call (documented). Free/busy does not use `$batch`."""
     max_attempts: int = 4
@@ -159,10 +160,17 @@ class GraphProvider:
         self._proven: OrderedDict[str, None] = OrderedDict()
         """Mailboxes Graph has answered for lately: safe to put in a getSchedule URL (most recent last)."""
         self._events = GraphEvents(self._client)
+        self._changes = GraphChanges(self._client)
 
     @property
     def connection(self) -> Connection:
         return self._connection
+
+    @property
+    def changes(self) -> GraphChanges:
+        """Subscriptions and delta rounds for the sync worker."""
+        self._client.check_open()
+        return self._changes
 
     async def aclose(self) -> None:
         self._client.close()

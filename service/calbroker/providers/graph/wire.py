@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC, datetime, time
+from functools import lru_cache
 from typing import TypeVar
 from zoneinfo import ZoneInfo
 
@@ -27,7 +28,7 @@ from calbroker.domain.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
-from calbroker.domain.intervals import Interval
+from calbroker.domain.intervals import Interval, to_us
 from calbroker.domain.schedules import MailboxSchedule, Room, RoomList, ScheduleResult
 from calbroker.domain.working_hours import Weekday, WeeklyPeriod, WorkingHours
 from calbroker.logs import get_logger
@@ -205,6 +206,21 @@ _STATUSES = {
     "oof": BusyStatus.OOF,
     "workingelsewhere": BusyStatus.WORKING_ELSEWHERE,
 }
+# The spellings Graph sends (lower camel case, the docs' examples capitalised), looked up as they come.
+_STATUS_AS_SENT: dict[str | None, BusyStatus | None] = {
+    None: BusyStatus.BUSY,
+    "free": None,
+    "Free": None,
+    "busy": BusyStatus.BUSY,
+    "Busy": BusyStatus.BUSY,
+    "tentative": BusyStatus.TENTATIVE,
+    "Tentative": BusyStatus.TENTATIVE,
+    "oof": BusyStatus.OOF,
+    "Oof": BusyStatus.OOF,
+    "workingElsewhere": BusyStatus.WORKING_ELSEWHERE,
+    "WorkingElsewhere": BusyStatus.WORKING_ELSEWHERE,
+}
+_UNSEEN = object()
 
 # Per-schedule freeBusyError.responseCode values (Exchange availability codes) and what they mean
 # for the mailbox. Codes not listed become UpstreamRejected, never "free".
@@ -221,23 +237,74 @@ _UNAVAILABLE = frozenset(
 def _busy_status(raw: str | None) -> BusyStatus | None:
     """None for free time. Graph's ``unknown`` (and any value Microsoft adds later) counts as busy:
     we cannot tell what the owner chose, and calling it free would offer a slot that may be taken."""
-    if raw is None:
-        return BusyStatus.BUSY
+    known = _STATUS_AS_SENT.get(raw, _UNSEEN)
+    if known is not _UNSEEN:
+        return known  # type: ignore[return-value]
+    assert raw is not None
     lowered = raw.strip().lower()
     if lowered == "free":
         return None
     return _STATUSES.get(lowered, BusyStatus.BUSY)
 
 
-def _busy_blocks(items: Sequence[ScheduleItem]) -> list[BusyBlock]:
-    blocks = []
-    for item in items:
+_Seen = dict[tuple[str, str, str | None], BusyBlock | None]
+
+
+class _Reading:
+    """What one getSchedule answer has read so far. Meetings have many attendees and calendars sit on
+    a grid, so most items repeat an instant (or a whole item) already read; a BusyBlock is immutable,
+    so the same one serves every schedule that holds it."""
+
+    __slots__ = ("blocks", "instants")
+
+    def __init__(self) -> None:
+        self.instants: dict[str, int] = {}
+        self.blocks: _Seen = {}
+
+    def utc_us(self, raw: str) -> int:
+        """Epoch microseconds of a UTC wall time as Graph writes it (``2026-11-24T09:00:00.0000000``)."""
+        if len(raw) < 19 or raw[10] != "T" or raw[19:20] not in ("", "."):
+            moment = DateTimeTimeZone(date_time=raw, time_zone="UTC").instant()
+        else:
+            # With the offset spelled out, fromisoformat returns the UTC singleton: no zone lookup.
+            moment = datetime.fromisoformat(raw[:26] + "+00:00")
+        found = self.instants[raw] = to_us(moment)
+        return found
+
+    def other_zone(self, item: ScheduleItem) -> BusyBlock | None:
+        """An item Graph wrote in a zone other than the UTC we asked for (the slow path)."""
         status = _busy_status(item.status)
-        if status is None:
-            continue
         start, end = item.start.instant(), item.end.instant()
-        if start < end:  # Exchange can hold zero-length items; they block nothing
-            blocks.append(BusyBlock(Interval(start, end), status))
+        return BusyBlock(Interval(start, end), status) if status is not None and start < end else None
+
+
+def _busy_blocks(items: Sequence[ScheduleItem], reading: _Reading) -> list[BusyBlock]:
+    """The schedule's busy blocks. This loop is the hot path of every cold free/busy and availability
+    answer (ten thousand items for a large query), hence the local names and the inlined lookups."""
+    blocks: list[BusyBlock] = []
+    append = blocks.append
+    seen, instants, statuses = reading.blocks, reading.instants, _STATUS_AS_SENT
+    new = tuple.__new__  # BusyBlock.at without its check: the loop has made it already
+    for item in items:
+        start, end = item.start, item.end
+        if start.time_zone != "UTC" or end.time_zone != "UTC":
+            block = reading.other_zone(item)
+        else:
+            key = (start.date_time, end.date_time, item.status)
+            block = seen.get(key, _UNSEEN)  # type: ignore[arg-type]
+            if block is _UNSEEN:
+                status = statuses.get(item.status, _UNSEEN)
+                if status is _UNSEEN:
+                    status = _busy_status(item.status)
+                block = None
+                if status is not None:
+                    began = instants.get(key[0]) or reading.utc_us(key[0])
+                    ended = instants.get(key[1]) or reading.utc_us(key[1])
+                    if began < ended:  # Exchange can hold zero-length items; they block nothing
+                        block = new(BusyBlock, (began, ended, status))
+                seen[key] = block
+        if block is not None:
+            append(block)
     return blocks
 
 
@@ -256,12 +323,23 @@ def _working_hours(wire: WorkingHoursWire | None, mailbox: str) -> WorkingHours 
     if wire is None:
         return None
     zone_name = wire.time_zone.name if wire.time_zone else None
-    zone = zone_for(zone_name)
-    start, end = _clock(wire.start_time), _clock(wire.end_time)
-    if zone is None or start is None or end is None:
+    usable, hours = _hours_of(zone_name, wire.start_time, wire.end_time, tuple(wire.days_of_week))
+    if not usable:
         _log.warning("graph.working_hours_unusable", mailbox=mailbox, time_zone=zone_name, start=wire.start_time)
-        return None
-    days = [Weekday[d.strip().upper()] for d in wire.days_of_week if d.strip().upper() in Weekday.__members__]
+    return hours
+
+
+@lru_cache(maxsize=1024)
+def _hours_of(
+    zone_name: str | None, start_raw: str | None, end_raw: str | None, days_of_week: tuple[str, ...]
+) -> tuple[bool, WorkingHours | None]:
+    """Working hours from their wire fields, remembered: colleagues share a handful of values, and
+    WorkingHours is immutable. False first when the zone or a clock cannot be read."""
+    zone = zone_for(zone_name)
+    start, end = _clock(start_raw), _clock(end_raw)
+    if zone is None or start is None or end is None:
+        return False, None
+    days = [Weekday[d.strip().upper()] for d in days_of_week if d.strip().upper() in Weekday.__members__]
     periods: list[WeeklyPeriod] = []
     for day in sorted(set(days)):
         if end == time(0):
@@ -272,9 +350,9 @@ def _working_hours(wire: WorkingHoursWire | None, mailbox: str) -> WorkingHours 
             periods.append(WeeklyPeriod(day, start, None))
             periods.append(WeeklyPeriod(Weekday((day + 1) % 7), time(0), end))
     try:
-        return WorkingHours(tuple(periods), zone) if periods else None
+        return True, WorkingHours(tuple(periods), zone) if periods else None
     except InvalidRequest:
-        return None
+        return True, None
 
 
 def schedule_error(code: str | None, message: str | None, mailbox: str) -> MailboxError | UpstreamError:
@@ -306,12 +384,12 @@ def schedule_error(code: str | None, message: str | None, mailbox: str) -> Mailb
     )
 
 
-def schedule_result(info: ScheduleInformation, mailbox: str) -> ScheduleResult:
+def schedule_result(info: ScheduleInformation, mailbox: str, reading: _Reading | None = None) -> ScheduleResult:
     """One scheduleInformation as the mailbox's busy blocks and working hours, or its error."""
     if info.error is not None and info.error.response_code:
         return schedule_error(info.error.response_code, info.error.message, mailbox)
     try:
-        blocks = _busy_blocks(info.schedule_items)
+        blocks = _busy_blocks(info.schedule_items, reading or _Reading())
     except (ValueError, InvalidRequest) as exc:
         return UpstreamRejected(
             f"Microsoft Graph sent a schedule item for {mailbox} that could not be read: {exc}",
@@ -329,6 +407,7 @@ def read_schedules(body: bytes, mailboxes: Sequence[str]) -> dict[str, ScheduleR
     response = decode(body, schedule_decoder)
     by_id = {(info.schedule_id or "").strip().lower(): info for info in response.value}
     found: dict[str, ScheduleResult] = {}
+    reading = _Reading()
     for position, mailbox in enumerate(mailboxes):
         info = by_id.get(mailbox)
         if info is None and len(response.value) == len(mailboxes):
@@ -338,5 +417,5 @@ def read_schedules(body: bytes, mailboxes: Sequence[str]) -> dict[str, ScheduleR
                 f"Microsoft Graph's getSchedule answer had no entry for {mailbox}", mailbox=mailbox
             )
             continue
-        found[mailbox] = schedule_result(info, mailbox)
+        found[mailbox] = schedule_result(info, mailbox, reading)
     return found

@@ -18,6 +18,7 @@ faults and per-item response codes. Operations and the pages they follow:
 - ResolveNames, ExpandDL: .../web-service-reference/resolvenames-operation, expanddl-operation
 - GetRoomLists / GetRooms: .../web-service-reference/getroomlists-operation, getrooms-operation
 - GetUserConfiguration (the calendar's WorkHours): .../web-service-reference/getuserconfiguration-operation
+- Subscribe (streaming), GetStreamingEvents, Unsubscribe, SyncFolderItems (``notifications``)
 
 (``...`` = https://learn.microsoft.com/en-us/exchange/client-developer). Fault injection, request
 counting and per-(service account, mailbox) throttling use ``SandboxState.checkpoint`` and
@@ -40,6 +41,7 @@ from calbroker.sandbox.ews.configuration import get_user_configuration
 from calbroker.sandbox.ews.folders import find_folder, get_folder
 from calbroker.sandbox.ews.items import TimeContext
 from calbroker.sandbox.ews.lookups import expand_dl, get_room_lists, get_rooms, get_server_time_zones, resolve_names
+from calbroker.sandbox.ews.notifications import EwsStreams
 from calbroker.sandbox.ews.operations import (
     convert_id,
     create_item,
@@ -105,11 +107,19 @@ class EwsEndpoint:
         *,
         server_version: ServerVersion | None = None,
         realm: str = "mail.fabrikam.com",
+        streams: EwsStreams | None = None,
     ) -> None:
         self.state = state
         self.server_version = server_version or ServerVersion()
         self.realm = realm
         self.auth = EwsAuthenticator(realm)
+        self.streams = streams or EwsStreams(state)
+        self._handlers: dict[str, _Handler] = {
+            **_HANDLERS,
+            "Subscribe": self.streams.subscribe,
+            "Unsubscribe": self.streams.unsubscribe,
+            "SyncFolderItems": self.streams.sync_folder_items,
+        }
 
     # --- HTTP -------------------------------------------------------------------------------------
 
@@ -129,11 +139,20 @@ class EwsEndpoint:
         target = soap.impersonation.value if soap.impersonation else None
         rule = await self.state.checkpoint(route, mailbox=target, client_id=account.username)
         if rule is not None:
-            response = self._injected(rule)
+            response: web.StreamResponse = self._injected(rule)
+        elif soap.operation == "GetStreamingEvents":
+            response = await self._stream(request, account, soap)
         else:
             response = await self._answer(account, soap)
         self.state.stats.record_status(route, response.status)
         return response
+
+    async def _stream(self, request: web.Request, account: EwsPrincipal, soap: SoapRequest) -> web.StreamResponse:
+        try:
+            impersonate(account, soap.impersonation, self.state.directory)
+        except SoapFault as exc:
+            return self._fault(exc)
+        return await self.streams.stream(request, account, soap, self.server_version)
 
     def _fault(self, exc: SoapFault) -> web.Response:
         body = fault(self.server_version, exc.code, exc.message, exc.values or None)
@@ -202,17 +221,22 @@ class EwsEndpoint:
                 limits=limits,
             )
         else:
-            handler = _HANDLERS.get(soap.operation)
+            handler = self._handlers.get(soap.operation)
             if handler is None:
                 raise SoapFault(
                     "ErrorSchemaValidation",
                     f"The request failed schema validation: the sandbox does not implement {soap.operation}.",
                 )
             handler(call, soap.body, body)
-        return web.Response(status=200, body=serialize(root), content_type="text/xml", charset="utf-8")
+        response = web.Response(status=200, body=serialize(root), content_type="text/xml", charset="utf-8")
+        if soap.operation == "Subscribe":
+            response.set_cookie("X-BackEndOverrideCookie", self.streams.affinity_cookie(call), httponly=True)
+        return response
 
 
-def routes(state: SandboxState, *, realm: str = "mail.fabrikam.com") -> list[web.RouteDef]:
+def routes(
+    state: SandboxState, *, realm: str = "mail.fabrikam.com", streams: EwsStreams | None = None
+) -> list[web.RouteDef]:
     """The EWS route for the sandbox server: ``/EWS/Exchange.asmx`` (every method authenticates; POST answers)."""
-    endpoint = EwsEndpoint(state, realm=realm)
+    endpoint = EwsEndpoint(state, realm=realm, streams=streams)
     return [web.route("*", EWS_PATH, endpoint.handle)]

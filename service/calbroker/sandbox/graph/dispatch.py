@@ -223,11 +223,12 @@ async def dispatch(
         async def run() -> GraphResponse:
             nonlocal counted
             counted = True
-            fault = await state.checkpoint(key, mailbox=mailbox, client_id=caller.client_id)
-            if fault is not None and fault.action is FaultAction.ERROR:
-                raise _fault_error(ctx, fault.status, fault.code, fault.message, fault.retry_after)
-            req.fault = fault
-            return await route.handler(ctx, req)
+            with state.stats.running(key, mailbox):
+                fault = await state.checkpoint(key, mailbox=mailbox, client_id=caller.client_id)
+                if fault is not None and fault.action is FaultAction.ERROR:
+                    raise _fault_error(ctx, fault.status, fault.code, fault.message, fault.retry_after)
+                req.fault = fault
+                return await route.handler(ctx, req)
 
         if route.family == "outlook" and mailbox is not None:
             # Injected latency runs inside the slot, so a slow upstream holds its concurrency slot.

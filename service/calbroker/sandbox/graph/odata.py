@@ -19,6 +19,7 @@ from calbroker.sandbox.directory import Mailbox, ServicePrincipal, Tenant
 from calbroker.sandbox.faults import FaultRule
 
 if TYPE_CHECKING:
+    from calbroker.sandbox.graph.delta import DeltaBook
     from calbroker.sandbox.graph.subscriptions import SubscriptionBook
     from calbroker.sandbox.state import SandboxState
 
@@ -119,10 +120,11 @@ class GraphResponse:
 
 @dataclass(slots=True)
 class GraphContext:
-    """What Graph handlers share: the sandbox state and the subscription book."""
+    """What Graph handlers share: the sandbox state, the subscription book and the delta tokens."""
 
     state: SandboxState
     subscriptions: SubscriptionBook
+    deltas: DeltaBook
 
     @property
     def graph_url(self) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
+from calbroker.sandbox.calendars import merged_view
 from calbroker.sandbox.directory import WorkingHours
 from calbroker.sandbox.events import GRAPH_DIGITS
 from calbroker.sandbox.graph.events import READ, parse_when, resolve_zone
@@ -82,7 +83,8 @@ def _schedule(
         return _schedule_error(address, "ErrorAccessDenied", "Access to OData is disabled.")
     label = tz or "UTC"
     items = []
-    for item in state.calendars.free_busy(mailbox.email, start, end):
+    busy = state.calendars.free_busy(mailbox.email, start, end)
+    for item in busy:
         entry: dict[str, Any] = {"isPrivate": item.is_private, "status": item.status.value}
         if not item.is_private:
             entry["subject"] = item.subject
@@ -92,9 +94,7 @@ def _schedule(
         items.append(entry)
     return {
         "scheduleId": address,
-        "availabilityView": state.calendars.availability_view(
-            mailbox.email, start, end, timedelta(minutes=interval), digits=GRAPH_DIGITS
-        ),
+        "availabilityView": merged_view(busy, start, end, timedelta(minutes=interval), digits=GRAPH_DIGITS),
         "scheduleItems": items,
         "workingHours": working_hours_json(mailbox.working_hours),
     }

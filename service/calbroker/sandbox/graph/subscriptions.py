@@ -4,17 +4,40 @@ expiry, real change notifications and lifecycle notifications.
 - Create: https://learn.microsoft.com/graph/api/subscription-post-subscriptions (201; the
   notificationUrl — and lifecycleNotificationUrl — must echo `validationToken` as `text/plain`
   with 200 within 10 s: https://learn.microsoft.com/graph/change-notifications-delivery-webhooks).
+- Lifetime: at most 10,080 minutes for Outlook events, 1,440 with resource data, at least 45;
+  longer requests are clamped (the documented note warns they will fail "in the future":
+  setting `subscription_reject_overlong`) —
+  https://learn.microsoft.com/graph/change-notifications-overview#subscription-lifetime.
+- Quota: "a maximum of 1,000 active subscriptions per mailbox for all applications"
+  (https://learn.microsoft.com/graph/outlook-change-notifications-overview); past it, 403
+  ExtensionError "Maximum number of subscriptions has been reached"
+  (https://github.com/microsoftgraph/microsoft-graph-docs-contrib/issues/112).
 - Notifications: POSTed for every change to a subscribed mailbox's calendar, whichever surface
-  made it (Graph, EWS, control plane), shaped like the changeNotificationCollection example.
+  made it (Graph, EWS, control plane), shaped like the changeNotificationCollection example;
+  one change yields 1–4 notifications
+  (https://github.com/microsoftgraph/microsoft-graph-docs-contrib/issues/3072, /6727).
+- Slow receivers: an answer over 2,900 ms is slow; once an endpoint's slow share reaches 10 % its
+  notifications are delayed, at 15 % they are dropped, until the counters are flushed
+  (https://learn.microsoft.com/graph/change-notifications-delivery-webhooks#throttling); a
+  dropped notification is followed by a `missed` lifecycle notification. `notifications_blocked`
+  drops everything silently, like the outages nothing announced
+  (https://github.com/microsoftgraph/microsoft-graph-docs/issues/6476).
 - Lifecycle: `reauthorizationRequired`, `subscriptionRemoved`, `missed`
-  (https://learn.microsoft.com/graph/change-notifications-lifecycle-events), triggered from `/_sandbox/`.
+  (https://learn.microsoft.com/graph/change-notifications-lifecycle-events), triggered from `/_sandbox/`,
+  also in the shape seen in the wild (`organizationId` instead of `tenantId`, `resource: ""`,
+  `sequence` — https://github.com/microsoftgraph/microsoft-graph-docs/issues/21675). Revoking an
+  app's consent sends `reauthorizationRequired` for its subscriptions ("an admin revoked the
+  app's permission") and stops their notifications.
 Expired subscriptions disappear (checked lazily on every access), as Graph deletes them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import random
 import re
+import time
 import uuid
 from collections import deque
 from collections.abc import Coroutine
@@ -93,6 +116,44 @@ class Subscription:
         }
 
 
+class _EndpointHealth:
+    """Graph's view of one notification URL: recent answer times, and the verdict they earned."""
+
+    def __init__(self) -> None:
+        self.slow: deque[bool] = deque()
+        self.until = 0.0
+        self.state = "ok"
+        self.missed_told: set[str] = set()
+
+    def record(self, elapsed_s: float, settings: Any) -> None:
+        self.slow.append(elapsed_s * 1000 > settings.notification_slow_ms)
+        if len(self.slow) < settings.notification_window:
+            return
+        judged = list(self.slow)[-settings.notification_window :]
+        share = sum(judged) / len(judged)
+        self.slow.clear()
+        if share >= settings.notification_drop_ratio:
+            self.state = "drop"
+        elif share >= settings.notification_delay_ratio:
+            self.state = "delay"
+        else:
+            return
+        self.until = time.monotonic() + settings.notification_flush_s
+        self.missed_told.clear()
+
+    def verdict(self, settings: Any) -> str:
+        if self.state != "ok" and time.monotonic() >= self.until:
+            self.state = "ok"
+        return self.state
+
+    def note_missed(self, sub_id: str) -> bool:
+        """True the first time a subscription loses a notification in this verdict's period."""
+        if sub_id in self.missed_told:
+            return False
+        self.missed_told.add(sub_id)
+        return True
+
+
 def _extension_error(status: int, reason_status: str, reason: str) -> GraphError:
     # Outlook subscription failures surface wrapped like this (upstream.md §6).
     return GraphError(
@@ -110,6 +171,8 @@ class SubscriptionBook:
         self._session: aiohttp.ClientSession | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._counter = 0
+        self._rng = random.Random(f"notifications|{state.seed}")
+        self._endpoints: dict[str, _EndpointHealth] = {}
         state.add_calendar_listener(self._on_change)
         state.on_reset(self.clear)
 
@@ -129,6 +192,7 @@ class SubscriptionBook:
     def clear(self) -> None:
         self._subscriptions.clear()
         self.deliveries.clear()
+        self._endpoints.clear()
 
     # --- bookkeeping ------------------------------------------------------------------------------
 
@@ -213,27 +277,43 @@ class SubscriptionBook:
         settings = self.state.settings
         timeout = aiohttp.ClientTimeout(total=settings.notification_timeout_s)
         status: int | None = None
+        health = self._endpoint(url)
         for attempt in range(settings.notification_retries + 1):
+            began = time.monotonic()
             try:
                 async with self.session.post(url, json=payload, timeout=timeout) as response:
                     await response.read()
                     status = response.status
                 self._log(sub_id, kind, url, status=status, error=None, payload=payload)
+                health.record(time.monotonic() - began, settings)
                 if 200 <= status < 300:
                     return status
             except (TimeoutError, aiohttp.ClientError) as exc:
                 self._log(sub_id, kind, url, status=None, error=repr(exc), payload=payload)
+                health.record(time.monotonic() - began, settings)
             await asyncio.sleep(settings.notification_retry_delay_s * (2**attempt))
         return status
 
+    def _endpoint(self, url: str) -> _EndpointHealth:
+        key = url.split("?", 1)[0]
+        found = self._endpoints.get(key)
+        if found is None:
+            found = self._endpoints[key] = _EndpointHealth()
+        return found
+
     def _on_change(self, change: Change) -> None:
         now = self.state.clock()
+        settings = self.state.settings
         for sub in list(self._subscriptions.values()):
             if (
                 sub.mailbox != change.mailbox
                 or change.change_type.value not in sub.change_types
                 or sub.expiration <= now
+                or not self.authorized(sub)
             ):
+                continue
+            if settings.notifications_blocked:
+                self._log(sub.id, "notification", sub.notification_url, status=None, error="blocked", payload=None)
                 continue
             resource = f"Users/{sub.mailbox_id}/Events/{change.event_id}"
             resource_data: dict[str, Any] = {"@odata.type": "#Microsoft.Graph.Event", "@odata.id": resource}
@@ -241,38 +321,75 @@ class SubscriptionBook:
             if event is not None:
                 resource_data["@odata.etag"] = f'W/"{event.change_key}"'
             resource_data["id"] = change.event_id
-            self._counter += 1
-            item = {
-                "id": stable_id("notification", sub.id, str(self._counter)),
-                "subscriptionId": sub.id,
-                "subscriptionExpirationDateTime": graph_instant(sub.expiration),
-                "changeType": change.change_type.value,
-                "resource": resource,
-                "resourceData": resource_data,
-                "clientState": sub.client_state,
-                "tenantId": sub.tenant_id,
-            }
-            self._spawn(self._notify(sub.id, sub.notification_url, {"value": [item]}))
+            fewest = settings.notification_copies_min
+            copies = self._rng.randint(fewest, max(fewest, settings.notification_copies_max))
+            for _ in range(copies):
+                self._counter += 1
+                item = {
+                    "id": stable_id("notification", sub.id, str(self._counter)),
+                    "subscriptionId": sub.id,
+                    "subscriptionExpirationDateTime": graph_instant(sub.expiration),
+                    "changeType": change.change_type.value,
+                    "resource": resource,
+                    "resourceData": resource_data,
+                    "clientState": sub.client_state,
+                    "tenantId": sub.tenant_id,
+                }
+                self._spawn(self._notify(sub, {"value": [item]}))
 
-    async def _notify(self, sub_id: str, url: str, payload: dict[str, Any]) -> None:
-        await self.post(sub_id, "notification", url, payload)
+    def authorized(self, sub: Subscription) -> bool:
+        """Whether the subscribing app still holds consent in the tenant (delivery pauses otherwise)."""
+        tenant = self.state.directory.tenant_by_id(sub.tenant_id)
+        return tenant is not None and sub.application_id in tenant.service_principals
 
-    async def lifecycle(self, sub_id: str, event: str) -> dict[str, Any]:
-        """Send a lifecycle notification now (control plane); `subscriptionRemoved` also deletes it."""
+    async def _notify(self, sub: Subscription, payload: dict[str, Any]) -> None:
+        settings = self.state.settings
+        health = self._endpoint(sub.notification_url)
+        verdict = health.verdict(settings)
+        if verdict == "drop":
+            self._log(sub.id, "notification", sub.notification_url, status=None, error="dropped", payload=payload)
+            if health.note_missed(sub.id):
+                self._spawn(self._missed(sub.id))
+            return
+        if verdict == "delay":
+            await asyncio.sleep(settings.notification_delay_s)
+        await self.post(sub.id, "notification", sub.notification_url, payload)
+
+    async def _missed(self, sub_id: str) -> None:
+        with contextlib.suppress(KeyError, ValueError):  # gone, or no lifecycle URL: nothing to tell
+            await self.lifecycle(sub_id, "missed")
+
+    async def lifecycle(self, sub_id: str, event: str, *, variant: str = "documented") -> dict[str, Any]:
+        """Send a lifecycle notification now; `subscriptionRemoved` also deletes the subscription.
+
+        `variant` "organizationId" sends the shape seen in the wild instead of the documented one.
+        """
         if event not in _LIFECYCLE:
             raise ValueError(f"lifecycle event must be one of {sorted(_LIFECYCLE)}")
+        if variant not in ("documented", "organizationId"):
+            raise ValueError("variant must be documented or organizationId")
         sub = self.get(sub_id)
         if sub is None:
             raise KeyError(sub_id)
         if not sub.lifecycle_url:
             raise ValueError("the subscription has no lifecycleNotificationUrl")
-        item = {
+        item: dict[str, Any] = {
             "subscriptionId": sub.id,
             "subscriptionExpirationDateTime": graph_instant(sub.expiration),
             "tenantId": sub.tenant_id,
             "clientState": sub.client_state,
             "lifecycleEvent": event,
         }
+        if variant == "organizationId":
+            item = {
+                "subscriptionId": sub.id,
+                "subscriptionExpirationDateTime": graph_instant(sub.expiration),
+                "organizationId": sub.tenant_id,
+                "resource": "",
+                "sequence": self._counter,
+                "clientState": sub.client_state,
+                "lifecycleEvent": event,
+            }
         if event == "subscriptionRemoved":
             del self._subscriptions[sub.id]
         status = await self.post(sub.id, "lifecycle", sub.lifecycle_url, {"value": [item]})
@@ -280,7 +397,18 @@ class SubscriptionBook:
 
     # --- Graph operations --------------------------------------------------------------------------
 
-    def _expiration(self, raw: Any) -> datetime:
+    def consent_revoked(self, tenant_id: str, client_id: str) -> list[str]:
+        """The app lost consent in the tenant: each of its subscriptions gets reauthorizationRequired."""
+        doomed = [s.id for s in self.all() if s.tenant_id == tenant_id and s.application_id == client_id]
+        for sub_id in doomed:
+            self._spawn(self._reauthorize(sub_id))
+        return doomed
+
+    async def _reauthorize(self, sub_id: str) -> None:
+        with contextlib.suppress(KeyError, ValueError):
+            await self.lifecycle(sub_id, "reauthorizationRequired")
+
+    def _expiration(self, raw: Any, *, rich: bool = False) -> datetime:
         settings = self.state.settings
         if not isinstance(raw, str):
             raise GraphError(
@@ -293,12 +421,13 @@ class SubscriptionBook:
         now = self.state.clock()
         if expiration <= now:
             raise GraphError(400, "InvalidRequest", "Subscription expiration must be in the future.")
-        if expiration > now + timedelta(minutes=settings.subscription_max_minutes):
-            raise GraphError(
-                400,
-                "InvalidRequest",
-                f"Subscription expiration can only be {settings.subscription_max_minutes} minutes in the future.",
-            )
+        longest = settings.subscription_rich_max_minutes if rich else settings.subscription_max_minutes
+        if expiration > now + timedelta(minutes=longest):
+            if settings.subscription_reject_overlong:
+                raise GraphError(
+                    400, "InvalidRequest", f"Subscription expiration can only be {longest} minutes in the future."
+                )
+            expiration = now + timedelta(minutes=longest)
         return max(expiration, now + timedelta(minutes=settings.subscription_min_minutes))
 
     def _url(self, raw: Any, name: str) -> str:
@@ -345,7 +474,11 @@ class SubscriptionBook:
             caller.principal is None or not ctx.state.directory.mailbox_in_policy_scope(caller.principal, mailbox)
         ):
             raise _extension_error(403, "Forbidden", "Access to OData is disabled.")
-        expiration = self._expiration(body_get(body, "expirationDateTime"))
+        rich = bool(body_get(body, "includeResourceData"))
+        expiration = self._expiration(body_get(body, "expirationDateTime"), rich=rich)
+        active = sum(1 for s in self._subscriptions.values() if s.mailbox == mailbox.email)
+        if active >= ctx.state.settings.subscription_max_per_mailbox:
+            raise _extension_error(403, "Forbidden", "Maximum number of subscriptions has been reached")
         client_state = body_get(body, "clientState")
         if client_state is not None and len(str(client_state)) > 128:
             raise GraphError(400, "InvalidRequest", "clientState must be at most 128 characters long.")
@@ -383,6 +516,8 @@ class SubscriptionBook:
 
     async def update(self, ctx: GraphContext, req: GraphRequest) -> GraphResponse:
         sub = self.own(req)
+        if not self.authorized(sub):
+            raise _extension_error(403, "Forbidden", "Access is denied. Check credentials and try again.")
         raw_expiration = body_get(req.body, "expirationDateTime")
         if raw_expiration is not None:
             sub.expiration = self._expiration(raw_expiration)
@@ -431,7 +566,9 @@ async def delete_subscription(ctx: GraphContext, req: GraphRequest) -> GraphResp
 
 async def reauthorize_subscription(ctx: GraphContext, req: GraphRequest) -> GraphResponse:
     # https://learn.microsoft.com/graph/api/subscription-reauthorize — 204
-    ctx.subscriptions.own(req)
+    sub = ctx.subscriptions.own(req)
+    if not ctx.subscriptions.authorized(sub):
+        raise _extension_error(403, "Forbidden", "Access is denied. Check credentials and try again.")
     return GraphResponse(204)
 
 

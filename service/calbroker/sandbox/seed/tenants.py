@@ -227,9 +227,9 @@ def _rooms(tenant: Tenant, spec: Sequence[tuple[str, str, str, int, int]]) -> li
     return rooms
 
 
-def _tenant_people(tenant: Tenant, fixed: Sequence[_Person], seed: int, admin: Mailbox) -> None:
+def _tenant_people(tenant: Tenant, fixed: Sequence[_Person], seed: int, admin: Mailbox, people: int) -> None:
     in_scope: set[str] = set()
-    for person, email in _people(tenant, fixed, seed, 50):
+    for person, email in _people(tenant, fixed, seed, people):
         short = f"{person.given}{person.surname[0]}@{tenant.initial_domain}".lower()
         aliases = (
             (_ascii(short),) if person in fixed else (email.replace(tenant.default_domain, tenant.initial_domain),)
@@ -307,8 +307,9 @@ def _principal(tenant: Tenant, app: AppRegistration, *, scoped: bool, teams: boo
     )
 
 
-def build_directory(seed: int, certificate: AppCertificate) -> Directory:
-    """contoso (Exchange Online), fabrikam (on-premises Exchange, hybrid) and tailspin (the operator)."""
+def build_directory(seed: int, certificate: AppCertificate, *, people: int = 50) -> Directory:
+    """contoso (Exchange Online), fabrikam (on-premises Exchange, hybrid) and tailspin (the operator),
+    each with `people` users (bench/ asks for more than the default)."""
     contoso = Tenant(
         key="contoso",
         id=stable_id("tenant", "contoso"),
@@ -384,6 +385,7 @@ def build_directory(seed: int, certificate: AppCertificate) -> Directory:
         _CONTOSO_PEOPLE,
         seed,
         _mailbox(contoso, admin_person, contoso.admin_email, (), is_admin=True),
+        people,
     )
     fab_admin = _Person("Fabrikam", "Administrator", "Europe/Berlin", "IT Admin", "IT")
     _tenant_people(
@@ -391,6 +393,7 @@ def build_directory(seed: int, certificate: AppCertificate) -> Directory:
         _FABRIKAM_PEOPLE,
         seed,
         _mailbox(fabrikam, fab_admin, fabrikam.admin_email, (), is_admin=True),
+        people,
     )
     # A distribution list clients expand (EWS ExpandDL) before asking for its members' free/busy.
     engineering = "engineering@fabrikam.com"

@@ -1,0 +1,324 @@
+"""The busy cache: synced mailboxes' busy time, written a round at a time and read a window at a time.
+
+One query reads an application's connections together with every requested mailbox's sync
+bookkeeping and busy time inside a window (`read_application`: an index-only range scan per
+mailbox), so a 500-member availability query costs one round trip. A round's writes
+(`apply_changes`) happen in the caller's transaction together with the round's new cursor, so a
+crash leaves the previous round intact, never half of one.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from calbroker.domain.busy import BusyBlock, BusyStatus
+from calbroker.domain.connections import Connection
+from calbroker.domain.intervals import Interval
+from calbroker.domain.sync import CalendarItem, ChangeSet, FeedState, SyncHealth, SyncState
+from calbroker.domain.working_hours import WorkingHours
+from calbroker.store.connections import connection_from_row
+from calbroker.store.database import Connection as DbConnection
+from calbroker.store.sync_state import hours_from_json
+
+__all__ = [
+    "ApplicationCopy",
+    "CachedMailbox",
+    "Change",
+    "RoundChanges",
+    "apply_changes",
+    "changes_since",
+    "forget_items",
+    "read_application",
+    "record_item",
+]
+
+_STATUS = {status.value: status for status in BusyStatus}
+_STATES = {state.value: state for state in SyncState}
+_FEEDS = {feed.value: feed for feed in FeedState}
+
+
+@dataclass(frozen=True, slots=True)
+class CachedMailbox:
+    """A synced mailbox's freshness bookkeeping and its cached busy time inside the asked window."""
+
+    health: SyncHealth
+    working_hours: WorkingHours | None
+    busy: tuple[BusyBlock, ...]
+    now: datetime
+    """The database's clock when this was read: what freshness is judged against."""
+
+
+@dataclass(frozen=True, slots=True)
+class RoundChanges:
+    """What a round changed in the copy: upstream ids added or changed, and removed."""
+
+    changed: tuple[str, ...]
+    removed: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One round's entry in the change feed (for webhooks: `changes_since`, managed events)."""
+
+    id: int
+    sync_id: uuid.UUID
+    seen_at: datetime
+    full_round: bool
+    changed: tuple[str, ...]
+    removed: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ApplicationCopy:
+    """An application's connections and the copy of the requested mailboxes they sync."""
+
+    connections: list[Connection]
+    """Every connection that is not revoked, oldest first (the order routing depends on)."""
+    copy: dict[tuple[uuid.UUID, str], CachedMailbox]
+    """By (connection id, mailbox): every requested mailbox some connection syncs."""
+
+
+async def read_application(
+    conn: DbConnection, application_id: uuid.UUID, mailboxes: Sequence[str], window: Interval | None
+) -> ApplicationCopy:
+    """In one round trip: the application's connections and, unless `window` is None, each requested
+    mailbox's sync bookkeeping and cached busy time inside `window` under every connection syncing it.
+
+    One row per (connection, synced mailbox) — a connection syncing none of them still has its row —
+    and a range scan of the busy cache's (sync_id, starts_at) index per mailbox, so a 500-member
+    query costs one query whatever the number of connections.
+    """
+    rows = await conn.fetch(
+        """
+        SELECT c.*, s.*, b.*
+        FROM connections c
+        LEFT JOIN LATERAL (
+            SELECT s.id AS copy_sync_id, s.mailbox AS copy_mailbox, s.state AS copy_state,
+                   s.subscription_state AS copy_feed, s.subscription_expires_at AS copy_feed_expires_at,
+                   s.lifecycle_pending_at IS NOT NULL AS copy_lifecycle_pending,
+                   s.window_start AS copy_window_start, s.window_end AS copy_window_end,
+                   s.synced_at AS copy_synced_at, s.last_notified_at AS copy_last_notified_at,
+                   s.working_hours AS copy_working_hours, now() AS copy_now
+            FROM sync_mailboxes s
+            WHERE $3 AND s.connection_id = c.id AND s.mailbox = ANY($2::text[])
+        ) s ON true
+        LEFT JOIN LATERAL (
+            -- Epoch microseconds (extract is exact numeric): blocks are built without datetimes.
+            SELECT array_agg((extract(epoch FROM k.starts_at) * 1000000)::int8 ORDER BY k.starts_at) AS copy_starts,
+                   array_agg((extract(epoch FROM k.ends_at) * 1000000)::int8 ORDER BY k.starts_at) AS copy_ends,
+                   array_agg(k.status ORDER BY k.starts_at) AS copy_statuses
+            FROM busy_cache k
+            WHERE k.sync_id = s.copy_sync_id AND k.starts_at < $5 AND k.ends_at > $4
+        ) b ON s.copy_sync_id IS NOT NULL
+        WHERE c.application_id = $1 AND c.status <> 'revoked'
+        ORDER BY c.created_at, c.id
+        """,
+        application_id,
+        list(mailboxes),
+        window is not None,
+        window.start if window is not None else None,
+        window.end if window is not None else None,
+    )
+    connections: dict[uuid.UUID, Connection] = {}
+    copy: dict[tuple[uuid.UUID, str], CachedMailbox] = {}
+    # Meetings have many attendees: one BusyBlock (immutable) serves every mailbox that holds it.
+    seen: dict[tuple[int, int, str], BusyBlock] = {}
+    at = BusyBlock.at
+    for row in rows:
+        connection_id = row["id"]
+        if connection_id not in connections:
+            connections[connection_id] = connection_from_row(row)
+        mailbox = row["copy_mailbox"]
+        if mailbox is None:
+            continue
+        busy: list[BusyBlock] = []
+        for key in zip(row["copy_starts"] or (), row["copy_ends"] or (), row["copy_statuses"] or (), strict=True):
+            block = seen.get(key)
+            if block is None:
+                block = seen[key] = at(key[0], key[1], _STATUS[key[2]])
+            busy.append(block)
+        start, end = row["copy_window_start"], row["copy_window_end"]
+        health = SyncHealth(
+            state=_STATES[row["copy_state"]],
+            feed=_FEEDS[row["copy_feed"]],
+            feed_expires_at=row["copy_feed_expires_at"],
+            lifecycle_pending=row["copy_lifecycle_pending"],
+            window=Interval(start, end) if start is not None and end is not None else None,
+            synced_at=row["copy_synced_at"],
+            last_notified_at=row["copy_last_notified_at"],
+        )
+        copy[(connection_id, mailbox)] = CachedMailbox(
+            health, hours_from_json(row["copy_working_hours"]), tuple(busy), row["copy_now"]
+        )
+    return ApplicationCopy(list(connections.values()), copy)
+
+
+_Columns = tuple[list[str], list[str | None], list[datetime], list[datetime], list[str]]
+
+
+def _columns(items: Sequence[CalendarItem]) -> _Columns:
+    kept = [item for item in items if item.status is not BusyStatus.FREE]
+    return (
+        [i.upstream_id for i in kept],
+        [i.series_id for i in kept],
+        [i.interval.start for i in kept],
+        [i.interval.end for i in kept],
+        [i.status.value for i in kept],
+    )
+
+
+_INSERT = """
+    INSERT INTO busy_cache (sync_id, upstream_id, series_id, starts_at, ends_at, status)
+    SELECT $1, * FROM unnest($2::text[], $3::text[], $4::timestamptz[], $5::timestamptz[], $6::text[])
+"""
+
+
+async def apply_changes(conn: DbConnection, sync_id: uuid.UUID, changes: ChangeSet) -> RoundChanges:
+    """Write one round into the copy (call inside the round's transaction) and log what changed.
+
+    A full round replaces the copy and logs the difference; an incremental one removes, replaces
+    re-read series, then upserts items (FREE ones remove), logging every id upstream reported.
+    """
+    if changes.full:
+        before = {
+            r["upstream_id"]: (r["starts_at"], r["ends_at"], r["status"])
+            for r in await conn.fetch(
+                "SELECT upstream_id, starts_at, ends_at, status FROM busy_cache WHERE sync_id = $1", sync_id
+            )
+        }
+        await conn.execute("DELETE FROM busy_cache WHERE sync_id = $1", sync_id)
+        everything = _dedupe(changes.items)
+        await conn.execute(_INSERT, sync_id, *_columns(everything))
+        after = {
+            i.upstream_id: (i.interval.start, i.interval.end, i.status.value)
+            for i in everything
+            if i.status is not BusyStatus.FREE
+        }
+        result = RoundChanges(
+            changed=tuple(sorted(k for k, v in after.items() if before.get(k) != v)),
+            removed=tuple(sorted(set(before) - set(after))),
+        )
+    else:
+        removed: set[str] = set()
+        if changes.removed:
+            gone = await conn.fetch(
+                """
+                DELETE FROM busy_cache
+                WHERE sync_id = $1 AND (upstream_id = ANY($2::text[]) OR series_id = ANY($2::text[]))
+                RETURNING upstream_id
+                """,
+                sync_id,
+                list(changes.removed),
+            )
+            removed.update(r["upstream_id"] for r in gone)
+            removed.update(changes.removed)
+        changed: set[str] = set()
+        if changes.series or changes.series_complete:
+            scope = "series_id IS NOT NULL" if changes.series_complete else "series_id = ANY($2::text[])"
+            args: list[object] = [sync_id] if changes.series_complete else [sync_id, list(changes.series)]
+            old = {
+                r["upstream_id"]: (r["starts_at"], r["ends_at"], r["status"])
+                for r in await conn.fetch(
+                    f"DELETE FROM busy_cache WHERE sync_id = $1 AND {scope} "  # noqa: S608 - one of two fixed clauses
+                    "RETURNING upstream_id, starts_at, ends_at, status",
+                    *args,
+                )
+            }
+            fresh = _dedupe(item for items in changes.series.values() for item in items)
+            await conn.execute(_INSERT, sync_id, *_columns(fresh))
+            kept = {
+                i.upstream_id: (i.interval.start, i.interval.end, i.status.value)
+                for i in fresh
+                if i.status is not BusyStatus.FREE
+            }
+            changed.update(k for k, v in kept.items() if old.get(k) != v)
+            removed.update(k for k in old if k not in kept)
+        singles = [i for i in _dedupe(changes.items) if i.series_id not in changes.series]
+        freed = [i.upstream_id for i in singles if i.status is BusyStatus.FREE]
+        if freed:
+            await conn.execute(
+                "DELETE FROM busy_cache WHERE sync_id = $1 AND upstream_id = ANY($2::text[])", sync_id, freed
+            )
+        busy = [i for i in singles if i.status is not BusyStatus.FREE]
+        if busy:
+            await conn.execute(
+                _INSERT
+                + """
+                ON CONFLICT (sync_id, upstream_id) DO UPDATE SET
+                    series_id = EXCLUDED.series_id, starts_at = EXCLUDED.starts_at,
+                    ends_at = EXCLUDED.ends_at, status = EXCLUDED.status
+                """,
+                sync_id,
+                *_columns(busy),
+            )
+        changed.update(i.upstream_id for i in singles)
+        removed.update(freed)
+        result = RoundChanges(changed=tuple(sorted(changed - removed)), removed=tuple(sorted(removed)))
+    if result.changed or result.removed:
+        await conn.execute(
+            "INSERT INTO sync_changes (sync_id, full_round, changed, removed) VALUES ($1, $2, $3, $4)",
+            sync_id,
+            changes.full,
+            list(result.changed),
+            list(result.removed),
+        )
+    return result
+
+
+def _dedupe(items: Iterable[CalendarItem]) -> list[CalendarItem]:
+    """The last report of each id wins (upstream may report one item twice in a round)."""
+    latest: dict[str, CalendarItem] = {}
+    for item in items:
+        latest[item.upstream_id] = item
+    return list(latest.values())
+
+
+async def record_item(conn: DbConnection, sync_ids: Sequence[uuid.UUID], item: CalendarItem) -> None:
+    """Write one item calbroker itself just wrote upstream into these mailboxes' copies (read your writes)."""
+    if item.status is BusyStatus.FREE:
+        await forget_items(conn, sync_ids, [item.upstream_id])
+        return
+    await conn.execute(
+        """
+        INSERT INTO busy_cache (sync_id, upstream_id, series_id, starts_at, ends_at, status)
+        SELECT s, $2, $3, $4, $5, $6 FROM unnest($1::uuid[]) AS s
+        ON CONFLICT (sync_id, upstream_id) DO UPDATE SET
+            starts_at = EXCLUDED.starts_at, ends_at = EXCLUDED.ends_at, status = EXCLUDED.status
+        """,
+        list(sync_ids),
+        item.upstream_id,
+        item.series_id,
+        item.interval.start,
+        item.interval.end,
+        item.status.value,
+    )
+
+
+async def forget_items(conn: DbConnection, sync_ids: Sequence[uuid.UUID], upstream_ids: Sequence[str]) -> None:
+    """Remove items calbroker just cancelled upstream from these mailboxes' copies."""
+    await conn.execute(
+        "DELETE FROM busy_cache WHERE sync_id = ANY($1::uuid[]) AND upstream_id = ANY($2::text[])",
+        list(sync_ids),
+        list(upstream_ids),
+    )
+
+
+async def changes_since(
+    conn: DbConnection, sync_ids: Sequence[uuid.UUID], after: int = 0, *, limit: int = 1000
+) -> list[Change]:
+    """The change feed of these mailboxes after entry `after`, oldest first."""
+    rows = await conn.fetch(
+        """
+        SELECT * FROM sync_changes WHERE sync_id = ANY($1::uuid[]) AND id > $2 ORDER BY id LIMIT $3
+        """,
+        list(sync_ids),
+        after,
+        limit,
+    )
+    return [
+        Change(r["id"], r["sync_id"], r["seen_at"], r["full_round"], tuple(r["changed"]), tuple(r["removed"]))
+        for r in rows
+    ]
