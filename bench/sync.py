@@ -140,7 +140,12 @@ async def run(rtt_ms: float, seconds: float, edits: int, runs: int) -> dict[str,
     root = Path(tempfile.mkdtemp(prefix="calbroker-bench-sync-"))
     monday = this_week_monday(datetime.now(UTC).date())
     sandbox = start_sandbox_in_thread(
-        seed=0, state_dir=root / "sandbox", latency_ms=rtt_ms, anchor=monday, people_per_tenant=130
+        seed=0,
+        state_dir=root / "sandbox",
+        latency_ms=rtt_ms,
+        anchor=monday,
+        people_per_tenant=130,
+        allow_http_notification_urls=True,  # the receiver listens on plain http on loopback
     )
     control = Control(sandbox)
     try:
