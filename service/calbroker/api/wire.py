@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import functools
 import re
-from datetime import datetime, timedelta
+from bisect import bisect_right
+from datetime import datetime, timedelta, timezone
 from typing import Annotated, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
@@ -22,7 +23,8 @@ from litestar.exceptions import HTTPException
 
 from calbroker.domain.connections import EMAIL_PATTERN
 from calbroker.domain.errors import FieldError, InvalidRequest, LimitExceeded
-from calbroker.domain.intervals import FIRST_YEAR, LAST_YEAR, Interval, supported
+from calbroker.domain.intervals import EPOCH, FIRST_YEAR, LAST_YEAR, MICROSECOND, Interval, supported
+from calbroker.domain.zones import offset_spans
 
 __all__ = [
     "EMAIL_PATTERN",
@@ -41,6 +43,7 @@ __all__ = [
     "Response",
     "StartInterval",
     "UnsupportedMediaType",
+    "ZonedInstants",
     "aware",
     "decode_body",
     "doc",
@@ -209,6 +212,26 @@ def span(start: str, end: str, *, start_field: str = "start", end_field: str = "
 
 def interval(period: Period, field: str) -> Interval:
     return span(period.start, period.end, start_field=f"{field}.start", end_field=f"{field}.end")
+
+
+class ZonedInstants:
+    """Epoch microseconds over `[first, last]` as aware datetimes in one zone, for writing an answer.
+
+    Each stretch of constant UTC offset gets one epoch datetime in that offset, and an instant is
+    that epoch plus its microseconds: two C-level operations, where a UTC datetime converted with
+    `astimezone` costs three and a zone lookup. The tzinfo is the fixed offset in effect, so an
+    instant is written exactly as the zone's own datetime would be.
+    """
+
+    def __init__(self, tz: ZoneInfo, first_us: int, last_us: int) -> None:
+        pieces = offset_spans(tz, first_us, last_us + 1)
+        self._starts = [start for start, _end, _offset in pieces]
+        self._epochs = [EPOCH.astimezone(timezone(offset * MICROSECOND)) for _start, _end, offset in pieces]
+        self.epoch = self._epochs[0] if len(pieces) == 1 else None
+        """The one epoch when a single offset covers the whole span (the usual case): `epoch + MICROSECOND * us`."""
+
+    def __call__(self, moment_us: int) -> datetime:
+        return self._epochs[bisect_right(self._starts, moment_us) - 1] + MICROSECOND * moment_us
 
 
 @functools.cache
