@@ -20,6 +20,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 import msgspec
 from litestar import Request
 from litestar.exceptions import HTTPException
+from litestar.utils.scope.state import ScopeState
 
 from calbroker.domain.connections import EMAIL_PATTERN
 from calbroker.domain.errors import FieldError, InvalidRequest, LimitExceeded
@@ -324,8 +325,9 @@ async def decode_body(request: Request[Any, Any, Any]) -> None:
 
     Litestar decodes bodies untyped and then converts them leniently (`"30"` becomes 30, and a
     body nested 1,000 levels deep overflows the stack before any type is looked at). Decoding once,
-    typed and strict, fails at the first value that does not fit, however deep the rest goes.
-    Litestar's own decoding afterwards only ever sees a body that already fits.
+    typed and strict, fails at the first value that does not fit, however deep the rest goes. The
+    value is left where Litestar keeps the request's JSON, so the body is not decoded again; its
+    conversion of `data` passes an instance of the declared type through as it is.
     """
     body_type = _body_type(request)
     if body_type is None:
@@ -337,19 +339,20 @@ async def decode_body(request: Request[Any, Any, Any]) -> None:
         )
     raw = await request.body()
     try:
-        _decoder(body_type).decode(raw)
+        decoded = _decoder(body_type).decode(raw)
     except msgspec.ValidationError as exc:
         if not _INTEGRAL_FLOAT.search(str(exc)):
             raise invalid(str(exc)) from None
-        _decode_integral_floats(raw, body_type)
+        decoded = _decode_integral_floats(raw, body_type)
     except msgspec.DecodeError:
         raise MalformedBody(detail="The request body is missing or not valid UTF-8 JSON.") from None
+    ScopeState.from_scope(request.scope).json = decoded
 
 
 _INTEGRAL_FLOAT = re.compile(r"^Expected `int[^`]*`, got `float`")
 
 
-def _decode_integral_floats(raw: bytes, body_type: Any) -> None:
+def _decode_integral_floats(raw: bytes, body_type: Any) -> Any:
     """JSON has one number type: `30.0` is the integer 30 (JSON Schema says so too), `30.5` is not.
 
     msgspec's strict decoder refuses any number written with a fraction for an `int`, so a body
@@ -370,6 +373,6 @@ def _decode_integral_floats(raw: bytes, body_type: Any) -> None:
             elif isinstance(value, dict | list):
                 stack.append(value)
     try:
-        msgspec.convert(document, body_type, strict=True)
+        return msgspec.convert(document, body_type, strict=True)
     except msgspec.ValidationError as exc:
         raise invalid(str(exc)) from None
