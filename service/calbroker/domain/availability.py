@@ -323,21 +323,28 @@ class _MemberNames:
 
     def __init__(self, emails: tuple[str, ...]) -> None:
         self._emails = emails
-        self._decoded: dict[int, tuple[str, ...]] = {}
+        self.decoded: dict[int, tuple[str, ...]] = {}
+        """Every set decoded so far: the per-slot loops read it first, sparing a call."""
 
     def __call__(self, members: int) -> tuple[str, ...]:
-        decoded = self._decoded.get(members)
+        decoded = self.decoded.get(members)
         if decoded is None:
-            decoded = self._decoded[members] = tuple(compress(self._emails, member_flags(members)))
+            decoded = self.decoded[members] = tuple(compress(self._emails, member_flags(members)))
         return decoded
+
+
+# An answer holds up to 1,024 slots: each is made by tuple.__new__ in the loop (what Slot.at does),
+# and its member set read from the decoded ones, since a call per slot would cost as much again.
 
 
 def _slots(found: Iterable[tuple[int, int]], duration: timedelta, names: _MemberNames) -> tuple[Slot, ...]:
     length = duration_us(duration)
-    at = Slot.at
-    return tuple([at(moment, moment + length, names(members)) for moment, members in found])
+    new, decoded = tuple.__new__, names.decoded
+    return tuple(
+        [new(Slot, (moment, moment + length, decoded.get(members) or names(members))) for moment, members in found]
+    )
 
 
 def _periods(found: Iterable[tuple[int, int, int]], names: _MemberNames) -> tuple[Slot, ...]:
-    at = Slot.at
-    return tuple([at(start, end, names(members)) for start, end, members in found])
+    new, decoded = tuple.__new__, names.decoded
+    return tuple([new(Slot, (start, end, decoded.get(members) or names(members))) for start, end, members in found])
