@@ -53,8 +53,7 @@ from calbroker.domain.errors import InvalidRequest, LimitExceeded
 from calbroker.domain.intervals import MICROSECOND
 from calbroker.domain.sync import Source
 from calbroker.domain.working_hours import Weekday, WeeklyPeriod, WorkingHours
-from calbroker.providers.protocol import Deadline
-from calbroker.services import AvailabilityAnswer, ScheduleReader, answer_availability
+from calbroker.services import AvailabilityAnswer, answer_availability
 
 __all__ = ["availability"]
 
@@ -437,8 +436,6 @@ _RESPONSE_EXAMPLE = {
 async def availability(
     data: Annotated[AvailabilityRequest, BodyParam(examples=[Example(summary="Two groups", value=_EXAMPLE)])],
     caller: NamedDependency[Caller],
-    schedules: NamedDependency[ScheduleReader],
-    deadline: NamedDependency[Deadline],
 ) -> AvailabilityResponse:
     """Design §6: busy sets (buffers dilate them), free sets, then slots or maximal periods.
 
@@ -447,6 +444,6 @@ async def availability(
     """
     query = data.to_domain(datetime.now(UTC))
     answer = await answer_availability(
-        schedules, caller.application.id, query, deadline, mode=FRESHNESS[data.freshness]
+        caller.schedules, caller.application.id, query, caller.deadline, mode=FRESHNESS[data.freshness]
     )
     return AvailabilityResponse.from_domain(answer, query)
