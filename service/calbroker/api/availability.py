@@ -259,8 +259,12 @@ class AvailabilityRequest(Body):
         return tuple(groups), available
 
 
-class SlotOut(Response):
-    """A time the groups can meet, and who is free over all of it."""
+class SlotOut(Response, gc=False):
+    """A time the groups can meet, and who is free over all of it.
+
+    Untracked by the cycle collector (it holds datetimes and a list of strings, so it can be in no
+    cycle): an answer makes hundreds, and tracked they were most of what set off collections.
+    """
 
     start: Annotated[datetime, msgspec.Meta(description="Start, in the request's tzid")]
     end: Annotated[datetime, msgspec.Meta(description="End, in the request's tzid")]
