@@ -147,7 +147,7 @@ async def run(rtt_ms: float, runs: int) -> dict[str, Any]:
 
             rows: list[dict[str, Any]] = []
             env = api_environment(database=url, key=key, sandbox=sandbox, port=free_port(), data_dir=str(root / "data"))
-            async with served(env) as base, httpx.AsyncClient(base_url=base, timeout=60) as client:
+            async with served(env) as api, httpx.AsyncClient(base_url=api.url, timeout=60) as client:
                 headers = {"Authorization": f"Bearer {issued.token}"}
                 for count in MEMBER_COUNTS:
                     members = _members(sandbox, count)

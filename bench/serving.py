@@ -11,13 +11,15 @@ import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 
 from calbroker.config import MasterKey
 from calbroker.sandbox import SandboxThread
 
-__all__ = ["api_environment", "eventually", "free_port", "served"]
+__all__ = ["Served", "api_environment", "eventually", "free_port", "served"]
 
 
 def free_port() -> int:
@@ -54,9 +56,27 @@ def api_environment(
     }
 
 
+@dataclass(frozen=True)
+class Served:
+    url: str
+    pid: int
+
+    def cpu_seconds(self) -> float:
+        """CPU time the server process has used so far (user + system; NaN where /proc is absent).
+
+        On a machine shared with other work, CPU per request is the figure load does not distort:
+        throughput falls when the cores are busy elsewhere, the work a request costs does not.
+        """
+        try:
+            fields = Path(f"/proc/{self.pid}/stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            return float("nan")
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 @asynccontextmanager
-async def served(env: dict[str, str]) -> AsyncIterator[str]:
-    """`calbroker serve` with `env`; yields its base URL once /readyz answers, terminates it after."""
+async def served(env: dict[str, str]) -> AsyncIterator[Served]:
+    """`calbroker serve` with `env`; yields it once /readyz answers, terminates it after."""
     port = int(env["CALBROKER_PORT"])
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "calbroker.cli", "serve", env=env, stdout=asyncio.subprocess.DEVNULL
@@ -72,7 +92,7 @@ async def served(env: dict[str, str]) -> AsyncIterator[str]:
                     return False
 
             await eventually(up, 60, "the API process")
-        yield url
+        yield Served(url, process.pid)
     finally:
         process.terminate()
         await process.wait()

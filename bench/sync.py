@@ -6,6 +6,7 @@ Run: ``.venv/bin/python bench/sync.py`` (``--rtt-ms 50 --seconds 8 --edits 12``)
   sandbox, and p50/p95 in-process (the service call, and the whole ASGI app without a socket);
 - HTTP throughput of distinct 10-member availability requests (no two alike, so nothing coalesces)
   against ``GET /v1/me``, the same load tool, the same server process, the same run — and the ratio;
+  with the server's CPU time per request, the figure a machine busy with other work does not move;
 - freshness: how long an edit made in the sandbox's Outlook takes to show in free/busy (from any
   source) and to reach the copy, with notifications flowing, and with every notification dropped
   (the copy then catches up at reconciliation; the bench shortens it, see the printed settings).
@@ -40,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import aiohttp
 import httpx
 
-from bench.serving import api_environment, eventually, free_port, served
+from bench.serving import Served, api_environment, eventually, free_port, served
 from calbroker.app import create_app
 from calbroker.config import MasterKey, Settings, SyncSettings, sandbox_cloud
 from calbroker.domain import AvailabilityQuery, Group, Interval, Member, ResponseFormat
@@ -91,9 +92,11 @@ def _summary(values: list[float]) -> dict[str, float]:
 
 
 async def load(
-    url: str, make: Callable[[int], tuple[str, str, Any]], key: str, seconds: float, concurrency: int
+    api: Served, make: Callable[[int], tuple[str, str, Any]], key: str, seconds: float, concurrency: int
 ) -> dict[str, Any]:
-    """The load tool: `concurrency` clients, each sending back to back for `seconds`; requests/s and latency."""
+    """The load tool: `concurrency` clients, each sending back to back for `seconds`; requests/s, latency,
+    and the server's CPU time per request."""
+    url = api.url
     latencies: list[float] = []
     failures = 0
     counter = 0
@@ -113,14 +116,15 @@ async def load(
                         failures += 1
                 latencies.append((time.perf_counter() - began) * 1000)
 
-        began = time.monotonic()
+        began, cpu = time.monotonic(), api.cpu_seconds()
         await asyncio.gather(*(client() for _ in range(concurrency)))
-        elapsed = time.monotonic() - began
+        elapsed, cpu = time.monotonic() - began, api.cpu_seconds() - cpu
     return {
         "requests": len(latencies),
         "failures": failures,
         "per_second": round(len(latencies) / elapsed, 1),
         "latency_ms": _summary(latencies),
+        "server_cpu_ms_per_request": round(cpu * 1000 / len(latencies), 3),
     }
 
 
@@ -140,14 +144,19 @@ async def run(rtt_ms: float, seconds: float, edits: int, runs: int) -> dict[str,
     root = Path(tempfile.mkdtemp(prefix="calbroker-bench-sync-"))
     monday = this_week_monday(datetime.now(UTC).date())
     sandbox = start_sandbox_in_thread(
-        seed=0, state_dir=root / "sandbox", latency_ms=rtt_ms, anchor=monday, people_per_tenant=130
+        seed=0,
+        state_dir=root / "sandbox",
+        latency_ms=rtt_ms,
+        anchor=monday,
+        people_per_tenant=130,
+        allow_http_notification_urls=True,  # the receiver listens on plain http on loopback
     )
     control = Control(sandbox)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            server = embedded_server_url(root / "data")
-        database = await ensure_database(server, "bench_sync")
+            postgres = embedded_server_url(root / "data")
+        database = await ensure_database(postgres, "bench_sync")
         key = MasterKey("bench", b"s" * 32)
         port = free_port()
         settings = Settings(
@@ -195,12 +204,12 @@ async def run(rtt_ms: float, seconds: float, edits: int, runs: int) -> dict[str,
             assert len(members) == MEMBERS, len(members)
             await services.sync.scopes.set(issued.application.id, connection.id, ScopeMode.LIST, members)
             # The receiver first: subscriptions are validated against it.
-            async with served(env) as url, open_services(settings, pool_size=20) as worker_services:
+            async with served(env) as api, open_services(settings, pool_size=20) as worker_services:
                 worker = Worker(worker_services, concurrency=16)
                 working = asyncio.create_task(worker.run())
                 try:
                     figures = await _measure(
-                        services, control, url, issued, connection.id, members, runs, seconds, edits
+                        services, control, api, issued, connection.id, members, runs, seconds, edits
                     )
                 finally:
                     worker.stop()
@@ -225,7 +234,7 @@ async def run(rtt_ms: float, seconds: float, edits: int, runs: int) -> dict[str,
 async def _measure(
     services: Services,
     control: Control,
-    url: str,
+    api: Served,
     issued: Any,
     connection_id: Any,
     members: list[str],
@@ -297,18 +306,18 @@ async def _measure(
         )
 
     control.call("DELETE", "/_sandbox/stats")
-    await load(url, me, issued.token, 1.0, 8)  # warm the server's pools
-    me_load = await load(url, me, issued.token, seconds, 8)
-    availability_load = await load(url, availability, issued.token, seconds, 8)
+    await load(api, me, issued.token, 1.0, 8)  # warm the server's pools
+    me_load = await load(api, me, issued.token, seconds, 8)
+    availability_load = await load(api, availability, issued.token, seconds, 8)
     throughput_calls = control.total_calls()
 
     # --- freshness ------------------------------------------------------------------------------
     flowing = dropped = None
     if edits:
-        flowing = await _freshness(services, control, url, issued.token, members, edits, start)
+        flowing = await _freshness(services, control, api.url, issued.token, members, edits, start)
         control.call("PATCH", "/_sandbox/settings", {"notifications_blocked": True})
         try:
-            dropped = await _freshness(services, control, url, issued.token, members, max(3, edits // 3), start)
+            dropped = await _freshness(services, control, api.url, issued.token, members, max(3, edits // 3), start)
         finally:
             control.call("PATCH", "/_sandbox/settings", {"notifications_blocked": False})
     return {
@@ -325,6 +334,9 @@ async def _measure(
             "me": me_load,
             "availability_10_members": availability_load,
             "ratio": round(availability_load["per_second"] / me_load["per_second"], 2),
+            "cpu_ratio": round(
+                me_load["server_cpu_ms_per_request"] / availability_load["server_cpu_ms_per_request"], 2
+            ),
             "upstream_calls": throughput_calls,
         },
         "freshness": {"notifications_flowing": flowing, "notifications_dropped": dropped},
@@ -415,6 +427,11 @@ def main() -> None:
         f"HTTP, 8 clients × {args.seconds:g} s: GET /v1/me {http['me']['per_second']} req/s, distinct 10-member "
         f"availability {http['availability_10_members']['per_second']} req/s → ratio {http['ratio']} "
         f"({http['upstream_calls']} upstream calls)"
+    )
+    print(
+        f"server CPU per request: GET /v1/me {http['me']['server_cpu_ms_per_request']} ms, availability "
+        f"{http['availability_10_members']['server_cpu_ms_per_request']} ms → ratio {http['cpu_ratio']} "
+        "(what throughput would be on cores the server had to itself)"
     )
     for label, key in (
         ("notifications flowing", "notifications_flowing"),

@@ -37,7 +37,7 @@ from calbroker.api.connections import (
     verify_connection,
 )
 from calbroker.api.contract import refine
-from calbroker.api.dependencies import provide_bookings, provide_deadline, provide_schedules, provide_services
+from calbroker.api.dependencies import provide_services
 from calbroker.api.events import delete_event, get_event, list_events, put_event
 from calbroker.api.free_busy import free_busy
 from calbroker.api.health import healthz, metrics, readyz
@@ -113,12 +113,7 @@ def create_app(settings: Settings, services: Services | None = None) -> Litestar
         ],
         guards=[require_api_key],
         before_request=decode_body,
-        dependencies={
-            "caller": Provide(provide_caller, sync_to_thread=False),
-            "schedules": Provide(provide_schedules, sync_to_thread=False),
-            "deadline": Provide(provide_deadline, sync_to_thread=False),
-            "bookings": Provide(provide_bookings, sync_to_thread=False),
-        },
+        dependencies={"caller": Provide(provide_caller, sync_to_thread=False)},
         security=[{"apiKey": []}],
     )
     # The authorize-link pages: no API key (the link token, then a CSRF-bound session, is the credential).

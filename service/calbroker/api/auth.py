@@ -10,6 +10,8 @@ from litestar.handlers.base import BaseRouteHandler
 
 from calbroker.api.dependencies import provide_services
 from calbroker.domain.errors import Unauthenticated
+from calbroker.providers.protocol import Deadline
+from calbroker.services import Bookings, ScheduleReader, Services
 from calbroker.store.applications import ApiKey, Application, authenticate
 
 __all__ = ["Caller", "provide_caller", "require_api_key"]
@@ -17,10 +19,26 @@ __all__ = ["Caller", "provide_caller", "require_api_key"]
 
 @dataclass(frozen=True, slots=True)
 class Caller:
-    """The application behind the request's API key."""
+    """The application behind the request's API key, the services it is served by, and its request's
+    upstream budget (retries and back-off included).
+
+    The one dependency /v1 handlers take: Litestar resolves two or more dependencies of a handler
+    concurrently, in a task group per request (litestar-org/litestar#4563), which cost a
+    10-member availability request about as much as its engine.
+    """
 
     application: Application
     key: ApiKey
+    services: Services
+    deadline: Deadline
+
+    @property
+    def schedules(self) -> ScheduleReader:
+        return self.services.schedules
+
+    @property
+    def bookings(self) -> Bookings:
+        return self.services.bookings
 
 
 async def require_api_key(connection: ASGIConnection, _handler: BaseRouteHandler) -> None:  # type: ignore[type-arg]
@@ -41,7 +59,8 @@ async def require_api_key(connection: ASGIConnection, _handler: BaseRouteHandler
         raise Unauthenticated("The API key is malformed, unknown or revoked.")
     application, key = found
     connection.scope["state"]["application_id"] = str(application.id)
-    connection.state.caller = Caller(application, key)
+    deadline = Deadline.after(services.settings.upstream_deadline_s)
+    connection.state.caller = Caller(application, key, services, deadline)
 
 
 def provide_caller(request: Request) -> Caller:  # type: ignore[type-arg]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime, time, timedelta
 from typing import Annotated, Literal
 from zoneinfo import ZoneInfo
@@ -25,6 +26,7 @@ from calbroker.api.wire import (
     Period,
     Response,
     StartInterval,
+    ZonedInstants,
     interval,
     zone,
     zone_field,
@@ -48,10 +50,10 @@ from calbroker.domain import (
 )
 from calbroker.domain.busy import BusyStatus
 from calbroker.domain.errors import InvalidRequest, LimitExceeded
+from calbroker.domain.intervals import MICROSECOND
 from calbroker.domain.sync import Source
 from calbroker.domain.working_hours import Weekday, WeeklyPeriod, WorkingHours
-from calbroker.providers.protocol import Deadline
-from calbroker.services import AvailabilityAnswer, ScheduleReader, answer_availability
+from calbroker.services import AvailabilityAnswer, answer_availability
 
 __all__ = ["availability"]
 
@@ -257,8 +259,12 @@ class AvailabilityRequest(Body):
         return tuple(groups), available
 
 
-class SlotOut(Response):
-    """A time the groups can meet, and who is free over all of it."""
+class SlotOut(Response, gc=False):
+    """A time the groups can meet, and who is free over all of it.
+
+    Untracked by the cycle collector (it holds datetimes and a list of strings, so it can be in no
+    cycle): an answer makes hundreds, and tracked they were most of what set off collections.
+    """
 
     start: Annotated[datetime, msgspec.Meta(description="Start, in the request's tzid")]
     end: Annotated[datetime, msgspec.Meta(description="End, in the request's tzid")]
@@ -335,8 +341,8 @@ class AvailabilityResponse(Response):
         tz, result = query.tz, answer.result
         slots = query.response_format is ResponseFormat.SLOTS
         return cls(
-            slots=[_slot_out(s, tz) for s in result.slots] if slots else None,
-            periods=None if slots else [_slot_out(s, tz) for s in result.periods],
+            slots=_slots_out(result.slots, tz) if slots else None,
+            periods=None if slots else _slots_out(result.periods, tz),
             member_errors=[MemberError(email=e, problem=embedded_problem(error)) for e, error in answer.member_errors],
             member_sources=[
                 MemberSource(email=e, source=source, as_of=as_of.astimezone(tz)) for e, source, as_of in answer.sources
@@ -349,8 +355,18 @@ def _wall_time(value: str) -> time | None:
     return None if value == "24:00" else time.fromisoformat(value)
 
 
-def _slot_out(slot: Slot, tz: ZoneInfo) -> SlotOut:
-    return SlotOut(start=slot.start.astimezone(tz), end=slot.end.astimezone(tz), members=list(slot.members))
+def _slots_out(slots: Sequence[Slot], tz: ZoneInfo) -> list[SlotOut]:
+    """Slots in the request's zone; a slot is the tuple (start_us, end_us, members), read by unpacking."""
+    if not slots:
+        return []
+    local = ZonedInstants(tz, slots[0].start_us, max(end for _start, end, _members in slots))
+    epoch = local.epoch
+    if epoch is not None:  # one offset over the whole answer: no lookup per instant
+        return [
+            SlotOut(start=epoch + MICROSECOND * start, end=epoch + MICROSECOND * end, members=list(members))
+            for start, end, members in slots
+        ]
+    return [SlotOut(start=local(start), end=local(end), members=list(members)) for start, end, members in slots]
 
 
 def _explanation_out(explanation: Explanation, tz: ZoneInfo) -> ExplanationOut:
@@ -424,8 +440,6 @@ _RESPONSE_EXAMPLE = {
 async def availability(
     data: Annotated[AvailabilityRequest, BodyParam(examples=[Example(summary="Two groups", value=_EXAMPLE)])],
     caller: NamedDependency[Caller],
-    schedules: NamedDependency[ScheduleReader],
-    deadline: NamedDependency[Deadline],
 ) -> AvailabilityResponse:
     """Design §6: busy sets (buffers dilate them), free sets, then slots or maximal periods.
 
@@ -434,6 +448,6 @@ async def availability(
     """
     query = data.to_domain(datetime.now(UTC))
     answer = await answer_availability(
-        schedules, caller.application.id, query, deadline, mode=FRESHNESS[data.freshness]
+        caller.schedules, caller.application.id, query, caller.deadline, mode=FRESHNESS[data.freshness]
     )
     return AvailabilityResponse.from_domain(answer, query)

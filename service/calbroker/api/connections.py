@@ -35,8 +35,6 @@ from calbroker.domain.connections import (
 )
 from calbroker.domain.errors import Conflict, InvalidRequest
 from calbroker.domain.secret_expiry import secret_warning
-from calbroker.providers.protocol import Deadline
-from calbroker.services import Services
 from calbroker.store.connect_links import create_link
 from calbroker.store.connection_checks import test_mailbox_of
 from calbroker.store.connections import delete_connection, get_connection, list_connections, mark_connection_health
@@ -284,8 +282,8 @@ def _after_cursor(connections: list[Connection], cursor: str) -> list[Connection
     return connections[ids.index(last) + 1 :]
 
 
-async def _own_connection(services: Services, caller: Caller, connection_id: uuid.UUID) -> Connection:
-    async with services.pool.acquire() as conn:
+async def _own_connection(caller: Caller, connection_id: uuid.UUID) -> Connection:
+    async with caller.services.pool.acquire() as conn:
         return await get_connection(conn, caller.application.id, connection_id)
 
 
@@ -334,14 +332,13 @@ _LINK_EXAMPLE = {
 async def create_connect_link(
     data: Annotated[ConnectLinkRequest, BodyParam(examples=[Example(summary="Every method", value=_LINK_EXAMPLE)])],
     caller: NamedDependency[Caller],
-    services: NamedDependency[Services],
 ) -> ConnectLinkOut:
     """The admin opens `url`, picks how to connect, and is sent back to `redirect_url` with `connection_id`."""
-    settings = services.settings
+    settings = caller.services.settings
     redirect_url = redirect_target(data.redirect_url, settings)
     methods = offered_methods(settings, data.methods)
     lifetime = timedelta(seconds=data.expires_in) if data.expires_in else DEFAULT_LINK_LIFETIME
-    async with services.pool.acquire() as conn:
+    async with caller.services.pool.acquire() as conn:
         issued = await create_link(
             conn,
             application_id=caller.application.id,
@@ -366,7 +363,6 @@ async def create_connect_link(
 )
 async def list_application_connections(
     caller: NamedDependency[Caller],
-    services: NamedDependency[Services],
     limit: Annotated[int, QueryParameter(ge=1, le=200, description="Page size")] = 50,
     cursor: Annotated[
         str | None, QueryParameter(pattern=r"^[A-Za-z0-9_-]{1,400}$", description="`next_cursor` of the previous page")
@@ -374,7 +370,7 @@ async def list_application_connections(
 ) -> ConnectionList:
     """Oldest first; pass `next_cursor` back as `cursor` for the next page. Superseded and revoked ones are not
     listed (read them by id)."""
-    async with services.pool.acquire() as conn:
+    async with caller.services.pool.acquire() as conn:
         connections = await list_connections(conn, caller.application.id)
     if cursor:
         connections = _after_cursor(connections, cursor)
@@ -393,10 +389,8 @@ async def list_application_connections(
     summary="One connection: status, last error, secret expiry warnings",
     responses=problem_responses(s404=_NOT_FOUND),
 )
-async def get_connection_by_id(
-    connection_id: FromPath[uuid.UUID], caller: NamedDependency[Caller], services: NamedDependency[Services]
-) -> ConnectionOut:
-    return connection_out(await _own_connection(services, caller, connection_id))
+async def get_connection_by_id(connection_id: FromPath[uuid.UUID], caller: NamedDependency[Caller]) -> ConnectionOut:
+    return connection_out(await _own_connection(caller, connection_id))
 
 
 @delete(
@@ -407,15 +401,13 @@ async def get_connection_by_id(
     summary="Revoke a connection and wipe its credentials",
     responses=problem_responses(s404=_NOT_FOUND),
 )
-async def revoke_connection(
-    connection_id: FromPath[uuid.UUID], caller: NamedDependency[Caller], services: NamedDependency[Services]
-) -> None:
+async def revoke_connection(connection_id: FromPath[uuid.UUID], caller: NamedDependency[Caller]) -> None:
     """Repeating it answers 204 again; the row stays (events refer to it) without credentials."""
-    async with services.pool.acquire() as conn:
+    async with caller.services.pool.acquire() as conn:
         connection = await get_connection(conn, caller.application.id, connection_id)
         if connection.status is not ConnectionStatus.REVOKED:
             await delete_connection(conn, connection, actor=f"key:{caller.key.prefix}")
-    await services.upstream.forget(connection)
+    await caller.services.upstream.forget(connection)
 
 
 @post(
@@ -429,8 +421,6 @@ async def revoke_connection(
 async def verify_connection(
     connection_id: FromPath[uuid.UUID],
     caller: NamedDependency[Caller],
-    services: NamedDependency[Services],
-    deadline: NamedDependency[Deadline],
     test_mailbox: Annotated[
         str | None,
         QueryParameter(
@@ -445,8 +435,8 @@ async def verify_connection(
     The outcome updates `status` and `last_error` like a health check; a failure is reported in
     `error` with `verified: false` (HTTP 200: the check itself ran).
     """
-    connection = _live(await _own_connection(services, caller, connection_id))
-    async with services.pool.acquire() as conn:
+    connection = _live(await _own_connection(caller, connection_id))
+    async with caller.services.pool.acquire() as conn:
         mailbox = test_mailbox or await test_mailbox_of(conn, connection.id)
     if not mailbox and connection.allowed_mailboxes:
         mailbox = connection.allowed_mailboxes[0]
@@ -454,8 +444,8 @@ async def verify_connection(
         raise InvalidRequest.field("test_mailbox", "no test mailbox is known for this connection; pass one")
     mailbox = normalize_email(mailbox, field_name="test_mailbox")
     # Fresh tokens: this is the "check it now" button.
-    error = await services.upstream.verify(connection, mailbox, deadline, fresh=True)
-    async with services.pool.acquire() as conn:
+    error = await caller.services.upstream.verify(connection, mailbox, caller.deadline, fresh=True)
+    async with caller.services.pool.acquire() as conn:
         await mark_connection_health(conn, connection.id, error=error.detail if error else None)
         updated = await get_connection(conn, caller.application.id, connection.id)
     return VerificationOut(
@@ -475,14 +465,12 @@ async def verify_connection(
 async def connection_rooms(
     connection_id: FromPath[uuid.UUID],
     caller: NamedDependency[Caller],
-    services: NamedDependency[Services],
-    deadline: NamedDependency[Deadline],
 ) -> RoomList:
     """Graph places (needs Place.Read.All) or EWS room lists; book them as attendees of type `resource`."""
-    connection = _live(await _own_connection(services, caller, connection_id))
+    connection = _live(await _own_connection(caller, connection_id))
     connection.require_calendars_purpose("list rooms")
-    provider = await services.upstream.provider(connection)
-    rooms = await provider.list_rooms(deadline)
+    provider = await caller.services.upstream.provider(connection)
+    rooms = await provider.list_rooms(caller.deadline)
     return RoomList(
         rooms=[
             RoomOut(

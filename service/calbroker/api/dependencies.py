@@ -1,13 +1,14 @@
-"""What handlers receive by name: the process's services, one of them, or a per-request deadline."""
+"""What handlers receive by name: the process's services, or a per-request deadline (/v1 handlers get both
+with their `Caller`, see api.auth)."""
 
 from __future__ import annotations
 
 from litestar.datastructures import State
 
 from calbroker.providers.protocol import Deadline
-from calbroker.services import Bookings, ScheduleReader, Services
+from calbroker.services import Services
 
-__all__ = ["provide_bookings", "provide_deadline", "provide_schedules", "provide_services"]
+__all__ = ["provide_deadline", "provide_services"]
 
 
 def provide_services(state: State) -> Services:
@@ -16,14 +17,6 @@ def provide_services(state: State) -> Services:
     if not isinstance(services, Services):
         raise RuntimeError("calbroker services are used before the app lifespan started")
     return services
-
-
-def provide_schedules(state: State) -> ScheduleReader:
-    return provide_services(state).schedules
-
-
-def provide_bookings(state: State) -> Bookings:
-    return provide_services(state).bookings
 
 
 def provide_deadline(state: State) -> Deadline:

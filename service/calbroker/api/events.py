@@ -59,8 +59,7 @@ from calbroker.domain.events import (
     UpstreamEvent,
 )
 from calbroker.domain.intervals import FIRST_YEAR, LAST_YEAR, Interval
-from calbroker.providers.protocol import Deadline
-from calbroker.services import Bookings, CalendarEntry
+from calbroker.services import CalendarEntry
 from calbroker.store.events import EventRecord, EventState
 
 __all__ = ["delete_event", "get_event", "list_events", "put_event"]
@@ -370,18 +369,16 @@ async def put_event(
     event_id: EventId,
     data: Annotated[EventIn, BodyParam(examples=[Example(summary="An interview with Teams", value=_EVENT_EXAMPLE)])],
     caller: NamedDependency[Caller],
-    bookings: NamedDependency[Bookings],
-    deadline: NamedDependency[Deadline],
 ) -> HttpResponse[EventOut]:
     """201 when this request (or the retry of the request) created the event, 200 when it updated it
     or found it already as asked. Synchronous: the answer says what Exchange now holds."""
     spec = data.to_domain()
-    outcome = await bookings.upsert(
+    outcome = await caller.bookings.upsert(
         caller.application.id,
         _event_id(event_id),
         spec,
         check_availability=data.check_availability,
-        deadline=deadline,
+        deadline=caller.deadline,
     )
     return HttpResponse(EventOut.from_domain(outcome.record), status_code=201 if outcome.created else 200)
 
@@ -396,11 +393,9 @@ async def put_event(
 async def get_event(
     event_id: EventId,
     caller: NamedDependency[Caller],
-    bookings: NamedDependency[Bookings],
-    deadline: NamedDependency[Deadline],
 ) -> EventOut:
     """A `teams.status` of `pending` is looked up again at Microsoft on every read until the link exists."""
-    record = await bookings.read(caller.application.id, _event_id(event_id), deadline)
+    record = await caller.bookings.read(caller.application.id, _event_id(event_id), caller.deadline)
     return EventOut.from_domain(record)
 
 
@@ -415,11 +410,9 @@ async def get_event(
 async def delete_event(
     event_id: EventId,
     caller: NamedDependency[Caller],
-    bookings: NamedDependency[Bookings],
-    deadline: NamedDependency[Deadline],
 ) -> None:
     """Repeating the DELETE answers 204 again; a hybrid event's Teams meeting is ended with it."""
-    await bookings.cancel(caller.application.id, _event_id(event_id), deadline)
+    await caller.bookings.cancel(caller.application.id, _event_id(event_id), caller.deadline)
 
 
 @get(
@@ -432,8 +425,6 @@ async def delete_event(
 async def list_events(
     *,
     caller: NamedDependency[Caller],
-    bookings: NamedDependency[Bookings],
-    deadline: NamedDependency[Deadline],
     mailbox: Annotated[
         str,
         QueryParameter(pattern=EMAIL_PATTERN, max_length=320, description="The mailbox whose calendar to read"),
@@ -475,7 +466,7 @@ async def list_events(
             message=f"the window may span at most {MAX_VIEW_SPAN.days} days",
         )
     address = normalize_email(mailbox, field_name="mailbox")
-    entries = await bookings.calendar_view(caller.application.id, address, window, deadline)
+    entries = await caller.bookings.calendar_view(caller.application.id, address, window, caller.deadline)
     page, next_cursor = _page(entries, cursor, limit)
     return CalendarView(
         mailbox=address, events=[CalendarEventOut.from_domain(e, tz) for e in page], next_cursor=next_cursor

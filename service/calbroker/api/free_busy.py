@@ -22,8 +22,6 @@ from calbroker.domain.errors import CalbrokerError, LimitExceeded
 from calbroker.domain.schedules import MailboxSchedule
 from calbroker.domain.sync import ReadMode, Source
 from calbroker.domain.working_hours import Weekday, WorkingHours
-from calbroker.providers.protocol import Deadline
-from calbroker.services import ScheduleReader
 
 __all__ = ["FRESHNESS", "MAX_FREE_BUSY_MAILBOXES", "MAX_FREE_BUSY_SPAN", "Freshness", "free_busy"]
 
@@ -204,8 +202,6 @@ async def free_busy(
         FreeBusyRequest, BodyParam(examples=[Example(summary="Two mailboxes, two protocols", value=_EXAMPLE)])
     ],
     caller: NamedDependency[Caller],
-    schedules: NamedDependency[ScheduleReader],
-    deadline: NamedDependency[Deadline],
 ) -> FreeBusyResponse:
     """Per mailbox: busy intervals (clipped to the window) with status, or a problem object.
 
@@ -224,5 +220,7 @@ async def free_busy(
         )
     mailboxes = parse_mailboxes(data.mailboxes, "mailboxes", MAX_FREE_BUSY_MAILBOXES)
     now = datetime.now(UTC)
-    found = await schedules.read(caller.application.id, mailboxes, window, deadline, mode=FRESHNESS[data.freshness])
+    found = await caller.schedules.read(
+        caller.application.id, mailboxes, window, caller.deadline, mode=FRESHNESS[data.freshness]
+    )
     return FreeBusyResponse(free_busy=[_mailbox_out(m, found[m], window, tz, now) for m in mailboxes])

@@ -22,7 +22,6 @@ from calbroker.api.problems import EmbeddedProblem, embedded_problem, problem_re
 from calbroker.api.wire import EMAIL_ITEMS, Body, Email, Response, doc
 from calbroker.domain import errors
 from calbroker.domain.sync import FeedState, SyncState
-from calbroker.services import Services
 from calbroker.services.sync import ScopeReport
 from calbroker.store.sync_state import ScopeMode, SyncRow
 
@@ -135,11 +134,9 @@ _NOT_FOUND = problem_response(
     summary="Synced mailboxes of a connection",
     responses=problem_responses(s404=_NOT_FOUND),
 )
-async def get_sync(
-    connection_id: FromPath[uuid.UUID], caller: NamedDependency[Caller], services: NamedDependency[Services]
-) -> SyncOut:
+async def get_sync(connection_id: FromPath[uuid.UUID], caller: NamedDependency[Caller]) -> SyncOut:
     """The connection's sync scope and, per synced mailbox: state, change feed, last round, problem."""
-    return SyncOut.from_domain(await services.sync.scopes.report(caller.application.id, connection_id))
+    return SyncOut.from_domain(await caller.services.sync.scopes.report(caller.application.id, connection_id))
 
 
 @put(
@@ -163,7 +160,6 @@ async def put_sync(
         ),
     ],
     caller: NamedDependency[Caller],
-    services: NamedDependency[Services],
 ) -> SyncOut:
     """Replace the scope; the worker then adds and retires mailboxes (each new one starts `pending`).
 
@@ -171,5 +167,5 @@ async def put_sync(
     `limit` mailboxes are synced per connection.
     """
     mode = None if data.mode == "off" else ScopeMode(data.mode)
-    report = await services.sync.scopes.set(caller.application.id, connection_id, mode, data.mailboxes)
+    report = await caller.services.sync.scopes.set(caller.application.id, connection_id, mode, data.mailboxes)
     return SyncOut.from_domain(report)

@@ -12,17 +12,20 @@ from __future__ import annotations
 
 import functools
 import re
-from datetime import datetime, timedelta
+from bisect import bisect_right
+from datetime import datetime, timedelta, timezone
 from typing import Annotated, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 import msgspec
 from litestar import Request
 from litestar.exceptions import HTTPException
+from litestar.utils.scope.state import ScopeState
 
 from calbroker.domain.connections import EMAIL_PATTERN
 from calbroker.domain.errors import FieldError, InvalidRequest, LimitExceeded
-from calbroker.domain.intervals import FIRST_YEAR, LAST_YEAR, Interval, supported
+from calbroker.domain.intervals import EPOCH, FIRST_YEAR, LAST_YEAR, MICROSECOND, Interval, supported
+from calbroker.domain.zones import offset_spans
 
 __all__ = [
     "EMAIL_PATTERN",
@@ -41,6 +44,7 @@ __all__ = [
     "Response",
     "StartInterval",
     "UnsupportedMediaType",
+    "ZonedInstants",
     "aware",
     "decode_body",
     "doc",
@@ -211,6 +215,26 @@ def interval(period: Period, field: str) -> Interval:
     return span(period.start, period.end, start_field=f"{field}.start", end_field=f"{field}.end")
 
 
+class ZonedInstants:
+    """Epoch microseconds over `[first, last]` as aware datetimes in one zone, for writing an answer.
+
+    Each stretch of constant UTC offset gets one epoch datetime in that offset, and an instant is
+    that epoch plus its microseconds: two C-level operations, where a UTC datetime converted with
+    `astimezone` costs three and a zone lookup. The tzinfo is the fixed offset in effect, so an
+    instant is written exactly as the zone's own datetime would be.
+    """
+
+    def __init__(self, tz: ZoneInfo, first_us: int, last_us: int) -> None:
+        pieces = offset_spans(tz, first_us, last_us + 1)
+        self._starts = [start for start, _end, _offset in pieces]
+        self._epochs = [EPOCH.astimezone(timezone(offset * MICROSECOND)) for _start, _end, offset in pieces]
+        self.epoch = self._epochs[0] if len(pieces) == 1 else None
+        """The one epoch when a single offset covers the whole span (the usual case): `epoch + MICROSECOND * us`."""
+
+    def __call__(self, moment_us: int) -> datetime:
+        return self._epochs[bisect_right(self._starts, moment_us) - 1] + MICROSECOND * moment_us
+
+
 @functools.cache
 def _known_zones() -> frozenset[str]:
     return frozenset(available_timezones())
@@ -301,8 +325,9 @@ async def decode_body(request: Request[Any, Any, Any]) -> None:
 
     Litestar decodes bodies untyped and then converts them leniently (`"30"` becomes 30, and a
     body nested 1,000 levels deep overflows the stack before any type is looked at). Decoding once,
-    typed and strict, fails at the first value that does not fit, however deep the rest goes.
-    Litestar's own decoding afterwards only ever sees a body that already fits.
+    typed and strict, fails at the first value that does not fit, however deep the rest goes. The
+    value is left where Litestar keeps the request's JSON, so the body is not decoded again; its
+    conversion of `data` passes an instance of the declared type through as it is.
     """
     body_type = _body_type(request)
     if body_type is None:
@@ -314,19 +339,20 @@ async def decode_body(request: Request[Any, Any, Any]) -> None:
         )
     raw = await request.body()
     try:
-        _decoder(body_type).decode(raw)
+        decoded = _decoder(body_type).decode(raw)
     except msgspec.ValidationError as exc:
         if not _INTEGRAL_FLOAT.search(str(exc)):
             raise invalid(str(exc)) from None
-        _decode_integral_floats(raw, body_type)
+        decoded = _decode_integral_floats(raw, body_type)
     except msgspec.DecodeError:
         raise MalformedBody(detail="The request body is missing or not valid UTF-8 JSON.") from None
+    ScopeState.from_scope(request.scope).json = decoded
 
 
 _INTEGRAL_FLOAT = re.compile(r"^Expected `int[^`]*`, got `float`")
 
 
-def _decode_integral_floats(raw: bytes, body_type: Any) -> None:
+def _decode_integral_floats(raw: bytes, body_type: Any) -> Any:
     """JSON has one number type: `30.0` is the integer 30 (JSON Schema says so too), `30.5` is not.
 
     msgspec's strict decoder refuses any number written with a fraction for an `int`, so a body
@@ -347,6 +373,6 @@ def _decode_integral_floats(raw: bytes, body_type: Any) -> None:
             elif isinstance(value, dict | list):
                 stack.append(value)
     try:
-        msgspec.convert(document, body_type, strict=True)
+        return msgspec.convert(document, body_type, strict=True)
     except msgspec.ValidationError as exc:
         raise invalid(str(exc)) from None

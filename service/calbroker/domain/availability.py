@@ -59,17 +59,53 @@ class ResponseFormat(StrEnum):
     PERIODS = "periods"
 
 
-@dataclass(frozen=True, slots=True)
-class Slot:
-    """A bookable ``[start, end)`` in UTC and the members (sorted) free over all of it."""
+class Slot(tuple[int, int, tuple[str, ...]]):
+    """A bookable ``[start, end)`` and the members (sorted) free over all of it; immutable.
 
-    start: datetime
-    end: datetime
-    members: tuple[str, ...]
+    Kept as epoch microseconds in a tuple, like a busy block: an answer holds hundreds of slots and
+    the API writes them in the request's zone, so a UTC datetime per slot would be made only to be
+    converted again. ``start`` and ``end`` make the datetimes when asked for.
+    """
 
-    def __post_init__(self) -> None:
-        if not self.start < self.end:
+    __slots__ = ()
+
+    def __new__(cls, start: datetime, end: datetime, members: tuple[str, ...]) -> Slot:
+        if not start < end:
             raise InvalidRequest.field("end", "a slot must end after it starts")
+        return tuple.__new__(cls, (to_us(start), to_us(end), members))
+
+    @classmethod
+    def at(cls, start_us: int, end_us: int, members: tuple[str, ...]) -> Slot:
+        """A slot straight from epoch microseconds (``start_us < end_us``), as the engine finds it."""
+        return tuple.__new__(cls, (start_us, end_us, members))
+
+    @property
+    def start_us(self) -> int:
+        """Start, epoch microseconds."""
+        return self[0]
+
+    @property
+    def end_us(self) -> int:
+        """End (exclusive), epoch microseconds."""
+        return self[1]
+
+    @property
+    def members(self) -> tuple[str, ...]:
+        """Who is free over the whole slot, sorted."""
+        return self[2]
+
+    @property
+    def start(self) -> datetime:
+        """Start, UTC."""
+        return from_us(self[0])
+
+    @property
+    def end(self) -> datetime:
+        """End (exclusive), UTC."""
+        return from_us(self[1])
+
+    def __repr__(self) -> str:
+        return f"Slot(start={self.start!r}, end={self.end!r}, members={self[2]!r})"
 
 
 def _whole_minutes(value: timedelta, field: str, *, at_least: int = 1) -> int:
@@ -287,31 +323,28 @@ class _MemberNames:
 
     def __init__(self, emails: tuple[str, ...]) -> None:
         self._emails = emails
-        self._decoded: dict[int, tuple[str, ...]] = {}
+        self.decoded: dict[int, tuple[str, ...]] = {}
+        """Every set decoded so far: the per-slot loops read it first, sparing a call."""
 
     def __call__(self, members: int) -> tuple[str, ...]:
-        decoded = self._decoded.get(members)
+        decoded = self.decoded.get(members)
         if decoded is None:
-            decoded = self._decoded[members] = tuple(compress(self._emails, member_flags(members)))
+            decoded = self.decoded[members] = tuple(compress(self._emails, member_flags(members)))
         return decoded
 
 
+# An answer holds up to 1,024 slots: each is made by tuple.__new__ in the loop (what Slot.at does),
+# and its member set read from the decoded ones, since a call per slot would cost as much again.
+
+
 def _slots(found: Iterable[tuple[int, int]], duration: timedelta, names: _MemberNames) -> tuple[Slot, ...]:
-    made = []
-    for moment, members in found:
-        start = from_us(moment)
-        made.append(Slot(start, start + duration, names(members)))
-    return tuple(made)
+    length = duration_us(duration)
+    new, decoded = tuple.__new__, names.decoded
+    return tuple(
+        [new(Slot, (moment, moment + length, decoded.get(members) or names(members))) for moment, members in found]
+    )
 
 
 def _periods(found: Iterable[tuple[int, int, int]], names: _MemberNames) -> tuple[Slot, ...]:
-    """Periods share instants (several start where one member arrives), so each converts once."""
-    moments: dict[int, datetime] = {}
-    made = []
-    for start, end, members in found:
-        if start not in moments:
-            moments[start] = from_us(start)
-        if end not in moments:
-            moments[end] = from_us(end)
-        made.append(Slot(moments[start], moments[end], names(members)))
-    return tuple(made)
+    new, decoded = tuple.__new__, names.decoded
+    return tuple([new(Slot, (start, end, decoded.get(members) or names(members))) for start, end, members in found])

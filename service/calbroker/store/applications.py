@@ -183,11 +183,13 @@ async def authenticate(conn: Connection, token: str) -> tuple[Application, ApiKe
     row = await conn.fetchrow(
         """
         SELECT k.prefix, k.secret_hash, k.created_at AS key_created_at, k.last_used_at,
+               k.last_used_at IS NULL OR k.last_used_at < now() - $2::interval AS touch,
                k.revoked_at AS key_revoked_at, a.id, a.name, a.created_at, a.revoked_at
         FROM api_keys k JOIN applications a ON a.id = k.application_id
         WHERE k.prefix = $1
         """,
         prefix,
+        _LAST_USED_GRANULARITY,
     )
     # Hash even when the prefix is unknown so timing does not tell which prefixes exist.
     candidate = _hash(secret)
@@ -197,13 +199,15 @@ async def authenticate(conn: Connection, token: str) -> tuple[Application, ApiKe
     if row["key_revoked_at"] is not None or row["revoked_at"] is not None:
         return None
     last_used = row["last_used_at"]
-    # Touch last_used at most once a minute per key: a hot key costs no write per request.
-    await conn.execute(
-        """UPDATE api_keys SET last_used_at = now() WHERE prefix = $1
-           AND (last_used_at IS NULL OR last_used_at < now() - $2::interval)""",
-        prefix,
-        _LAST_USED_GRANULARITY,
-    )
+    # Touch last_used at most once a minute per key: a hot key costs no write, nor a round trip, per
+    # request. The read says whether it is due; the write checks again, so racing requests touch once.
+    if row["touch"]:
+        await conn.execute(
+            """UPDATE api_keys SET last_used_at = now() WHERE prefix = $1
+               AND (last_used_at IS NULL OR last_used_at < now() - $2::interval)""",
+            prefix,
+            _LAST_USED_GRANULARITY,
+        )
     application = Application(row["id"], row["name"], row["created_at"], row["revoked_at"])
     key = ApiKey(prefix, row["id"], row["key_created_at"], last_used, row["key_revoked_at"])
     return application, key
