@@ -53,10 +53,12 @@ class CachedMailbox:
 
 @dataclass(frozen=True, slots=True)
 class RoundChanges:
-    """What a round changed in the copy: upstream ids added or changed, and removed."""
+    """What a round changed in the copy: upstream ids added or changed, gone upstream, and still
+    upstream but taking no time any more (shown as free, or cancelled)."""
 
     changed: tuple[str, ...]
     removed: tuple[str, ...]
+    freed: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +71,7 @@ class Change:
     full_round: bool
     changed: tuple[str, ...]
     removed: tuple[str, ...]
+    freed: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,12 +200,15 @@ async def apply_changes(conn: DbConnection, sync_id: uuid.UUID, changes: ChangeS
             for i in everything
             if i.status is not BusyStatus.FREE
         }
+        free = {i.upstream_id for i in everything if i.status is BusyStatus.FREE}
         result = RoundChanges(
             changed=tuple(sorted(k for k, v in after.items() if before.get(k) != v)),
-            removed=tuple(sorted(set(before) - set(after))),
+            removed=tuple(sorted(set(before) - set(after) - free)),
+            freed=tuple(sorted(set(before) & free)),
         )
     else:
         removed: set[str] = set()
+        freed_ids: set[str] = set()
         if changes.removed:
             gone = await conn.fetch(
                 """
@@ -235,7 +241,9 @@ async def apply_changes(conn: DbConnection, sync_id: uuid.UUID, changes: ChangeS
                 if i.status is not BusyStatus.FREE
             }
             changed.update(k for k, v in kept.items() if old.get(k) != v)
-            removed.update(k for k in old if k not in kept)
+            reread = {i.upstream_id for i in fresh}
+            removed.update(k for k in old if k not in reread)
+            freed_ids.update(k for k in old if k in reread and k not in kept)
         singles = [i for i in _dedupe(changes.items) if i.series_id not in changes.series]
         freed = [i.upstream_id for i in singles if i.status is BusyStatus.FREE]
         if freed:
@@ -255,15 +263,21 @@ async def apply_changes(conn: DbConnection, sync_id: uuid.UUID, changes: ChangeS
                 *_columns(busy),
             )
         changed.update(i.upstream_id for i in singles)
-        removed.update(freed)
-        result = RoundChanges(changed=tuple(sorted(changed - removed)), removed=tuple(sorted(removed)))
-    if result.changed or result.removed:
+        freed_ids.update(freed)
+        removed -= freed_ids
+        result = RoundChanges(
+            changed=tuple(sorted(changed - removed - freed_ids)),
+            removed=tuple(sorted(removed)),
+            freed=tuple(sorted(freed_ids)),
+        )
+    if result.changed or result.removed or result.freed:
         await conn.execute(
-            "INSERT INTO sync_changes (sync_id, full_round, changed, removed) VALUES ($1, $2, $3, $4)",
+            "INSERT INTO sync_changes (sync_id, full_round, changed, removed, freed) VALUES ($1, $2, $3, $4, $5)",
             sync_id,
             changes.full,
             list(result.changed),
             list(result.removed),
+            list(result.freed),
         )
     return result
 
@@ -319,6 +333,14 @@ async def changes_since(
         limit,
     )
     return [
-        Change(r["id"], r["sync_id"], r["seen_at"], r["full_round"], tuple(r["changed"]), tuple(r["removed"]))
+        Change(
+            r["id"],
+            r["sync_id"],
+            r["seen_at"],
+            r["full_round"],
+            tuple(r["changed"]),
+            tuple(r["removed"]),
+            tuple(r["freed"]),
+        )
         for r in rows
     ]
