@@ -27,10 +27,12 @@ __all__ = [
     "ApplicationCopy",
     "CachedMailbox",
     "Change",
+    "MailboxChanges",
     "RoundChanges",
     "apply_changes",
     "changes_since",
     "forget_items",
+    "mailbox_changes",
     "read_application",
     "record_item",
 ]
@@ -344,3 +346,68 @@ async def changes_since(
         )
         for r in rows
     ]
+
+
+@dataclass(frozen=True, slots=True)
+class MailboxChanges:
+    """What a synced mailbox's change feed says since an instant, with the copy of what still takes time."""
+
+    sync_id: uuid.UUID
+    connection_id: uuid.UUID
+    tracked_since: datetime
+    """When calbroker started syncing the mailbox: the feed knows nothing before."""
+    as_of: datetime
+    """Read the feed again from here next time: no round still writing can log a change before it."""
+    changes: list[Change]
+    cached: dict[str, tuple[datetime, datetime, BusyStatus]]
+    """Changed items that take time, as the copy holds them now."""
+
+
+async def mailbox_changes(
+    conn: DbConnection, application_id: uuid.UUID, mailbox: str, since: datetime, *, limit: int
+) -> MailboxChanges | None:
+    """The feed of `mailbox` (synced by one of the application's live connections) since `since`, at most
+    `limit` rounds; None when no connection of the application syncs it."""
+    row = await conn.fetchrow(
+        """
+        SELECT s.id, s.connection_id, s.created_at,
+               least(now(), (SELECT min(a.xact_start) FROM pg_stat_activity a
+                             WHERE a.backend_xid IS NOT NULL AND a.datname = current_database())) AS as_of
+        FROM sync_mailboxes s JOIN connections c ON c.id = s.connection_id
+        WHERE c.application_id = $1 AND s.mailbox = $2 AND c.status IN ('active', 'degraded')
+        ORDER BY c.status = 'active' DESC, c.created_at DESC LIMIT 1
+        """,
+        application_id,
+        mailbox,
+    )
+    if row is None:
+        return None
+    entries = await conn.fetch(
+        "SELECT * FROM sync_changes WHERE sync_id = $1 AND seen_at >= $2 ORDER BY id LIMIT $3",
+        row["id"],
+        since,
+        limit,
+    )
+    changes = [
+        Change(
+            r["id"],
+            r["sync_id"],
+            r["seen_at"],
+            r["full_round"],
+            tuple(r["changed"]),
+            tuple(r["removed"]),
+            tuple(r["freed"]),
+        )
+        for r in entries
+    ]
+    touched = sorted({upstream_id for change in changes for upstream_id in change.changed})
+    cached = {
+        r["upstream_id"]: (r["starts_at"], r["ends_at"], _STATUS[r["status"]])
+        for r in await conn.fetch(
+            """SELECT upstream_id, starts_at, ends_at, status FROM busy_cache
+               WHERE sync_id = $1 AND upstream_id = ANY($2::text[])""",
+            row["id"],
+            touched,
+        )
+    }
+    return MailboxChanges(row["id"], row["connection_id"], row["created_at"], row["as_of"], changes, cached)

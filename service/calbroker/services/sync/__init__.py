@@ -22,7 +22,7 @@ from calbroker.config import Settings
 from calbroker.services.sync.cache import BusyCache
 from calbroker.services.sync.feeds import GraphFeeds, NotificationsHandled, hook_url
 from calbroker.services.sync.inbox import store_graph_notifications
-from calbroker.services.sync.maintenance import Reconciled, beat, reapply_scopes, reconcile
+from calbroker.services.sync.maintenance import CHANGES_KEPT, Reconciled, beat, reapply_scopes, reconcile
 from calbroker.services.sync.queue import (
     ConnectionJob,
     JobName,
@@ -38,6 +38,7 @@ from calbroker.services.sync.streams import EwsStreams
 from calbroker.services.upstream import Upstream
 
 __all__ = [
+    "CHANGES_KEPT",
     "BusyCache",
     "ConnectionJob",
     "EwsStreams",
