@@ -331,7 +331,8 @@ class ChannelSettings:
     """Callback URLs may reach loopback and private addresses (CALBROKER_CALLBACKS_ALLOW_PRIVATE): for
     receivers inside the operator's own network. Link-local and metadata addresses stay refused."""
     allow_loopback_http: bool = False
-    """Plain http to loopback receivers (`calbroker demo`, so a first webhook works on a laptop)."""
+    """Plain http to loopback receivers (`calbroker demo`, so a first webhook works on a laptop;
+    CALBROKER_CALLBACKS_ALLOW_LOOPBACK_HTTP)."""
 
     def __post_init__(self) -> None:
         if not self.schedule or self.schedule[0] != timedelta(0):
@@ -346,6 +347,7 @@ class ChannelSettings:
             disable_after=_days(env, "CALBROKER_CHANNELS_DISABLE_AFTER_DAYS", default.disable_after),
             max_channels=_positive_int(env, "CALBROKER_CHANNELS_MAX", default.max_channels),
             allow_private_hosts=_bool(env, "CALBROKER_CALLBACKS_ALLOW_PRIVATE", False),
+            allow_loopback_http=_bool(env, "CALBROKER_CALLBACKS_ALLOW_LOOPBACK_HTTP", False),
         )
 
 

@@ -366,7 +366,7 @@ async def list_deliveries(
     caller: NamedDependency[Caller],
     services: NamedDependency[Services],
     in_state: Annotated[
-        DeliveryState | None, QueryParameter(query="state", description="Only deliveries in this state")
+        DeliveryState | None, QueryParameter(name="state", description="Only deliveries in this state")
     ] = None,
     limit: Annotated[int, QueryParameter(ge=1, le=MAX_DELIVERIES_PAGE, description="Page size")] = 50,
     cursor: Annotated[
@@ -420,7 +420,7 @@ async def retry_delivery(
 )
 async def replay_channel(
     channel_id: FromPath[uuid.UUID],
-    data: ReplayIn,
+    data: Annotated[ReplayIn, BodyParam()],
     caller: NamedDependency[Caller],
     services: NamedDependency[Services],
 ) -> ReplayOut:

@@ -324,7 +324,7 @@ async def finish_attempt(
         """
         UPDATE channel_messages SET state = $3, scheduled = scheduled + 1,
             next_attempt_at = COALESCE($4, next_attempt_at), lease_id = NULL, lease_until = NULL,
-            finished_at = CASE WHEN $3 IN ('delivered', 'failed') THEN $5 END
+            finished_at = CASE WHEN $3 IN ('delivered', 'failed') THEN $5::timestamptz END
         WHERE id = $1 AND lease_id = $2
         RETURNING id
         """,

@@ -128,7 +128,8 @@ class Worker:
         self._queue.shutdown.set()
 
     async def drain(self) -> WorkerSummary:
-        """Burst mode: one tick, then every job (due now or soon) until the queue is empty."""
+        """Burst mode: one tick, then every job (due now or soon) until the queue is empty (repeatable)."""
+        self._queue.shutdown.clear()
         await self.tick(force=True)
         await self._queue.run(
             dequeue_timeout=timedelta(seconds=1),

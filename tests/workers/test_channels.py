@@ -1,0 +1,389 @@
+"""Channels through the worker to a real receiver on loopback: every type signed and verified with the
+`standardwebhooks` package (before and after a rotation), and the faults of the wild as tests — a
+receiver down for hours (on a simulated clock), slow, answering 500/429/410, a worker killed mid
+delivery, two workers at once, a channel failing for days — plus the delivery log, retry and replay."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import signal
+import sys
+import uuid
+from collections import defaultdict
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from standardwebhooks.webhooks import WebhookVerificationError
+
+from calbroker.config import ChannelSettings, Settings
+from calbroker.domain.channels import Notice, NoticeType
+from calbroker.workers.runner import Worker
+from tests.fixtures.receiver import Answer, FakeClock, Receiver, running_receiver
+from tests.fixtures.sync import SyncWorld
+from tests.fixtures.waiting import eventually
+
+SCHEDULE = ChannelSettings().schedule
+
+
+@pytest.fixture(scope="module")
+def settings(settings: Settings) -> Settings:
+    """Receivers listen on plain http on loopback, as in `calbroker demo`."""
+    return replace(settings, channels=ChannelSettings(allow_loopback_http=True))
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    async with running_receiver() as found:
+        yield found
+
+
+async def create_channel(world: SyncWorld, url: str, **body: Any) -> dict[str, Any]:
+    response = await world.http.post("/v1/channels", json={"callback_url": url, **body})
+    assert response.status_code == 201, response.text
+    created: dict[str, Any] = response.json()
+    return created
+
+
+async def delete_channel(world: SyncWorld, channel: dict[str, Any]) -> None:
+    await world.http.delete(f"/v1/channels/{channel['id']}")
+
+
+async def drain(world: SyncWorld, clock: FakeClock | None = None) -> int:
+    """One burst of the worker (the production job path) on `clock`; returns the attempts made."""
+    worker = Worker(world.services, clock=clock or FakeClock(), concurrency=8)
+    return (await worker.drain()).deliveries
+
+
+async def publish(world: SyncWorld, notice: Notice) -> None:
+    async with world.services.pool.acquire() as conn, conn.transaction():
+        await world.services.channels.notices.publish(conn, world.key.application.id, notice)
+
+
+def mailbox_notice(mailbox: str, n: int, kind: NoticeType = NoticeType.EVENT_CHANGED) -> Notice:
+    connection = uuid.UUID(int=1)
+    return Notice(
+        kind,
+        {"mailbox": mailbox, "n": n, "connection_id": str(connection)},
+        order_key=f"mailbox:{connection}:{mailbox}",
+        connection_id=connection,
+        mailbox=mailbox,
+        managed=True,
+    )
+
+
+async def next_due(world: SyncWorld, channel: dict[str, Any]) -> datetime | None:
+    async with world.services.pool.acquire() as conn:
+        found: datetime | None = await conn.fetchval(
+            "SELECT min(next_attempt_at) FROM channel_messages WHERE channel_id = $1 AND state = 'pending'",
+            uuid.UUID(channel["id"]),
+        )
+    return found
+
+
+async def states(world: SyncWorld, channel: dict[str, Any]) -> dict[str, int]:
+    async with world.services.pool.acquire() as conn:
+        rows = await conn.fetch(
+            "SELECT state, count(*) AS n FROM channel_messages WHERE channel_id = $1 GROUP BY state",
+            uuid.UUID(channel["id"]),
+        )
+    return {r["state"]: r["n"] for r in rows}
+
+
+async def test_every_type_arrives_signed_and_verifies_before_and_after_a_rotation(
+    world: SyncWorld, receiver: Receiver
+) -> None:
+    channel = await create_channel(world, f"{receiver.url}/all")
+    secret = channel["secret"]
+    assert secret.startswith("whsec_")
+    assert len(base64.b64decode(secret.removeprefix("whsec_"))) == 32
+    assert "secret" not in (await world.http.get(f"/v1/channels/{channel['id']}")).json()  # shown once
+    try:
+        await drain(world)
+        (verification,) = receiver.on("/all")
+        assert verification.verify(secret) == {
+            "type": "channel.verification",
+            "timestamp": verification.payload["timestamp"],
+            "data": {"channel_id": channel["id"]},
+        }
+        kinds = [t for t in NoticeType if t is not NoticeType.CHANNEL_VERIFICATION]
+        for n, kind in enumerate(kinds):
+            await publish(world, mailbox_notice("adele.vance@contoso.com", n, kind))
+        await drain(world)
+        first = receiver.on("/all")[1:]
+        assert [r.verify(secret)["type"] for r in first] == [k.value for k in kinds]
+        for r in first:
+            assert r.headers["webhook-id"].startswith("msg_") and "." not in r.headers["webhook-id"]
+            assert abs(int(r.headers["webhook-timestamp"]) - datetime.now(UTC).timestamp()) < 60
+            assert r.payload["data"]["channel_id"] == channel["id"]
+
+        rotated = (await world.http.post(f"/v1/channels/{channel['id']}/rotate_secret")).json()
+        new_secret = rotated["secret"]
+        assert new_secret != secret
+        for n, kind in enumerate(kinds):
+            await publish(world, mailbox_notice("adele.vance@contoso.com", 100 + n, kind))
+        await drain(world)
+        after = receiver.on("/all")[1 + len(kinds) :]
+        assert len(after) == len(kinds)
+        for r in after:
+            # During the overlap both secrets sign: receivers on either verify.
+            assert len(r.headers["webhook-signature"].split(" ")) == 2
+            assert r.verify(new_secret) == r.verify(secret)
+        with pytest.raises(WebhookVerificationError, match="No matching signature"):
+            after[0].verify("whsec_" + base64.b64encode(b"x" * 32).decode())
+    finally:
+        await delete_channel(world, channel)
+
+
+async def test_a_receiver_down_for_hours_gets_everything_in_order_with_stable_ids(
+    world: SyncWorld, receiver: Receiver
+) -> None:
+    clock = FakeClock()
+    channel = await create_channel(world, f"{receiver.url}/down", types=["event.changed", "event.deleted"])
+    receiver.answer(default=Answer(503))
+    try:
+        for n in range(3):
+            await publish(world, mailbox_notice("adele.vance@contoso.com", n))
+            await publish(world, mailbox_notice("alex.wilber@contoso.com", n))
+        await publish(world, mailbox_notice("adele.vance@contoso.com", 3, NoticeType.EVENT_DELETED))
+        started = clock.now
+        while clock.now - started < timedelta(hours=6):
+            await drain(world, clock)
+            due = await next_due(world, channel)
+            assert due is not None, "nothing may be given up within the schedule's ~27 hours"
+            clock.to(due)
+        assert receiver.delivered() == []
+        failures = len(receiver.on("/down"))
+        receiver.answer(default=Answer(204))
+        for _ in range(20):
+            due = await next_due(world, channel)
+            if due is None:
+                break
+            clock.to(due)
+            await drain(world, clock)
+        assert await states(world, channel) == {"delivered": 7}
+        delivered = receiver.delivered("/down")
+        assert len(delivered) == 7
+        for mailbox in ("adele.vance@contoso.com", "alex.wilber@contoso.com"):
+            mine = [r.payload["data"]["n"] for r in delivered if r.payload["data"]["mailbox"] == mailbox]
+            assert mine == sorted(mine), f"out of order for {mailbox}: {mine}"
+        # Every retry carried the webhook-id of its first attempt, and verifies.
+        by_id: defaultdict[str, list[int]] = defaultdict(list)
+        for r in receiver.on("/down"):
+            by_id[r.id].append(r.answered)
+            r.verify(channel["secret"])
+        assert len(by_id) == 7
+        assert all(answers[-1] == 204 and set(answers[:-1]) <= {503} for answers in by_id.values())
+        assert failures >= 7 * 4  # immediately, 5 s, 5 min, 30 min, 2 h… within the 6 hours
+        log = (await world.http.get(f"/v1/channels/{channel['id']}/deliveries", params={"limit": 200})).json()
+        attempts = [a for d in log["deliveries"] for a in d["attempts"]]
+        assert {a["outcome"] for a in attempts} == {"retry", "delivered"}
+        assert {a["status_code"] for a in attempts} == {503, 204}
+    finally:
+        await delete_channel(world, channel)
+
+
+async def test_the_schedule_waits_as_documented_and_honours_retry_after(world: SyncWorld, receiver: Receiver) -> None:
+    clock = FakeClock()
+    channel = await create_channel(world, f"{receiver.url}/schedule", types=["event.changed"])
+    receiver.answer(Answer(500), Answer(500), Answer(429, headers={"Retry-After": "3600"}), default=Answer(200))
+    try:
+        await publish(world, mailbox_notice("megan.bowen@contoso.com", 1))
+        waits = []
+        for _ in range(3):
+            await drain(world, clock)
+            due = await next_due(world, channel)
+            assert due is not None
+            waits.append(due - clock.now)
+            clock.to(due)
+        await drain(world, clock)
+        assert await states(world, channel) == {"delivered": 1}
+        # 5 s, then 5 min (±10 % jitter), then the receiver's Retry-After (longer than the 30 min scheduled).
+        assert timedelta(seconds=4.5) <= waits[0] <= timedelta(seconds=5.5)
+        assert timedelta(minutes=4.5) <= waits[1] <= timedelta(minutes=5.5)
+        assert waits[2] == timedelta(hours=1)
+    finally:
+        await delete_channel(world, channel)
+
+
+async def test_a_410_disables_the_channel_and_it_says_so(world: SyncWorld, receiver: Receiver) -> None:
+    channel = await create_channel(world, f"{receiver.url}/gone", types=["event.changed"])
+    receiver.answer(default=Answer(410, body="unsubscribed"))
+    try:
+        await publish(world, mailbox_notice("megan.bowen@contoso.com", 1))
+        await drain(world)
+        shown = (await world.http.get(f"/v1/channels/{channel['id']}")).json()
+        assert shown["state"] == "disabled"
+        assert "410" in shown["disabled_reason"]
+        await publish(world, mailbox_notice("megan.bowen@contoso.com", 2))  # a disabled channel takes nothing
+        assert await drain(world) == 0
+        (delivery,) = (await world.http.get(f"/v1/channels/{channel['id']}/deliveries")).json()["deliveries"]
+        assert delivery["state"] == "failed"
+        assert delivery["attempts"][0] | {"started_at": None, "latency_ms": None} == {
+            "number": 1,
+            "started_at": None,
+            "latency_ms": None,
+            "outcome": "gone",
+            "status_code": 410,
+            "error_class": "http_status",
+            "response_excerpt": "unsubscribed",
+        }
+        receiver.answer(default=Answer(204))
+        enabled = (await world.http.post(f"/v1/channels/{channel['id']}/enable")).json()
+        assert enabled["state"] == "active"
+    finally:
+        await delete_channel(world, channel)
+
+
+async def test_a_channel_failing_for_days_is_disabled(world: SyncWorld, receiver: Receiver) -> None:
+    clock = FakeClock()
+    channel = await create_channel(world, f"{receiver.url}/failing", types=["event.changed"])
+    receiver.answer(default=Answer(500))
+    try:
+        await publish(world, mailbox_notice("megan.bowen@contoso.com", 1))
+        while (due := await next_due(world, channel)) is not None:
+            clock.to(due)
+            await drain(world, clock)
+        assert await states(world, channel) == {"failed": 1}  # the ~27-hour schedule is spent
+        assert len(receiver.on("/failing")) == len(SCHEDULE)
+        assert (await world.http.get(f"/v1/channels/{channel['id']}")).json()["state"] == "active"
+        clock.advance(timedelta(days=5))
+        await publish(world, mailbox_notice("megan.bowen@contoso.com", 2))
+        await drain(world, clock)
+        shown = (await world.http.get(f"/v1/channels/{channel['id']}")).json()
+        assert shown["state"] == "disabled"
+        assert "every delivery failed since" in shown["disabled_reason"]
+    finally:
+        await delete_channel(world, channel)
+
+
+async def test_a_slow_receiver_is_cut_off_at_15_seconds_and_tried_again(world: SyncWorld, receiver: Receiver) -> None:
+    clock = FakeClock()
+    channel = await create_channel(world, f"{receiver.url}/slow", types=["event.changed"])
+    receiver.answer(Answer(204, delay_s=16), default=Answer(204))
+    try:
+        await publish(world, mailbox_notice("megan.bowen@contoso.com", 1))
+        await drain(world, clock)
+        (delivery,) = (await world.http.get(f"/v1/channels/{channel['id']}/deliveries")).json()["deliveries"]
+        (attempt,) = delivery["attempts"]
+        assert attempt["error_class"] == "timeout"
+        assert 15_000 <= attempt["latency_ms"] < 16_000
+        assert delivery["state"] == "pending"
+        clock.to(await next_due(world, channel) or clock.now)
+        await drain(world, clock)
+        assert await states(world, channel) == {"delivered": 1}
+    finally:
+        await delete_channel(world, channel)
+
+
+async def test_two_workers_never_attempt_one_mailbox_twice_at_once(world: SyncWorld, receiver: Receiver) -> None:
+    channel = await create_channel(world, f"{receiver.url}/two", types=["event.changed"])
+    receiver.answer(default=Answer(204, delay_s=0.02))
+    per_mailbox_peak: defaultdict[str, int] = defaultdict(int)
+    in_flight: defaultdict[str, int] = defaultdict(int)
+    handle = receiver._handle
+
+    async def watching(request: Any) -> Any:
+        mailbox = (await request.json())["data"]["mailbox"]
+        in_flight[mailbox] += 1
+        per_mailbox_peak[mailbox] = max(per_mailbox_peak[mailbox], in_flight[mailbox])
+        try:
+            return await handle(request)
+        finally:
+            in_flight[mailbox] -= 1
+
+    receiver._handle = watching  # type: ignore[method-assign]
+    try:
+        mailboxes = [f"user{i}@contoso.com" for i in range(4)]
+        for n in range(10):
+            for mailbox in mailboxes:
+                await publish(world, mailbox_notice(mailbox, n))
+        first, second = await world.worker(), await world.worker()
+        await asyncio.gather(first.drain(), second.drain())
+        assert await states(world, channel) == {"delivered": 40}
+        ids = [r.id for r in receiver.on("/two")]
+        assert len(ids) == len(set(ids)) == 40  # nothing attempted twice
+        assert dict(per_mailbox_peak) == dict.fromkeys(mailboxes, 1)
+        for mailbox in mailboxes:
+            got = [r.payload["data"]["n"] for r in receiver.on("/two") if r.payload["data"]["mailbox"] == mailbox]
+            assert got == list(range(10))
+    finally:
+        await delete_channel(world, channel)
+
+
+async def test_a_worker_killed_mid_delivery_loses_nothing(world: SyncWorld, receiver: Receiver) -> None:
+    channel = await create_channel(world, f"{receiver.url}/killed", types=["event.changed"])
+    receiver.answer(Answer(204, delay_s=60), default=Answer(204))
+    try:
+        for n in range(5):
+            await publish(world, mailbox_notice("megan.bowen@contoso.com", n))
+        key = world.settings.master_keys[0]  # type: ignore[index]
+        env = {
+            **os.environ,
+            "DATABASE_URL": world.settings.database_url or "",
+            "CALBROKER_MASTER_KEYS": f"{key.kid}:{base64.b64encode(key.key).decode()}",
+            "CALBROKER_CALLBACKS_ALLOW_LOOPBACK_HTTP": "true",
+            "CALBROKER_HEALTH_CHECK_INTERVAL_S": "0",
+            "CALBROKER_LOG_LEVEL": "warning",
+        }
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "calbroker.cli", "worker", "--concurrency", "2", env=env
+        )
+        try:
+            await eventually(lambda: receiver.in_flight >= 1, timeout_s=60, what="the subprocess worker to be mid-delivery")
+        finally:
+            process.send_signal(signal.SIGKILL)
+            await process.wait()
+        assert process.returncode == -signal.SIGKILL
+        assert (await states(world, channel)).get("sending") == 1
+        assert receiver.delivered() == []
+        # The lease outlives the 15-second timeout; once it lapses another worker takes the delivery over.
+        clock = FakeClock(datetime.now(UTC) + ChannelSettings().timeout + timedelta(seconds=31))
+        await drain(world, clock)
+        assert await states(world, channel) == {"delivered": 5}
+        got = [r.payload["data"]["n"] for r in receiver.delivered("/killed")]
+        assert got == [0, 1, 2, 3, 4]
+    finally:
+        await delete_channel(world, channel)
+
+
+async def test_the_delivery_log_retry_and_replay(world: SyncWorld, receiver: Receiver) -> None:
+    channel = await create_channel(world, f"{receiver.url}/log", types=["event.changed"])
+    try:
+        for n in range(3):
+            await publish(world, mailbox_notice("megan.bowen@contoso.com", n))
+        await drain(world)
+        page = (await world.http.get(f"/v1/channels/{channel['id']}/deliveries", params={"limit": 2})).json()
+        assert [d["state"] for d in page["deliveries"]] == ["delivered", "delivered"]
+        older = (
+            await world.http.get(
+                f"/v1/channels/{channel['id']}/deliveries", params={"limit": 2, "cursor": page["next_cursor"]}
+            )
+        ).json()
+        assert len(older["deliveries"]) == 1 and "next_cursor" not in older
+        newest = page["deliveries"][0]
+        assert newest["attempts"][0]["outcome"] == "delivered"
+        assert newest["attempts"][0]["status_code"] == 204
+
+        retried = await world.http.post(f"/v1/channels/{channel['id']}/deliveries/{newest['id']}/retry")
+        assert retried.status_code == 202, retried.text
+        await drain(world)
+        assert [r.id for r in receiver.on("/log")][-1] == newest["id"]  # same webhook-id
+
+        before = len(receiver.on("/log"))
+        replay = await world.http.post(
+            f"/v1/channels/{channel['id']}/replay",
+            json={"since": (datetime.now(UTC) - timedelta(hours=1)).isoformat()},
+        )
+        assert replay.json() == {"replayed": 3}
+        await drain(world)
+        again = receiver.on("/log")[before:]
+        assert [r.payload["data"]["n"] for r in again] == [0, 1, 2]
+        missing = await world.http.post(f"/v1/channels/{channel['id']}/deliveries/msg_{'0' * 32}/retry")
+        assert missing.status_code == 404
+    finally:
+        await delete_channel(world, channel)
