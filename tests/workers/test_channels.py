@@ -18,12 +18,14 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import httpx
 import pytest
 from standardwebhooks.webhooks import WebhookVerificationError
 
 from calbroker.config import ChannelSettings, Settings
 from calbroker.domain.channels import Notice, NoticeType
 from calbroker.store import outbox
+from calbroker.workers.metrics import serving_metrics
 from calbroker.workers.runner import Worker
 from tests.fixtures.receiver import Answer, FakeClock, Received, Receiver, running_receiver
 from tests.fixtures.sync import SyncWorld
@@ -404,3 +406,41 @@ async def test_the_delivery_log_retry_and_replay(world: SyncWorld, receiver: Rec
         assert missing.status_code == 404
     finally:
         await delete_channel(world, channel)
+
+
+def sample(exposition: str, name: str) -> float:
+    """The value of one sample (`name` with its labels, as Prometheus prints it), 0 when absent."""
+    for line in exposition.splitlines():
+        if line.startswith(name + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+async def test_metrics_count_outcomes_latency_and_the_queue(world: SyncWorld, receiver: Receiver) -> None:
+    deliveries = world.services.channels.deliveries
+    async with serving_metrics(deliveries, host="127.0.0.1", port=0) as url, httpx.AsyncClient() as http:
+        before = (await http.get(url)).text
+        channel = await create_channel(world, f"{receiver.url}/metrics", types=["event.changed"])
+        try:
+            receiver.answer(Answer(500), default=Answer(204))
+            await publish(world, mailbox_notice("megan.bowen@contoso.com", 1))
+            await publish(world, mailbox_notice("megan.bowen@contoso.com", 2))
+            clock = FakeClock()
+            await drain(world, clock)
+            waiting = (await world.http.get("/metrics")).text  # the API reports the queue too
+            assert sample(waiting, "calbroker_channel_undelivered") == 2
+            assert sample(waiting, "calbroker_channel_oldest_undelivered_seconds") > 0
+            clock.to(await next_due(world, channel) or clock.now)
+            await drain(world, clock)
+            after = (await http.get(url)).text
+        finally:
+            await delete_channel(world, channel)
+
+    def grew(name: str) -> float:
+        return sample(after, name) - sample(before, name)
+
+    assert grew('calbroker_channel_attempts_total{outcome="retry"}') == 1
+    assert grew('calbroker_channel_attempts_total{outcome="delivered"}') == 3  # the verification, then both
+    assert grew('calbroker_channel_attempt_duration_seconds_count{outcome="delivered"}') == 3
+    assert sample(after, "calbroker_channel_undelivered") == 0
+    assert sample(after, "calbroker_channel_oldest_undelivered_seconds") == 0

@@ -11,6 +11,7 @@ records itself without moving the delivery. Every decision about time takes `now
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -205,6 +206,12 @@ class Deliveries:
         if finished.disabled is not None:
             log.warning("channel.disabled", channel_id=str(message.channel_id), reason=finished.disabled)
         return verdict is Verdict.DELIVERED and finished.state is MessageState.DELIVERED
+
+    async def scrape(self) -> bytes:
+        """The worker's metrics as Prometheus text, the queue read fresh (for the metrics endpoint)."""
+        with contextlib.suppress(OSError, asyncpg.PostgresError, TimeoutError):
+            await self.metrics.refresh(self._pool, datetime.now(UTC))
+        return self.metrics.exposition()
 
     async def queue_due(self, *, now: datetime) -> int:
         """Queue a run for every channel with a delivery due at `now` (retries fall due between notices)."""
