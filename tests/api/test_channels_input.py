@@ -147,6 +147,7 @@ async def test_another_applications_channel_does_not_exist(
         _problem(response, "not-found", 404)
     still = await client.get(f"/v1/channels/{theirs['id']}", headers=_auth(other))
     assert still.status_code == 200
+    _problem(await client.get("/v1/channels/not-a-uuid", headers=_auth(api_key)), "route-not-found", 404)
 
 
 async def test_bad_delivery_ids_cursors_and_replays(
