@@ -24,6 +24,7 @@ from standardwebhooks.webhooks import WebhookVerificationError
 
 from calbroker.config import ChannelSettings, Settings
 from calbroker.domain.channels import Notice, NoticeType
+from calbroker.services.channels import mailbox_key
 from calbroker.store import outbox
 from calbroker.workers.metrics import serving_metrics
 from calbroker.workers.runner import Worker
@@ -444,3 +445,55 @@ async def test_metrics_count_outcomes_latency_and_the_queue(world: SyncWorld, re
     assert grew('calbroker_channel_attempt_duration_seconds_count{outcome="delivered"}') == 3
     assert sample(after, "calbroker_channel_undelivered") == 0
     assert sample(after, "calbroker_channel_oldest_undelivered_seconds") == 0
+
+
+async def test_redirects_are_failures_and_never_followed(world: SyncWorld, receiver: Receiver) -> None:
+    channel = await create_channel(world, f"{receiver.url}/moved", types=["event.changed"])
+    receiver.answer(Answer(308, headers={"Location": f"{receiver.url}/elsewhere"}), default=Answer(204))
+    try:
+        await publish(world, mailbox_notice("megan.bowen@contoso.com", 1))
+        await drain(world)
+        delivery = (await world.http.get(f"/v1/channels/{channel['id']}/deliveries")).json()["deliveries"][0]
+        (attempt,) = delivery["attempts"]
+        assert (attempt["status_code"], attempt["error_class"], attempt["outcome"]) == (308, "redirect", "retry")
+        assert receiver.on("/elsewhere") == []
+    finally:
+        await delete_channel(world, channel)
+
+
+async def test_mailbox_changed_waits_at_most_once_per_channel_and_mailbox(world: SyncWorld, receiver: Receiver) -> None:
+    channel = await create_channel(world, f"{receiver.url}/coalesced", types=["mailbox.changed"])
+    receiver.answer(default=Answer(503))
+    connection = uuid.UUID(int=2)
+    moments = [datetime(2026, 12, 1, 9, minute, tzinfo=UTC).isoformat() for minute in range(4)]
+
+    def changed(since: str, mailbox: str = "megan.bowen@contoso.com") -> Notice:
+        return Notice(
+            NoticeType.MAILBOX_CHANGED,
+            {"connection_id": str(connection), "mailbox": mailbox, "changes_since": since},
+            order_key=mailbox_key(connection, mailbox),
+            connection_id=connection,
+            mailbox=mailbox,
+            coalesce_key=mailbox_key(connection, mailbox),
+        )
+
+    try:
+        await publish(world, changed(moments[0]))
+        await publish(world, changed(moments[1]))  # merged: the waiting one already reaches back further
+        await publish(world, changed(moments[0], "adele.vance@contoso.com"))  # another mailbox: its own
+        clock = FakeClock()
+        await drain(world, clock)  # both attempted, both failed: back to waiting
+        await publish(world, changed(moments[2]))  # merged into the one waiting for its retry
+        clock.to(await next_due(world, channel) or clock.now)
+        receiver.answer(default=Answer(204))
+        while (due := await next_due(world, channel)) is not None:
+            clock.to(due)
+            await drain(world, clock)
+        got = [r.payload["data"] for r in receiver.delivered("/coalesced") if r.payload["type"] == "mailbox.changed"]
+        assert sorted((d["mailbox"], d["changes_since"]) for d in got) == [
+            ("adele.vance@contoso.com", moments[0]),
+            ("megan.bowen@contoso.com", moments[0]),
+        ]
+        assert await states(world, channel) == {"delivered": 3}
+    finally:
+        await delete_channel(world, channel)
