@@ -187,3 +187,45 @@ async def test_revoked_consent_reaches_the_channel_as_connection_disconnected(
             )
             await check_now()
             await world.http.delete(f"/v1/channels/{channel['id']}")
+
+
+async def test_a_secret_nearing_expiry_reaches_the_channel_at_30_and_7_days(
+    world: SyncWorld, contoso: Connection, receiver: Receiver
+) -> None:
+    async def expires_in(days: int | None) -> None:
+        async with world.services.pool.acquire() as conn:
+            await conn.execute(
+                """UPDATE connections SET secret_expires_at = CASE WHEN $2::int IS NULL THEN NULL
+                                                                    ELSE now() + make_interval(days => $2) END
+                   WHERE id = $1""",
+                contoso.id,
+                days,
+            )
+            await conn.execute(
+                "UPDATE connection_checks SET next_check_at = now() - interval '1 second' WHERE connection_id = $1",
+                contoso.id,
+            )
+        assert (await check_due_connections(world.services)).checked == 1
+
+    async with running_worker(world):
+        channel = await new_channel(world, receiver, "/expiring", types=["connection.expiring"])
+        try:
+            await expires_in(20)
+            await expires_in(19)  # the same threshold: announced once
+            await expires_in(5)
+            got = await eventually(
+                lambda: (found := of_type(receiver, "/expiring", "connection.expiring")) and len(found) >= 2 and found,
+                timeout_s=60,
+                what="two connection.expiring deliveries",
+            )
+            data = [r.verify(channel["secret"])["data"] for r in got]
+            expected = [(str(contoso.id), 30), (str(contoso.id), 7)]
+            assert [(d["connection_id"], d["threshold_days"]) for d in data] == expected
+            assert all(d["secret_expires_at"] and d["message"] for d in data)
+        finally:
+            await expires_in(None)
+            async with world.services.pool.acquire() as conn:
+                await conn.execute(
+                    "UPDATE connection_checks SET expiry_warned_days = NULL WHERE connection_id = $1", contoso.id
+                )
+            await world.http.delete(f"/v1/channels/{channel['id']}")
