@@ -250,6 +250,11 @@ async def test_a_410_disables_the_channel_and_it_says_so(world: SyncWorld, recei
             "error_class": "http_status",
             "response_excerpt": "unsubscribed",
         }
+        retried = await world.http.post(f"/v1/channels/{channel['id']}/deliveries/{deliveries[0]['id']}/retry")
+        assert retried.status_code == 409, retried.text
+        assert "enable it first" in retried.json()["detail"]
+        since = {"since": (datetime.now(UTC) - timedelta(hours=1)).isoformat()}
+        assert (await world.http.post(f"/v1/channels/{channel['id']}/replay", json=since)).status_code == 409
         receiver.answer(default=Answer(204))
         enabled = (await world.http.post(f"/v1/channels/{channel['id']}/enable")).json()
         assert enabled["state"] == "active"

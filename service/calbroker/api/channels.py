@@ -253,8 +253,12 @@ _CHANNEL_INVALID = problem_response(
     ("limit-exceeded", "an application may have at most 25 channels; delete one first"),
 )
 _IN_FLIGHT = problem_response(
-    "An attempt of this delivery is in flight (`/problems/conflict`)",
+    "An attempt of this delivery is in flight, or the channel is disabled (`/problems/conflict`)",
     ("conflict", "An attempt of this delivery is in flight; look again in a few seconds."),
+)
+_DISABLED = problem_response(
+    "The channel is disabled: enable it first (`/problems/conflict`)",
+    ("conflict", "The channel is disabled (the receiver answered 410 Gone); enable it first (POST .../enable)."),
 )
 _EXAMPLE = {
     "callback_url": "https://hooks.example.com/calbroker",
@@ -430,7 +434,7 @@ async def retry_delivery(
     status_code=202,
     tags=["channels"],
     summary="Deliver again everything finished since an instant (kept 30 days), in order",
-    responses=problem_responses(body=True, s404=_NOT_FOUND),
+    responses=problem_responses(body=True, s404=_NOT_FOUND, s409=_DISABLED),
 )
 async def replay_channel(
     channel_id: FromPath[uuid.UUID],

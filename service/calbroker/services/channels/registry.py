@@ -15,7 +15,7 @@ import asyncpg
 
 from calbroker.config import Settings
 from calbroker.domain.channels import ChannelFilter, ChannelState, Clock, Notice, NoticeType
-from calbroker.domain.errors import InvalidRequest, NotFound
+from calbroker.domain.errors import Conflict, InvalidRequest, NotFound
 from calbroker.services.callbacks import AppCallbacks
 from calbroker.services.channels.flavours import FLAVOURS
 from calbroker.services.channels.notices import Notices, queue_runs
@@ -136,7 +136,7 @@ class ChannelRegistry:
     async def retry(self, application_id: uuid.UUID, channel_id: uuid.UUID, message_id: uuid.UUID) -> Message:
         """One more attempt of a delivery, now (same webhook-id)."""
         async with self._pool.acquire() as conn, conn.transaction():
-            await get_channel(conn, application_id, channel_id)
+            _require_active(await get_channel(conn, application_id, channel_id))
             message = await retry_message(conn, channel_id, message_id, now=self._clock())
             await queue_runs(conn, [channel_id])
         return message
@@ -151,7 +151,13 @@ class ChannelRegistry:
                 "since", f"deliveries are kept {kept} days: give an instant after {oldest:%Y-%m-%dT%H:%M:%SZ}"
             )
         async with self._pool.acquire() as conn, conn.transaction():
-            await get_channel(conn, application_id, channel_id)
+            _require_active(await get_channel(conn, application_id, channel_id))
             count = await replay_since(conn, channel_id, since, now=now, allowed=len(self._settings.schedule))
             await queue_runs(conn, [channel_id])
         return count
+
+
+def _require_active(channel: Channel) -> None:
+    """A disabled channel attempts nothing: a retry or replay asked of it would wait unseen."""
+    if channel.state is ChannelState.DISABLED:
+        raise Conflict(f"The channel is disabled ({channel.disabled_reason}); enable it first (POST .../enable).")
