@@ -26,6 +26,17 @@ from prometheus_client import CollectorRegistry
 
 from calbroker.api.auth import provide_caller, require_api_key
 from calbroker.api.availability import availability
+from calbroker.api.channels import (
+    create_channel,
+    enable_channel,
+    get_channel_by_id,
+    list_application_channels,
+    list_deliveries,
+    remove_channel,
+    replay_channel,
+    retry_delivery,
+    rotate_channel_secret,
+)
 from calbroker.api.compat.cronofy import cronofy_router
 from calbroker.api.connect import connect_callback, connect_page, connect_submit, service_unavailable
 from calbroker.api.connections import (
@@ -110,6 +121,15 @@ def create_app(settings: Settings, services: Services | None = None) -> Litestar
             get_event,
             delete_event,
             list_events,
+            create_channel,
+            list_application_channels,
+            get_channel_by_id,
+            remove_channel,
+            rotate_channel_secret,
+            enable_channel,
+            list_deliveries,
+            retry_delivery,
+            replay_channel,
         ],
         guards=[require_api_key],
         before_request=decode_body,

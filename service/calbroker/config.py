@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 
 __all__ = [
     "BUILTIN_CLOUDS",
+    "ChannelSettings",
     "Cloud",
     "ConfigError",
     "MasterKey",
@@ -296,6 +297,60 @@ class SyncSettings:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class ChannelSettings:
+    """How webhooks reach applications (issue 13): the Standard Webhooks schedule and its limits."""
+
+    schedule: tuple[timedelta, ...] = (
+        timedelta(0),
+        timedelta(seconds=5),
+        timedelta(minutes=5),
+        timedelta(minutes=30),
+        timedelta(hours=2),
+        timedelta(hours=5),
+        timedelta(hours=10),
+        timedelta(hours=10),
+    )
+    """When each attempt of a delivery falls due after the one before: Svix's schedule, about 27.6 h
+    in all (https://docs.svix.com/retries); the first attempt is immediate."""
+    jitter: float = 0.1
+    """Each wait is stretched or shrunk by up to this fraction, so retries after an outage spread out."""
+    timeout: timedelta = timedelta(seconds=15)
+    """An attempt answered later than this failed (Standard Webhooks: 15-30 s)."""
+    disable_after: timedelta = timedelta(days=5)
+    """A channel whose every attempt failed for this long is disabled (CALBROKER_CHANNELS_DISABLE_AFTER_DAYS)."""
+    rotation_overlap: timedelta = timedelta(hours=24)
+    """After a secret rotation the old secret still signs for this long (both signatures are sent)."""
+    retention: timedelta = timedelta(days=30)
+    """Finished deliveries and their attempts are kept this long (listing, retry, replay)."""
+    max_channels: int = 25
+    """Channels per application (CALBROKER_CHANNELS_MAX)."""
+    max_retry_after: timedelta = timedelta(hours=10)
+    """The longest `Retry-After` honoured: a receiver cannot park a delivery for days."""
+    allow_private_hosts: bool = False
+    """Callback URLs may reach loopback and private addresses (CALBROKER_CALLBACKS_ALLOW_PRIVATE): for
+    receivers inside the operator's own network. Link-local and metadata addresses stay refused."""
+    allow_loopback_http: bool = False
+    """Plain http to loopback receivers (`calbroker demo`, so a first webhook works on a laptop;
+    CALBROKER_CALLBACKS_ALLOW_LOOPBACK_HTTP)."""
+
+    def __post_init__(self) -> None:
+        if not self.schedule or self.schedule[0] != timedelta(0):
+            raise ConfigError("schedule", "the first attempt is immediate: the schedule starts at 0")
+        if not 0 <= self.jitter < 1:
+            raise ConfigError("jitter", "must be at least 0 and below 1")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> ChannelSettings:
+        default = cls()
+        return cls(
+            disable_after=_days(env, "CALBROKER_CHANNELS_DISABLE_AFTER_DAYS", default.disable_after),
+            max_channels=_positive_int(env, "CALBROKER_CHANNELS_MAX", default.max_channels),
+            allow_private_hosts=_bool(env, "CALBROKER_CALLBACKS_ALLOW_PRIVATE", False),
+            allow_loopback_http=_bool(env, "CALBROKER_CALLBACKS_ALLOW_LOOPBACK_HTTP", False),
+        )
+
+
 def _seconds(env: Mapping[str, str], name: str, default: timedelta) -> timedelta:
     raw = env.get(name, "").strip()
     if not raw:
@@ -346,6 +401,7 @@ class Settings:
     """How long a client may take to send a request's line and headers before the connection is
     closed (408): a connection dripping one header line every few seconds must not stay open."""
     sync: SyncSettings = field(default_factory=SyncSettings)
+    channels: ChannelSettings = field(default_factory=ChannelSettings)
 
     @property
     def receiver_url(self) -> str:
@@ -424,4 +480,5 @@ class Settings:
             ews_max_window=_days(env, "CALBROKER_EWS_MAX_WINDOW_DAYS", timedelta(days=42)),
             header_timeout_s=_positive_int(env, "CALBROKER_HEADER_TIMEOUT_S", 10),
             sync=SyncSettings.from_env(env),
+            channels=ChannelSettings.from_env(env),
         )

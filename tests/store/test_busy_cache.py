@@ -131,7 +131,8 @@ async def test_an_incremental_round_upserts_removes_and_frees(pool: asyncpg.Pool
             ),
         )
         assert result.changed == ("a",)
-        assert result.removed == ("b", "gone-already")
+        assert result.removed == ("gone-already",)
+        assert result.freed == ("b",)  # still upstream, but shown as free: not a deletion
         copy = await _copy(conn, sync_id)
         assert copy == {"a": (at(0, 14).start, at(0, 14).end, "oof", None)}
 

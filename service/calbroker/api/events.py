@@ -11,6 +11,7 @@ import base64
 import binascii
 import json
 import re
+import uuid
 from datetime import datetime, timedelta
 from typing import Annotated, Literal
 from zoneinfo import ZoneInfo
@@ -35,6 +36,7 @@ from calbroker.api.wire import (
     Body,
     Email,
     Response,
+    aware,
     doc,
     instant_field,
     span,
@@ -59,13 +61,17 @@ from calbroker.domain.events import (
     UpstreamEvent,
 )
 from calbroker.domain.intervals import FIRST_YEAR, LAST_YEAR, Interval
-from calbroker.services import CalendarEntry
-from calbroker.store.events import EventRecord, EventState
+from calbroker.services import CalendarEntry, Services
+from calbroker.services.sync import CHANGES_KEPT
+from calbroker.store.busy_cache import MailboxChanges, mailbox_changes
+from calbroker.store.events import EventRecord, EventState, managed_events
 
 __all__ = ["delete_event", "get_event", "list_events", "put_event"]
 
 MAX_VIEW_SPAN = timedelta(days=62)
 MAX_PAGE = 500
+MAX_FEED_ROUNDS = 2000
+"""Sync rounds one `changed_since` read may span; more means reading the calendar view instead."""
 _EVENT_ID = re.compile(EVENT_ID_PATTERN)
 _CURSOR_PATTERN = r"^[A-Za-z0-9_-]{1,400}$"
 
@@ -270,6 +276,88 @@ class CalendarView(Response):
     next_cursor: Annotated[str | None, doc("Pass as `cursor` for the next page; absent on the last")] = None
 
 
+class ChangedEventOut(Response):
+    """An item of the mailbox's calendar that changed since the instant asked for, as it is now."""
+
+    id: Annotated[str, doc("Exchange's id of the item in this mailbox (opaque; the `id` of the calendar view)")]
+    change: Annotated[
+        Literal["updated", "deleted"], doc("updated: created or changed (it may now take no time); deleted: gone")
+    ]
+    managed: Annotated[bool, doc("Whether this application booked it through calbroker")]
+    event_id: Annotated[str | None, doc("Your event_id, when this application booked it")] = None
+    start: Annotated[datetime | None, doc("Start, in the requested tzid (items that take time)")] = None
+    end: Annotated[datetime | None, doc("End, in the requested tzid (items that take time)")] = None
+    show_as: Annotated[ShowAs | None, doc("How the time shows in free/busy (free: cancelled or shown as free)")] = None
+
+
+class EventChanges(Response):
+    """What changed in a synced mailbox's calendar since an instant, deletions included."""
+
+    mailbox: Annotated[str, doc("The mailbox, normalised (lower case)")]
+    changed_since: Annotated[datetime, doc("The instant asked for")]
+    next_changed_since: Annotated[
+        datetime, doc("Pass as `changed_since` next time: nothing that changes later can be missed")
+    ]
+    changes: Annotated[list[ChangedEventOut], doc("Each item's latest change, oldest change first")]
+
+
+def _changes_out(
+    address: str, since: datetime, found: MailboxChanges, event_ids: dict[str, str], tz: ZoneInfo
+) -> EventChanges:
+    latest: dict[str, str] = {}
+    for entry in found.changes:
+        for upstream_id in (*entry.changed, *entry.freed):
+            latest.pop(upstream_id, None)
+            latest[upstream_id] = "updated"
+        for upstream_id in entry.removed:
+            latest.pop(upstream_id, None)
+            latest[upstream_id] = "deleted"
+    changes: list[ChangedEventOut] = []
+    for upstream_id, change in latest.items():
+        held = found.cached.get(upstream_id) if change == "updated" else None
+        event_id = event_ids.get(upstream_id)
+        changes.append(
+            ChangedEventOut(
+                id=upstream_id,
+                change=change,  # type: ignore[arg-type]
+                managed=event_id is not None,
+                event_id=event_id,
+                start=held[0].astimezone(tz) if held else None,
+                end=held[1].astimezone(tz) if held else None,
+                show_as=(held[2].value if held else "free") if change == "updated" else None,
+            )
+        )
+    return EventChanges(
+        mailbox=address, changed_since=since, next_changed_since=max(since, found.as_of), changes=changes
+    )
+
+
+async def _read_changes(services: Services, application_id: uuid.UUID, address: str, since: datetime) -> MailboxChanges:
+    async with services.pool.acquire() as conn:
+        found = await mailbox_changes(conn, application_id, address, since, limit=MAX_FEED_ROUNDS + 1)
+    if found is None:
+        raise InvalidRequest.field(
+            "mailbox",
+            f"{address} is not synced, so calbroker keeps no record of its changes: name it in "
+            "PUT /v1/connections/{id}/sync first",
+        )
+    if since < found.tracked_since or since < found.as_of - CHANGES_KEPT:
+        oldest = max(found.tracked_since, found.as_of - CHANGES_KEPT)
+        raise InvalidRequest.field(
+            "changed_since",
+            f"changes of {address} are known from {oldest:%Y-%m-%dT%H:%M:%SZ} (sync start, or {CHANGES_KEPT.days} "
+            "days back): give a later instant, or read the calendar view with start and end",
+        )
+    if len(found.changes) > MAX_FEED_ROUNDS:
+        raise LimitExceeded(
+            field="changed_since",
+            limit=MAX_FEED_ROUNDS,
+            actual=len(found.changes),
+            message="too many changes since that instant: read the calendar view with start and end instead",
+        )
+    return found
+
+
 def _event_id(raw: str) -> str:
     if not _EVENT_ID.match(raw):
         raise InvalidRequest.field(
@@ -419,7 +507,7 @@ async def delete_event(
     "/events",
     operation_id="listEvents",
     tags=["events"],
-    summary="A mailbox's events (calendar view), with the ones you booked marked",
+    summary="A mailbox's events (calendar view) with the ones you booked marked, or what changed since an instant",
     responses=problem_responses(params=True, upstream=True, s403=_FORBIDDEN, s422=_VIEW_INVALID),
 )
 async def list_events(
@@ -430,21 +518,32 @@ async def list_events(
         QueryParameter(pattern=EMAIL_PATTERN, max_length=320, description="The mailbox whose calendar to read"),
     ],
     start: Annotated[
-        str,
+        str | None,
         QueryParameter(
             pattern=INSTANT_PATTERN,
-            description=f"Start of the window; RFC 3339 with a UTC offset, in the years {FIRST_YEAR}–{LAST_YEAR}",
+            description=f"Start of the window; RFC 3339 with a UTC offset, in the years {FIRST_YEAR}–{LAST_YEAR}. "
+            "Required unless changed_since is given",
             schema_extra={"format": "date-time"},
         ),
-    ],
+    ] = None,
     end: Annotated[
-        str,
+        str | None,
         QueryParameter(
             pattern=INSTANT_PATTERN,
             description=f"End of the window, after start, at most {MAX_VIEW_SPAN.days} days later",
             schema_extra={"format": "date-time"},
         ),
-    ],
+    ] = None,
+    changed_since: Annotated[
+        str | None,
+        QueryParameter(
+            pattern=INSTANT_PATTERN,
+            description="Instead of a window: what changed in a synced mailbox since this instant, deletions "
+            f"included (a webhook's `changes_since`, or the last answer's `next_changed_since`; up to "
+            f"{CHANGES_KEPT.days} days back)",
+            schema_extra={"format": "date-time"},
+        ),
+    ] = None,
     tzid: Annotated[
         str | None,
         QueryParameter(pattern=TZID_PATTERN, max_length=64, description="IANA zone for the times; default UTC"),
@@ -454,9 +553,23 @@ async def list_events(
         str | None,
         QueryParameter(pattern=_CURSOR_PATTERN, description="`next_cursor` of the previous page"),
     ] = None,
-) -> CalendarView:
-    """Occurrences of recurring series are expanded; times are shown in `tzid` (default UTC)."""
+) -> CalendarView | EventChanges:
+    """Occurrences of recurring series are expanded; times are shown in `tzid` (default UTC). With
+    `changed_since` the answer comes from the synced copy's change feed, without asking Microsoft."""
     tz = zone(tzid)
+    address = normalize_email(mailbox, field_name="mailbox")
+    if changed_since is not None:
+        if start is not None or end is not None:
+            raise InvalidRequest.field("changed_since", "reads changes, not a window: leave out start and end")
+        since = aware(changed_since, "changed_since")
+        found = await _read_changes(caller.services, caller.application.id, address, since)
+        touched = sorted({u for entry in found.changes for u in (*entry.changed, *entry.freed, *entry.removed)})
+        async with caller.services.pool.acquire() as conn:
+            copies = await managed_events(conn, caller.application.id, touched, [])
+        event_ids = {u: e for u in touched if (e := copies.event_id(u, None, None)) is not None}
+        return _changes_out(address, since, found, event_ids, tz)
+    if start is None or end is None:
+        raise InvalidRequest.field("start" if start is None else "end", "is required (or give changed_since)")
     window: Interval = span(start, end)
     if window.duration > MAX_VIEW_SPAN:
         raise LimitExceeded(
@@ -465,7 +578,6 @@ async def list_events(
             actual=str(window.duration),
             message=f"the window may span at most {MAX_VIEW_SPAN.days} days",
         )
-    address = normalize_email(mailbox, field_name="mailbox")
     entries = await caller.bookings.calendar_view(caller.application.id, address, window, caller.deadline)
     page, next_cursor = _page(entries, cursor, limit)
     return CalendarView(

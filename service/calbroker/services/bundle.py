@@ -22,6 +22,7 @@ from calbroker.logs import get_logger
 from calbroker.providers.registry import ProviderRegistry
 from calbroker.services.bookings import Bookings
 from calbroker.services.callbacks import AppCallbacks
+from calbroker.services.channels import Channels
 from calbroker.services.schedules import ScheduleReader
 from calbroker.services.sync import Sync
 from calbroker.services.upstream import Upstream
@@ -53,8 +54,9 @@ class Services:
     schedules: ScheduleReader
     bookings: Bookings
     callbacks: AppCallbacks
-    """Calls to URLs applications gave us (service-account callbacks), under the URL policy."""
+    """Calls to URLs applications gave us (service-account callbacks, webhooks), under the URL policy."""
     sync: Sync
+    channels: Channels
 
 
 @asynccontextmanager
@@ -86,7 +88,8 @@ async def open_services(settings: Settings, *, pool_size: int | None = None) -> 
         stack.push_async_callback(registry.aclose)
         upstream = Upstream(pool, keyring, registry)
         callbacks = await stack.enter_async_context(AppCallbacks(settings))
-        sync = Sync.build(pool, upstream, settings)
+        channels = Channels.build(pool, keyring, settings, callbacks)
+        sync = Sync.build(pool, upstream, settings, on_round=channels.notices.round_completed)
         yield Services(
             settings=settings,
             pool=pool,
@@ -96,4 +99,5 @@ async def open_services(settings: Settings, *, pool_size: int | None = None) -> 
             bookings=Bookings(pool, upstream, settings, written=sync.cache),
             callbacks=callbacks,
             sync=sync,
+            channels=channels,
         )

@@ -27,10 +27,12 @@ __all__ = [
     "ApplicationCopy",
     "CachedMailbox",
     "Change",
+    "MailboxChanges",
     "RoundChanges",
     "apply_changes",
     "changes_since",
     "forget_items",
+    "mailbox_changes",
     "read_application",
     "record_item",
 ]
@@ -53,10 +55,12 @@ class CachedMailbox:
 
 @dataclass(frozen=True, slots=True)
 class RoundChanges:
-    """What a round changed in the copy: upstream ids added or changed, and removed."""
+    """What a round changed in the copy: upstream ids added or changed, gone upstream, and still
+    upstream but taking no time any more (shown as free, or cancelled)."""
 
     changed: tuple[str, ...]
     removed: tuple[str, ...]
+    freed: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +73,7 @@ class Change:
     full_round: bool
     changed: tuple[str, ...]
     removed: tuple[str, ...]
+    freed: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,12 +202,15 @@ async def apply_changes(conn: DbConnection, sync_id: uuid.UUID, changes: ChangeS
             for i in everything
             if i.status is not BusyStatus.FREE
         }
+        free = {i.upstream_id for i in everything if i.status is BusyStatus.FREE}
         result = RoundChanges(
             changed=tuple(sorted(k for k, v in after.items() if before.get(k) != v)),
-            removed=tuple(sorted(set(before) - set(after))),
+            removed=tuple(sorted(set(before) - set(after) - free)),
+            freed=tuple(sorted(set(before) & free)),
         )
     else:
         removed: set[str] = set()
+        freed_ids: set[str] = set()
         if changes.removed:
             gone = await conn.fetch(
                 """
@@ -235,7 +243,9 @@ async def apply_changes(conn: DbConnection, sync_id: uuid.UUID, changes: ChangeS
                 if i.status is not BusyStatus.FREE
             }
             changed.update(k for k, v in kept.items() if old.get(k) != v)
-            removed.update(k for k in old if k not in kept)
+            reread = {i.upstream_id for i in fresh}
+            removed.update(k for k in old if k not in reread)
+            freed_ids.update(k for k in old if k in reread and k not in kept)
         singles = [i for i in _dedupe(changes.items) if i.series_id not in changes.series]
         freed = [i.upstream_id for i in singles if i.status is BusyStatus.FREE]
         if freed:
@@ -255,15 +265,21 @@ async def apply_changes(conn: DbConnection, sync_id: uuid.UUID, changes: ChangeS
                 *_columns(busy),
             )
         changed.update(i.upstream_id for i in singles)
-        removed.update(freed)
-        result = RoundChanges(changed=tuple(sorted(changed - removed)), removed=tuple(sorted(removed)))
-    if result.changed or result.removed:
+        freed_ids.update(freed)
+        removed -= freed_ids
+        result = RoundChanges(
+            changed=tuple(sorted(changed - removed - freed_ids)),
+            removed=tuple(sorted(removed)),
+            freed=tuple(sorted(freed_ids)),
+        )
+    if result.changed or result.removed or result.freed:
         await conn.execute(
-            "INSERT INTO sync_changes (sync_id, full_round, changed, removed) VALUES ($1, $2, $3, $4)",
+            "INSERT INTO sync_changes (sync_id, full_round, changed, removed, freed) VALUES ($1, $2, $3, $4, $5)",
             sync_id,
             changes.full,
             list(result.changed),
             list(result.removed),
+            list(result.freed),
         )
     return result
 
@@ -319,6 +335,79 @@ async def changes_since(
         limit,
     )
     return [
-        Change(r["id"], r["sync_id"], r["seen_at"], r["full_round"], tuple(r["changed"]), tuple(r["removed"]))
+        Change(
+            r["id"],
+            r["sync_id"],
+            r["seen_at"],
+            r["full_round"],
+            tuple(r["changed"]),
+            tuple(r["removed"]),
+            tuple(r["freed"]),
+        )
         for r in rows
     ]
+
+
+@dataclass(frozen=True, slots=True)
+class MailboxChanges:
+    """What a synced mailbox's change feed says since an instant, with the copy of what still takes time."""
+
+    sync_id: uuid.UUID
+    connection_id: uuid.UUID
+    tracked_since: datetime
+    """When calbroker started syncing the mailbox: the feed knows nothing before."""
+    as_of: datetime
+    """Read the feed again from here next time: no round still writing can log a change before it."""
+    changes: list[Change]
+    cached: dict[str, tuple[datetime, datetime, BusyStatus]]
+    """Changed items that take time, as the copy holds them now."""
+
+
+async def mailbox_changes(
+    conn: DbConnection, application_id: uuid.UUID, mailbox: str, since: datetime, *, limit: int
+) -> MailboxChanges | None:
+    """The feed of `mailbox` (synced by one of the application's live connections) since `since`, at most
+    `limit` rounds; None when no connection of the application syncs it."""
+    row = await conn.fetchrow(
+        """
+        SELECT s.id, s.connection_id, s.created_at,
+               least(now(), (SELECT min(a.xact_start) FROM pg_stat_activity a
+                             WHERE a.backend_xid IS NOT NULL AND a.datname = current_database())) AS as_of
+        FROM sync_mailboxes s JOIN connections c ON c.id = s.connection_id
+        WHERE c.application_id = $1 AND s.mailbox = $2 AND c.status IN ('active', 'degraded')
+        ORDER BY c.status = 'active' DESC, c.created_at DESC LIMIT 1
+        """,
+        application_id,
+        mailbox,
+    )
+    if row is None:
+        return None
+    entries = await conn.fetch(
+        "SELECT * FROM sync_changes WHERE sync_id = $1 AND seen_at >= $2 ORDER BY id LIMIT $3",
+        row["id"],
+        since,
+        limit,
+    )
+    changes = [
+        Change(
+            r["id"],
+            r["sync_id"],
+            r["seen_at"],
+            r["full_round"],
+            tuple(r["changed"]),
+            tuple(r["removed"]),
+            tuple(r["freed"]),
+        )
+        for r in entries
+    ]
+    touched = sorted({upstream_id for change in changes for upstream_id in change.changed})
+    cached = {
+        r["upstream_id"]: (r["starts_at"], r["ends_at"], _STATUS[r["status"]])
+        for r in await conn.fetch(
+            """SELECT upstream_id, starts_at, ends_at, status FROM busy_cache
+               WHERE sync_id = $1 AND upstream_id = ANY($2::text[])""",
+            row["id"],
+            touched,
+        )
+    }
+    return MailboxChanges(row["id"], row["connection_id"], row["created_at"], row["as_of"], changes, cached)

@@ -39,6 +39,7 @@ __all__ = [
     "get_link",
     "hash_secret",
     "prove_consent",
+    "reconnect_target",
     "record_consent",
     "record_refused_sign_in",
     "start_flow",
@@ -315,3 +316,19 @@ async def claim_link(conn: Connection, link_id: uuid.UUID, connection_id: uuid.U
             "This link was used while you were connecting." if used else "This link expired while you were connecting.",
             state=LinkState.USED if used else LinkState.EXPIRED,
         )
+
+
+async def reconnect_target(
+    conn: Connection, application_id: uuid.UUID, connection_id: uuid.UUID
+) -> tuple[str, str | None] | None:
+    """Where a link to reconnect `connection_id` should send the admin afterwards: the redirect URL (and
+    state) of the link that made it, else of the application's latest link; None if it never made one."""
+    row = await conn.fetchrow(
+        """
+        SELECT redirect_url, state FROM connect_links WHERE application_id = $1
+        ORDER BY (connection_id = $2) IS TRUE DESC, created_at DESC LIMIT 1
+        """,
+        application_id,
+        connection_id,
+    )
+    return (row["redirect_url"], row["state"]) if row is not None else None

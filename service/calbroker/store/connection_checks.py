@@ -13,8 +13,11 @@ from datetime import timedelta
 from calbroker.store.database import Connection
 
 __all__ = [
+    "AuthStreak",
     "DueCheck",
     "claim_due_checks",
+    "mark_disconnected",
+    "record_auth_result",
     "record_check",
     "record_expiry_warning",
     "save_test_mailbox",
@@ -85,3 +88,34 @@ async def record_expiry_warning(conn: Connection, connection_id: uuid.UUID, days
     await conn.execute(
         "UPDATE connection_checks SET expiry_warned_days = $2 WHERE connection_id = $1", connection_id, days
     )
+
+
+@dataclass(frozen=True, slots=True)
+class AuthStreak:
+    """Consecutive checks Microsoft refused the credentials, and whether that was announced."""
+
+    failures: int
+    announced: bool
+
+
+async def record_auth_result(conn: Connection, connection_id: uuid.UUID, *, refused: bool) -> AuthStreak:
+    """Count a check whose credentials were refused (or end the streak, and its announcement, on any other)."""
+    row = await conn.fetchrow(
+        """
+        UPDATE connection_checks SET
+            auth_failures = CASE WHEN $2 THEN auth_failures + 1 ELSE 0 END,
+            disconnected_at = CASE WHEN $2 THEN disconnected_at END
+        WHERE connection_id = $1
+        RETURNING auth_failures, disconnected_at
+        """,
+        connection_id,
+        refused,
+    )
+    if row is None:
+        return AuthStreak(0, announced=False)
+    return AuthStreak(row["auth_failures"], announced=row["disconnected_at"] is not None)
+
+
+async def mark_disconnected(conn: Connection, connection_id: uuid.UUID) -> None:
+    """The disconnection was announced: once per streak."""
+    await conn.execute("UPDATE connection_checks SET disconnected_at = now() WHERE connection_id = $1", connection_id)

@@ -36,6 +36,7 @@ __all__ = [
     "confirm_event",
     "find_event",
     "lock_booking",
+    "managed_by_upstream_id",
     "managed_events",
     "record_join_url",
     "release_event",
@@ -476,3 +477,20 @@ async def managed_events(
         for marker in (row["marker"], *row["earlier_markers"]):
             copies.by_marker[str(marker)] = event_id
     return copies
+
+
+async def managed_by_upstream_id(
+    conn: Connection, application_id: uuid.UUID, organizer: str, upstream_ids: Sequence[str]
+) -> list[EventRecord]:
+    """This application's bookings organised by `organizer` whose organizer's item is one of `upstream_ids`."""
+    if not upstream_ids:
+        return []
+    rows = await conn.fetch(
+        """SELECT * FROM events
+           WHERE application_id = $1 AND organizer = $2 AND upstream_id = ANY($3::text[])
+           ORDER BY event_id""",
+        application_id,
+        organizer,
+        list(upstream_ids),
+    )
+    return [_record(r) for r in rows]

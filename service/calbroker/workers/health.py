@@ -3,7 +3,10 @@
 A connection whose secret expired or whose consent was withdrawn would otherwise make
 availability go quietly empty; here it turns `degraded` with the reason in `last_error`
 (and back to `active` once it works again), and a secret nearing its expiry date is announced
-once per threshold (30 and 7 days) in the audit log as `connection.expiring`.
+once per threshold (30 and 7 days). Each is written to the audit log and told to the
+application's channels in the same transaction: `connection.degraded`, `connection.expiring`, and
+`connection.disconnected` once Microsoft has refused the credentials on consecutive checks, with a
+fresh authorize link the tenant admin can reconnect through.
 
 `health_checker` runs it for as long as its block lasts (the API lifespan starts it); claims go
 through PostgreSQL (`SKIP LOCKED`), so any number of replicas can run it side by side.
@@ -20,15 +23,32 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
+from calbroker.domain.channels import Notice, NoticeType
 from calbroker.domain.connections import Connection, ConnectionStatus
-from calbroker.domain.errors import CredentialsUnavailable, NotFound, UpstreamThrottled
+from calbroker.domain.errors import (
+    CalbrokerError,
+    CredentialsRejected,
+    CredentialsUnavailable,
+    ImpersonationDenied,
+    NotFound,
+    UpstreamThrottled,
+)
 from calbroker.domain.secret_expiry import secret_warning
 from calbroker.logs import get_logger
 from calbroker.providers.protocol import Deadline
 from calbroker.services import Services
 from calbroker.store.audit import record_audit
-from calbroker.store.connection_checks import DueCheck, claim_due_checks, record_check, record_expiry_warning
+from calbroker.store.connect_links import create_link, reconnect_target
+from calbroker.store.connection_checks import (
+    DueCheck,
+    claim_due_checks,
+    mark_disconnected,
+    record_auth_result,
+    record_check,
+    record_expiry_warning,
+)
 from calbroker.store.connections import get_connection, mark_connection_health
+from calbroker.store.database import Connection as DbConnection
 
 __all__ = ["HealthRound", "check_due_connections", "health_checker"]
 
@@ -38,6 +58,10 @@ _ACTOR = "health-check"
 _BATCH = 50
 _CONCURRENCY = 8
 _LONGEST_NAP_S = 30.0
+DISCONNECTED_AFTER = 2
+"""Consecutive checks Microsoft must refuse the credentials before the connection is announced as
+disconnected: one refusal may be a blip of Entra ID, two (minutes apart) is the admin's to fix."""
+_LINK_LIFETIME = timedelta(days=7)
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,10 +114,54 @@ async def check_due_connections(services: Services, *, every: timedelta | None =
     return result
 
 
-async def _verify(services: Services, connection: Connection, mailbox: str) -> str | None:
-    """None when the connection works, else the admin-readable reason it does not."""
-    error = await services.upstream.verify(connection, mailbox, Deadline.after(services.settings.upstream_deadline_s))
-    return error.detail if error is not None else None
+async def _verify(services: Services, connection: Connection, mailbox: str) -> CalbrokerError | None:
+    """None when the connection works, else the error that says why it does not."""
+    return await services.upstream.verify(connection, mailbox, Deadline.after(services.settings.upstream_deadline_s))
+
+
+def _notice(
+    kind: NoticeType, connection: Connection, sealed: dict[str, object] | None = None, **data: object
+) -> Notice:
+    return Notice(
+        kind,
+        {"connection_id": str(connection.id), **data},
+        order_key=f"connection:{connection.id}",
+        connection_id=connection.id,
+        sealed=sealed or {},
+    )
+
+
+async def _announce_disconnected(services: Services, conn: DbConnection, connection: Connection, reason: str) -> None:
+    """connection.disconnected, with a fresh single-use authorize link for the same method and access level
+    (sealed at rest: the link is a credential); reconnecting through it supersedes this connection."""
+    target = await reconnect_target(conn, connection.application_id, connection.id)
+    sealed: dict[str, object] = {}
+    data: dict[str, object] = {"error": reason, "method": connection.method.value}
+    if target is not None:
+        issued = await create_link(
+            conn,
+            application_id=connection.application_id,
+            redirect_url=target[0],
+            state=target[1],
+            methods=[connection.method],
+            access_level=connection.access_level,
+            expires_in=_LINK_LIFETIME,
+            actor=_ACTOR,
+        )
+        sealed["authorize_url"] = f"{services.settings.public_url.rstrip('/')}/connect/{issued.token}"
+        data["authorize_url_expires_at"] = issued.link.expires_at.isoformat()
+    await services.channels.notices.publish(
+        conn, connection.application_id, _notice(NoticeType.CONNECTION_DISCONNECTED, connection, sealed, **data)
+    )
+    await record_audit(
+        conn,
+        actor=_ACTOR,
+        action="connection.disconnected",
+        application_id=connection.application_id,
+        target=str(connection.id),
+        details={"error": reason, "authorize_link": target is not None},
+    )
+    await mark_disconnected(conn, connection.id)
 
 
 async def _check(services: Services, check: DueCheck) -> _Outcome:
@@ -103,7 +171,7 @@ async def _check(services: Services, check: DueCheck) -> _Outcome:
         except NotFound:
             return _Outcome(checked=False, healthy=True, warned=False)
     try:
-        error = await _verify(services, connection, check.test_mailbox)
+        failure = await _verify(services, connection, check.test_mailbox)
     except UpstreamThrottled:
         log.info("health.throttled", connection_id=str(connection.id))  # busy, not broken: next round
         return _Outcome(checked=False, healthy=True, warned=False)
@@ -111,6 +179,8 @@ async def _check(services: Services, check: DueCheck) -> _Outcome:
         # This replica lacks a master key (readiness says so); other replicas may check it fine.
         log.error("health.credentials_unavailable", connection_id=str(connection.id), error=exc.detail)
         return _Outcome(checked=False, healthy=True, warned=False)
+    error = failure.detail if failure is not None else None
+    refused = isinstance(failure, CredentialsRejected | ImpersonationDenied)
     warning = secret_warning(connection.secret_expires_at, datetime.now(UTC))
     announce = warning is not None and (
         check.expiry_warned_days is None or warning.threshold_days < check.expiry_warned_days
@@ -118,6 +188,8 @@ async def _check(services: Services, check: DueCheck) -> _Outcome:
     async with services.pool.acquire() as conn, conn.transaction():
         await mark_connection_health(conn, connection.id, error=error)
         await record_check(conn, connection.id)
+        streak = await record_auth_result(conn, connection.id, refused=refused)
+        notices = services.channels.notices
         if error is not None and connection.status is ConnectionStatus.ACTIVE:
             await record_audit(
                 conn,
@@ -127,6 +199,13 @@ async def _check(services: Services, check: DueCheck) -> _Outcome:
                 target=str(connection.id),
                 details={"error": error},
             )
+            await notices.publish(
+                conn,
+                connection.application_id,
+                _notice(NoticeType.CONNECTION_DEGRADED, connection, error=error),
+            )
+        if error is not None and refused and streak.failures >= DISCONNECTED_AFTER and not streak.announced:
+            await _announce_disconnected(services, conn, connection, error)
         elif error is None and connection.status is ConnectionStatus.DEGRADED:
             await record_audit(
                 conn,
@@ -151,6 +230,20 @@ async def _check(services: Services, check: DueCheck) -> _Outcome:
                 },
             )
             await record_expiry_warning(conn, connection.id, warning.threshold_days)
+            await notices.publish(
+                conn,
+                connection.application_id,
+                _notice(
+                    NoticeType.CONNECTION_EXPIRING,
+                    connection,
+                    code=warning.code,
+                    threshold_days=warning.threshold_days,
+                    secret_expires_at=connection.secret_expires_at.isoformat()
+                    if connection.secret_expires_at
+                    else None,
+                    message=warning.message,
+                ),
+            )
     if error is not None:
         log.warning("health.degraded", connection_id=str(connection.id), error=error)
     return _Outcome(checked=True, healthy=error is None, warned=announce)

@@ -6,7 +6,9 @@ work itself lives in `services.sync`, shared with the API.
 
 from __future__ import annotations
 
+from calbroker.domain.channels import Clock
 from calbroker.services import Services
+from calbroker.services.channels import ChannelJob, RunSummary
 from calbroker.services.sync import (
     ConnectionJob,
     MailboxJob,
@@ -15,7 +17,7 @@ from calbroker.services.sync import (
     RoundOutcome,
 )
 
-__all__ = ["apply_scope", "handle_notifications", "maintain_feed", "sync_round"]
+__all__ = ["apply_scope", "deliver", "handle_notifications", "maintain_feed", "sync_round"]
 
 
 async def sync_round(services: Services, job: MailboxJob) -> RoundOutcome | None:
@@ -36,3 +38,8 @@ async def handle_notifications(services: Services, job: NotificationsJob) -> Not
 async def apply_scope(services: Services, job: ConnectionJob) -> None:
     """Bring a connection's synced mailboxes in line with its scope."""
     await services.sync.scopes.apply(job.connection_id)
+
+
+async def deliver(services: Services, job: ChannelJob, clock: Clock) -> RunSummary:
+    """Send one channel's due webhooks, in order per mailbox, until none is due."""
+    return await services.channels.deliveries.run(job.channel_id, clock)

@@ -1,11 +1,13 @@
-"""`calbroker worker`: the sync jobs (pgqueuer on the same PostgreSQL), the periodic ticks, the EWS
-streaming groups and the connection health checks, for as many replicas as you like.
+"""`calbroker worker`: the sync jobs and the webhook deliveries (pgqueuer on the same PostgreSQL), the
+periodic ticks, the EWS streaming groups and the connection health checks, for as many replicas as
+you like.
 
 Replica safety comes from PostgreSQL: pgqueuer claims jobs with `SKIP LOCKED` and re-queues a job
 whose worker stopped beating; a round holds its mailbox's advisory lock; a tick runs on the one
 replica that moves its row forward. `Worker.run()` runs until `stop()` (then it stops taking
 jobs, gives running ones `grace` to finish and cancels the rest); `Worker.drain()` is burst mode:
-it ticks once, works until the queue is empty, and returns what it did.
+it ticks once, works until the queue is empty, and returns what it did. Deliveries judge due-ness
+by the worker's `clock` (the system clock, or a simulated one in tests).
 """
 
 from __future__ import annotations
@@ -21,8 +23,10 @@ from typing import TypeVar
 from pgqueuer import Job, QueueManager, RetryRequested
 from pgqueuer.domain.types import QueueExecutionMode
 
+from calbroker.domain.channels import Clock, system_clock
 from calbroker.logs import get_logger
 from calbroker.services import Services
+from calbroker.services.channels import DELIVER_JOB, decode_channel_job
 from calbroker.services.sync import (
     ConnectionJob,
     JobName,
@@ -48,6 +52,7 @@ _BUSY_RETRY = timedelta(seconds=2)
 _TICK_EVERY = timedelta(seconds=5)
 _RECONCILE_EVERY = timedelta(minutes=1)
 _SCOPES_EVERY = timedelta(minutes=30)
+_PRUNE_EVERY = timedelta(hours=1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +62,8 @@ class WorkerSummary:
     jobs: dict[str, int]
     rounds: int
     round_failures: int
+    deliveries: int = 0
+    """Webhook attempts made."""
 
 
 class Worker:
@@ -70,8 +77,10 @@ class Worker:
         heartbeat_timeout: timedelta = timedelta(seconds=30),
         grace: timedelta = timedelta(seconds=20),
         streams_refresh: timedelta = timedelta(seconds=30),
+        clock: Clock = system_clock,
     ) -> None:
         self._services = services
+        self._clock = clock
         self._streams_refresh = streams_refresh
         self._concurrency = max(2, concurrency)
         self._heartbeat_timeout = heartbeat_timeout
@@ -80,11 +89,13 @@ class Worker:
         self._done: Counter[str] = Counter()
         self._rounds = 0
         self._round_failures = 0
+        self._attempts = 0
         self._stopping = asyncio.Event()
         self._bind(JobName.ROUND, MailboxJob, self._round)
         self._bind(JobName.FEED, MailboxJob, lambda job: jobs.maintain_feed(services, job))
         self._bind(JobName.NOTIFICATIONS, NotificationsJob, lambda job: jobs.handle_notifications(services, job))
         self._bind(JobName.SCOPE, ConnectionJob, lambda job: jobs.apply_scope(services, job))
+        self._queue.entrypoint(DELIVER_JOB, accepts_context=False)(self._deliver)
 
     def _bind(self, name: JobName, kind: type[P], run: Callable[[P], Awaitable[object]]) -> None:
         async def entrypoint(job: Job) -> None:
@@ -92,6 +103,11 @@ class Worker:
             self._done[name.value] += 1
 
         self._queue.entrypoint(name.value, accepts_context=False)(entrypoint)
+
+    async def _deliver(self, job: Job) -> None:
+        done = await jobs.deliver(self._services, decode_channel_job(job.payload), self._clock)
+        self._attempts += done.attempts
+        self._done[DELIVER_JOB] += 1
 
     async def _round(self, job: MailboxJob) -> None:
         try:
@@ -104,7 +120,7 @@ class Worker:
 
     @property
     def summary(self) -> WorkerSummary:
-        return WorkerSummary(dict(self._done), self._rounds, self._round_failures)
+        return WorkerSummary(dict(self._done), self._rounds, self._round_failures, self._attempts)
 
     def stop(self) -> None:
         """Stop taking jobs; `run()` then finishes what is running (up to `grace`) and returns."""
@@ -112,7 +128,8 @@ class Worker:
         self._queue.shutdown.set()
 
     async def drain(self) -> WorkerSummary:
-        """Burst mode: one tick, then every job (due now or soon) until the queue is empty."""
+        """Burst mode: one tick, then every job (due now or soon) until the queue is empty (repeatable)."""
+        self._queue.shutdown.clear()
         await self.tick(force=True)
         await self._queue.run(
             dequeue_timeout=timedelta(seconds=1),
@@ -150,7 +167,13 @@ class Worker:
                 log.warning("worker.grace_exceeded", grace_s=self._grace.total_seconds())
                 await _cancel(queue)
         summary = self.summary
-        log.info("worker.stopped", jobs=summary.jobs, rounds=summary.rounds, round_failures=summary.round_failures)
+        log.info(
+            "worker.stopped",
+            jobs=summary.jobs,
+            rounds=summary.rounds,
+            round_failures=summary.round_failures,
+            deliveries=summary.deliveries,
+        )
         return summary
 
     async def tick(self, *, force: bool = False) -> None:
@@ -160,6 +183,15 @@ class Worker:
         async with pool.acquire() as conn:
             run_reconcile = force or await claim_tick(conn, "sync.reconcile", every)
             run_scopes = force or await claim_tick(conn, "sync.scopes", _SCOPES_EVERY)
+            run_deliveries = force or await claim_tick(conn, "channels.due", _TICK_EVERY)
+            run_prune = force or await claim_tick(conn, "channels.prune", _PRUNE_EVERY)
+        deliveries = self._services.channels.deliveries
+        if run_deliveries:
+            # Retries fall due between notices: queue a run for every channel with one due now.
+            await deliveries.queue_due(now=self._clock())
+        await deliveries.metrics.refresh(pool, self._clock())
+        if run_prune:
+            await deliveries.prune(now=self._clock())
         if run_scopes:
             await reapply_scopes(pool)
         if run_reconcile:

@@ -22,7 +22,7 @@ from calbroker.config import Settings
 from calbroker.services.sync.cache import BusyCache
 from calbroker.services.sync.feeds import GraphFeeds, NotificationsHandled, hook_url
 from calbroker.services.sync.inbox import store_graph_notifications
-from calbroker.services.sync.maintenance import Reconciled, beat, reapply_scopes, reconcile
+from calbroker.services.sync.maintenance import CHANGES_KEPT, Reconciled, beat, reapply_scopes, reconcile
 from calbroker.services.sync.queue import (
     ConnectionJob,
     JobName,
@@ -32,12 +32,13 @@ from calbroker.services.sync.queue import (
     enqueue,
     request_round,
 )
-from calbroker.services.sync.rounds import RoundBusy, RoundOutcome, SyncRounds, change_feed
+from calbroker.services.sync.rounds import RoundBusy, RoundHook, RoundOutcome, SyncRounds, change_feed
 from calbroker.services.sync.scopes import ScopeReport, SyncScopes
 from calbroker.services.sync.streams import EwsStreams
 from calbroker.services.upstream import Upstream
 
 __all__ = [
+    "CHANGES_KEPT",
     "BusyCache",
     "ConnectionJob",
     "EwsStreams",
@@ -48,6 +49,7 @@ __all__ = [
     "NotificationsJob",
     "Reconciled",
     "RoundBusy",
+    "RoundHook",
     "RoundOutcome",
     "ScopeReport",
     "Sync",
@@ -76,11 +78,13 @@ class Sync:
     streams: EwsStreams
 
     @classmethod
-    def build(cls, pool: asyncpg.Pool, upstream: Upstream, settings: Settings) -> Sync:
+    def build(
+        cls, pool: asyncpg.Pool, upstream: Upstream, settings: Settings, *, on_round: RoundHook | None = None
+    ) -> Sync:
         feeds = GraphFeeds(pool, upstream, settings)
         return cls(
             cache=BusyCache(pool, settings),
-            rounds=SyncRounds(pool, upstream, settings),
+            rounds=SyncRounds(pool, upstream, settings, on_round=on_round),
             feeds=feeds,
             scopes=SyncScopes(pool, upstream, feeds, settings),
             streams=EwsStreams(pool, upstream, settings),

@@ -29,12 +29,13 @@ from calbroker.store.sync_state import (
     take_outage,
 )
 
-__all__ = ["Reconciled", "beat", "reapply_scopes", "reconcile"]
+__all__ = ["CHANGES_KEPT", "Reconciled", "beat", "reapply_scopes", "reconcile"]
 
 log = get_logger(__name__)
 
 _BATCH = 1000
-_CHANGES_KEPT = timedelta(days=7)
+CHANGES_KEPT = timedelta(days=7)
+"""How long the change feed (`GET /v1/events?changed_since=`) reaches back."""
 RECEIVER_OUTAGE = timedelta(minutes=5)
 """A receiver silent this long may have missed notifications Graph has since given up on."""
 
@@ -66,7 +67,7 @@ async def reconcile(pool: asyncpg.Pool, settings: Settings, *, lead: timedelta =
         async with conn.transaction():
             for row in feeds:
                 await enqueue(conn, JobName.FEED, MailboxJob(row.id), dedupe_key=f"feed:{row.id}")
-        await conn.execute("DELETE FROM sync_changes WHERE seen_at < now() - $1::interval", _CHANGES_KEPT)
+        await conn.execute("DELETE FROM sync_changes WHERE seen_at < now() - $1::interval", CHANGES_KEPT)
     if due or feeds:
         log.info("sync.reconcile", rounds=len(due), feeds=len(feeds))
     return Reconciled(rounds=len(due), feeds=len(feeds), outage=outage is not None)

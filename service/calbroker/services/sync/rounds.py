@@ -11,16 +11,18 @@ from __future__ import annotations
 
 import hashlib
 import uuid
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import asyncpg
 
 from calbroker.config import Settings
+from calbroker.domain.connections import Connection
 from calbroker.domain.errors import CalbrokerError, SyncStateExpired, UpstreamThrottled
 from calbroker.domain.intervals import Interval
 from calbroker.domain.schedules import MailboxSchedule
-from calbroker.domain.sync import ChangeSet, SyncState
+from calbroker.domain.sync import CalendarItem, ChangeSet, SyncState
 from calbroker.domain.working_hours import WorkingHours
 from calbroker.logs import get_logger
 from calbroker.providers import CalendarProvider, ChangeFeed, Deadline, EwsProvider, GraphProvider
@@ -31,7 +33,7 @@ from calbroker.store.connections import find_connection
 from calbroker.store.database import Connection as DbConnection
 from calbroker.store.sync_state import SyncRow, claim_round, complete_round, fail_round
 
-__all__ = ["RoundBusy", "RoundOutcome", "SyncRounds", "change_feed"]
+__all__ = ["RoundBusy", "RoundHook", "RoundOutcome", "RoundReport", "SyncRounds", "change_feed"]
 
 log = get_logger(__name__)
 
@@ -51,6 +53,24 @@ class RoundOutcome:
     error: CalbrokerError | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class RoundReport:
+    """What a completed round did to one mailbox's copy, handed to the round hook in its transaction."""
+
+    connection: Connection
+    mailbox: str
+    previous_round_at: datetime | None
+    """When the round before this one started (None: this is the mailbox's first round)."""
+    items: Mapping[str, CalendarItem]
+    """What the round read upstream, by item id."""
+    written: RoundChanges
+
+
+RoundHook = Callable[[DbConnection, RoundReport], Awaitable[None]]
+"""Called inside a round's transaction once its changes are written (channels announce them), so
+whatever it writes commits with the round or not at all."""
+
+
 def change_feed(provider: CalendarProvider) -> ChangeFeed | None:
     """The provider's round-by-round reader; None when its protocol has none."""
     if isinstance(provider, GraphProvider | EwsProvider):
@@ -66,10 +86,13 @@ def lock_key(sync_id: uuid.UUID) -> int:
 class SyncRounds:
     """Runs rounds over the process's pool and providers."""
 
-    def __init__(self, pool: asyncpg.Pool, upstream: Upstream, settings: Settings) -> None:
+    def __init__(
+        self, pool: asyncpg.Pool, upstream: Upstream, settings: Settings, *, on_round: RoundHook | None = None
+    ) -> None:
         self._pool = pool
         self._upstream = upstream
         self._settings = settings
+        self._on_round = on_round
 
     async def run(self, sync_id: uuid.UUID) -> RoundOutcome | None:
         """One round (None when the mailbox is no longer synced); raises RoundBusy if another holds it."""
@@ -119,6 +142,11 @@ class SyncRounds:
                 full=full,
                 working_hours=hours,
             )
+            if self._on_round is not None:
+                items = {item.upstream_id: item for item in changes.items}
+                for series in changes.series.values():
+                    items.update((item.upstream_id, item) for item in series)
+                await self._on_round(conn, RoundReport(connection, row.mailbox, row.synced_at, items, written))
         log.info(
             "sync.round",
             sync_id=str(sync_id),
