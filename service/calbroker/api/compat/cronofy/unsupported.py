@@ -1,8 +1,6 @@
 """Cronofy endpoints with no counterpart in calbroker: a clear 501 that says so, never a bare 404.
 
-Push channels are the exception in kind, not in answer: they are coming (the change pipeline is
-being built), so they answer `not_yet_supported`; the rest are hosted-UI or third-party products
-calbroker does not clone (docs/cronofy.md, "Not supported").
+They are hosted-UI or third-party products calbroker does not clone (docs/cronofy.md, "Not supported").
 """
 
 from __future__ import annotations
@@ -33,12 +31,6 @@ def _refusal(
 
 
 UNSUPPORTED: list[HTTPRouteHandler] = [
-    _refusal(
-        "channels",
-        ["/channels", "/channels/{channel_id:str}"],
-        "Push notification channels are not available yet on this server.",
-        not_yet=True,
-    ),
     _refusal(
         "sequenced_availability",
         ["/sequenced_availability"],

@@ -1,0 +1,174 @@
+"""What the Cronofy-compatible API needs of the native machinery beyond reads and bookings: push
+channels on the channels' outbox (flavour `cronofy`), and `last_modified` reads from the sync's
+change feed.
+
+A Cronofy channel is an outbox channel answering to one account: it takes `mailbox.changed` of the
+account's mailbox (Cronofy's `change`) and `connection.disconnected` of its connection (Cronofy's
+`profile_disconnected`), and is signed with the application's client secret, so deliveries, retries,
+the delivery log and the URL policy are the native ones. Changes are only known for synced mailboxes,
+so opening a channel adds the account's mailbox to its connection's sync list.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from calbroker.domain.channels import ChannelFilter, Notice, NoticeType
+from calbroker.domain.errors import InvalidRequest, LimitExceeded
+from calbroker.services.bundle import Services
+from calbroker.services.channels.flavours import CRONOFY_CHANNEL_PREFIX, CronofyPush
+from calbroker.services.sync import CHANGES_KEPT
+from calbroker.store.busy_cache import MailboxChanges, mailbox_changes
+from calbroker.store.channels import NewChannel, create_channel, delete_channel
+from calbroker.store.cronofy import (
+    Account,
+    CronofyChannel,
+    CronofyClient,
+    account_channel,
+    client_secret,
+    link_channel,
+    same_channel,
+)
+from calbroker.store.events import managed_events
+from calbroker.store.sync_state import ScopeMode, get_scope, sync_ids
+
+__all__ = ["MAX_FEED_ROUNDS", "AccountChanges", "close_push_channel", "open_push_channel", "read_account_changes"]
+
+_ACTOR = "cronofy"
+_TYPES = frozenset({NoticeType.MAILBOX_CHANGED, NoticeType.CONNECTION_DISCONNECTED})
+MAX_FEED_ROUNDS = 2000
+"""Sync rounds one `last_modified` read may span (as the native `changed_since`)."""
+
+
+async def open_push_channel(
+    services: Services,
+    client: CronofyClient,
+    account: Account,
+    callback_url: str,
+    calendar_ids: Sequence[str],
+    *,
+    only_managed: bool,
+) -> CronofyChannel:
+    """The account's channel to `callback_url` with these filters: an identical one if it exists (as
+    Cronofy answers), else a new one whose `verification` notification is queued with it."""
+    url = await services.callbacks.check(callback_url, field="callback_url")
+    async with services.pool.acquire() as conn:
+        existing = await same_channel(conn, account, url, calendar_ids, only_managed)
+    if existing is not None:
+        return existing
+    await _sync_mailbox(services, account)
+    application_id = client.application_id
+    wanted = ChannelFilter(
+        types=_TYPES,
+        mailboxes=frozenset({account.mailbox}),
+        connection_ids=frozenset({account.connection_id}),
+        only_managed=only_managed,
+    )
+    async with services.pool.acquire() as conn, conn.transaction():
+        secret = await client_secret(conn, services.keyring, application_id)
+        channel = await create_channel(
+            conn,
+            services.keyring,
+            NewChannel(application_id, url, wanted, CronofyPush.name),
+            secret=secret,
+            limit=services.settings.channels.max_channels,
+            actor=_ACTOR,
+        )
+        found = await link_channel(
+            conn,
+            channel.id,
+            CRONOFY_CHANNEL_PREFIX + channel.id.hex,
+            account,
+            callback_url=url,
+            calendar_ids=calendar_ids,
+            only_managed=only_managed,
+        )
+        await services.channels.notices.publish(
+            conn,
+            application_id,
+            Notice(NoticeType.CHANNEL_VERIFICATION, {}, order_key="channel"),
+            channel_id=channel.id,
+        )
+    return found
+
+
+async def close_push_channel(services: Services, client: CronofyClient, account: Account, public_id: str) -> None:
+    """Remove the account's channel with its outbox (nothing more is attempted)."""
+    async with services.pool.acquire() as conn, conn.transaction():
+        found = await account_channel(conn, account, public_id)
+        await delete_channel(conn, client.application_id, found.channel_id, actor=_ACTOR)
+
+
+async def _sync_mailbox(services: Services, account: Account) -> None:
+    """Add the account's mailbox to its connection's sync list unless it is synced (or wanted) already."""
+    async with services.pool.acquire() as conn:
+        synced = await sync_ids(conn, account.connection_id, [account.mailbox])
+        scope = await get_scope(conn, account.connection_id)
+    if account.mailbox in synced or (scope is not None and scope.mode is ScopeMode.ALL):
+        return
+    listed = list(scope.mailboxes) if scope is not None else []
+    if account.mailbox in listed:
+        return
+    async with services.pool.acquire() as conn:
+        application_id = await conn.fetchval(
+            "SELECT application_id FROM connections WHERE id = $1", account.connection_id
+        )
+    await services.sync.scopes.set(application_id, account.connection_id, ScopeMode.LIST, [*listed, account.mailbox])
+
+
+@dataclass(frozen=True, slots=True)
+class AccountChanges:
+    """The change feed of an account's mailbox since an instant: what was updated, what was deleted,
+    and the event_id of each item this application booked."""
+
+    feed: MailboxChanges
+    updated: tuple[str, ...]
+    deleted: tuple[str, ...]
+    event_ids: dict[str, str]
+
+
+async def read_account_changes(services: Services, account: Account, since: datetime) -> AccountChanges:
+    """Every item of the account's mailbox changed since `since` (its latest change wins), from the
+    sync's change feed; a 422 on `last_modified` when the feed cannot answer for that instant."""
+    async with services.pool.acquire() as conn:
+        feed = await mailbox_changes(conn, account.application_id, account.mailbox, since, limit=MAX_FEED_ROUNDS + 1)
+    if feed is None:
+        raise InvalidRequest.field(
+            "last_modified",
+            f"{account.mailbox} is not synced, so its changes are not recorded: create a push channel for the "
+            "account (which syncs it), or ask the operator to sync it",
+        )
+    oldest = max(feed.tracked_since, feed.as_of - CHANGES_KEPT)
+    if since < oldest:
+        raise InvalidRequest.field(
+            "last_modified",
+            f"changes are known from {oldest:%Y-%m-%dT%H:%M:%SZ} (when syncing began, or {CHANGES_KEPT.days} "
+            "days back): give a later time, or read without last_modified",
+        )
+    if len(feed.changes) > MAX_FEED_ROUNDS:
+        raise LimitExceeded(
+            field="last_modified",
+            limit=MAX_FEED_ROUNDS,
+            actual=len(feed.changes),
+            message="too many changes since that time: read without last_modified instead",
+        )
+    latest: dict[str, bool] = {}
+    for entry in feed.changes:
+        for upstream_id in (*entry.changed, *entry.freed):
+            latest.pop(upstream_id, None)
+            latest[upstream_id] = False
+        for upstream_id in entry.removed:
+            latest.pop(upstream_id, None)
+            latest[upstream_id] = True
+    touched = list(latest)
+    async with services.pool.acquire() as conn:
+        copies = await managed_events(conn, account.application_id, touched, [])
+    event_ids = {u: e for u in touched if (e := copies.event_id(u, None, None)) is not None}
+    return AccountChanges(
+        feed,
+        tuple(u for u, gone in latest.items() if not gone),
+        tuple(u for u, gone in latest.items() if gone),
+        event_ids,
+    )
