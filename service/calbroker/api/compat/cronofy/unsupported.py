@@ -18,11 +18,9 @@ Method = Literal["GET", "POST", "PUT", "PATCH", "DELETE"]
 _ALL: list[Method] = ["GET", "POST", "PUT", "PATCH", "DELETE"]
 
 
-def _refusal(
-    name: str, paths: list[str], description: str, *, methods: list[Method] | None = None, not_yet: bool = False
-) -> HTTPRouteHandler:
+def _refusal(name: str, paths: list[str], description: str, *, methods: list[Method] | None = None) -> HTTPRouteHandler:
     async def refuse() -> Any:
-        raise NotSupported(name, description, not_yet=not_yet)
+        raise NotSupported(name, description)
 
     refuse.__name__ = f"unsupported_{name}"
     return route(
