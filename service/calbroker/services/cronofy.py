@@ -140,7 +140,8 @@ async def read_account_changes(services: Services, account: Account, since: date
             f"{account.mailbox} is not synced, so its changes are not recorded: create a push channel for the "
             "account (which syncs it), or ask the operator to sync it",
         )
-    oldest = max(feed.tracked_since, feed.as_of - CHANGES_KEPT)
+    # Cronofy's times are whole seconds (a `changes_since` is floored): the second syncing began in counts.
+    oldest = max(feed.tracked_since, feed.as_of - CHANGES_KEPT).replace(microsecond=0)
     if since < oldest:
         raise InvalidRequest.field(
             "last_modified",
