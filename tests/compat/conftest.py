@@ -4,8 +4,9 @@ Cronofy's SDKs speak HTTP with their own clients (pycronofy on `requests`, the N
 so the API runs in a uvicorn server on a pre-bound loopback socket: `public_url` is known before
 the app is built, which the absolute `next_page` URLs need. Service-account callbacks go to a
 loopback receiver, reachable because the settings allow plain http to loopback callbacks (the URL
-policy's explicit allowance for `calbroker demo`, labs and tests); push notifications go there too,
-delivered by a burst-mode worker the tests run.
+policy's explicit allowance for `calbroker demo`, labs and tests). Callbacks and push notifications
+are delivered from the outbox by `calbroker worker`, running beside the API in a thread of its own
+(`LiveWorker`); push tests also drain a burst-mode worker to move sync rounds along at once.
 """
 
 from __future__ import annotations
@@ -90,6 +91,41 @@ class LiveServer:
         self._thread.join(timeout=30)
 
 
+class LiveWorker:
+    """`calbroker worker` in its own thread and event loop, on services of its own, like its own process."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._worker: Worker | None = None
+        self._started = threading.Event()
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._main()), daemon=True)
+
+    async def _main(self) -> None:
+        async with open_services(self._settings, pool_size=8) as services:
+            self._loop = asyncio.get_running_loop()
+            self._worker = Worker(services, concurrency=4)
+            self._started.set()
+            await self._worker.run()
+
+    def __enter__(self) -> LiveWorker:
+        self._thread.start()
+        while not self._started.wait(0.05):
+            assert self._thread.is_alive(), "the worker did not start"
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        if self._loop is not None and self._worker is not None:
+            self._loop.call_soon_threadsafe(self._worker.stop)
+        self._thread.join(timeout=60)
+
+
+@pytest.fixture(scope="module")
+def live_worker(compat_settings: Settings) -> Iterator[LiveWorker]:
+    with LiveWorker(compat_settings) as worker:
+        yield worker
+
+
 @pytest.fixture(scope="module")
 def live_api(compat_settings: Settings, server_socket: socket.socket) -> Iterator[LiveServer]:
     with LiveServer(compat_settings, server_socket) as server:
@@ -172,7 +208,9 @@ async def compat_worker(compat_settings: Settings) -> AsyncIterator[Worker]:
 
 
 @pytest.fixture(scope="module")
-async def cronofy_world(compat_services: Services, sandbox: SandboxThread, live_api: LiveServer) -> CronofyWorld:
+async def cronofy_world(
+    compat_services: Services, sandbox: SandboxThread, live_api: LiveServer, live_worker: LiveWorker
+) -> CronofyWorld:
     async with compat_services.pool.acquire() as conn:
         application = await create_application(conn, "Cronofy migrant", actor="test")
     app_id = application.application.id

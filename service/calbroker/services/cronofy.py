@@ -1,24 +1,29 @@
 """What the Cronofy-compatible API needs of the native machinery beyond reads and bookings: push
-channels on the channels' outbox (flavour `cronofy`), and `last_modified` reads from the sync's
-change feed.
+channels on the channels' outbox (flavour `cronofy`), service-account authorization callbacks on the
+same outbox (flavour `cronofy_callback`), and `last_modified` reads from the sync's change feed.
 
 A Cronofy channel is an outbox channel answering to one account: it takes `mailbox.changed` of the
 account's mailbox (Cronofy's `change`) and `connection.disconnected` of its connection (Cronofy's
 `profile_disconnected`), and is signed with the application's client secret, so deliveries, retries,
 the delivery log and the URL policy are the native ones. Changes are only known for synced mailboxes,
 so opening a channel adds the account's mailbox to its connection's sync list.
+
+A service-account callback is written to the outbox in the transaction that issues its code, so it
+survives the process that answered the 202 and is retried like any delivery. Each callback URL of an
+application gets one channel of its own, which takes no notices (only the callbacks sent to it).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import uuid
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
 from calbroker.domain.channels import ChannelFilter, Notice, NoticeType
 from calbroker.domain.errors import InvalidRequest, LimitExceeded
 from calbroker.services.bundle import Services
-from calbroker.services.channels.flavours import CRONOFY_CHANNEL_PREFIX, CronofyPush
+from calbroker.services.channels.flavours import CRONOFY_CHANNEL_PREFIX, CronofyCallback, CronofyPush
 from calbroker.services.sync import CHANGES_KEPT
 from calbroker.store.busy_cache import MailboxChanges, mailbox_changes
 from calbroker.store.channels import NewChannel, create_channel, delete_channel
@@ -31,13 +36,23 @@ from calbroker.store.cronofy import (
     link_channel,
     same_channel,
 )
+from calbroker.store.database import Connection as DbConnection
 from calbroker.store.events import managed_events
 from calbroker.store.sync_state import ScopeMode, get_scope, sync_ids
 
-__all__ = ["MAX_FEED_ROUNDS", "AccountChanges", "close_push_channel", "open_push_channel", "read_account_changes"]
+__all__ = [
+    "MAX_FEED_ROUNDS",
+    "AccountChanges",
+    "close_push_channel",
+    "open_push_channel",
+    "queue_authorization_callback",
+    "read_account_changes",
+]
 
 _ACTOR = "cronofy"
 _TYPES = frozenset({NoticeType.MAILBOX_CHANGED, NoticeType.CONNECTION_DISCONNECTED})
+_NO_LIMIT = 2**31
+"""Callback channels are made by calbroker, one per callback URL: they do not count against the limit."""
 MAX_FEED_ROUNDS = 2000
 """Sync rounds one `last_modified` read may span (as the native `changed_since`)."""
 
@@ -99,6 +114,68 @@ async def close_push_channel(services: Services, client: CronofyClient, account:
     async with services.pool.acquire() as conn, conn.transaction():
         found = await account_channel(conn, account, public_id)
         await delete_channel(conn, client.application_id, found.channel_id, actor=_ACTOR)
+
+
+async def queue_authorization_callback(
+    conn: DbConnection,
+    services: Services,
+    client: CronofyClient,
+    callback_url: str,
+    authorization: Mapping[str, object],
+    *,
+    mailbox: str,
+) -> None:
+    """Put `{"authorization": …}` on the outbox for `callback_url` (in the caller's transaction); the
+    authorization (a code) is sealed, and callbacks about one mailbox go out in order."""
+    channel_id = await _callback_channel(conn, services, client, callback_url)
+    await services.channels.notices.publish(
+        conn,
+        client.application_id,
+        Notice(
+            NoticeType.CHANNEL_VERIFICATION,
+            {"callback": "service_account_authorization", "mailbox": mailbox, "granted": "code" in authorization},
+            order_key=f"authorization:{mailbox}",
+            sealed={"authorization": dict(authorization)},
+        ),
+        channel_id=channel_id,
+    )
+
+
+async def _callback_channel(
+    conn: DbConnection, services: Services, client: CronofyClient, callback_url: str
+) -> uuid.UUID:
+    """The application's callback channel for `callback_url`: active again if a 410 had disabled it
+    (the application asked for this callback now), created on first use."""
+    found = await conn.fetchrow(
+        "SELECT id, state FROM channels WHERE application_id = $1 AND flavour = $2 AND callback_url = $3",
+        client.application_id,
+        CronofyCallback.name,
+        callback_url,
+    )
+    if found is not None:
+        if found["state"] != "active":
+            await conn.execute(
+                """UPDATE channels SET state = 'active', disabled_reason = NULL, disabled_at = NULL,
+                       failing_since = NULL, updated_at = now() WHERE id = $1""",
+                found["id"],
+            )
+        channel_id: uuid.UUID = found["id"]
+        return channel_id
+    channel = await create_channel(
+        conn,
+        services.keyring,
+        # Verification is never fanned out: a channel taking only that type takes no notices at all.
+        NewChannel(
+            client.application_id,
+            callback_url,
+            ChannelFilter(types=frozenset({NoticeType.CHANNEL_VERIFICATION})),
+            CronofyCallback.name,
+        ),
+        secret=await client_secret(conn, services.keyring, client.application_id),
+        limit=_NO_LIMIT,
+        actor=_ACTOR,
+    )
+    return channel.id
 
 
 async def _sync_mailbox(services: Services, account: Account) -> None:

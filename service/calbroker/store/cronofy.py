@@ -71,6 +71,8 @@ CLIENT_SECRET_PREFIX = "cbs_"  # noqa: S105 - prefixes make leaked secrets recog
 ACCESS_PREFIX = "cbt_"
 REFRESH_PREFIX = "cbr_"
 CODE_PREFIX = "cbc_"
+CLIENT_SIGNED_FLAVOURS = ("cronofy", "cronofy_callback")
+"""Channel flavours signed with the client secret (push channels, service-account callbacks)."""
 
 
 def _digest(value: str) -> bytes:
@@ -216,12 +218,12 @@ async def issue_client(
         if previous is not None and previous["secret_id"] is not None:
             await delete_secret(conn, previous["secret_id"])
         channels = await conn.fetch(
-            """SELECT k.channel_id FROM cronofy_channels k JOIN cronofy_accounts a ON a.account_id = k.account_id
-               WHERE a.application_id = $1""",
+            "SELECT id FROM channels WHERE application_id = $1 AND flavour = ANY($2::text[])",
             application_id,
+            list(CLIENT_SIGNED_FLAVOURS),
         )
         for channel in channels:
-            await add_secret(conn, keyring, channel["channel_id"], secret, retire_others_in=signing_overlap)
+            await add_secret(conn, keyring, channel["id"], secret, retire_others_in=signing_overlap)
         client = _client(row)
         await record_audit(
             conn,

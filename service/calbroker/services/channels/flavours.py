@@ -5,7 +5,8 @@ is Standard Webhooks (https://www.standardwebhooks.com): a `{type, timestamp, da
 `webhook-id`, `webhook-timestamp` and `webhook-signature` headers, one `v1,<base64 HMAC-SHA256>`
 per signing secret (two while a rotation overlaps), signed by the `standardwebhooks` package that
 receivers verify with. Another scheme (another body, another header) is another `Flavour`: `cronofy`
-is Cronofy's push notifications (docs/cronofy.md), for channels made through the compat API.
+is Cronofy's push notifications (docs/cronofy.md), for channels made through the compat API, and
+`cronofy_callback` its service-account authorization callbacks.
 """
 
 from __future__ import annotations
@@ -26,7 +27,16 @@ from calbroker.domain.channels import NoticeType, webhook_id
 from calbroker.domain.errors import Conflict
 from calbroker.store.outbox import Message
 
-__all__ = ["CRONOFY_CHANNEL_PREFIX", "FLAVOURS", "CronofyPush", "Flavour", "Outgoing", "StandardWebhooks", "new_secret"]
+__all__ = [
+    "CRONOFY_CHANNEL_PREFIX",
+    "FLAVOURS",
+    "CronofyCallback",
+    "CronofyPush",
+    "Flavour",
+    "Outgoing",
+    "StandardWebhooks",
+    "new_secret",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,11 +140,30 @@ class CronofyPush:
         if message.type is NoticeType.MAILBOX_CHANGED:
             notification["changes_since"] = _cronofy_time(message.data["changes_since"])
         channel_id = CRONOFY_CHANNEL_PREFIX + message.channel_id.hex
-        body = _encode({"notification": notification, "channel": {"channel_id": channel_id}})
-        signatures = ",".join(
-            base64.b64encode(hmac.new(secret.encode(), body, hashlib.sha256).digest()).decode() for secret in secrets
-        )
-        return Outgoing(body, {"content-type": "application/json; charset=utf-8", "cronofy-hmac-sha256": signatures})
+        return _cronofy_signed({"notification": notification, "channel": {"channel_id": channel_id}}, secrets)
 
 
-FLAVOURS: Mapping[str, Flavour] = {StandardWebhooks.name: StandardWebhooks(), CronofyPush.name: CronofyPush()}
+def _cronofy_signed(payload: Mapping[str, Any], secrets: Sequence[str]) -> Outgoing:
+    body = _encode(payload)
+    signatures = ",".join(
+        base64.b64encode(hmac.new(secret.encode(), body, hashlib.sha256).digest()).decode() for secret in secrets
+    )
+    return Outgoing(body, {"content-type": "application/json; charset=utf-8", "cronofy-hmac-sha256": signatures})
+
+
+class CronofyCallback(CronofyPush):
+    """Enterprise Connect's callback to a service-account authorization's `callback_url`:
+    `{"authorization": {"code", "state"}}` or `{"authorization": {"error", "error_description", "state"}}`
+    (the code is sealed at rest), signed like push notifications."""
+
+    name = "cronofy_callback"
+
+    def render(self, message: Message, sealed: Mapping[str, Any], secrets: Sequence[str], at: datetime) -> Outgoing:
+        return _cronofy_signed({"authorization": sealed.get("authorization", {})}, secrets)
+
+
+FLAVOURS: Mapping[str, Flavour] = {
+    StandardWebhooks.name: StandardWebhooks(),
+    CronofyPush.name: CronofyPush(),
+    CronofyCallback.name: CronofyCallback(),
+}
