@@ -54,6 +54,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/availability.py
 	$(BIN)/python bench/events.py
 	$(BIN)/python bench/sync.py
+	$(BIN)/python bench/channels.py
 
 # schemathesis, every check, against `calbroker demo` (sandbox + embedded PostgreSQL) on loopback;
 # not part of `make test` (minutes). FUZZ_EXAMPLES cases per operation and phase.

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -242,19 +243,30 @@ async def _running_worker(settings: Settings, concurrency: int) -> AsyncIterator
 
 
 async def _cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
+    from calbroker.workers.metrics import serving_metrics  # noqa: PLC0415
     from calbroker.workers.runner import Worker  # noqa: PLC0415
 
     async with open_services(settings, pool_size=args.concurrency + 4) as services:
         worker = Worker(services, concurrency=args.concurrency)
         if args.burst:
             summary = await worker.drain()
-            print(f"calbroker worker: drained the queue: {summary.rounds} rounds ({summary.round_failures} failed)")
+            print(
+                f"calbroker worker: drained the queue: {summary.rounds} rounds ({summary.round_failures} failed), "
+                f"{summary.deliveries} webhook attempts"
+            )
             return 0
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, worker.stop)
-        print("calbroker worker running (Ctrl-C stops it after the running jobs)", flush=True)
-        await worker.run()
+        async with contextlib.AsyncExitStack() as stack:
+            if args.metrics_port is not None:
+                deliveries = services.channels.deliveries
+                url = await stack.enter_async_context(
+                    serving_metrics(deliveries, host=args.metrics_host, port=args.metrics_port)
+                )
+                print(f"calbroker worker: Prometheus metrics on {url}", flush=True)
+            print("calbroker worker running (Ctrl-C stops it after the running jobs)", flush=True)
+            await worker.run()
     return 0
 
 
@@ -434,6 +446,10 @@ def _parser() -> argparse.ArgumentParser:
     worker = sub.add_parser("worker", help="run the sync worker: notifications, rounds, reconciliation, health checks")
     worker.add_argument("--concurrency", type=int, default=16, help="jobs in flight at once (default 16)")
     worker.add_argument("--burst", action="store_true", help="work until the queue is empty, then exit")
+    worker.add_argument(
+        "--metrics-port", type=int, default=None, help="serve Prometheus metrics (webhook deliveries) on this port"
+    )
+    worker.add_argument("--metrics-host", default="127.0.0.1", help="address for --metrics-port (default 127.0.0.1)")
     worker.set_defaults(run=_cmd_worker)
 
     demo = sub.add_parser("demo", help="the API plus the Microsoft 365 sandbox, with a demo app and connections")

@@ -185,3 +185,14 @@ async def test_the_ews_adapter_refuses_to_connect_where_the_policy_forbids(
         else:
             assert isinstance(answer, UpstreamUnavailable), answer
             assert "private, local or reserved" in answer.detail
+
+
+def test_the_demo_reaches_loopback_receivers_and_no_other_private_address() -> None:
+    demo = AddressPolicy(allow_loopback=True, allow_loopback_http=True)
+    for reachable in ("127.0.0.1", "127.8.9.10", "::1"):
+        assert demo.refusal(ipaddress.ip_address(reachable)) is None, reachable
+    for refused in ("10.0.0.5", "192.168.1.2", "172.16.0.1", "fd00::1", "169.254.169.254", "::ffff:10.0.0.5"):
+        assert demo.refusal(ipaddress.ip_address(refused)) is not None, refused
+    assert demo.scheme_refusal("http", [ipaddress.ip_address("127.0.0.1")]) is None
+    assert demo.scheme_refusal("http", [ipaddress.ip_address("8.8.8.8")]) is not None
+    assert AddressPolicy().refusal(ipaddress.ip_address("127.0.0.1")) is not None

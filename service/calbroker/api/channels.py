@@ -149,6 +149,8 @@ class ChannelCreated(ChannelOut, kw_only=True):
 
 
 class ChannelList(Response):
+    """Every channel of your application."""
+
     channels: Annotated[list[ChannelOut], doc("Your channels, oldest first")]
 
 
@@ -217,15 +219,21 @@ class DeliveryOut(Response):
 
 
 class DeliveryPage(Response):
+    """A page of the delivery log."""
+
     deliveries: Annotated[list[DeliveryOut], doc("Newest first")]
     next_cursor: Annotated[str | None, doc("Pass as `cursor` for older deliveries; absent on the last page")] = None
 
 
 class ReplayIn(Body):
+    """Which deliveries to send again: every finished one created since an instant."""
+
     since: Annotated[str, instant_field("Deliver again every finished delivery created since this instant")]
 
 
 class ReplayOut(Response):
+    """How many deliveries were queued again."""
+
     replayed: Annotated[int, doc("How many deliveries were queued again (same webhook-ids, in their order)")]
 
 
@@ -284,7 +292,13 @@ async def create_channel(
     return ChannelCreated(**{f: getattr(out, f) for f in out.__struct_fields__}, secret=created.secret)
 
 
-@get("/channels", operation_id="listChannels", tags=["channels"], summary="Your channels")
+@get(
+    "/channels",
+    operation_id="listChannels",
+    tags=["channels"],
+    summary="Your channels",
+    responses=problem_responses(),
+)
 async def list_application_channels(
     caller: NamedDependency[Caller], services: NamedDependency[Services]
 ) -> ChannelList:
@@ -420,7 +434,10 @@ async def retry_delivery(
 )
 async def replay_channel(
     channel_id: FromPath[uuid.UUID],
-    data: Annotated[ReplayIn, BodyParam()],
+    data: Annotated[
+        ReplayIn,
+        BodyParam(examples=[Example(summary="The last day again", value={"since": "2026-11-24T09:00:00Z"})]),
+    ],
     caller: NamedDependency[Caller],
     services: NamedDependency[Services],
 ) -> ReplayOut:

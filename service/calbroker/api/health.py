@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from datetime import UTC, datetime
 from typing import Annotated
 
+import asyncpg
 import msgspec
 from litestar import Response, get
 from litestar.datastructures import State
@@ -129,5 +132,14 @@ async def readyz(state: State) -> Readiness:
 
 @get("/metrics", operation_id="getMetrics", tags=["operations"], summary="Prometheus metrics", media_type="text/plain")
 async def metrics(state: State) -> Response[bytes]:
+    """HTTP traffic, and the webhook outbox's depth and oldest age (attempts are counted by the worker,
+    on its `--metrics-port`)."""
     http_metrics: HttpMetrics = state["http_metrics"]
-    return Response(generate_latest(http_metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    body = generate_latest(http_metrics.registry)
+    services: Services | None = state.get("services")
+    if services is not None:
+        channel_metrics = services.channels.deliveries.metrics
+        with contextlib.suppress(OSError, asyncpg.PostgresError, TimeoutError):
+            await channel_metrics.refresh(services.pool, datetime.now(UTC))
+            body += generate_latest(channel_metrics.queue_registry)
+    return Response(body, media_type=CONTENT_TYPE_LATEST)

@@ -82,6 +82,8 @@ class AddressPolicy:
     - allow_private: loopback, RFC 1918, unique-local, CGNAT (100.64.0.0/10) and other
       non-global ranges are allowed (`CALBROKER_ALLOW_PRIVATE_UPSTREAMS`, labs and the sandbox).
     - allow_http: plain http is allowed to any permitted address (`CALBROKER_ALLOW_HTTP_UPSTREAMS`).
+    - allow_loopback: loopback addresses are allowed, other private ones are not (the demo's webhook
+      receivers on the same laptop).
     - allow_loopback_http: plain http is allowed to loopback addresses only (the demo).
     Link-local, multicast, unspecified and metadata addresses are refused in every case.
     """
@@ -89,6 +91,7 @@ class AddressPolicy:
     allow_private: bool = False
     allow_http: bool = False
     allow_loopback_http: bool = False
+    allow_loopback: bool = False
 
     def refusal(self, address: Address) -> str | None:
         """Why `address` may not be reached, or None when it may."""
@@ -97,6 +100,8 @@ class AddressPolicy:
                 return f"points at a cloud metadata service ({address})"
             if candidate.is_multicast or candidate.is_unspecified or any(candidate in net for net in _LINK_LOCAL):
                 return f"resolves to a link-local, multicast or unspecified address ({address})"
+            if self.allow_loopback and candidate.is_loopback:
+                continue
             if not self.allow_private and (not candidate.is_global or any(candidate in net for net in _NOT_GLOBAL)):
                 return f"resolves to a private, local or reserved address ({address}); use a public address"
         return None

@@ -4,9 +4,9 @@ Every URL passes the admin-typed URL policy (`providers.endpoints`) before the c
 session's resolver applies the same rule to every address it resolves at connect time, so a name
 that re-points at a private address after the check (DNS rebinding) is still refused. Redirects
 are not followed: a 3xx to an internal address would otherwise walk straight past the check.
-Private and loopback hosts are refused unless the operator allows them for callbacks
-(`ChannelSettings.allow_private_hosts`, a setting of its own: reaching an on-premises Exchange
-does not make every application's URL trusted).
+Private hosts are refused unless the operator allows them: for every admin-typed URL, or for
+callbacks only (`ChannelSettings.allow_private_hosts`: receivers inside the operator's network,
+without trusting every endpoint an admin may type).
 """
 
 from __future__ import annotations
@@ -40,12 +40,14 @@ _EXCERPT_BYTES = 1024
 
 
 def callback_policy(settings: Settings) -> AddressPolicy:
-    """Where application-given URLs may lead: public https, unless the operator allows private hosts
-    (or the demo allows plain http to loopback)."""
+    """Where application-given URLs may lead: public https, like admin-typed URLs and under the same
+    settings (`CALBROKER_ALLOW_PRIVATE_UPSTREAMS` / `_HTTP_UPSTREAMS`), plus callbacks' own: private
+    hosts for receivers inside the operator's network, plain http to loopback for the demo."""
     channels = settings.channels
     return AddressPolicy(
-        allow_private=channels.allow_private_hosts or channels.allow_loopback_http,
-        allow_http=False,
+        allow_private=settings.allow_private_upstreams or channels.allow_private_hosts,
+        allow_http=settings.allow_http_upstreams,
+        allow_loopback=channels.allow_loopback_http,
         allow_loopback_http=channels.allow_loopback_http,
     )
 

@@ -42,6 +42,7 @@ __all__ = [
     "get_message",
     "insert_notice",
     "list_messages",
+    "next_due",
     "open_sealed",
     "prune_outbox",
     "queue_stats",
@@ -227,6 +228,14 @@ async def take_run(conn: Connection, channel_id: uuid.UUID) -> None:
 
 # --- delivering ----------------------------------------------------------------------------------------
 
+# A delivery of `m` is claimable only as the oldest unfinished one of its (channel, order key): the rest of
+# a mailbox's deliveries wait behind it, however overdue their own time is. (Constant SQL fragments.)
+_HEAD = """NOT EXISTS (
+    SELECT 1 FROM channel_messages e
+    WHERE e.channel_id = m.channel_id AND e.order_key = m.order_key
+      AND e.state IN ('pending', 'sending') AND e.seq < m.seq)"""
+_DUE = "((m.state = 'pending' AND m.next_attempt_at <= $1) OR (m.state = 'sending' AND m.lease_until <= $1))"
+
 
 async def claim_due(
     conn: Connection,
@@ -240,17 +249,12 @@ async def claim_due(
     channels, each the oldest unfinished one of its (channel, order key); returns the lease id."""
     lease_id = uuid.uuid4()
     rows = await conn.fetch(
-        """
+        f"""
         WITH due AS (
             SELECT m.id FROM channel_messages m
             JOIN channels c ON c.id = m.channel_id AND c.state = 'active'
             WHERE ($4::uuid IS NULL OR m.channel_id = $4)
-              AND ((m.state = 'pending' AND m.next_attempt_at <= $1)
-                   OR (m.state = 'sending' AND m.lease_until <= $1))
-              AND NOT EXISTS (
-                  SELECT 1 FROM channel_messages e
-                  WHERE e.channel_id = m.channel_id AND e.order_key = m.order_key
-                    AND e.state IN ('pending', 'sending') AND e.seq < m.seq)
+              AND {_DUE} AND {_HEAD}
             ORDER BY m.next_attempt_at, m.seq
             LIMIT $2
             FOR UPDATE OF m SKIP LOCKED
@@ -260,7 +264,7 @@ async def claim_due(
         FROM due, channels c
         WHERE m.id = due.id AND c.id = m.channel_id
         RETURNING m.*, c.callback_url, c.flavour
-        """,
+        """,  # noqa: S608
         now,
         limit,
         lease_id,
@@ -374,18 +378,33 @@ async def finish_attempt(
 
 
 async def due_channels(conn: Connection, *, now: datetime, limit: int = 1000) -> list[uuid.UUID]:
-    """Active channels with a delivery due at `now` (the worker's tick queues a run for each)."""
+    """Active channels with a delivery claimable at `now` (the worker's tick queues a run for each); a
+    channel whose mailbox queue waits behind a delivery not due yet is not among them."""
     rows = await conn.fetch(
-        """
+        f"""
         SELECT DISTINCT m.channel_id FROM channel_messages m
         JOIN channels c ON c.id = m.channel_id AND c.state = 'active'
-        WHERE (m.state = 'pending' AND m.next_attempt_at <= $1) OR (m.state = 'sending' AND m.lease_until <= $1)
+        WHERE {_DUE} AND {_HEAD}
         LIMIT $2
-        """,
+        """,  # noqa: S608
         now,
         limit,
     )
     return [r["channel_id"] for r in rows]
+
+
+async def next_due(conn: Connection, channel_id: uuid.UUID) -> datetime | None:
+    """When the channel's next delivery becomes claimable (a pending one's next attempt, or an attempt's
+    lease running out); None when nothing waits. Tests move a simulated clock to it."""
+    found: datetime | None = await conn.fetchval(
+        f"""
+        SELECT min(CASE WHEN m.state = 'pending' THEN m.next_attempt_at ELSE m.lease_until END)
+        FROM channel_messages m
+        WHERE m.channel_id = $1 AND m.state IN ('pending', 'sending') AND {_HEAD}
+        """,  # noqa: S608
+        channel_id,
+    )
+    return found
 
 
 async def open_sealed(conn: Connection, keyring: Keyring, sealed_id: uuid.UUID) -> dict[str, Any]:

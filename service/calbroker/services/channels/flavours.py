@@ -94,7 +94,8 @@ class StandardWebhooks:
         ident = webhook_id(message.id)
         # The package replaces a datetime's zone with UTC rather than converting it: always pass UTC.
         moment = at.astimezone(UTC)
-        signatures = " ".join(Webhook(secret).sign(ident, moment, body) for secret in secrets)
+        text = body.decode()  # a str: older releases of the package sign only str
+        signatures = " ".join(Webhook(secret).sign(ident, moment, text) for secret in secrets)
         return Outgoing(
             body,
             {
