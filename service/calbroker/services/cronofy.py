@@ -188,11 +188,9 @@ async def _sync_mailbox(services: Services, account: Account) -> None:
     listed = list(scope.mailboxes) if scope is not None else []
     if account.mailbox in listed:
         return
-    async with services.pool.acquire() as conn:
-        application_id = await conn.fetchval(
-            "SELECT application_id FROM connections WHERE id = $1", account.connection_id
-        )
-    await services.sync.scopes.set(application_id, account.connection_id, ScopeMode.LIST, [*listed, account.mailbox])
+    await services.sync.scopes.set(
+        account.application_id, account.connection_id, ScopeMode.LIST, [*listed, account.mailbox]
+    )
 
 
 @dataclass(frozen=True, slots=True)
