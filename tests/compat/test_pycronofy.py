@@ -429,6 +429,15 @@ async def test_a_push_channel_tells_of_changes_signed_and_they_read_with_last_mo
             if e["event_uid"] == external["event_uid"]
         ]
         assert shifted["start"] == _z(slot + timedelta(hours=1, minutes=30))
+        # Moved out of the window read (a week later): only include_moved still shows it, where it is now.
+        sandbox_control.patch(f"/_sandbox/mailboxes/{ADELE}/events/{made['id']}", {"shift_minutes": 7 * 24 * 60})
+        away = (await push.next("change"))["body"]["notification"]["changes_since"]
+        assert external["event_uid"] not in [e["event_uid"] for e in _read_changes(adele, away, day)]
+        [elsewhere] = [
+            e for e in _read_changes(adele, away, day, include_moved=True) if e["event_uid"] == external["event_uid"]
+        ]
+        assert elsewhere["start"] == _z(slot + timedelta(days=7, hours=1, minutes=30))
+        assert elsewhere["deleted"] is False
 
         # The client secret is rotated: while the old one still signs, both signatures are sent.
         async with compat_services.pool.acquire() as conn:
