@@ -1,4 +1,5 @@
-"""Service-account callbacks leave from the channels' outbox: durable, retried, signed, in the delivery log."""
+"""What leaves the channels' outbox besides changes: service-account callbacks (durable, retried, signed,
+in the delivery log) and `profile_disconnected` when Microsoft refuses an account's connection."""
 
 from __future__ import annotations
 
@@ -9,8 +10,12 @@ from typing import Any
 import pycronofy
 import requests
 
+from calbroker.sandbox import SandboxThread
+from calbroker.services import Services
+from calbroker.workers.health import check_due_connections
 from tests.compat.conftest import CronofyWorld
-from tests.fixtures.receiver import Answer, running_receiver
+from tests.fixtures.receiver import Answer, Received, Receiver, running_receiver
+from tests.fixtures.sandbox import SandboxControl
 from tests.fixtures.waiting import eventually
 
 ADELE = "adele.vance@contoso.com"
@@ -67,3 +72,88 @@ async def test_a_callback_the_application_failed_to_take_is_retried_from_the_out
         timeout=30,
     )
     assert redeemed.status_code == 200, redeemed.text
+
+
+async def _account_token(world: CronofyWorld, receiver: Receiver) -> str:
+    url = f"{receiver.url}/authorized"
+    accepted = await asyncio.to_thread(
+        requests.post,
+        f"{world.base_url}/v1/service_account_authorizations",
+        json={"email": ADELE, "scope": "read_write", "callback_url": url},
+        headers={"Authorization": f"Bearer {world.service_account_tokens['contoso']}"},
+        timeout=60,
+    )
+    assert accepted.status_code == 202, accepted.text
+    [callback] = await eventually(lambda: receiver.delivered("/authorized"), timeout_s=60, what="the callback")
+    token = await asyncio.to_thread(
+        requests.post,
+        f"{world.base_url}/oauth/token",
+        json={
+            "grant_type": "authorization_code",
+            "client_id": world.client_id,
+            "client_secret": world.client_secret,
+            "code": json.loads(callback.body)["authorization"]["code"],
+            "redirect_uri": url,
+        },
+        timeout=30,
+    )
+    assert token.status_code == 200, token.text
+    return str(token.json()["access_token"])
+
+
+def _of_type(receiver: Receiver, kind: str) -> list[Received]:
+    return [r for r in receiver.delivered("/push") if json.loads(r.body)["notification"]["type"] == kind]
+
+
+async def test_revoked_consent_reaches_the_accounts_channels_as_profile_disconnected(
+    cronofy_world: CronofyWorld, compat_services: Services, sandbox: SandboxThread, sandbox_control: SandboxControl
+) -> None:
+    async with compat_services.pool.acquire() as conn:
+        contoso = await conn.fetchval(
+            "SELECT id FROM connections WHERE application_id = $1 AND kind = 'graph'",
+            cronofy_world.application.application.id,
+        )
+
+    async def check_now() -> None:
+        async with compat_services.pool.acquire() as conn:
+            await conn.execute(
+                "UPDATE connection_checks SET next_check_at = now() - interval '1 second' WHERE connection_id = $1",
+                contoso,
+            )
+        assert (await check_due_connections(compat_services)).checked == 1
+
+    client_id = sandbox_control.app("contoso-secret")["client_id"]
+    saved = sandbox.call(lambda state: state.directory.tenants["contoso"].service_principals[client_id])
+    async with running_receiver() as receiver:
+        bearer = {"Authorization": f"Bearer {await _account_token(cronofy_world, receiver)}"}
+        created = await asyncio.to_thread(
+            requests.post,
+            f"{cronofy_world.base_url}/v1/channels",
+            json={"callback_url": f"{receiver.url}/push"},
+            headers=bearer,
+            timeout=60,
+        )
+        assert created.status_code == 200, created.text
+        channel_id = created.json()["channel"]["channel_id"]
+        await eventually(lambda: _of_type(receiver, "verification"), timeout_s=60, what="the verification")
+        try:
+            sandbox_control.delete(f"/_sandbox/tenants/contoso/consent/{client_id}")
+            await check_now()
+            await check_now()
+            [disconnected] = await eventually(
+                lambda: _of_type(receiver, "profile_disconnected"), timeout_s=60, what="profile_disconnected"
+            )
+            assert json.loads(disconnected.body) == {
+                "notification": {"type": "profile_disconnected"},
+                "channel": {"channel_id": channel_id},
+            }
+            signer = pycronofy.Client(client_id=cronofy_world.client_id, client_secret=cronofy_world.client_secret)
+            assert signer.hmac_valid(disconnected.headers["cronofy-hmac-sha256"], disconnected.body.decode())
+        finally:
+            sandbox.call(
+                lambda state: state.directory.tenants["contoso"].service_principals.__setitem__(client_id, saved)
+            )
+            await check_now()
+            await asyncio.to_thread(
+                requests.delete, f"{cronofy_world.base_url}/v1/channels/{channel_id}", headers=bearer, timeout=30
+            )
