@@ -15,6 +15,7 @@ application gets one channel of its own, which takes no notices (only the callba
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -179,18 +180,29 @@ async def _callback_channel(
 
 
 async def _sync_mailbox(services: Services, account: Account) -> None:
-    """Add the account's mailbox to its connection's sync list unless it is synced (or wanted) already."""
-    async with services.pool.acquire() as conn:
-        synced = await sync_ids(conn, account.connection_id, [account.mailbox])
-        scope = await get_scope(conn, account.connection_id)
-    if account.mailbox in synced or (scope is not None and scope.mode is ScopeMode.ALL):
-        return
-    listed = list(scope.mailboxes) if scope is not None else []
-    if account.mailbox in listed:
-        return
-    await services.sync.scopes.set(
-        account.application_id, account.connection_id, ScopeMode.LIST, [*listed, account.mailbox]
-    )
+    """Add the account's mailbox to its connection's sync list unless it is synced (or wanted) already.
+
+    The list is read and written back under a lock of the connection's, so channels opened at once for
+    two mailboxes of one connection both get theirs added.
+    """
+    async with services.pool.acquire() as lock:
+        key = int.from_bytes(
+            hashlib.sha256(b"calbroker.cronofy.sync:" + account.connection_id.bytes).digest()[:8], "big", signed=True
+        )
+        await lock.execute("SELECT pg_advisory_lock($1)", key)
+        try:
+            synced = await sync_ids(lock, account.connection_id, [account.mailbox])
+            scope = await get_scope(lock, account.connection_id)
+            if account.mailbox in synced or (scope is not None and scope.mode is ScopeMode.ALL):
+                return
+            listed = list(scope.mailboxes) if scope is not None else []
+            if account.mailbox in listed:
+                return
+            await services.sync.scopes.set(
+                account.application_id, account.connection_id, ScopeMode.LIST, [*listed, account.mailbox]
+            )
+        finally:
+            await lock.execute("SELECT pg_advisory_unlock($1)", key)
 
 
 @dataclass(frozen=True, slots=True)
