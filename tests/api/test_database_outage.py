@@ -38,6 +38,8 @@ with warnings.catch_warnings():
 START = "2026-11-24T09:00:00Z"
 END = "2026-11-24T10:00:00Z"
 SOME_ID = "6f1c2a9e-3d4b-4e8f-9a7c-2b1d0e5f4a3c"
+CHANNEL_ID = "0b8e6a52-6c1f-4d2e-9f3a-5e7d1c2b4a60"
+DELIVERY_ID = "msg_" + "0" * 32
 
 # Every /v1 operation (method, path, JSON body, query), so a new route cannot be forgotten silently:
 # `test_every_v1_route_is_covered` compares this list with the app's routes.
@@ -66,6 +68,15 @@ V1_CALLS: list[tuple[str, str, Any, dict[str, str] | None]] = [
     ("GET", "/v1/events/outage-1", None, None),
     ("DELETE", "/v1/events/outage-1", None, None),
     ("GET", "/v1/events", None, {"mailbox": "a@contoso.com", "start": START, "end": END}),
+    ("POST", "/v1/channels", {"callback_url": "http://127.0.0.1:9/hooks"}, None),
+    ("GET", "/v1/channels", None, None),
+    ("GET", f"/v1/channels/{CHANNEL_ID}", None, None),
+    ("DELETE", f"/v1/channels/{CHANNEL_ID}", None, None),
+    ("POST", f"/v1/channels/{CHANNEL_ID}/rotate_secret", None, None),
+    ("POST", f"/v1/channels/{CHANNEL_ID}/enable", None, None),
+    ("GET", f"/v1/channels/{CHANNEL_ID}/deliveries", None, None),
+    ("POST", f"/v1/channels/{CHANNEL_ID}/deliveries/{DELIVERY_ID}/retry", None, None),
+    ("POST", f"/v1/channels/{CHANNEL_ID}/replay", {"since": START}, None),
 ]
 
 
@@ -135,7 +146,13 @@ def test_every_v1_route_is_covered(outage_settings: Settings) -> None:
         if method not in ("OPTIONS", "HEAD")
     }
     templates = {
-        (method, path.replace("outage-1", "{event_id:str}").replace(SOME_ID, "{connection_id:uuid}"))
+        (
+            method,
+            path.replace("outage-1", "{event_id:str}")
+            .replace(SOME_ID, "{connection_id:uuid}")
+            .replace(CHANNEL_ID, "{channel_id:uuid}")
+            .replace(DELIVERY_ID, "{delivery_id:str}"),
+        )
         for method, path, _body, _query in V1_CALLS
     }
     assert routes == templates
