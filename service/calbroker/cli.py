@@ -156,8 +156,13 @@ async def _cmd_apps_cronofy_credentials(settings: Settings, args: argparse.Names
     keyring = load_keyring(settings)
     async with _database(settings) as pool, pool.acquire() as conn:
         await get_application(conn, args.application_id)
-        issued = await issue_client(conn, keyring, args.application_id, actor=_ACTOR)
-    print(f"Cronofy client for {args.application_id} (the secret is shown once; a previous one stops working):")
+        issued = await issue_client(
+            conn, keyring, args.application_id, actor=_ACTOR, signing_overlap=settings.channels.rotation_overlap
+        )
+    print(
+        f"Cronofy client for {args.application_id} (the secret is shown once; a previous one stops working, "
+        f"but signs push notifications beside it for {settings.channels.rotation_overlap}):"
+    )
     print(f"client_id:     {issued.client.client_id}")
     print(f"client_secret: {issued.client_secret}")
     print(f"base URL:      {settings.public_url}/compat/cronofy")

@@ -53,9 +53,6 @@ def account_token(cronofy_world: CronofyWorld, receiver: CallbackReceiver, http:
 @pytest.mark.parametrize(
     ("method", "path", "error"),
     [
-        ("POST", "/v1/channels", "not_yet_supported"),
-        ("GET", "/v1/channels", "not_yet_supported"),
-        ("DELETE", "/v1/channels/chn_123", "not_yet_supported"),
         ("POST", "/v1/sequenced_availability", "not_supported"),
         ("POST", "/v1/availability_rules", "not_supported"),
         ("POST", "/v1/real_time_scheduling", "not_supported"),
@@ -136,21 +133,55 @@ def test_input_errors_are_cronofys_422(cronofy_world: CronofyWorld, http: reques
     assert slots.json()["errors"]["query_slots"][0]["key"] == "errors.not_supported"
 
 
-@pytest.mark.parametrize(
-    "query",
-    ["last_modified=2026-01-01T00:00:00Z", "include_deleted=True", "include_moved=true"],
-)
-def test_change_tracking_parameters_are_not_yet_supported(
-    cronofy_world: CronofyWorld, http: requests.Session, account_token: str, query: str
+def test_last_modified_needs_a_synced_mailbox_and_events(
+    cronofy_world: CronofyWorld, http: requests.Session, account_token: str
 ) -> None:
-    """Not yet: they need the mailbox sync's change data (being built); until then a 422 says so."""
+    """The change feed answers `last_modified` for synced mailboxes only (a push channel syncs its
+    account's); nothing here made Adele synced, so the 422 says how to get there."""
     answer = http.get(
-        f"{cronofy_world.base_url}/v1/events?tzid=Etc/UTC&{query}", headers=_bearer(account_token), timeout=30
+        f"{cronofy_world.base_url}/v1/events?tzid=Etc/UTC&last_modified=2026-01-01T00:00:00Z",
+        headers=_bearer(account_token),
+        timeout=30,
     )
-    assert answer.status_code == 422
-    [(field, [entry])] = answer.json()["errors"].items()
-    assert field == query.split("=", maxsplit=1)[0]
-    assert entry["key"] == "errors.not_yet_supported"
+    assert answer.status_code == 422, answer.text
+    [entry] = answer.json()["errors"]["last_modified"]
+    assert entry["key"] == "errors.invalid"
+    assert "not synced" in entry["description"]
+    naive = http.get(
+        f"{cronofy_world.base_url}/v1/events?tzid=Etc/UTC&last_modified=2026-01-01T00:00:00",
+        headers=_bearer(account_token),
+        timeout=30,
+    )
+    assert naive.json()["errors"]["last_modified"][0]["key"] == "errors.invalid"
+    free_busy = http.get(
+        f"{cronofy_world.base_url}/v1/free_busy?tzid=Etc/UTC&last_modified=2026-01-01T00:00:00Z",
+        headers=_bearer(account_token),
+        timeout=30,
+    )
+    assert free_busy.json()["errors"]["last_modified"][0]["key"] == "errors.not_supported"
+
+
+def test_channels_refuse_what_they_cannot_honour(
+    cronofy_world: CronofyWorld, http: requests.Session, account_token: str
+) -> None:
+    url = f"{cronofy_world.base_url}/v1/channels"
+    assert http.post(url, json={"callback_url": "https://hooks.example/x"}, timeout=30).status_code == 401
+    foreign = http.post(
+        url,
+        json={"callback_url": "https://hooks.example/x", "filters": {"calendar_ids": ["cal_other"]}},
+        headers=_bearer(account_token),
+        timeout=30,
+    )
+    assert foreign.status_code == 422
+    assert "filters.calendar_ids[0]" in foreign.json()["errors"]
+    metadata = http.post(
+        url, json={"callback_url": "http://169.254.169.254/x"}, headers=_bearer(account_token), timeout=30
+    )
+    assert metadata.status_code == 422
+    assert "metadata" in metadata.json()["errors"]["callback_url"][0]["description"]
+    unknown = http.delete(f"{url}/chn_{'0' * 32}", headers=_bearer(account_token), timeout=30)
+    assert unknown.status_code == 404
+    assert http.get(url, headers=_bearer(account_token), timeout=30).json() == {"channels": []}
 
 
 def test_callback_urls_pass_the_url_policy(cronofy_world: CronofyWorld, http: requests.Session) -> None:

@@ -2,7 +2,8 @@
 
 Authorize a Graph and an EWS mailbox with service-account tokens (202, then a callback with a code),
 list calendars, read free/busy, ask for availability with two participants, upsert an event with
-Teams conferencing and read its join URL back, move it, delete it, and page through events. The
+Teams conferencing and read its join URL back, move it, delete it, page through events, and keep up
+with a calendar through a push channel (signed notifications, `last_modified`, `include_deleted`). The
 answers are checked against the native API (same application, API key) and the sandbox's own
 control plane, never against numbers written into the test.
 """
@@ -10,6 +11,7 @@ control plane, never against numbers written into the test.
 from __future__ import annotations
 
 import math
+import queue
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -24,8 +26,12 @@ from pycronofy.exceptions import PyCronofyRequestError
 
 from calbroker.api.compat.cronofy.paging import PAGE_SIZE
 from calbroker.sandbox import SandboxThread
+from calbroker.services import Services
+from calbroker.store.cronofy import issue_client
+from calbroker.workers.runner import Worker
 from tests.compat.conftest import CallbackReceiver, CronofyWorld
 from tests.fixtures.sandbox import SandboxControl
+from tests.fixtures.waiting import eventually
 
 ADELE = "adele.vance@contoso.com"  # Microsoft 365, Graph
 ANNA = "anna.schmidt@fabrikam.com"  # Exchange on-premises, EWS
@@ -307,3 +313,154 @@ def test_paging_through_events_booked_in_batches(reauthorized: dict[str, Authori
 
 def _z(moment: datetime) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+# --- push channels -------------------------------------------------------------------------------------
+
+
+class Notifications:
+    """Push notifications as a Cronofy app receives them, delivered by a burst-mode worker on demand."""
+
+    def __init__(self, receiver: CallbackReceiver, worker: Worker) -> None:
+        self._receiver = receiver
+        self._worker = worker
+
+    async def next(self, kind: str) -> dict[str, Any]:
+        """The next notification of `kind` (earlier ones of other kinds are skipped), running the worker
+        until it arrives: Graph's notification reaches the API, a sync round runs, the outbox delivers."""
+
+        async def arrived() -> dict[str, Any] | None:
+            await self._worker.drain()
+            while True:
+                try:
+                    found = self._receiver.received.get_nowait()
+                except queue.Empty:
+                    return None
+                if found["body"]["notification"]["type"] == kind:
+                    return found
+
+        return await eventually(arrived, timeout_s=180, what=f"a {kind} notification")
+
+
+def _read_changes(who: Authorized, since: str, day: date, **flags: Any) -> list[dict[str, Any]]:
+    return list(
+        who.client.read_events(
+            calendar_ids=(who.calendar_id,),
+            from_date=day,
+            to_date=day + timedelta(days=3),
+            tzid="Etc/UTC",
+            last_modified=since,
+            include_managed=True,
+            **flags,
+        ).all()
+    )
+
+
+def _valid(who: Authorized, world: CronofyWorld, secret: str, arrived: dict[str, Any]) -> bool:
+    client = pycronofy.Client(client_id=world.client_id, client_secret=secret)
+    return bool(client.hmac_valid(arrived["headers"].get("cronofy-hmac-sha256"), arrived["raw"].decode()))
+
+
+async def test_a_push_channel_tells_of_changes_signed_and_they_read_with_last_modified(
+    reauthorized: dict[str, Authorized],
+    cronofy_world: CronofyWorld,
+    compat_services: Services,
+    compat_worker: Worker,
+    sandbox_control: SandboxControl,
+) -> None:
+    adele = reauthorized["adele"]
+    secret = cronofy_world.client_secret
+    day = datetime.now(UTC).date() + timedelta(days=1)
+    slot = datetime.combine(day, datetime.min.time(), UTC) + timedelta(hours=21)
+    with CallbackReceiver() as receiver:
+        push = Notifications(receiver, compat_worker)
+        url = f"{receiver.url}/cronofy/push"
+        channel = adele.client.create_notification_channel(url, calendar_ids=(adele.calendar_id,))
+        assert channel["channel_id"].startswith("chn_")
+        assert channel["callback_url"] == url
+        assert channel["filters"]["calendar_ids"] == [adele.calendar_id]
+        again = adele.client.create_notification_channel(url, calendar_ids=(adele.calendar_id,))
+        assert again["channel_id"] == channel["channel_id"]  # an identical request answers the same channel
+        assert [c["channel_id"] for c in adele.client.list_notification_channels()] == [channel["channel_id"]]
+
+        verification = await push.next("verification")
+        assert verification["path"] == "/cronofy/push"
+        assert verification["body"]["channel"]["channel_id"] == channel["channel_id"]
+        assert verification["headers"]["content-type"].startswith("application/json")
+        assert adele.client.hmac_valid(verification["headers"]["cronofy-hmac-sha256"], verification["raw"].decode())
+        assert not _valid(adele, cronofy_world, "cbs_" + "x" * 43, verification)
+
+        # A change through calbroker: the event booked with the SDK shows up from changes_since.
+        adele.client.upsert_event(
+            adele.calendar_id,
+            {"event_id": "push-1", "summary": "Pushed", "start": slot, "end": slot + timedelta(minutes=30)},
+        )
+        booked = await push.next("change")
+        assert adele.client.hmac_valid(booked["headers"]["cronofy-hmac-sha256"], booked["raw"].decode())
+        since = booked["body"]["notification"]["changes_since"]
+        assert since.endswith("Z")
+        # changes_since is floored to the second, so earlier changes of that second come along (at least once).
+        [pushed] = [e for e in _read_changes(adele, since, day) if e.get("event_id") == "push-1"]
+        assert (pushed["summary"], pushed["start"], pushed["deleted"]) == ("Pushed", _z(slot), False)
+        assert _read_changes(adele, _z(datetime.now(UTC) + timedelta(seconds=1)), day) == []
+
+        # A change in Outlook (the sandbox's own calendar): a new meeting, then it is moved.
+        made = sandbox_control.post(
+            f"/_sandbox/mailboxes/{ADELE}/events",
+            {
+                "subject": "Made in Outlook",
+                "start": {"dateTime": (slot + timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%S"), "timeZone": "UTC"},
+                "end": {"dateTime": (slot + timedelta(hours=2)).strftime("%Y-%m-%dT%H:%M:%S"), "timeZone": "UTC"},
+            },
+        )
+        outlook = await push.next("change")
+        [external] = [
+            e
+            for e in _read_changes(adele, outlook["body"]["notification"]["changes_since"], day)
+            if "event_id" not in e
+        ]
+        assert external["summary"] == "Made in Outlook"
+        assert external["start"] == _z(slot + timedelta(hours=1))
+        sandbox_control.patch(f"/_sandbox/mailboxes/{ADELE}/events/{made['id']}", {"shift_minutes": 30})
+        moved = await push.next("change")
+        [shifted] = [
+            e
+            for e in _read_changes(adele, moved["body"]["notification"]["changes_since"], day)
+            if e["event_uid"] == external["event_uid"]
+        ]
+        assert shifted["start"] == _z(slot + timedelta(hours=1, minutes=30))
+        # Moved out of the window read (a week later): only include_moved still shows it, where it is now.
+        sandbox_control.patch(f"/_sandbox/mailboxes/{ADELE}/events/{made['id']}", {"shift_minutes": 7 * 24 * 60})
+        away = (await push.next("change"))["body"]["notification"]["changes_since"]
+        assert external["event_uid"] not in [e["event_uid"] for e in _read_changes(adele, away, day)]
+        [elsewhere] = [
+            e for e in _read_changes(adele, away, day, include_moved=True) if e["event_uid"] == external["event_uid"]
+        ]
+        assert elsewhere["start"] == _z(slot + timedelta(days=7, hours=1, minutes=30))
+        assert elsewhere["deleted"] is False
+
+        # The client secret is rotated: while the old one still signs, both signatures are sent.
+        async with compat_services.pool.acquire() as conn:
+            rotated = await issue_client(
+                conn,
+                compat_services.keyring,
+                cronofy_world.application.application.id,
+                actor="test",
+                signing_overlap=timedelta(hours=1),
+            )
+        new_secret = rotated.client_secret
+
+        # A deletion in Outlook: seen only with include_deleted, by the event_uid it had.
+        sandbox_control.delete(f"/_sandbox/mailboxes/{ADELE}/events/{made['id']}")
+        deleted = await push.next("change")
+        assert len(deleted["headers"]["cronofy-hmac-sha256"].split(",")) == 2
+        assert _valid(adele, cronofy_world, secret, deleted)
+        assert _valid(adele, cronofy_world, new_secret, deleted)
+        gone_since = deleted["body"]["notification"]["changes_since"]
+        assert external["event_uid"] not in [e["event_uid"] for e in _read_changes(adele, gone_since, day)]
+        [gone] = [e for e in _read_changes(adele, gone_since, day, include_deleted=True) if e["deleted"]]
+        assert gone["event_uid"] == external["event_uid"]
+
+        adele.client.close_notification_channel(channel["channel_id"])
+        assert adele.client.list_notification_channels() == []
+        adele.client.delete_event(adele.calendar_id, "push-1")

@@ -6,7 +6,7 @@ routing and no SQL of their own: they compose the store and the providers.
 """
 
 from calbroker.services.availability import AvailabilityAnswer, answer_availability
-from calbroker.services.bookings import Bookings, CalendarEntry, Outcome
+from calbroker.services.bookings import Bookings, CalendarEntry, Outcome, teams_available
 from calbroker.services.bundle import Services, open_services
 from calbroker.services.onboarding import ConnectionDraft, SaveHook, verify_and_save
 from calbroker.services.schedules import Coalescer, ScheduleReader
@@ -25,5 +25,6 @@ __all__ = [
     "Upstream",
     "answer_availability",
     "open_services",
+    "teams_available",
     "verify_and_save",
 ]

@@ -72,7 +72,7 @@ from calbroker.store.events import (
     spec_fingerprint,
 )
 
-__all__ = ["Bookings", "CalendarEntry", "Outcome"]
+__all__ = ["Bookings", "CalendarEntry", "Outcome", "teams_available", "teams_partner"]
 
 log = get_logger(__name__)
 
@@ -524,7 +524,7 @@ class Bookings:
         provider = await self._upstream.provider(connection)
         teams: CalendarProvider | None = None
         if connection.kind is ConnectionKind.EWS:
-            partner = _teams_partner(connections, who)
+            partner = teams_partner(connections, who)
             if partner is not None:
                 teams = await self._upstream.provider(partner)
             elif spec is not None and spec.teams_meeting:
@@ -566,10 +566,19 @@ def _reason(exc: Exception) -> str:
     return f"internal-error: {type(exc).__name__}"
 
 
-def _teams_partner(connections: Sequence[Connection], organizer: str) -> Connection | None:
+def teams_partner(connections: Sequence[Connection], organizer: str) -> Connection | None:
     """The online-meetings connection that makes Teams meetings for an EWS organizer (a hybrid tenant):
     routed like a calendar, by the organizer's domain and allow-list, preferring a healthy one."""
     try:
         return route_mailbox(connections, organizer, purpose=ConnectionPurpose.ONLINE_MEETINGS)
     except MailboxError:
         return None
+
+
+def teams_available(connections: Sequence[Connection], connection: Connection, organizer: str) -> bool:
+    """Whether an event `organizer` books through `connection` can be a Teams meeting, by the rule bookings
+    follow: a Graph calendar makes its own; an EWS organizer needs an online-meetings connection routed
+    for its domain; a free/busy-only connection books nothing."""
+    if not connection.access_level.opens_calendars:
+        return False
+    return connection.kind is ConnectionKind.GRAPH or teams_partner(connections, organizer) is not None

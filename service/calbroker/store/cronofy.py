@@ -16,6 +16,7 @@ import hashlib
 import hmac
 import secrets
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -23,13 +24,15 @@ import asyncpg
 
 from calbroker.domain.errors import NotFound
 from calbroker.store.audit import record_audit
+from calbroker.store.channels import add_secret
 from calbroker.store.database import Connection
 from calbroker.store.keyring import Keyring
-from calbroker.store.secrets import delete_secret, store_secret
+from calbroker.store.secrets import delete_secret, read_secret, store_secret
 
 __all__ = [
     "SERVICE_ACCOUNT_SCOPE",
     "Account",
+    "CronofyChannel",
     "CronofyClient",
     "CronofyIds",
     "Grant",
@@ -38,6 +41,8 @@ __all__ = [
     "PendingAuthorization",
     "Redemption",
     "account_by_id",
+    "account_channel",
+    "account_channels",
     "accounts_by_ids",
     "authenticate_client",
     "authenticate_token",
@@ -45,14 +50,17 @@ __all__ = [
     "client_by_id",
     "client_by_secret",
     "client_of",
+    "client_secret",
     "issue_client",
     "issue_code",
     "issue_grant",
     "issue_service_account_token",
+    "link_channel",
     "redeem_code",
     "refresh_grant",
     "require_client",
     "revoke_token",
+    "same_channel",
     "save_account",
     "start_authorization",
     "take_authorization",
@@ -63,6 +71,8 @@ CLIENT_SECRET_PREFIX = "cbs_"  # noqa: S105 - prefixes make leaked secrets recog
 ACCESS_PREFIX = "cbt_"
 REFRESH_PREFIX = "cbr_"
 CODE_PREFIX = "cbc_"
+CLIENT_SIGNED_FLAVOURS = ("cronofy", "cronofy_callback")
+"""Channel flavours signed with the client secret (push channels, service-account callbacks)."""
 
 
 def _digest(value: str) -> bytes:
@@ -169,11 +179,20 @@ def _account(row: asyncpg.Record) -> Account:
 # --- client credentials -----------------------------------------------------------------------------
 
 
-async def issue_client(conn: Connection, keyring: Keyring, application_id: uuid.UUID, *, actor: str) -> IssuedClient:
+async def issue_client(
+    conn: Connection,
+    keyring: Keyring,
+    application_id: uuid.UUID,
+    *,
+    actor: str,
+    signing_overlap: timedelta = timedelta(hours=24),
+) -> IssuedClient:
     """New client credentials for the application, or a new secret for its existing client id.
 
     The id key stays, so every acc_/cal_/pro_ id the application already holds keeps its meaning;
-    the previous secret stops working at once.
+    the previous secret stops authenticating at once, but keeps signing push notifications beside the
+    new one for `signing_overlap` (Cronofy's comma-separated `Cronofy-HMAC-SHA256`), so receivers can
+    switch over without rejecting a notification.
     """
     secret = _secret(CLIENT_SECRET_PREFIX)
     async with conn.transaction():
@@ -198,6 +217,13 @@ async def issue_client(conn: Connection, keyring: Keyring, application_id: uuid.
         assert row is not None
         if previous is not None and previous["secret_id"] is not None:
             await delete_secret(conn, previous["secret_id"])
+        channels = await conn.fetch(
+            "SELECT id FROM channels WHERE application_id = $1 AND flavour = ANY($2::text[])",
+            application_id,
+            list(CLIENT_SIGNED_FLAVOURS),
+        )
+        for channel in channels:
+            await add_secret(conn, keyring, channel["id"], secret, retire_others_in=signing_overlap)
         client = _client(row)
         await record_audit(
             conn,
@@ -212,6 +238,14 @@ async def issue_client(conn: Connection, keyring: Keyring, application_id: uuid.
 async def client_of(conn: Connection, application_id: uuid.UUID) -> CronofyClient | None:
     row = await conn.fetchrow("SELECT * FROM cronofy_clients WHERE application_id = $1", application_id)
     return _client(row) if row is not None else None
+
+
+async def client_secret(conn: Connection, keyring: Keyring, application_id: uuid.UUID) -> str:
+    """The client secret in the clear, to sign push notifications with (it never leaves in a response)."""
+    secret_id = await conn.fetchval("SELECT secret_id FROM cronofy_clients WHERE application_id = $1", application_id)
+    if secret_id is None:
+        raise NotFound(f"application {application_id} has no Cronofy client secret")
+    return (await read_secret(conn, keyring, secret_id, purpose=_SECRET_PURPOSE)).decode()
 
 
 async def client_by_id(conn: Connection, client_id: str) -> CronofyClient | None:
@@ -269,7 +303,16 @@ async def save_account(conn: Connection, client: CronofyClient, connection_id: u
         ids.calendar(mailbox),
     )
     assert row is not None
-    return _account(row)
+    account = _account(row)
+    # A mailbox authorized again through another connection (reconnected, superseded) keeps its channels.
+    await conn.execute(
+        """UPDATE channels c SET connection_ids = ARRAY[$2::uuid], updated_at = now()
+           FROM cronofy_channels k WHERE k.channel_id = c.id AND k.account_id = $1
+             AND c.connection_ids <> ARRAY[$2::uuid]""",
+        account.account_id,
+        account.connection_id,
+    )
+    return account
 
 
 async def account_by_id(conn: Connection, application_id: uuid.UUID, account_id: str) -> Account | None:
@@ -576,3 +619,88 @@ async def issue_service_account_token(
             details={"grant_id": str(issued.grant_id)},
         )
     return issued.access_token
+
+
+# --- push channels ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class CronofyChannel:
+    """A push channel as Cronofy shows it: `chn_…`, the callback URL and the filters as given."""
+
+    channel_id: uuid.UUID
+    public_id: str
+    account_id: str
+    callback_url: str
+    calendar_ids: tuple[str, ...]
+    only_managed: bool
+    created_at: datetime
+
+
+def _channel(row: asyncpg.Record) -> CronofyChannel:
+    return CronofyChannel(
+        row["channel_id"],
+        row["public_id"],
+        row["account_id"],
+        row["callback_url"],
+        tuple(row["calendar_ids"]),
+        row["only_managed"],
+        row["created_at"],
+    )
+
+
+async def link_channel(
+    conn: Connection,
+    channel_id: uuid.UUID,
+    public_id: str,
+    account: Account,
+    *,
+    callback_url: str,
+    calendar_ids: Sequence[str],
+    only_managed: bool,
+) -> CronofyChannel:
+    """Make an outbox channel the account's Cronofy channel (in the transaction that created it)."""
+    row = await conn.fetchrow(
+        """INSERT INTO cronofy_channels (channel_id, public_id, account_id, callback_url, calendar_ids, only_managed)
+           VALUES ($1, $2, $3, $4, $5, $6) RETURNING *""",
+        channel_id,
+        public_id,
+        account.account_id,
+        callback_url,
+        list(calendar_ids),
+        only_managed,
+    )
+    assert row is not None
+    return _channel(row)
+
+
+async def same_channel(
+    conn: Connection, account: Account, callback_url: str, calendar_ids: Sequence[str], only_managed: bool
+) -> CronofyChannel | None:
+    """The account's channel with exactly this URL and these filters (Cronofy answers it again)."""
+    row = await conn.fetchrow(
+        """SELECT * FROM cronofy_channels WHERE account_id = $1 AND callback_url = $2
+             AND calendar_ids = $3::text[] AND only_managed = $4""",
+        account.account_id,
+        callback_url,
+        list(calendar_ids),
+        only_managed,
+    )
+    return _channel(row) if row is not None else None
+
+
+async def account_channels(conn: Connection, account: Account) -> list[CronofyChannel]:
+    rows = await conn.fetch(
+        "SELECT * FROM cronofy_channels WHERE account_id = $1 ORDER BY created_at, public_id", account.account_id
+    )
+    return [_channel(r) for r in rows]
+
+
+async def account_channel(conn: Connection, account: Account, public_id: str) -> CronofyChannel:
+    """The account's channel `chn_…`; another account's is simply not found."""
+    row = await conn.fetchrow(
+        "SELECT * FROM cronofy_channels WHERE account_id = $1 AND public_id = $2", account.account_id, public_id
+    )
+    if row is None:
+        raise NotFound(f"No channel {public_id!r} belongs to this account.")
+    return _channel(row)

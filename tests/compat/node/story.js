@@ -34,6 +34,38 @@ function receiver() {
   });
 }
 
+// A push-notification endpoint: every POST (parsed body, raw body, headers); next(type) resolves with the
+// first not yet taken of that notification type.
+function notifications() {
+  const arrived = [];
+  const waiting = [];
+  const settle = () => {
+    for (const wait of [...waiting]) {
+      const index = arrived.findIndex((n) => n.json.notification.type === wait.type);
+      if (index >= 0) {
+        waiting.splice(waiting.indexOf(wait), 1);
+        wait.resolve(arrived.splice(index, 1)[0]);
+      }
+    }
+  };
+  const server = http.createServer((request, response) => {
+    let body = '';
+    request.on('data', (chunk) => { body += chunk; });
+    request.on('end', () => {
+      response.writeHead(200);
+      response.end();
+      arrived.push({ body, json: JSON.parse(body), headers: request.headers });
+      settle();
+    });
+  });
+  const next = (type) => new Promise((resolve) => { waiting.push({ type, resolve }); settle(); });
+  return new Promise((resolve) => {
+    server.listen(0, '127.0.0.1', () => {
+      resolve({ url: `http://127.0.0.1:${server.address().port}/push`, next, close: () => server.close() });
+    });
+  });
+}
+
 async function authorize(tenant, email) {
   const callback = await receiver();
   try {
@@ -112,7 +144,51 @@ async function main() {
   } catch (error) {
     result.invalid = { status: error.statusCode, body: error.error.entity };
   }
+  result.push = await push(adele);
   process.stdout.write(JSON.stringify(result));
+}
+
+// A push channel: signed notifications (hmacValid), then the change read back with last_modified.
+async function push(adele) {
+  const hooks = await notifications();
+  try {
+    const calendarId = adele.calendar.calendar_id;
+    const { channel } = await adele.user.createNotificationChannel({
+      callback_url: hooks.url,
+      filters: { calendar_ids: [calendarId] },
+    });
+    const verification = await hooks.next('verification');
+    await adele.user.createEvent({
+      calendar_id: calendarId,
+      event_id: 'node-push-1',
+      summary: 'Pushed (Node)',
+      start: config.push_start,
+      end: config.push_end,
+    });
+    const change = await hooks.next('change');
+    const since = change.json.notification.changes_since;
+    const window = { tzid: 'Etc/UTC', from: config.event_day, to: config.event_next_day, include_managed: true };
+    const changed = (await adele.user.readEvents({ ...window, last_modified: since })).events;
+    const listed = (await adele.user.listNotificationChannels()).channels;
+    await adele.user.deleteNotificationChannel({ channel_id: channel.channel_id });
+    const remaining = (await adele.user.listNotificationChannels()).channels;
+    await adele.user.deleteEvent({ calendar_id: calendarId, event_id: 'node-push-1' });
+    const valid = (n, secret) => adele.user.hmacValid({
+      hmac: n.headers['cronofy-hmac-sha256'], body: n.body, client_secret: secret || config.client_secret,
+    });
+    return {
+      channel,
+      verification: verification.json,
+      change: change.json,
+      valid: [valid(verification), valid(change)],
+      forged: valid(change, 'cbs_not_the_secret'),
+      changed,
+      listed,
+      remaining,
+    };
+  } finally {
+    hooks.close();
+  }
 }
 
 main().catch((error) => {

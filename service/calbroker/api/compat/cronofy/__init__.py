@@ -14,6 +14,7 @@ from calbroker.api.compat.cronofy.accounts import account, calendars, profiles, 
 from calbroker.api.compat.cronofy.auth import require_cronofy_token
 from calbroker.api.compat.cronofy.availability import availability
 from calbroker.api.compat.cronofy.batch import batch
+from calbroker.api.compat.cronofy.channels import close_channel, create_channel, list_channels
 from calbroker.api.compat.cronofy.errors import error_handlers
 from calbroker.api.compat.cronofy.events import delete_managed_event, events_page, read_events, upsert_event
 from calbroker.api.compat.cronofy.free_busy import free_busy, free_busy_page
@@ -44,6 +45,9 @@ def cronofy_router() -> Router:
             delete_managed_event,
             availability,
             batch,
+            create_channel,
+            list_channels,
+            close_channel,
             authorize_mailboxes,
         ],
         guards=[require_cronofy_token],

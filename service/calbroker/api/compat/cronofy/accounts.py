@@ -18,8 +18,8 @@ from calbroker.domain.connections import Connection, ConnectionKind, ConnectionS
 from calbroker.domain.errors import CalbrokerError, Unauthenticated
 from calbroker.domain.intervals import Interval
 from calbroker.providers.protocol import Deadline
-from calbroker.services import Services
-from calbroker.store.connections import get_connection
+from calbroker.services import Services, teams_available
+from calbroker.store.connections import get_connection, list_connections
 from calbroker.store.cronofy import Account, CronofyIds
 
 __all__ = ["account", "calendar_out", "calendars", "profiles", "userinfo"]
@@ -38,8 +38,9 @@ def profile_out(connection: Connection, ids: CronofyIds) -> dict[str, Any]:
     }
 
 
-def calendar_out(account: Account, connection: Connection, ids: CronofyIds) -> dict[str, Any]:
-    """The account's one calendar; read-only when the connection may only read free/busy."""
+def calendar_out(account: Account, connection: Connection, ids: CronofyIds, *, conferencing: bool) -> dict[str, Any]:
+    """The account's one calendar; read-only when the connection may only read free/busy; `conferencing`
+    when `conferencing: {profile_id: "default"}` makes a Teams meeting there (`teams_available`)."""
     return {
         "provider_name": provider_name(connection),
         "profile_id": ids.profile(connection.id),
@@ -49,7 +50,7 @@ def calendar_out(account: Account, connection: Connection, ids: CronofyIds) -> d
         "calendar_readonly": not connection.access_level.opens_calendars,
         "calendar_deleted": False,
         "calendar_primary": True,
-        "calendar_integrated_conferencing_available": connection.kind is ConnectionKind.GRAPH,
+        "calendar_integrated_conferencing_available": conferencing,
         "calendar_attachments_available": False,
         "permission_level": "unrestricted" if connection.access_level.opens_calendars else "free_busy",
     }
@@ -70,6 +71,7 @@ async def userinfo(request: Request[Any, Any, Any], services: NamedDependency[Se
     ids = caller.client.ids
     async with services.pool.acquire() as conn:
         connection = await get_connection(conn, caller.client.application_id, grant.connection_id)
+        connections = await list_connections(conn, caller.client.application_id)
     authorization = {"scope": grant.scope, "status": "active"}
     if grant.account is None:
         return {
@@ -88,7 +90,19 @@ async def userinfo(request: Request[Any, Any, Any], services: NamedDependency[Se
         "cronofy.type": "account",
         "cronofy.data": {
             "authorization": authorization,
-            "profiles": [{**profile_out(connection, ids), "calendars": [calendar_out(account, connection, ids)]}],
+            "profiles": [
+                {
+                    **profile_out(connection, ids),
+                    "calendars": [
+                        calendar_out(
+                            account,
+                            connection,
+                            ids,
+                            conferencing=teams_available(connections, connection, account.mailbox),
+                        )
+                    ],
+                }
+            ],
         },
     }
 
@@ -128,5 +142,8 @@ async def profiles(request: Request[Any, Any, Any], services: NamedDependency[Se
 @get("/calendars", include_in_schema=False)
 async def calendars(request: Request[Any, Any, Any], services: NamedDependency[Services]) -> dict[str, Any]:
     grant, found = account_caller(request, "list_calendars")
-    connection = await _connection(services, found)
-    return {"calendars": [calendar_out(found, connection, grant.client.ids)]}
+    async with services.pool.acquire() as conn:
+        connection = await get_connection(conn, found.application_id, found.connection_id)
+        connections = await list_connections(conn, found.application_id)
+    conferencing = teams_available(connections, connection, found.mailbox)
+    return {"calendars": [calendar_out(found, connection, grant.client.ids, conferencing=conferencing)]}

@@ -44,13 +44,12 @@ class OAuthError(Exception):
 
 
 class NotSupported(Exception):
-    """A Cronofy feature with no counterpart in calbroker (or not built yet): 501 with the reason."""
+    """A Cronofy feature with no counterpart in calbroker: 501 with the reason."""
 
-    def __init__(self, feature: str, description: str, *, not_yet: bool = False) -> None:
+    def __init__(self, feature: str, description: str) -> None:
         super().__init__(description)
         self.feature = feature
         self.description = description
-        self.not_yet = not_yet
 
 
 class _Forbidden(errors.AccessDenied):
@@ -107,7 +106,7 @@ def cronofy_error(exc: Exception) -> Response[Any]:
         case NotSupported():
             return _plain(
                 501,
-                "not_yet_supported" if exc.not_yet else "not_supported",
+                "not_supported",
                 f"{exc.description} See {_DOCS} for what calbroker's Cronofy-compatible API covers.",
             )
         case errors.InvalidRequest():

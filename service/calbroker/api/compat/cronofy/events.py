@@ -38,6 +38,7 @@ from calbroker.domain.events import Attendee, AttendeeType, EventSpec
 from calbroker.domain.intervals import Interval
 from calbroker.providers.protocol import Deadline
 from calbroker.services import Bookings, CalendarEntry, Services
+from calbroker.services.cronofy import AccountChanges, read_account_changes
 from calbroker.store.cronofy import Account, Grant
 from calbroker.store.events import EventState, find_event
 
@@ -322,6 +323,37 @@ def _key(entry: CalendarEntry) -> tuple[str, str]:
     ).isoformat(), f"{entry.event.id}|{entry.event.interval.end.isoformat()}"
 
 
+_LAST = "9999"
+"""Sorts after every start: deleted items (their times are gone with them) come last."""
+
+
+def _managed_filter(query: ReadQuery, managed: bool) -> bool:
+    if query.only_managed:
+        return managed
+    return query.include_managed or not managed
+
+
+def _changed_out(
+    upstream_id: str, account: Account, query: ReadQuery, changes: AccountChanges, *, deleted: bool
+) -> tuple[tuple[str, str], dict[str, Any]]:
+    """An item the change feed names that the window's view does not show: deleted, or moved out of the
+    window (with the times the synced copy holds)."""
+    out: dict[str, Any] = {"calendar_id": account.calendar_id, "event_uid": _event_uid(upstream_id), "deleted": deleted}
+    event_id = changes.event_ids.get(upstream_id)
+    if event_id is not None:
+        out["event_id"] = _cronofy_event_id(account, event_id)
+    held = None if deleted else changes.feed.cached.get(upstream_id)
+    if held is None:
+        return (_LAST, upstream_id), out
+    start, end, status = held
+    out |= {
+        "start": _time_out(start, query, False),
+        "end": _time_out(end, query, False),
+        "transparency": "transparent" if status is BusyStatus.FREE else "opaque",
+    }
+    return (start.astimezone(UTC).isoformat(), f"{upstream_id}|{end.isoformat()}"), out
+
+
 async def _answer(
     services: Services,
     grant: Grant,
@@ -333,13 +365,24 @@ async def _answer(
     after: tuple[str, str] | None = None,
 ) -> dict[str, Any]:
     entries = await _calendar_view(services.bookings, grant, account, query.window, deadline)
-    if query.only_managed:
-        entries = [e for e in entries if e.event_id is not None]
-    elif not query.include_managed:
-        entries = [e for e in entries if e.event_id is None]
-    shown = page_of(entries, query, _key, page=page, after=after)
+    kept = [e for e in entries if _managed_filter(query, e.event_id is not None)]
+    if query.last_modified is None:
+        shown = [(_key(e), _event_out(e, account, query)) for e in kept]
+    else:
+        changes = await read_account_changes(services, account, query.last_modified)
+        updated = set(changes.updated)
+        shown = [(_key(e), _event_out(e, account, query)) for e in kept if e.event.id in updated]
+        seen = {e.event.id for e in entries}
+        extra = [(u, True) for u in changes.deleted if query.include_deleted]
+        extra += [(u, False) for u in changes.updated if query.include_moved and u not in seen]
+        shown += [
+            _changed_out(u, account, query, changes, deleted=gone)
+            for u, gone in extra
+            if _managed_filter(query, u in changes.event_ids)
+        ]
+    listed = page_of(shown, query, lambda item: item[0], page=page, after=after)
     base = f"{services.settings.public_url}/compat/cronofy/v1"
-    return {"pages": shown.pages(base, "/events"), "events": [_event_out(e, account, query) for e in shown.items]}
+    return {"pages": listed.pages(base, "/events"), "events": [out for _order, out in listed.items]}
 
 
 @get("/events", include_in_schema=False)
@@ -349,6 +392,8 @@ async def read_events(
     """Events of the account's calendar between `from` and `to` (dates read in `tzid`), occurrences expanded.
 
     Managed events (the ones this application booked) are left out unless `include_managed`, as in Cronofy.
+    With `last_modified` (a `change` notification's `changes_since`), only events changed since then, from
+    the sync's change feed; `include_deleted` adds deleted ones, `include_moved` those moved out of the window.
     """
     grant, account = account_caller(request, "read_events")
     query = read_query(request, "events", account, default_back=days(16))

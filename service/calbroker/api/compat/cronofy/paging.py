@@ -24,6 +24,7 @@ from calbroker.api.compat.cronofy.wire import (
     UnsupportedParameter,
     boolean,
     parse_instant,
+    parse_time,
     query_list,
     start_of,
 )
@@ -52,6 +53,9 @@ class _Token(msgspec.Struct, array_like=True):
     localized_times: bool
     page: int
     after: tuple[str, str]
+    last_modified: datetime | None = None
+    include_deleted: bool = False
+    include_moved: bool = False
 
 
 _token_decoder = msgspec.json.Decoder(_Token)
@@ -68,10 +72,14 @@ class ReadQuery:
     include_managed: bool
     only_managed: bool
     localized_times: bool
+    last_modified: datetime | None = None
+    """Events: only what changed since then (the change feed); `include_deleted`, `include_moved` widen it."""
+    include_deleted: bool = False
+    include_moved: bool = False
 
 
 def read_query(request: Request[Any, Any, Any], kind: str, account: Account, *, default_back: timedelta) -> ReadQuery:
-    """The query string as a ReadQuery; Cronofy parameters calbroker cannot honour yet are a 422."""
+    """The query string as a ReadQuery (`last_modified`, `include_deleted`, `include_moved`: events only)."""
     params = request.query_params
     tzid = params.get("tzid")
     if not tzid:
@@ -89,21 +97,13 @@ def read_query(request: Request[Any, Any, Any], kind: str, account: Account, *, 
             actual=str(end - start),
             message=f"from and to may be at most {MAX_SPAN.days} days apart",
         )
+    last_modified = None
     if params.get("last_modified"):
-        raise UnsupportedParameter(
-            "last_modified",
-            "is not supported yet: it needs per-event change tracking (the mailbox sync), which this server "
-            "does not have yet; read the window again instead",
-            not_yet=True,
-        )
-    for name in ("include_deleted", "include_moved"):
-        if boolean(params, name, False):
-            raise UnsupportedParameter(
-                name,
-                "is not supported yet: deleted and moved events need the mailbox sync's change data, which this "
-                "server does not have yet",
-                not_yet=True,
-            )
+        if kind != "events":
+            raise UnsupportedParameter("last_modified", "is a parameter of /v1/events only")
+        last_modified = parse_time(params["last_modified"], "last_modified")
+    include_deleted = boolean(params, "include_deleted", False)
+    include_moved = boolean(params, "include_moved", False)
     boolean(params, "include_geo", False)  # no geo data upstream: accepted, nothing to add
     calendar_ids = tuple(dict.fromkeys(query_list(request, "calendar_ids")))
     query = ReadQuery(
@@ -114,6 +114,9 @@ def read_query(request: Request[Any, Any, Any], kind: str, account: Account, *, 
         include_managed=boolean(params, "include_managed", kind == "free_busy"),
         only_managed=boolean(params, "only_managed", False),
         localized_times=boolean(params, "localized_times", False),
+        last_modified=last_modified,
+        include_deleted=include_deleted and kind == "events",
+        include_moved=include_moved and kind == "events",
     )
     check_calendars(query, account)
     return query
@@ -178,6 +181,9 @@ def _encode(query: ReadQuery, page: int, after: tuple[str, str]) -> str:
         localized_times=query.localized_times,
         page=page,
         after=after,
+        last_modified=query.last_modified,
+        include_deleted=query.include_deleted,
+        include_moved=query.include_moved,
     )
     return base64.urlsafe_b64encode(msgspec.json.encode(token)).decode().rstrip("=")
 
@@ -198,6 +204,9 @@ def from_token(raw: str, kind: str, account: Account) -> tuple[ReadQuery, int, t
         include_managed=token.include_managed,
         only_managed=token.only_managed,
         localized_times=token.localized_times,
+        last_modified=token.last_modified,
+        include_deleted=token.include_deleted,
+        include_moved=token.include_moved,
     )
     check_calendars(query, account)
     return query, token.page, token.after

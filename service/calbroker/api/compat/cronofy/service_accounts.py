@@ -1,25 +1,22 @@
 """`POST /v1/service_account_authorizations`: Enterprise Connect's per-mailbox authorization.
 
-With a service-account token (one connection), the application asks for a mailbox; calbroker
-answers 202 at once, then checks the mailbox against Microsoft through the connection and POSTs
-`{"authorization": {"code", "state"}}` to `callback_url` (or `{"authorization": {"error",
-"error_description", "state"}}`), as Cronofy does. The code redeems at `/oauth/token` with
-`redirect_uri` = `callback_url` for that mailbox's account token. `callback_url` is the
-application's input: it passes the URL policy when the request is made and again when called.
-
-The callback is attempted (three tries within the request deadline) after the 202 by the process
-that answered; it is not queued, so a process that stops in between does not send it, and the
-application asks again.
+With a service-account token (one connection), the application asks for mailboxes; calbroker checks
+each against Microsoft through the connection, then (in the transaction that issues its code) puts the
+callback on the channels' outbox and answers 202. `calbroker worker` POSTs `{"authorization": {"code",
+"state"}}` to `callback_url` (or `{"authorization": {"error", "error_description", "state"}}`), as
+Cronofy does, at least once and with the native retries and delivery log, whatever happens to the
+process that answered. The code redeems at `/oauth/token` with `redirect_uri` = `callback_url` for
+that mailbox's account token. `callback_url` is the application's input: it passes the URL policy when
+the request is made and again on every attempt.
 """
 
 from __future__ import annotations
 
-import json
+import asyncio
 from typing import Annotated, Any
 
 import msgspec
 from litestar import Request, Response, post
-from litestar.background_tasks import BackgroundTask
 from litestar.di import NamedDependency
 
 from calbroker.api.compat.cronofy.auth import EVENT_SCOPES, expand_scope, service_account_caller
@@ -30,14 +27,17 @@ from calbroker.domain.errors import CalbrokerError, InvalidRequest
 from calbroker.logs import get_logger
 from calbroker.providers.protocol import Deadline
 from calbroker.services import Services
+from calbroker.services.cronofy import queue_authorization_callback
 from calbroker.store.connections import get_connection
 from calbroker.store.cronofy import Grant, issue_code, save_account
+from calbroker.store.database import Connection as DbConnection
 
 __all__ = ["authorize_mailboxes"]
 
 log = get_logger(__name__)
 
 MAX_BATCH = 50
+_CONCURRENT_CHECKS = 8
 
 
 class _Authorization(Body):
@@ -52,48 +52,50 @@ class _Batch(Body):
     state: str | None = None
 
 
-def _failure(error: str, description: str, state: str | None) -> dict[str, Any]:
-    return {"authorization": {"error": error, "error_description": description, "state": state}}
+def _failure(error: str, description: str) -> dict[str, Any]:
+    return {"error": error, "error_description": description}
 
 
-async def _authorize_one(services: Services, grant: Grant, item: _Authorization, email: str, state: str | None) -> None:
-    """Check the mailbox through the connection, then call back with a code or the reason it failed."""
+async def _check(services: Services, grant: Grant, item: _Authorization, email: str) -> dict[str, Any] | None:
+    """Whether the connection may grant `item` for the mailbox: None if so, else the failure to call back."""
     deadline = Deadline.after(services.settings.upstream_deadline_s)
-    client = grant.client
-    body: dict[str, Any]
     try:
         async with services.pool.acquire() as conn:
-            connection = await get_connection(conn, client.application_id, grant.connection_id)
+            connection = await get_connection(conn, grant.client.application_id, grant.connection_id)
         route_mailbox([connection], email)
         if not connection.access_level.opens_calendars and expand_scope(item.scope) & EVENT_SCOPES:
-            body = _failure(
+            return _failure(
                 "unable_to_grant_scope",
                 f"{connection.display_name!r} has free/busy-only access; ask for the free_busy scope.",
-                state,
             )
-        else:
-            error = await services.upstream.verify(connection, email, deadline)
-            if error is not None:
-                body = _failure(error.slug.replace("-", "_"), error.detail, state)
-            else:
-                async with services.pool.acquire() as conn, conn.transaction():
-                    account = await save_account(conn, client, connection.id, email)
-                    code = await issue_code(
-                        conn, client, redirect_uri=item.callback_url, scope=item.scope, account=account, ttl=CODE_TTL
-                    )
-                body = {"authorization": {"code": code, "state": state}}
+        error = await services.upstream.verify(connection, email, deadline)
     except CalbrokerError as exc:
-        body = _failure(exc.slug.replace("-", "_"), exc.detail, state)
-    delivered = await services.callbacks.post_json(item.callback_url, json.dumps(body).encode(), Deadline.after(30))
-    log.info("cronofy.service_account_authorization", delivered=delivered, granted="error" not in body["authorization"])
+        return _failure(exc.slug.replace("-", "_"), exc.detail)
+    return _failure(error.slug.replace("-", "_"), error.detail) if error is not None else None
 
 
-async def _authorize_all(services: Services, grant: Grant, items: list[tuple[_Authorization, str, str | None]]) -> None:
-    for item, email, state in items:
-        try:
-            await _authorize_one(services, grant, item, email, state)
-        except Exception:
-            log.exception("cronofy.service_account_authorization_failed")
+async def _queue_callback(
+    conn: DbConnection,
+    services: Services,
+    grant: Grant,
+    item: _Authorization,
+    email: str,
+    *,
+    state: str | None,
+    refused: dict[str, Any] | None,
+) -> None:
+    """Issue the mailbox's code (unless refused) and queue its callback, in the caller's transaction."""
+    client = grant.client
+    if refused is None:
+        account = await save_account(conn, client, grant.connection_id, email)
+        code = await issue_code(
+            conn, client, redirect_uri=item.callback_url, scope=item.scope, account=account, ttl=CODE_TTL
+        )
+        authorization: dict[str, Any] = {"code": code, "state": state}
+    else:
+        authorization = {**refused, "state": state}
+    await queue_authorization_callback(conn, services, client, item.callback_url, authorization, mailbox=email)
+    log.info("cronofy.service_account_authorization", granted=refused is None)
 
 
 @post("/service_account_authorizations", status_code=202, include_in_schema=False)
@@ -122,4 +124,16 @@ async def authorize_mailboxes(request: Request[Any, Any, Any], services: NamedDe
             raise InvalidRequest.field(f"{where}scope", "is required, e.g. read_write or free_busy")
         await services.callbacks.check(item.callback_url, field=f"{where}callback_url")
         checked.append((item, email, state))
-    return Response(None, status_code=202, background=BackgroundTask(_authorize_all, services, grant, checked))
+    limit = asyncio.Semaphore(_CONCURRENT_CHECKS)
+
+    async def check(item: _Authorization, email: str) -> dict[str, Any] | None:
+        async with limit:
+            return await _check(services, grant, item, email)
+
+    async with asyncio.TaskGroup() as group:
+        verdicts = [group.create_task(check(item, email)) for item, email, _state in checked]
+    # Every code and callback of the request in one transaction: all are queued, or none (and no 202).
+    async with services.pool.acquire() as conn, conn.transaction():
+        for (item, email, state), verdict in zip(checked, verdicts, strict=True):
+            await _queue_callback(conn, services, grant, item, email, state=state, refused=verdict.result())
+    return Response(None, status_code=202)

@@ -1,8 +1,6 @@
 """Cronofy endpoints with no counterpart in calbroker: a clear 501 that says so, never a bare 404.
 
-Push channels are the exception in kind, not in answer: they are coming (the change pipeline is
-being built), so they answer `not_yet_supported`; the rest are hosted-UI or third-party products
-calbroker does not clone (docs/cronofy.md, "Not supported").
+They are hosted-UI or third-party products calbroker does not clone (docs/cronofy.md, "Not supported").
 """
 
 from __future__ import annotations
@@ -20,11 +18,9 @@ Method = Literal["GET", "POST", "PUT", "PATCH", "DELETE"]
 _ALL: list[Method] = ["GET", "POST", "PUT", "PATCH", "DELETE"]
 
 
-def _refusal(
-    name: str, paths: list[str], description: str, *, methods: list[Method] | None = None, not_yet: bool = False
-) -> HTTPRouteHandler:
+def _refusal(name: str, paths: list[str], description: str, *, methods: list[Method] | None = None) -> HTTPRouteHandler:
     async def refuse() -> Any:
-        raise NotSupported(name, description, not_yet=not_yet)
+        raise NotSupported(name, description)
 
     refuse.__name__ = f"unsupported_{name}"
     return route(
@@ -33,12 +29,6 @@ def _refusal(
 
 
 UNSUPPORTED: list[HTTPRouteHandler] = [
-    _refusal(
-        "channels",
-        ["/channels", "/channels/{channel_id:str}"],
-        "Push notification channels are not available yet on this server.",
-        not_yet=True,
-    ),
     _refusal(
         "sequenced_availability",
         ["/sequenced_availability"],

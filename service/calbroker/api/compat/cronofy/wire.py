@@ -41,17 +41,13 @@ class Body(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 
 class UnsupportedParameter(InvalidRequest):
-    """A Cronofy parameter calbroker does not implement: a 422 whose key says so (`errors.not_supported`).
-
-    `not_yet` marks what waits on data calbroker does not collect yet (change tracking), as opposed
-    to what has no counterpart at all.
-    """
+    """A Cronofy parameter calbroker does not implement: a 422 whose key says so (`errors.not_supported`)."""
 
     slug = "invalid-request"
+    key = "errors.not_supported"
 
-    def __init__(self, field: str, message: str, *, not_yet: bool = False) -> None:
+    def __init__(self, field: str, message: str) -> None:
         super().__init__(f"{field}: {message}", [FieldError(field, message)])
-        self.key = "errors.not_yet_supported" if not_yet else "errors.not_supported"
 
 
 class MissingField(InvalidRequest):
