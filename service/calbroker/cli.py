@@ -2,19 +2,26 @@
 
 The only place that reads the environment: it builds `Settings` once and passes it down. Errors
 the operator can fix print one line and exit non-zero; they never print a traceback.
+
+Every way a command ends stops what it started. SIGTERM and SIGINT cancel the running command, so
+its `finally` and `async with` blocks run (Python's default for SIGTERM ends the process on the
+spot); the server and the worker take the signals over while they run, to stop gracefully; and
+`main` leaves the embedded PostgreSQL last, whatever happened before.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import json
 import os
 import signal
+import socket
 import sys
 import uuid
-from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -46,7 +53,13 @@ from calbroker.store.applications import (
 )
 from calbroker.store.connections import delete_connection, get_connection, list_connections
 from calbroker.store.cronofy import issue_client, issue_service_account_token
-from calbroker.store.database import DatabaseUnavailable, connect_pool, database_location, resolve_database_url
+from calbroker.store.database import (
+    DatabaseUnavailable,
+    connect_pool,
+    database_location,
+    leave_embedded_server,
+    resolve_database_url,
+)
 from calbroker.store.keyring import KeyringError, add_key_to_file, generate_master_key, load_keyring
 from calbroker.store.migrations import MigrationError, migrate
 from calbroker.store.secrets import rewrap_all
@@ -206,19 +219,50 @@ def _bind(settings: Settings, args: argparse.Namespace) -> Settings:
     return replace(settings, host=host, port=port, public_url=public_url)
 
 
-async def _serve(settings: Settings) -> int:
-    """Open the services first: an unreachable database is one line and exit 1, before any socket listens."""
+class CannotListen(Exception):
+    """The API's address cannot be bound (in use, not this machine's, or a privileged port)."""
+
+
+def _api_socket(settings: Settings) -> socket.socket:
+    """The API's socket, bound before anything else starts (it listens only once the API serves).
+
+    A port in use is then one line at once, instead of after the database, the sandbox and the
+    worker have started (and had to be stopped again).
+    """
+    try:
+        family, kind, proto, _name, address = socket.getaddrinfo(
+            settings.host, settings.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        sock = socket.socket(family, kind, proto)
+    except OSError as exc:
+        raise CannotListen(f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}") from None
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        hint = " (choose another with --port or CALBROKER_PORT)" if exc.errno == errno.EADDRINUSE else ""
+        raise CannotListen(
+            f"cannot listen on {settings.host}:{settings.port}: {(exc.strerror or str(exc)).lower()}{hint}"
+        ) from None
+    return sock
+
+
+async def _serve(settings: Settings, sock: socket.socket) -> int:
+    """Open the services first: an unreachable database is one line and exit 1, before the socket listens."""
     from calbroker.api.server import ApiServer, server_config  # noqa: PLC0415
     from calbroker.app import create_app  # noqa: PLC0415
 
     async with open_services(settings) as services:
         server = ApiServer(server_config(create_app(settings, services), settings))
-        await server.serve()
+        await server.serve(sockets=[sock])
     return 0 if server.started else 1
 
 
 async def _cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
-    return await _serve(_bind(settings, args))
+    settings = _bind(settings, args)
+    with _api_socket(settings) as sock:
+        return await _serve(settings, sock)
 
 
 @asynccontextmanager
@@ -245,11 +289,9 @@ async def _cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
             summary = await worker.drain()
             print(f"calbroker worker: drained the queue: {summary.rounds} rounds ({summary.round_failures} failed)")
             return 0
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, worker.stop)
-        print("calbroker worker running (Ctrl-C stops it after the running jobs)", flush=True)
-        await worker.run()
+        with _stop_signals(lambda _signum: worker.stop()):
+            print("calbroker worker running (Ctrl-C stops it after the running jobs)", flush=True)
+            await worker.run()
     return 0
 
 
@@ -263,33 +305,37 @@ async def _cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
     )
 
     settings = _bind(settings, args)
-    sandbox = await asyncio.to_thread(
-        start_demo_sandbox, settings, seed=args.seed, port=args.sandbox_port, latency_ms=args.latency_ms
-    )
-    try:
-        settings = demo_settings(settings, sandbox)
-        async with open_services(settings, pool_size=2) as services:
-            world = await prepare_demo(services, sandbox, settings.public_url)
-        demo_file = settings.data_dir / "demo.json"
-        await asyncio.to_thread(write_demo_file, demo_file, world)
-        print(demo_instructions(world, demo_file), flush=True)
-        async with _running_worker(settings, concurrency=4):
-            return await _serve(settings)
-    finally:
-        await asyncio.to_thread(sandbox.stop)
+    with _api_socket(settings) as sock:
+        sandbox = await asyncio.to_thread(
+            start_demo_sandbox, settings, seed=args.seed, port=args.sandbox_port, latency_ms=args.latency_ms
+        )
+        try:
+            settings = demo_settings(settings, sandbox)
+            async with open_services(settings, pool_size=2) as services:
+                world = await prepare_demo(services, sandbox, settings.public_url)
+            demo_file = settings.data_dir / "demo.json"
+            await asyncio.to_thread(write_demo_file, demo_file, world)
+            print(demo_instructions(world, demo_file), flush=True)
+            async with _running_worker(settings, concurrency=4):
+                return await _serve(settings, sock)
+        finally:
+            await asyncio.to_thread(sandbox.stop)
 
 
 async def _cmd_sandbox(settings: Settings, args: argparse.Namespace) -> int:
-    from calbroker.sandbox import run_sandbox_cli  # noqa: PLC0415
+    """Serve the sandbox on this command's own loop until a signal cancels it (then it closes)."""
+    from calbroker.sandbox import Sandbox, describe  # noqa: PLC0415
 
-    return await asyncio.to_thread(
-        run_sandbox_cli,
-        port=args.port,
+    async with Sandbox(
         seed=args.seed,
+        port=args.port,
         latency_ms=args.latency_ms,
         state_dir=settings.data_dir / "sandbox",
         allow_http_notification_urls=args.allow_http_notifications,
-    )
+    ) as sandbox:
+        print(describe(sandbox), flush=True)
+        await asyncio.Event().wait()
+    return 0
 
 
 def _secret_argument(value: str, what: str) -> str:
@@ -415,6 +461,50 @@ async def _cmd_connections_remove(settings: Settings, args: argparse.Namespace) 
 
 
 Command = Callable[[Settings, argparse.Namespace], Coroutine[object, object, int]]
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+@contextmanager
+def _stop_signals(on_signal: Callable[[int], object]) -> Iterator[None]:
+    """While the block runs, SIGTERM and SIGINT call `on_signal(signum)` on the event loop.
+
+    `signal.signal` rather than `loop.add_signal_handler`, so handlers nest: uvicorn installs its
+    own the same way while it serves and puts these back afterwards.
+    """
+    loop = asyncio.get_running_loop()
+
+    def handle(signum: int, _frame: object) -> None:
+        loop.call_soon_threadsafe(on_signal, signum)
+
+    previous = {signum: signal.signal(signum, handle) for signum in _STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+async def _until_signalled(command: Coroutine[object, object, int]) -> int:
+    """Run a command; a stop signal cancels it, so its `finally` and `async with` blocks all run.
+
+    Answers 128 + the signal's number when a signal cut the command short, as a shell would.
+    """
+    task = asyncio.current_task()
+    assert task is not None
+    received: list[int] = []
+
+    def cancel(signum: int) -> None:
+        received.append(signum)
+        task.cancel()  # a second signal cancels again: whatever cleanup is waiting gives up
+
+    with _stop_signals(cancel):
+        try:
+            return await command
+        except asyncio.CancelledError:
+            if not received:
+                raise
+            task.uncancel()
+            return 128 + received[0]
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -549,7 +639,12 @@ def main(argv: Sequence[str] | None = None, environ: dict[str, str] | None = Non
         settings = Settings.from_env(dict(os.environ) if environ is None else environ)
         configure_logging(settings.log_level, json=settings.log_json)
         run: Command = args.run
-        return asyncio.run(run(settings, args))
+        try:
+            return asyncio.run(_until_signalled(run(settings, args)))
+        finally:
+            if settings.embedded_database:
+                # After asyncio.run: its threads (one may still be starting the server) are done.
+                leave_embedded_server(settings.data_dir)
     except ConfigError as exc:
         print(f"calbroker: invalid configuration: {exc}", file=sys.stderr)
         return 2
@@ -559,6 +654,9 @@ def main(argv: Sequence[str] | None = None, environ: dict[str, str] | None = Non
     except DatabaseUnavailable as exc:
         where = database_location(settings.database_url) if settings and settings.database_url else "embedded"
         print(f"calbroker: PostgreSQL ({where}) is unreachable: {redact_text(str(exc))}", file=sys.stderr)
+        return 1
+    except CannotListen as exc:
+        print(f"calbroker: {exc}", file=sys.stderr)
         return 1
     except (CalbrokerError, KeyringError, MigrationError) as exc:
         print(f"calbroker: {type(exc).__name__}: {redact_text(str(exc))}", file=sys.stderr)
