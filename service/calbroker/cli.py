@@ -16,6 +16,7 @@ import asyncio
 import errno
 import json
 import os
+import re
 import signal
 import socket
 import sys
@@ -23,12 +24,12 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import asyncpg
 
-from calbroker.config import ConfigError, Settings
+from calbroker.config import ConfigError, Settings, check_key_id
 from calbroker.domain.connections import (
     AccessLevel,
     ConnectionMethod,
@@ -45,6 +46,7 @@ from calbroker.providers.graph import certificate_credentials
 from calbroker.redaction import redact_text
 from calbroker.services import ConnectionDraft, open_services, verify_and_save
 from calbroker.store.applications import (
+    MAX_KEY_OVERLAP,
     create_application,
     get_application,
     list_applications,
@@ -106,6 +108,7 @@ async def _cmd_apps_create(settings: Settings, args: argparse.Namespace) -> int:
 async def _cmd_apps_list(settings: Settings, args: argparse.Namespace) -> int:
     async with _database(settings) as pool, pool.acquire() as conn:
         apps = await list_applications(conn)
+        now: datetime = await conn.fetchval("SELECT now()")
     if args.json:
         print(
             json.dumps(
@@ -120,6 +123,8 @@ async def _cmd_apps_list(settings: Settings, args: argparse.Namespace) -> int:
                                 "prefix": k.prefix,
                                 "last_used_at": k.last_used_at.isoformat() if k.last_used_at else None,
                                 "revoked": k.revoked_at is not None,
+                                "expires_at": k.expires_at.isoformat() if k.expires_at else None,
+                                "usable": k.usable(now),
                             }
                             for k in keys
                         ],
@@ -134,10 +139,14 @@ async def _cmd_apps_list(settings: Settings, args: argparse.Namespace) -> int:
         print("no applications yet: create one with `calbroker apps create NAME`")
     for app, keys in apps:
         state = "revoked" if app.revoked_at else "active"
-        active = [k for k in keys if k.revoked_at is None]
+        usable = [
+            f"cbk_{k.prefix}" + (f" (until {k.expires_at.isoformat(timespec='seconds')})" if k.expires_at else "")
+            for k in keys
+            if k.usable(now)
+        ]
         last = max((k.last_used_at for k in keys if k.last_used_at), default=None)
         print(
-            f"{app.id}  {app.name}  {state}  keys: {', '.join('cbk_' + k.prefix for k in active) or '-'}"
+            f"{app.id}  {app.name}  {state}  keys: {', '.join(usable) or '-'}"
             f"  last used: {last.isoformat(timespec='seconds') if last else 'never'}"
         )
     return 0
@@ -157,10 +166,32 @@ async def _cmd_apps_revoke(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+_DURATION = re.compile(r"^(\d{1,6})([smhd])$")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+
+
+def _duration_arg(raw: str) -> timedelta:
+    """`90s`, `30m`, `24h` or `7d`."""
+    match = _DURATION.match(raw.strip())
+    if match is None:
+        raise argparse.ArgumentTypeError(f"{raw!r} is not a duration: write e.g. 30m, 24h or 7d")
+    amount = timedelta(**{_UNITS[match[2]]: int(match[1])})
+    if not timedelta(0) < amount <= MAX_KEY_OVERLAP:
+        raise argparse.ArgumentTypeError(f"{raw!r}: must be more than 0 and at most {MAX_KEY_OVERLAP.days}d")
+    return amount
+
+
 async def _cmd_apps_rotate(settings: Settings, args: argparse.Namespace) -> int:
     async with _database(settings) as pool, pool.acquire() as conn:
-        issued = await rotate_key(conn, args.application_id, actor=_ACTOR)
-    print(f"new api key for {issued.application.id} (shown once; previous keys are revoked): {issued.token}")
+        issued = await rotate_key(conn, args.application_id, actor=_ACTOR, keep_old_for=args.keep_old_for)
+    if args.keep_old_for is not None and issued.previous_keys_expire_at is None:
+        previous = "no previous key was in use"
+    elif issued.previous_keys_expire_at is None:
+        previous = "previous keys are revoked"
+    else:
+        until = issued.previous_keys_expire_at.astimezone(UTC).isoformat(timespec="seconds")
+        previous = f"previous keys keep working until {until}, then expire"
+    print(f"new api key for {issued.application.id} (shown once; {previous}): {issued.token}")
     return 0
 
 
@@ -192,6 +223,13 @@ async def _cmd_keys_rotate(settings: Settings, args: argparse.Namespace) -> int:
         count = await rewrap_all(pool, keyring)
     print(f"re-wrapped {count} secret(s) under master key {keyring.primary_kid!r}")
     return 0
+
+
+def _kid_arg(raw: str) -> str:
+    try:
+        return check_key_id(raw)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 async def _cmd_keys_generate(_settings: Settings, args: argparse.Namespace) -> int:
@@ -462,6 +500,8 @@ async def _cmd_connections_remove(settings: Settings, args: argparse.Namespace) 
 
 Command = Callable[[Settings, argparse.Namespace], Coroutine[object, object, int]]
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+_LONG_RUNNING = frozenset({"serve", "worker", "demo", "sandbox"})
+"""Commands that log at CALBROKER_LOG_LEVEL (default info); the others log warnings and errors only."""
 
 
 @contextmanager
@@ -554,8 +594,16 @@ def _parser() -> argparse.ArgumentParser:
     revoke = apps.add_parser("revoke", help="revoke an application and all its keys")
     revoke.add_argument("application_id", type=_uuid_arg)
     revoke.set_defaults(run=_cmd_apps_revoke)
-    rotate = apps.add_parser("rotate-key", help="issue a new key and revoke the old ones")
+    rotate = apps.add_parser("rotate-key", help="issue a new key; the old ones stop working now or after an overlap")
     rotate.add_argument("application_id", type=_uuid_arg)
+    rotate.add_argument(
+        "--keep-old-for",
+        metavar="DURATION",
+        type=_duration_arg,
+        default=None,
+        help="let the previous keys work this much longer (e.g. 24h, 7d; at most "
+        f"{MAX_KEY_OVERLAP.days}d), then expire by themselves; default: revoke them now",
+    )
     rotate.set_defaults(run=_cmd_apps_rotate)
     cronofy = apps.add_parser(
         "cronofy-credentials",
@@ -574,7 +622,9 @@ def _parser() -> argparse.ArgumentParser:
         dest="keys_command", required=True
     )
     generate = keys.add_parser("generate", help="print a new kid:base64key entry for CALBROKER_MASTER_KEYS")
-    generate.add_argument("--kid", default=None)
+    generate.add_argument(
+        "--kid", type=_kid_arg, default=None, help="the key id: 1-32 letters, digits, '.', '_' or '-' (default: random)"
+    )
     generate.set_defaults(run=_cmd_keys_generate)
     krotate = keys.add_parser("rotate", help="re-wrap every stored secret under the newest (first) master key")
     krotate.add_argument(
@@ -634,10 +684,14 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None, environ: dict[str, str] | None = None) -> int:
     """Entry point of the `calbroker` console script."""
     args = _parser().parse_args(argv)
+    env = dict(os.environ) if environ is None else environ
     settings: Settings | None = None
     try:
-        settings = Settings.from_env(dict(os.environ) if environ is None else environ)
-        configure_logging(settings.log_level, json=settings.log_json)
+        settings = Settings.from_env(env)
+        # A one-shot command answers in a line or two: info logs would drown it unless asked for.
+        asked = bool(env.get("CALBROKER_LOG_LEVEL", "").strip())
+        level = settings.log_level if asked or args.command in _LONG_RUNNING else "warning"
+        configure_logging(level, json=settings.log_json)
         run: Command = args.run
         try:
             return asyncio.run(_until_signalled(run(settings, args)))

@@ -25,6 +25,7 @@ __all__ = [
     "OperatorApp",
     "Settings",
     "SyncSettings",
+    "check_key_id",
     "parse_master_keys",
 ]
 
@@ -40,12 +41,24 @@ class ConfigError(Exception):
         self.variable = variable
 
 
+def check_key_id(kid: str) -> str:
+    """A master key id, as stored next to everything its key seals; ValueError says what is allowed."""
+    if not _KID.match(kid):
+        raise ValueError(f"{kid!r} is not a master key id: use 1-32 letters, digits, '.', '_' or '-'")
+    return kid
+
+
 @dataclass(frozen=True, slots=True, repr=False)
 class MasterKey:
     """A 256-bit key-encryption key and the id stored next to everything it wraps."""
 
     kid: str
     key: bytes
+
+    def __post_init__(self) -> None:
+        check_key_id(self.kid)
+        if len(self.key) != 32:
+            raise ValueError(f"master key {self.kid!r} must be 32 bytes (AES-256), got {len(self.key)}")
 
     def __repr__(self) -> str:  # never let the key reach a log line or a traceback
         return f"MasterKey(kid={self.kid!r}, key=<redacted>)"
