@@ -20,6 +20,7 @@ import re
 import signal
 import socket
 import sys
+import threading
 import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
@@ -509,8 +510,12 @@ def _stop_signals(on_signal: Callable[[int], object]) -> Iterator[None]:
     """While the block runs, SIGTERM and SIGINT call `on_signal(signum)` on the event loop.
 
     `signal.signal` rather than `loop.add_signal_handler`, so handlers nest: uvicorn installs its
-    own the same way while it serves and puts these back afterwards.
+    own the same way while it serves and puts these back afterwards. Outside the main thread
+    (`main` called from a thread, as tests do) signals cannot be handled there: nothing is installed.
     """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
     loop = asyncio.get_running_loop()
 
     def handle(signum: int, _frame: object) -> None:
