@@ -13,11 +13,15 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	@touch $(STAMP)
 
+# `make run PORT=9000 SANDBOX_PORT=9443`: the API's port (default 8080, or CALBROKER_PORT) and the
+# sandbox's (default: any free port).
+PORT         ?=
+SANDBOX_PORT ?=
 run: $(STAMP)
-	$(BIN)/calbroker demo
+	$(BIN)/calbroker demo $(if $(PORT),--port $(PORT)) $(if $(SANDBOX_PORT),--sandbox-port $(SANDBOX_PORT))
 
 serve: $(STAMP)
-	$(BIN)/calbroker serve
+	$(BIN)/calbroker serve $(if $(PORT),--port $(PORT))
 
 test: lint typecheck imports pytest
 

@@ -287,13 +287,16 @@ def _api_socket(settings: Settings) -> socket.socket:
     return sock
 
 
-async def _serve(settings: Settings, sock: socket.socket) -> int:
+async def _serve(settings: Settings, sock: socket.socket, extra_routes: Sequence[object] = ()) -> int:
     """Open the services first: an unreachable database is one line and exit 1, before the socket listens."""
     from calbroker.api.server import ApiServer, server_config  # noqa: PLC0415
     from calbroker.app import create_app  # noqa: PLC0415
 
     async with open_services(settings) as services:
-        server = ApiServer(server_config(create_app(settings, services), settings))
+        app = create_app(settings, services)
+        for route in extra_routes:
+            app.register(route)  # type: ignore[arg-type]
+        server = ApiServer(server_config(app, settings))
         await server.serve(sockets=[sock])
     return 0 if server.started else 1
 
@@ -336,9 +339,11 @@ async def _cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
 
 async def _cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
     from calbroker.demo import (  # noqa: PLC0415
+        demo_connected,
         demo_instructions,
         demo_settings,
         prepare_demo,
+        read_demo_file,
         start_demo_sandbox,
         write_demo_file,
     )
@@ -350,13 +355,14 @@ async def _cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
         )
         try:
             settings = demo_settings(settings, sandbox)
-            async with open_services(settings, pool_size=2) as services:
-                world = await prepare_demo(services, sandbox, settings.public_url)
             demo_file = settings.data_dir / "demo.json"
+            previous = await asyncio.to_thread(read_demo_file, demo_file)
+            async with open_services(settings, pool_size=2) as services:
+                world = await prepare_demo(services, sandbox, settings.public_url, previous)
             await asyncio.to_thread(write_demo_file, demo_file, world)
             print(demo_instructions(world, demo_file), flush=True)
             async with _running_worker(settings, concurrency=4):
-                return await _serve(settings, sock)
+                return await _serve(settings, sock, [demo_connected])
         finally:
             await asyncio.to_thread(sandbox.stop)
 
