@@ -9,110 +9,25 @@ serves the whole module, so the server is initialised once and started by each t
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-START_TIMEOUT_S = 180.0  # bounds a test that is already failing; load never decides
-STOP_TIMEOUT_S = 90.0
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
-def _wait(check: object, what: str, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not check():  # type: ignore[operator]
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-
-
-class Calbroker:
-    """One `calbroker` process on the module's data directory, its output in a file (never a pipe)."""
-
-    def __init__(self, data_dir: Path, *args: str) -> None:
-        self.data_dir = data_dir
-        self.log = data_dir / f"calbroker-{args[0]}-{time.monotonic_ns()}.log"
-        env = {
-            **os.environ,
-            "CALBROKER_DATA_DIR": str(data_dir),
-            "CALBROKER_LOG_LEVEL": "warning",
-            "CALBROKER_HEALTH_CHECK_INTERVAL_S": "0",
-        }
-        for name in ("DATABASE_URL", "CALBROKER_MASTER_KEYS"):
-            env.pop(name, None)  # the embedded PostgreSQL and its key file
-        with self.log.open("wb") as sink:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "calbroker.cli", *args], env=env, stdout=sink, stderr=subprocess.STDOUT
-            )
-
-    @property
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def wait_for(self, text: str) -> None:
-        def printed() -> bool:
-            assert self.process.poll() is None, f"calbroker exited ({self.process.returncode}):\n{self.output}"
-            return text in self.output
-
-        _wait(printed, repr(text), START_TIMEOUT_S)
-
-    def exit_code(self) -> int:
-        try:
-            return self.process.wait(timeout=STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            raise AssertionError(f"calbroker did not exit:\n{self.output}") from None
-
-    def kill(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
-
-
-def postmaster_pid(data_dir: Path) -> int | None:
-    """The running embedded server's pid, once it is ready (postmaster.pid's status line says so)."""
-    try:
-        lines = (data_dir / "pg" / "postmaster.pid").read_text().splitlines()
-    except FileNotFoundError:
-        return None
-    if len(lines) < 8 or lines[7].strip() != "ready":
-        return None
-    pid = int(lines[0])
-    return pid if _alive(pid) else None
-
-
-def users(data_dir: Path) -> list[int]:
-    """The processes the embedded server counts as its users."""
-    try:
-        return [int(pid) for pid in json.loads((data_dir / "pg" / ".handle_pids.json").read_text())]
-    except FileNotFoundError:
-        return []
-
-
-def assert_server_stopped(data_dir: Path, pid: int) -> None:
-    _wait(lambda: not _alive(pid), f"the embedded PostgreSQL (pid {pid}) to stop", STOP_TIMEOUT_S)
-    assert not (data_dir / "pg" / "postmaster.pid").exists()
-    assert users(data_dir) == []
+from tests.fixtures.processes import (
+    START_TIMEOUT_S,
+    STOP_TIMEOUT_S,
+    Calbroker,
+    alive,
+    assert_server_stopped,
+    free_port,
+    postmaster_pid,
+    users,
+    wait_until,
+)
 
 
 @pytest.fixture(scope="module")
@@ -122,7 +37,7 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     pid = postmaster_pid(path)
     if pid is not None:  # a failed test left it running: stop it (fast shutdown)
         os.kill(pid, signal.SIGINT)
-        _wait(lambda: not _alive(pid), "the leftover PostgreSQL to stop", STOP_TIMEOUT_S)
+        wait_until(lambda: not alive(pid), "the leftover PostgreSQL to stop", STOP_TIMEOUT_S)
 
 
 @pytest.fixture
@@ -146,7 +61,7 @@ def started() -> Iterator[list[Calbroker]]:
 def test_a_stop_signal_stops_the_embedded_postgres(
     data_dir: Path, started: list[Calbroker], command: str, ready: str, signum: signal.Signals
 ) -> None:
-    args = [command, "--port", str(_free_port())] if command == "serve" else [command]
+    args = [command, "--port", str(free_port())] if command == "serve" else [command]
     calbroker = Calbroker(data_dir, *args)
     started.append(calbroker)
     calbroker.wait_for(ready)
@@ -161,9 +76,9 @@ def test_a_stop_signal_stops_the_embedded_postgres(
 
 def test_a_signal_during_start_up_stops_what_was_started(data_dir: Path, started: list[Calbroker]) -> None:
     """SIGTERM while the demo is still setting up (its database is up, its API not yet)."""
-    calbroker = Calbroker(data_dir, "demo", "--port", str(_free_port()))
+    calbroker = Calbroker(data_dir, "demo", "--port", str(free_port()))
     started.append(calbroker)
-    _wait(lambda: postmaster_pid(data_dir) is not None, "the embedded PostgreSQL", START_TIMEOUT_S)
+    wait_until(lambda: postmaster_pid(data_dir) is not None, "the embedded PostgreSQL", START_TIMEOUT_S)
     pid = postmaster_pid(data_dir)
     assert pid is not None
 
@@ -203,9 +118,9 @@ def test_an_error_during_start_up_stops_what_was_started(
     key_file.write_text("not a key\n")
     key_file.chmod(0o600)
     try:
-        calbroker = Calbroker(data_dir, command, "--port", str(_free_port()))
+        calbroker = Calbroker(data_dir, command, "--port", str(free_port()))
         started.append(calbroker)
-        _wait(lambda: postmaster_pid(data_dir) is not None, "the embedded PostgreSQL", START_TIMEOUT_S)
+        wait_until(lambda: postmaster_pid(data_dir) is not None, "the embedded PostgreSQL", START_TIMEOUT_S)
         pid = postmaster_pid(data_dir)
         assert pid is not None
         assert calbroker.exit_code() == 2
@@ -222,7 +137,7 @@ def test_an_error_during_start_up_stops_what_was_started(
 def test_a_killed_process_does_not_keep_the_database_running_for_the_next(
     data_dir: Path, started: list[Calbroker]
 ) -> None:
-    first = Calbroker(data_dir, "serve", "--port", str(_free_port()))
+    first = Calbroker(data_dir, "serve", "--port", str(free_port()))
     started.append(first)
     first.wait_for("calbroker listening")
     first.kill()  # SIGKILL: nothing of it runs any more
@@ -230,7 +145,7 @@ def test_a_killed_process_does_not_keep_the_database_running_for_the_next(
     assert pid is not None  # nobody was left to stop it
     assert users(data_dir) == [first.process.pid]
 
-    second = Calbroker(data_dir, "serve", "--port", str(_free_port()))
+    second = Calbroker(data_dir, "serve", "--port", str(free_port()))
     started.append(second)
     second.wait_for("calbroker listening")
     assert postmaster_pid(data_dir) == pid  # it joined the server that was still running
