@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run serve test lint typecheck imports pytest browser openapi bench fuzz clean
+.PHONY: run serve test lint typecheck imports pytest browser browser-fresh-clone openapi bench fuzz clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "calbroker needs Python 3.11 or newer")'
@@ -49,6 +49,11 @@ browser:
 		echo "The browser tests need Debian's Chromium at /usr/bin/chromium: run 'sudo apt-get install -y chromium'" >&2; \
 		exit 1; \
 	fi
+
+# The browser walk through all four connect methods against `make run PORT=…` in a fresh clone of
+# this repository (committed HEAD; builds the clone's own .venv). Not part of `make test`.
+browser-fresh-clone: $(STAMP) browser
+	$(BIN)/python tests/browser/fresh_clone.py
 
 openapi: $(STAMP)
 	$(BIN)/calbroker openapi --output openapi/openapi.json

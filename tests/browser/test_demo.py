@@ -12,6 +12,7 @@ walk from a fresh clone with `make run PORT=…` (tests/browser/fresh_clone.py).
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import ssl
@@ -73,6 +74,13 @@ def sandbox_control(world: dict[str, Any]) -> SandboxControl:
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningDemo]:
+    """The demo, started here; or one already running (`make run` in a fresh clone) whose data dir
+    CALBROKER_DEMO_DATA_DIR names: then whoever started it stops it."""
+    running = os.environ.get("CALBROKER_DEMO_DATA_DIR")
+    if running:
+        world = json.loads((Path(running) / "demo.json").read_text())
+        yield RunningDemo(world, sandbox_control(world))
+        return
     process, world = start_demo(tmp_path_factory.mktemp("demo"))
     try:
         yield RunningDemo(world, sandbox_control(world))
