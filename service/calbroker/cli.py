@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import errno
 import json
 import os
@@ -43,6 +44,7 @@ from calbroker.domain.connections import (
 from calbroker.domain.errors import CalbrokerError, InvalidRequest
 from calbroker.domain.secret_expiry import parse_secret_expiry
 from calbroker.logs import configure_logging, get_logger
+from calbroker.metrics import Metrics
 from calbroker.providers.graph import certificate_credentials
 from calbroker.redaction import redact_text
 from calbroker.services import ConnectionDraft, open_services, verify_and_save
@@ -287,12 +289,14 @@ def _api_socket(settings: Settings) -> socket.socket:
     return sock
 
 
-async def _serve(settings: Settings, sock: socket.socket, extra_routes: Sequence[object] = ()) -> int:
+async def _serve(
+    settings: Settings, sock: socket.socket, extra_routes: Sequence[object] = (), metrics: Metrics | None = None
+) -> int:
     """Open the services first: an unreachable database is one line and exit 1, before the socket listens."""
     from calbroker.api.server import ApiServer, server_config  # noqa: PLC0415
     from calbroker.app import create_app  # noqa: PLC0415
 
-    async with open_services(settings) as services:
+    async with open_services(settings, metrics=metrics) as services:
         app = create_app(settings, services)
         for route in extra_routes:
             app.register(route)  # type: ignore[arg-type]
@@ -308,11 +312,16 @@ async def _cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
 
 
 @asynccontextmanager
-async def _running_worker(settings: Settings, concurrency: int) -> AsyncIterator[asyncio.Task[object]]:
-    """A worker for the duration of the block (the demo's), on the same code path as `calbroker worker`."""
+async def _running_worker(
+    settings: Settings, concurrency: int, metrics: Metrics
+) -> AsyncIterator[asyncio.Task[object]]:
+    """A worker for the duration of the block (the demo's), on the same code path as `calbroker worker`.
+
+    It counts into `metrics`, the API's registry, so the demo's /metrics shows the worker's too.
+    """
     from calbroker.workers.runner import Worker  # noqa: PLC0415
 
-    async with open_services(settings, pool_size=concurrency + 4) as services:
+    async with open_services(settings, pool_size=concurrency + 4, metrics=metrics) as services:
         worker = Worker(services, concurrency=concurrency)
         task: asyncio.Task[object] = asyncio.create_task(worker.run(), name="calbroker-worker")
         try:
@@ -323,17 +332,29 @@ async def _running_worker(settings: Settings, concurrency: int) -> AsyncIterator
 
 
 async def _cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
+    from calbroker.workers.metrics import metrics_endpoint  # noqa: PLC0415
     from calbroker.workers.runner import Worker  # noqa: PLC0415
 
+    port = args.metrics_port if args.metrics_port is not None else settings.worker_metrics_port
     async with open_services(settings, pool_size=args.concurrency + 4) as services:
         worker = Worker(services, concurrency=args.concurrency)
         if args.burst:
             summary = await worker.drain()
             print(f"calbroker worker: drained the queue: {summary.rounds} rounds ({summary.round_failures} failed)")
             return 0
-        with _stop_signals(lambda _signum: worker.stop()):
-            print("calbroker worker running (Ctrl-C stops it after the running jobs)", flush=True)
-            await worker.run()
+        async with contextlib.AsyncExitStack() as stack:
+            where = ""
+            if port is not None:
+                try:
+                    bound = await stack.enter_async_context(metrics_endpoint(services, settings.host, port))
+                except OSError as exc:
+                    reason = (exc.strerror or str(exc)).lower()
+                    where = f"{settings.host}:{port}"
+                    raise CannotListen(f"cannot serve the worker's metrics on {where}: {reason}") from None
+                where = f"; metrics on http://{settings.host}:{bound}/metrics"
+            with _stop_signals(lambda _signum: worker.stop()):
+                print(f"calbroker worker running (Ctrl-C stops it after the running jobs){where}", flush=True)
+                await worker.run()
     return 0
 
 
@@ -361,8 +382,9 @@ async def _cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
                 world = await prepare_demo(services, sandbox, settings.public_url, previous)
             await asyncio.to_thread(write_demo_file, demo_file, world)
             print(demo_instructions(world, demo_file), flush=True)
-            async with _running_worker(settings, concurrency=4):
-                return await _serve(settings, sock, [demo_connected])
+            metrics = Metrics()  # one registry: the demo's /metrics shows its worker's rounds too
+            async with _running_worker(settings, concurrency=4, metrics=metrics):
+                return await _serve(settings, sock, [demo_connected], metrics=metrics)
         finally:
             await asyncio.to_thread(sandbox.stop)
 
@@ -570,6 +592,12 @@ def _parser() -> argparse.ArgumentParser:
     worker = sub.add_parser("worker", help="run the sync worker: notifications, rounds, reconciliation, health checks")
     worker.add_argument("--concurrency", type=int, default=16, help="jobs in flight at once (default 16)")
     worker.add_argument("--burst", action="store_true", help="work until the queue is empty, then exit")
+    worker.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        help="serve /metrics and /healthz on this port (default CALBROKER_WORKER_METRICS_PORT; none if unset)",
+    )
     worker.set_defaults(run=_cmd_worker)
 
     demo = sub.add_parser("demo", help="the API plus the Microsoft 365 sandbox, with a demo app and connections")

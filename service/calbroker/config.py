@@ -359,6 +359,8 @@ class Settings:
     """How long a client may take to send a request's line and headers before the connection is
     closed (408): a connection dripping one header line every few seconds must not stay open."""
     sync: SyncSettings = field(default_factory=SyncSettings)
+    worker_metrics_port: int | None = None
+    """Where `calbroker worker` serves /metrics and /healthz (on `host`); None: no endpoint."""
 
     @property
     def receiver_url(self) -> str:
@@ -437,4 +439,5 @@ class Settings:
             ews_max_window=_days(env, "CALBROKER_EWS_MAX_WINDOW_DAYS", timedelta(days=42)),
             header_timeout_s=_positive_int(env, "CALBROKER_HEADER_TIMEOUT_S", 10),
             sync=SyncSettings.from_env(env),
+            worker_metrics_port=_port(env, "CALBROKER_WORKER_METRICS_PORT", 0) or None,
         )

@@ -15,7 +15,7 @@ from calbroker.api.dependencies import provide_services
 from calbroker.api.problems import Problem
 from calbroker.api.telemetry import HttpMetrics
 from calbroker.domain.errors import CalbrokerError
-from calbroker.services import Services
+from calbroker.services import Services, refresh_gauges
 from calbroker.store.migrations import applied_versions, available_migrations
 from calbroker.store.secrets import secrets_sealed_without
 
@@ -129,5 +129,13 @@ async def readyz(state: State) -> Readiness:
 
 @get("/metrics", operation_id="getMetrics", tags=["operations"], summary="Prometheus metrics", media_type="text/plain")
 async def metrics(state: State) -> Response[bytes]:
+    """HTTP requests, upstream calls, throttling, tokens, coalesced reads, and the deployment's
+    gauges (connections by status, synced mailboxes, queue depth) read from PostgreSQL now."""
     http_metrics: HttpMetrics = state["http_metrics"]
-    return Response(generate_latest(http_metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    body = generate_latest(http_metrics.registry)
+    try:
+        services = provide_services(state)
+    except RuntimeError:  # not started (or stopping): the HTTP metrics only
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
+    await refresh_gauges(services)
+    return Response(body + generate_latest(services.metrics.registry), media_type=CONTENT_TYPE_LATEST)
