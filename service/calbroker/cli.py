@@ -29,6 +29,7 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import aiohttp
 import asyncpg
 
 from calbroker.config import ConfigError, Settings, check_key_id
@@ -237,6 +238,30 @@ def _kid_arg(raw: str) -> str:
 
 async def _cmd_keys_generate(_settings: Settings, args: argparse.Namespace) -> int:
     print(generate_master_key(args.kid))
+    return 0
+
+
+async def _cmd_healthcheck(settings: Settings, args: argparse.Namespace) -> int:
+    """Exit 0 when this container's API (or, with --worker, its worker's metrics endpoint) answers
+    /healthz: the port comes from the same settings the server uses, so no image hard-codes one."""
+    port = settings.worker_metrics_port if args.worker else settings.port
+    if port is None:
+        print("calbroker: the worker has no metrics endpoint: set CALBROKER_WORKER_METRICS_PORT", file=sys.stderr)
+        return 1
+    host = {"0.0.0.0": "127.0.0.1", "::": "[::1]"}.get(settings.host, settings.host)  # noqa: S104 - a bind-all host
+    url = f"http://{host}:{port}/healthz"
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=args.timeout)) as http,
+            http.get(url) as response,
+        ):
+            status = response.status
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        print(f"calbroker: {url}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    if status != 200:
+        print(f"calbroker: {url} answered {status}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -664,7 +689,7 @@ def _parser() -> argparse.ArgumentParser:
     generate.add_argument(
         "--kid", type=_kid_arg, default=None, help="the key id: 1-32 letters, digits, '.', '_' or '-' (default: random)"
     )
-    generate.set_defaults(run=_cmd_keys_generate)
+    generate.set_defaults(run=_cmd_keys_generate, standalone=True)
     krotate = keys.add_parser("rotate", help="re-wrap every stored secret under the newest (first) master key")
     krotate.add_argument(
         "--generate", action="store_true", help="embedded default only: first add a new key to the key file"
@@ -717,6 +742,11 @@ def _parser() -> argparse.ArgumentParser:
     openapi = sub.add_parser("openapi", help="write the OpenAPI document generated from the code")
     openapi.add_argument("--output", default="openapi/openapi.json")
     openapi.set_defaults(run=_cmd_openapi)
+
+    health = sub.add_parser("healthcheck", help="exit 0 if this host's API (or worker) answers /healthz")
+    health.add_argument("--worker", action="store_true", help="probe the worker's metrics endpoint instead")
+    health.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for the answer")
+    health.set_defaults(run=_cmd_healthcheck)
     return parser
 
 
@@ -726,7 +756,9 @@ def main(argv: Sequence[str] | None = None, environ: dict[str, str] | None = Non
     env = dict(os.environ) if environ is None else environ
     settings: Settings | None = None
     try:
-        settings = Settings.from_env(env)
+        # A standalone command (keys generate) needs nothing from the environment: it must work
+        # before the environment is complete, e.g. to make the master key it is missing.
+        settings = Settings.from_env({} if getattr(args, "standalone", False) else env)
         # A one-shot command answers in a line or two: info logs would drown it unless asked for.
         asked = bool(env.get("CALBROKER_LOG_LEVEL", "").strip())
         level = settings.log_level if asked or args.command in _LONG_RUNNING else "warning"
