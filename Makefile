@@ -53,7 +53,7 @@ browser:
 # The browser walk through all four connect methods against `make run PORT=…` in a fresh clone of
 # this repository (committed HEAD; builds the clone's own .venv). Not part of `make test`.
 browser-fresh-clone: $(STAMP) browser
-	$(BIN)/python tests/browser/fresh_clone.py
+	$(BIN)/python -m tests.browser.fresh_clone
 
 openapi: $(STAMP)
 	$(BIN)/calbroker openapi --output openapi/openapi.json

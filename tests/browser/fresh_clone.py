@@ -1,6 +1,6 @@
 """The browser walk from a fresh clone: `git clone`, `make run PORT=…`, then tests/browser/test_demo.py.
 
-    python tests/browser/fresh_clone.py        (or `make browser-fresh-clone`)
+    python -m tests.browser.fresh_clone        (from the repository root; or `make browser-fresh-clone`)
 
 Clones this repository's committed HEAD into a temporary directory, runs `make run PORT=<free>`
 there exactly as the README says (the clone's Makefile builds its own .venv from PyPI; pip's
@@ -15,30 +15,17 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from tests.fixtures.processes import alive, free_port
+
 ROOT = Path(__file__).resolve().parents[2]
 VENV_TIMEOUT_S = 1800.0
 STOP_TIMEOUT_S = 120.0
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def _group_alive(pgid: int) -> bool:
@@ -53,7 +40,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="calbroker-fresh-") as scratch:
         clone = Path(scratch) / "calbroker"
         subprocess.run(["git", "clone", "--quiet", str(ROOT), str(clone)], check=True)
-        port = _free_port()
+        port = free_port()
         log = Path(scratch) / "make-run.log"
         env = {k: v for k, v in os.environ.items() if not k.startswith("CALBROKER_") and k != "DATABASE_URL"}
         env["CALBROKER_LOG_LEVEL"] = "warning"
@@ -98,7 +85,7 @@ def main() -> int:
                 print("make run did not stop on SIGTERM", file=sys.stderr)
                 return 1
         deadline = time.monotonic() + STOP_TIMEOUT_S
-        while (postgres is not None and _alive(postgres)) or _group_alive(make.pid):
+        while (postgres is not None and alive(postgres)) or _group_alive(make.pid):
             if time.monotonic() > deadline:
                 print("make run left processes running", file=sys.stderr)
                 return 1

@@ -3,20 +3,15 @@ latency, throttling waits, token fetches, coalesced reads, and connections by st
 
 from __future__ import annotations
 
-import asyncio
-
 import asyncpg
 import prometheus_client
 from litestar.testing import AsyncTestClient
 
-from calbroker.domain import Interval
 from calbroker.metrics import Metrics
-from calbroker.providers import Deadline
 from calbroker.sandbox import SandboxThread
-from calbroker.services import Services
 from calbroker.store.applications import IssuedKey
 from tests.e2e.conftest import Tenants
-from tests.e2e.test_availability import ADELE, ALEX, ANNA, _auth, _week
+from tests.e2e.test_availability import ADELE, ANNA, _auth, _week
 from tests.fixtures.metrics import samples, value
 from tests.fixtures.sandbox import SandboxControl
 
@@ -66,27 +61,6 @@ async def test_upstream_calls_throttling_tokens_and_connections_are_counted(
     active = await pool.fetchval("SELECT count(*) FROM connections WHERE status = 'active'")
     assert value(after, "calbroker_connections", status="active") == active >= 2
     assert ("calbroker_connections", frozenset({("status", "revoked")})) in after
-
-
-async def test_identical_concurrent_reads_count_as_coalesced(
-    tenant_services: Services,
-    api_key: IssuedKey,
-    tenants: Tenants,
-    sandbox: SandboxThread,
-    sandbox_control: SandboxControl,
-) -> None:
-    start, end = _week(sandbox)
-    sandbox_control.fault(route="graph:getSchedule", action="delay", latency_ms=300, count=1)
-    registry = tenant_services.metrics.registry
-    before = registry.get_sample_value("calbroker_coalesced_schedule_reads_total") or 0.0
-    window = Interval(start, end)
-    await asyncio.gather(
-        *(
-            tenant_services.schedules.read(api_key.application.id, [ADELE, ALEX], window, Deadline.after(10))
-            for _ in range(3)
-        )
-    )
-    assert registry.get_sample_value("calbroker_coalesced_schedule_reads_total") == before + 2
 
 
 def test_each_process_has_its_own_registry_and_nothing_goes_to_the_global_one() -> None:
