@@ -16,7 +16,8 @@ from calbroker.config import Settings
 from calbroker.demo import demo_settings
 from calbroker.domain.connections import ConnectionMethod
 from calbroker.sandbox import SandboxThread
-from tests.fixtures.processes import Calbroker, assert_server_stopped, free_port, postmaster_pid
+from tests.fixtures.metrics import samples, value
+from tests.fixtures.processes import Calbroker, assert_server_stopped, free_port, postmaster_pid, wait_until
 
 
 def test_the_demo_offers_all_four_methods_and_typed_servers_trust_the_sandbox(
@@ -49,6 +50,12 @@ def _me(world: dict[str, object]) -> int:
         return int(response.status)
 
 
+def _full_rounds(world: dict[str, object]) -> float:
+    with urllib.request.urlopen(f"{world['base_url']}/metrics", timeout=30) as response:
+        scraped = samples(response.read().decode())
+    return value(scraped, "calbroker_sync_rounds_total", kind="full", outcome="ok")
+
+
 def _run_demo(data_dir: Path) -> tuple[dict[str, object], str]:
     """Start the demo, read what it wrote and said, stop it (SIGTERM) and check it left nothing running."""
     demo = Calbroker(data_dir, "demo", "--port", str(free_port()))
@@ -56,6 +63,8 @@ def _run_demo(data_dir: Path) -> tuple[dict[str, object], str]:
         demo.wait_for("calbroker listening")
         world = json.loads((data_dir / "demo.json").read_text())
         assert _me(world) == 200
+        # The demo's API and its worker count into one registry: the worker's rounds show on /metrics.
+        wait_until(lambda: _full_rounds(world) > 0, "the worker's first rounds on the API's /metrics", 120)
         pid = postmaster_pid(data_dir)
         assert pid is not None
         demo.process.send_signal(signal.SIGTERM)

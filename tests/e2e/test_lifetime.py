@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from calbroker.cli import main
 from tests.fixtures.processes import (
     START_TIMEOUT_S,
     STOP_TIMEOUT_S,
@@ -61,13 +62,17 @@ def started() -> Iterator[list[Calbroker]]:
 def test_a_stop_signal_stops_the_embedded_postgres(
     data_dir: Path, started: list[Calbroker], command: str, ready: str, signum: signal.Signals
 ) -> None:
-    args = [command, "--port", str(free_port())] if command == "serve" else [command]
-    calbroker = Calbroker(data_dir, *args)
+    port = str(free_port())
+    calbroker = Calbroker(data_dir, command, "--port" if command == "serve" else "--metrics-port", port)
     started.append(calbroker)
     calbroker.wait_for(ready)
     pid = postmaster_pid(data_dir)
     assert pid is not None
     assert users(data_dir) == [calbroker.process.pid]
+    # What the container healthcheck runs: the API, or the worker's metrics endpoint, answers.
+    probe = ["healthcheck"] if command == "serve" else ["healthcheck", "--worker"]
+    port_variable = "CALBROKER_PORT" if command == "serve" else "CALBROKER_WORKER_METRICS_PORT"
+    assert main(probe, {"CALBROKER_DATA_DIR": str(data_dir), port_variable: port}) == 0
 
     calbroker.process.send_signal(signum)
     assert calbroker.exit_code() == 0, calbroker.output  # a graceful stop
