@@ -22,7 +22,8 @@ COPY --from=build /opt/calbroker /opt/calbroker
 USER calbroker
 WORKDIR /var/lib/calbroker
 EXPOSE 8080
-HEALTHCHECK --interval=10s --timeout=3s --start-period=20s --retries=3 \
-  CMD ["python", "-c", "import urllib.request,sys; sys.exit(urllib.request.urlopen('http://127.0.0.1:8080/healthz', timeout=2).status != 200)"]
+# Probes the port the API was configured with (CALBROKER_PORT), whatever it is.
+HEALTHCHECK --interval=10s --timeout=5s --start-period=20s --retries=3 \
+  CMD ["calbroker", "healthcheck", "--timeout", "3"]
 ENTRYPOINT ["calbroker"]
 CMD ["serve"]

@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run serve test lint typecheck imports pytest browser openapi bench fuzz clean
+.PHONY: run serve test lint typecheck imports pytest browser browser-fresh-clone openapi bench fuzz clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "calbroker needs Python 3.11 or newer")'
@@ -13,11 +13,15 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	@touch $(STAMP)
 
+# `make run PORT=9000 SANDBOX_PORT=9443`: the API's port (default 8080, or CALBROKER_PORT) and the
+# sandbox's (default: any free port).
+PORT         ?=
+SANDBOX_PORT ?=
 run: $(STAMP)
-	$(BIN)/calbroker demo
+	$(BIN)/calbroker demo $(if $(PORT),--port $(PORT)) $(if $(SANDBOX_PORT),--sandbox-port $(SANDBOX_PORT))
 
 serve: $(STAMP)
-	$(BIN)/calbroker serve
+	$(BIN)/calbroker serve $(if $(PORT),--port $(PORT))
 
 test: lint typecheck imports pytest
 
@@ -45,6 +49,11 @@ browser:
 		echo "The browser tests need Debian's Chromium at /usr/bin/chromium: run 'sudo apt-get install -y chromium'" >&2; \
 		exit 1; \
 	fi
+
+# The browser walk through all four connect methods against `make run PORT=…` in a fresh clone of
+# this repository (committed HEAD; builds the clone's own .venv). Not part of `make test`.
+browser-fresh-clone: $(STAMP) browser
+	$(BIN)/python -m tests.browser.fresh_clone
 
 openapi: $(STAMP)
 	$(BIN)/calbroker openapi --output openapi/openapi.json

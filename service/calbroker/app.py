@@ -8,6 +8,7 @@ notices when the receiver was down. Background work (sync, health checks) runs i
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from importlib import metadata
@@ -15,12 +16,13 @@ from pathlib import Path
 
 import msgspec
 from litestar import Litestar, Router, get
-from litestar.datastructures import State
+from litestar.datastructures import CacheControlHeader, State
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.openapi.spec import Server
 from litestar.plugins.jinja import JinjaTemplateEngine
+from litestar.static_files import create_static_files_router
 from litestar.template import TemplateConfig
 from prometheus_client import CollectorRegistry
 
@@ -65,6 +67,18 @@ from calbroker.services import Services, open_services
 from calbroker.store.database import DATABASE_UNAVAILABLE
 
 __all__ = ["create_app", "openapi_document"]
+
+
+DOCS_ASSETS = "/docs-assets"
+"""Where Swagger UI's own files are served (no CDN: the docs page must render without Internet)."""
+
+
+def _swagger_ui_assets() -> Path:
+    """The Swagger UI 5 distribution inside the swagger-ui-py wheel (OpenAPI 3.1 needs Swagger UI 5)."""
+    spec = importlib.util.find_spec("swagger_ui")
+    if spec is None or spec.origin is None:
+        raise RuntimeError("swagger-ui-py is not installed: /docs needs its Swagger UI files")
+    return Path(spec.origin).parent / "static"
 
 
 def _version() -> str:
@@ -145,6 +159,11 @@ def create_app(settings: Settings, services: Services | None = None) -> Litestar
     )
     # Cronofy's API for its SDKs: its own credentials and error shapes, the same services underneath.
     cronofy = cronofy_router()
+    docs_assets = create_static_files_router(
+        path=DOCS_ASSETS,
+        directories=[_swagger_ui_assets()],
+        cache_control=CacheControlHeader(max_age=86400, public=True),
+    )
     templates = Path(__file__).parent / "api" / "templates"
     app = Litestar(
         route_handlers=[
@@ -158,6 +177,7 @@ def create_app(settings: Settings, services: Services | None = None) -> Litestar
             v1,
             connect,
             cronofy,
+            docs_assets,
         ],
         dependencies={"services": Provide(provide_services, sync_to_thread=False)},
         lifespan=[_lifespan(settings, services)],
@@ -192,7 +212,16 @@ def _openapi_config(settings: Settings) -> OpenAPIConfig:
         ),
         servers=[Server(url=settings.public_url)],
         path="/docs",
-        render_plugins=[SwaggerRenderPlugin(path="/")],
+        render_plugins=[
+            # Swagger UI's scripts and styles from the swagger-ui-py wheel, served here: /docs works offline.
+            SwaggerRenderPlugin(
+                path="/",
+                js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
+                css_url=f"{DOCS_ASSETS}/swagger-ui.css",
+                standalone_preset_js_url=f"{DOCS_ASSETS}/swagger-ui-standalone-preset.js",
+                favicon=f"<link rel='icon' type='image/png' href='{DOCS_ASSETS}/favicon-32x32.png'>",
+            )
+        ],
         components=Components(
             security_schemes={
                 "apiKey": SecurityScheme(

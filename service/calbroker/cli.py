@@ -2,6 +2,11 @@
 
 The only place that reads the environment: it builds `Settings` once and passes it down. Errors
 the operator can fix print one line and exit non-zero; they never print a traceback.
+
+Every way a command ends stops what it started. SIGTERM and SIGINT cancel the running command, so
+its `finally` and `async with` blocks run (Python's default for SIGTERM ends the process on the
+spot); the server and the worker take the signals over while they run, to stop gracefully; and
+`main` leaves the embedded PostgreSQL last, whatever happened before.
 """
 
 from __future__ import annotations
@@ -9,20 +14,25 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import errno
 import json
 import os
+import re
 import signal
+import socket
 import sys
+import threading
 import uuid
-from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import aiohttp
 import asyncpg
 
-from calbroker.config import ConfigError, Settings
+from calbroker.config import ConfigError, Settings, check_key_id
 from calbroker.domain.connections import (
     AccessLevel,
     ConnectionMethod,
@@ -35,10 +45,12 @@ from calbroker.domain.connections import (
 from calbroker.domain.errors import CalbrokerError, InvalidRequest
 from calbroker.domain.secret_expiry import parse_secret_expiry
 from calbroker.logs import configure_logging, get_logger
+from calbroker.metrics import Metrics
 from calbroker.providers.graph import certificate_credentials
 from calbroker.redaction import redact_text
 from calbroker.services import ConnectionDraft, open_services, verify_and_save
 from calbroker.store.applications import (
+    MAX_KEY_OVERLAP,
     create_application,
     get_application,
     list_applications,
@@ -47,7 +59,13 @@ from calbroker.store.applications import (
 )
 from calbroker.store.connections import delete_connection, get_connection, list_connections
 from calbroker.store.cronofy import issue_client, issue_service_account_token
-from calbroker.store.database import DatabaseUnavailable, connect_pool, database_location, resolve_database_url
+from calbroker.store.database import (
+    DatabaseUnavailable,
+    connect_pool,
+    database_location,
+    leave_embedded_server,
+    resolve_database_url,
+)
 from calbroker.store.keyring import KeyringError, add_key_to_file, generate_master_key, load_keyring
 from calbroker.store.migrations import MigrationError, migrate
 from calbroker.store.secrets import rewrap_all
@@ -94,6 +112,7 @@ async def _cmd_apps_create(settings: Settings, args: argparse.Namespace) -> int:
 async def _cmd_apps_list(settings: Settings, args: argparse.Namespace) -> int:
     async with _database(settings) as pool, pool.acquire() as conn:
         apps = await list_applications(conn)
+        now: datetime = await conn.fetchval("SELECT now()")
     if args.json:
         print(
             json.dumps(
@@ -108,6 +127,8 @@ async def _cmd_apps_list(settings: Settings, args: argparse.Namespace) -> int:
                                 "prefix": k.prefix,
                                 "last_used_at": k.last_used_at.isoformat() if k.last_used_at else None,
                                 "revoked": k.revoked_at is not None,
+                                "expires_at": k.expires_at.isoformat() if k.expires_at else None,
+                                "usable": k.usable(now),
                             }
                             for k in keys
                         ],
@@ -122,10 +143,14 @@ async def _cmd_apps_list(settings: Settings, args: argparse.Namespace) -> int:
         print("no applications yet: create one with `calbroker apps create NAME`")
     for app, keys in apps:
         state = "revoked" if app.revoked_at else "active"
-        active = [k for k in keys if k.revoked_at is None]
+        usable = [
+            f"cbk_{k.prefix}" + (f" (until {k.expires_at.isoformat(timespec='seconds')})" if k.expires_at else "")
+            for k in keys
+            if k.usable(now)
+        ]
         last = max((k.last_used_at for k in keys if k.last_used_at), default=None)
         print(
-            f"{app.id}  {app.name}  {state}  keys: {', '.join('cbk_' + k.prefix for k in active) or '-'}"
+            f"{app.id}  {app.name}  {state}  keys: {', '.join(usable) or '-'}"
             f"  last used: {last.isoformat(timespec='seconds') if last else 'never'}"
         )
     return 0
@@ -145,10 +170,32 @@ async def _cmd_apps_revoke(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+_DURATION = re.compile(r"^(\d{1,6})([smhd])$")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+
+
+def _duration_arg(raw: str) -> timedelta:
+    """`90s`, `30m`, `24h` or `7d`."""
+    match = _DURATION.match(raw.strip())
+    if match is None:
+        raise argparse.ArgumentTypeError(f"{raw!r} is not a duration: write e.g. 30m, 24h or 7d")
+    amount = timedelta(**{_UNITS[match[2]]: int(match[1])})
+    if not timedelta(0) < amount <= MAX_KEY_OVERLAP:
+        raise argparse.ArgumentTypeError(f"{raw!r}: must be more than 0 and at most {MAX_KEY_OVERLAP.days}d")
+    return amount
+
+
 async def _cmd_apps_rotate(settings: Settings, args: argparse.Namespace) -> int:
     async with _database(settings) as pool, pool.acquire() as conn:
-        issued = await rotate_key(conn, args.application_id, actor=_ACTOR)
-    print(f"new api key for {issued.application.id} (shown once; previous keys are revoked): {issued.token}")
+        issued = await rotate_key(conn, args.application_id, actor=_ACTOR, keep_old_for=args.keep_old_for)
+    if args.keep_old_for is not None and issued.previous_keys_expire_at is None:
+        previous = "no previous key was in use"
+    elif issued.previous_keys_expire_at is None:
+        previous = "previous keys are revoked"
+    else:
+        until = issued.previous_keys_expire_at.astimezone(UTC).isoformat(timespec="seconds")
+        previous = f"previous keys keep working until {until}, then expire"
+    print(f"new api key for {issued.application.id} (shown once; {previous}): {issued.token}")
     return 0
 
 
@@ -187,8 +234,39 @@ async def _cmd_keys_rotate(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _kid_arg(raw: str) -> str:
+    try:
+        return check_key_id(raw)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 async def _cmd_keys_generate(_settings: Settings, args: argparse.Namespace) -> int:
     print(generate_master_key(args.kid))
+    return 0
+
+
+async def _cmd_healthcheck(settings: Settings, args: argparse.Namespace) -> int:
+    """Exit 0 when this container's API (or, with --worker, its worker's metrics endpoint) answers
+    /healthz: the port comes from the same settings the server uses, so no image hard-codes one."""
+    port = settings.worker_metrics_port if args.worker else settings.port
+    if port is None:
+        print("calbroker: the worker has no metrics endpoint: set CALBROKER_WORKER_METRICS_PORT", file=sys.stderr)
+        return 1
+    host = {"0.0.0.0": "127.0.0.1", "::": "[::1]"}.get(settings.host, settings.host)  # noqa: S104 - a bind-all host
+    url = f"http://{host}:{port}/healthz"
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=args.timeout)) as http,
+            http.get(url) as response,
+        ):
+            status = response.status
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        print(f"calbroker: {url}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    if status != 200:
+        print(f"calbroker: {url} answered {status}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -212,27 +290,68 @@ def _bind(settings: Settings, args: argparse.Namespace) -> Settings:
     return replace(settings, host=host, port=port, public_url=public_url)
 
 
-async def _serve(settings: Settings) -> int:
-    """Open the services first: an unreachable database is one line and exit 1, before any socket listens."""
+class CannotListen(Exception):
+    """The API's address cannot be bound (in use, not this machine's, or a privileged port)."""
+
+
+def _api_socket(settings: Settings) -> socket.socket:
+    """The API's socket, bound before anything else starts (it listens only once the API serves).
+
+    A port in use is then one line at once, instead of after the database, the sandbox and the
+    worker have started (and had to be stopped again).
+    """
+    try:
+        family, kind, proto, _name, address = socket.getaddrinfo(
+            settings.host, settings.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        sock = socket.socket(family, kind, proto)
+    except OSError as exc:
+        raise CannotListen(f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}") from None
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        hint = " (choose another with --port or CALBROKER_PORT)" if exc.errno == errno.EADDRINUSE else ""
+        raise CannotListen(
+            f"cannot listen on {settings.host}:{settings.port}: {(exc.strerror or str(exc)).lower()}{hint}"
+        ) from None
+    return sock
+
+
+async def _serve(
+    settings: Settings, sock: socket.socket, extra_routes: Sequence[object] = (), metrics: Metrics | None = None
+) -> int:
+    """Open the services first: an unreachable database is one line and exit 1, before the socket listens."""
     from calbroker.api.server import ApiServer, server_config  # noqa: PLC0415
     from calbroker.app import create_app  # noqa: PLC0415
 
-    async with open_services(settings) as services:
-        server = ApiServer(server_config(create_app(settings, services), settings))
-        await server.serve()
+    async with open_services(settings, metrics=metrics) as services:
+        app = create_app(settings, services)
+        for route in extra_routes:
+            app.register(route)  # type: ignore[arg-type]
+        server = ApiServer(server_config(app, settings))
+        await server.serve(sockets=[sock])
     return 0 if server.started else 1
 
 
 async def _cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
-    return await _serve(_bind(settings, args))
+    settings = _bind(settings, args)
+    with _api_socket(settings) as sock:
+        return await _serve(settings, sock)
 
 
 @asynccontextmanager
-async def _running_worker(settings: Settings, concurrency: int) -> AsyncIterator[asyncio.Task[object]]:
-    """A worker for the duration of the block (the demo's), on the same code path as `calbroker worker`."""
+async def _running_worker(
+    settings: Settings, concurrency: int, metrics: Metrics
+) -> AsyncIterator[asyncio.Task[object]]:
+    """A worker for the duration of the block (the demo's), on the same code path as `calbroker worker`.
+
+    It counts into `metrics`, the API's registry, so the demo's /metrics shows the worker's too.
+    """
     from calbroker.workers.runner import Worker  # noqa: PLC0415
 
-    async with open_services(settings, pool_size=concurrency + 4) as services:
+    async with open_services(settings, pool_size=concurrency + 4, metrics=metrics) as services:
         worker = Worker(services, concurrency=concurrency)
         task: asyncio.Task[object] = asyncio.create_task(worker.run(), name="calbroker-worker")
         try:
@@ -243,9 +362,10 @@ async def _running_worker(settings: Settings, concurrency: int) -> AsyncIterator
 
 
 async def _cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
-    from calbroker.workers.metrics import serving_metrics  # noqa: PLC0415
+    from calbroker.workers.metrics import metrics_endpoint  # noqa: PLC0415
     from calbroker.workers.runner import Worker  # noqa: PLC0415
 
+    port = args.metrics_port if args.metrics_port is not None else settings.worker_metrics_port
     async with open_services(settings, pool_size=args.concurrency + 4) as services:
         worker = Worker(services, concurrency=args.concurrency)
         if args.burst:
@@ -255,58 +375,67 @@ async def _cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
                 f"{summary.deliveries} webhook attempts"
             )
             return 0
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, worker.stop)
         async with contextlib.AsyncExitStack() as stack:
-            if args.metrics_port is not None:
-                deliveries = services.channels.deliveries
-                url = await stack.enter_async_context(
-                    serving_metrics(deliveries, host=args.metrics_host, port=args.metrics_port)
-                )
-                print(f"calbroker worker: Prometheus metrics on {url}", flush=True)
-            print("calbroker worker running (Ctrl-C stops it after the running jobs)", flush=True)
-            await worker.run()
+            where = ""
+            if port is not None:
+                try:
+                    bound = await stack.enter_async_context(metrics_endpoint(services, settings.host, port))
+                except OSError as exc:
+                    reason = (exc.strerror or str(exc)).lower()
+                    where = f"{settings.host}:{port}"
+                    raise CannotListen(f"cannot serve the worker's metrics on {where}: {reason}") from None
+                where = f"; metrics on http://{settings.host}:{bound}/metrics"
+            with _stop_signals(lambda _signum: worker.stop()):
+                print(f"calbroker worker running (Ctrl-C stops it after the running jobs){where}", flush=True)
+                await worker.run()
     return 0
 
 
 async def _cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
     from calbroker.demo import (  # noqa: PLC0415
+        demo_connected,
         demo_instructions,
         demo_settings,
         prepare_demo,
+        read_demo_file,
         start_demo_sandbox,
         write_demo_file,
     )
 
     settings = _bind(settings, args)
-    sandbox = await asyncio.to_thread(
-        start_demo_sandbox, settings, seed=args.seed, port=args.sandbox_port, latency_ms=args.latency_ms
-    )
-    try:
-        settings = demo_settings(settings, sandbox)
-        async with open_services(settings, pool_size=2) as services:
-            world = await prepare_demo(services, sandbox, settings.public_url)
-        demo_file = settings.data_dir / "demo.json"
-        await asyncio.to_thread(write_demo_file, demo_file, world)
-        print(demo_instructions(world, demo_file), flush=True)
-        async with _running_worker(settings, concurrency=4):
-            return await _serve(settings)
-    finally:
-        await asyncio.to_thread(sandbox.stop)
+    with _api_socket(settings) as sock:
+        sandbox = await asyncio.to_thread(
+            start_demo_sandbox, settings, seed=args.seed, port=args.sandbox_port, latency_ms=args.latency_ms
+        )
+        try:
+            settings = demo_settings(settings, sandbox)
+            demo_file = settings.data_dir / "demo.json"
+            previous = await asyncio.to_thread(read_demo_file, demo_file)
+            async with open_services(settings, pool_size=2) as services:
+                world = await prepare_demo(services, sandbox, settings.public_url, previous)
+            await asyncio.to_thread(write_demo_file, demo_file, world)
+            print(demo_instructions(world, demo_file), flush=True)
+            metrics = Metrics()  # one registry: the demo's /metrics shows its worker's rounds too
+            async with _running_worker(settings, concurrency=4, metrics=metrics):
+                return await _serve(settings, sock, [demo_connected], metrics=metrics)
+        finally:
+            await asyncio.to_thread(sandbox.stop)
 
 
 async def _cmd_sandbox(settings: Settings, args: argparse.Namespace) -> int:
-    from calbroker.sandbox import run_sandbox_cli  # noqa: PLC0415
+    """Serve the sandbox on this command's own loop until a signal cancels it (then it closes)."""
+    from calbroker.sandbox import Sandbox, describe  # noqa: PLC0415
 
-    return await asyncio.to_thread(
-        run_sandbox_cli,
-        port=args.port,
+    async with Sandbox(
         seed=args.seed,
+        port=args.port,
         latency_ms=args.latency_ms,
         state_dir=settings.data_dir / "sandbox",
         allow_http_notification_urls=args.allow_http_notifications,
-    )
+    ) as sandbox:
+        print(describe(sandbox), flush=True)
+        await asyncio.Event().wait()
+    return 0
 
 
 def _secret_argument(value: str, what: str) -> str:
@@ -432,6 +561,56 @@ async def _cmd_connections_remove(settings: Settings, args: argparse.Namespace) 
 
 
 Command = Callable[[Settings, argparse.Namespace], Coroutine[object, object, int]]
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+_LONG_RUNNING = frozenset({"serve", "worker", "demo", "sandbox"})
+"""Commands that log at CALBROKER_LOG_LEVEL (default info); the others log warnings and errors only."""
+
+
+@contextmanager
+def _stop_signals(on_signal: Callable[[int], object]) -> Iterator[None]:
+    """While the block runs, SIGTERM and SIGINT call `on_signal(signum)` on the event loop.
+
+    `signal.signal` rather than `loop.add_signal_handler`, so handlers nest: uvicorn installs its
+    own the same way while it serves and puts these back afterwards. Outside the main thread
+    (`main` called from a thread, as tests do) signals cannot be handled there: nothing is installed.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    loop = asyncio.get_running_loop()
+
+    def handle(signum: int, _frame: object) -> None:
+        loop.call_soon_threadsafe(on_signal, signum)
+
+    previous = {signum: signal.signal(signum, handle) for signum in _STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+async def _until_signalled(command: Coroutine[object, object, int]) -> int:
+    """Run a command; a stop signal cancels it, so its `finally` and `async with` blocks all run.
+
+    Answers 128 + the signal's number when a signal cut the command short, as a shell would.
+    """
+    task = asyncio.current_task()
+    assert task is not None
+    received: list[int] = []
+
+    def cancel(signum: int) -> None:
+        received.append(signum)
+        task.cancel()  # a second signal cancels again: whatever cleanup is waiting gives up
+
+    with _stop_signals(cancel):
+        try:
+            return await command
+        except asyncio.CancelledError:
+            if not received:
+                raise
+            task.uncancel()
+            return 128 + received[0]
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -447,9 +626,11 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument("--concurrency", type=int, default=16, help="jobs in flight at once (default 16)")
     worker.add_argument("--burst", action="store_true", help="work until the queue is empty, then exit")
     worker.add_argument(
-        "--metrics-port", type=int, default=None, help="serve Prometheus metrics (webhook deliveries) on this port"
+        "--metrics-port",
+        type=int,
+        default=None,
+        help="serve /metrics and /healthz on this port (default CALBROKER_WORKER_METRICS_PORT; none if unset)",
     )
-    worker.add_argument("--metrics-host", default="127.0.0.1", help="address for --metrics-port (default 127.0.0.1)")
     worker.set_defaults(run=_cmd_worker)
 
     demo = sub.add_parser("demo", help="the API plus the Microsoft 365 sandbox, with a demo app and connections")
@@ -485,8 +666,16 @@ def _parser() -> argparse.ArgumentParser:
     revoke = apps.add_parser("revoke", help="revoke an application and all its keys")
     revoke.add_argument("application_id", type=_uuid_arg)
     revoke.set_defaults(run=_cmd_apps_revoke)
-    rotate = apps.add_parser("rotate-key", help="issue a new key and revoke the old ones")
+    rotate = apps.add_parser("rotate-key", help="issue a new key; the old ones stop working now or after an overlap")
     rotate.add_argument("application_id", type=_uuid_arg)
+    rotate.add_argument(
+        "--keep-old-for",
+        metavar="DURATION",
+        type=_duration_arg,
+        default=None,
+        help="let the previous keys work this much longer (e.g. 24h, 7d; at most "
+        f"{MAX_KEY_OVERLAP.days}d), then expire by themselves; default: revoke them now",
+    )
     rotate.set_defaults(run=_cmd_apps_rotate)
     cronofy = apps.add_parser(
         "cronofy-credentials",
@@ -505,8 +694,10 @@ def _parser() -> argparse.ArgumentParser:
         dest="keys_command", required=True
     )
     generate = keys.add_parser("generate", help="print a new kid:base64key entry for CALBROKER_MASTER_KEYS")
-    generate.add_argument("--kid", default=None)
-    generate.set_defaults(run=_cmd_keys_generate)
+    generate.add_argument(
+        "--kid", type=_kid_arg, default=None, help="the key id: 1-32 letters, digits, '.', '_' or '-' (default: random)"
+    )
+    generate.set_defaults(run=_cmd_keys_generate, standalone=True)
     krotate = keys.add_parser("rotate", help="re-wrap every stored secret under the newest (first) master key")
     krotate.add_argument(
         "--generate", action="store_true", help="embedded default only: first add a new key to the key file"
@@ -559,18 +750,34 @@ def _parser() -> argparse.ArgumentParser:
     openapi = sub.add_parser("openapi", help="write the OpenAPI document generated from the code")
     openapi.add_argument("--output", default="openapi/openapi.json")
     openapi.set_defaults(run=_cmd_openapi)
+
+    health = sub.add_parser("healthcheck", help="exit 0 if this host's API (or worker) answers /healthz")
+    health.add_argument("--worker", action="store_true", help="probe the worker's metrics endpoint instead")
+    health.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for the answer")
+    health.set_defaults(run=_cmd_healthcheck)
     return parser
 
 
 def main(argv: Sequence[str] | None = None, environ: dict[str, str] | None = None) -> int:
     """Entry point of the `calbroker` console script."""
     args = _parser().parse_args(argv)
+    env = dict(os.environ) if environ is None else environ
     settings: Settings | None = None
     try:
-        settings = Settings.from_env(dict(os.environ) if environ is None else environ)
-        configure_logging(settings.log_level, json=settings.log_json)
+        # A standalone command (keys generate) needs nothing from the environment: it must work
+        # before the environment is complete, e.g. to make the master key it is missing.
+        settings = Settings.from_env({} if getattr(args, "standalone", False) else env)
+        # A one-shot command answers in a line or two: info logs would drown it unless asked for.
+        asked = bool(env.get("CALBROKER_LOG_LEVEL", "").strip())
+        level = settings.log_level if asked or args.command in _LONG_RUNNING else "warning"
+        configure_logging(level, json=settings.log_json)
         run: Command = args.run
-        return asyncio.run(run(settings, args))
+        try:
+            return asyncio.run(_until_signalled(run(settings, args)))
+        finally:
+            if settings.embedded_database:
+                # After asyncio.run: its threads (one may still be starting the server) are done.
+                leave_embedded_server(settings.data_dir)
     except ConfigError as exc:
         print(f"calbroker: invalid configuration: {exc}", file=sys.stderr)
         return 2
@@ -580,6 +787,9 @@ def main(argv: Sequence[str] | None = None, environ: dict[str, str] | None = Non
     except DatabaseUnavailable as exc:
         where = database_location(settings.database_url) if settings and settings.database_url else "embedded"
         print(f"calbroker: PostgreSQL ({where}) is unreachable: {redact_text(str(exc))}", file=sys.stderr)
+        return 1
+    except CannotListen as exc:
+        print(f"calbroker: {exc}", file=sys.stderr)
         return 1
     except (CalbrokerError, KeyringError, MigrationError) as exc:
         print(f"calbroker: {type(exc).__name__}: {redact_text(str(exc))}", file=sys.stderr)

@@ -26,6 +26,7 @@ __all__ = [
     "OperatorApp",
     "Settings",
     "SyncSettings",
+    "check_key_id",
     "parse_master_keys",
 ]
 
@@ -41,12 +42,24 @@ class ConfigError(Exception):
         self.variable = variable
 
 
+def check_key_id(kid: str) -> str:
+    """A master key id, as stored next to everything its key seals; ValueError says what is allowed."""
+    if not _KID.match(kid):
+        raise ValueError(f"{kid!r} is not a master key id: use 1-32 letters, digits, '.', '_' or '-'")
+    return kid
+
+
 @dataclass(frozen=True, slots=True, repr=False)
 class MasterKey:
     """A 256-bit key-encryption key and the id stored next to everything it wraps."""
 
     kid: str
     key: bytes
+
+    def __post_init__(self) -> None:
+        check_key_id(self.kid)
+        if len(self.key) != 32:
+            raise ValueError(f"master key {self.kid!r} must be 32 bytes (AES-256), got {len(self.key)}")
 
     def __repr__(self) -> str:  # never let the key reach a log line or a traceback
         return f"MasterKey(kid={self.kid!r}, key=<redacted>)"
@@ -402,6 +415,8 @@ class Settings:
     closed (408): a connection dripping one header line every few seconds must not stay open."""
     sync: SyncSettings = field(default_factory=SyncSettings)
     channels: ChannelSettings = field(default_factory=ChannelSettings)
+    worker_metrics_port: int | None = None
+    """Where `calbroker worker` serves /metrics and /healthz (on `host`); None: no endpoint."""
 
     @property
     def receiver_url(self) -> str:
@@ -481,4 +496,5 @@ class Settings:
             header_timeout_s=_positive_int(env, "CALBROKER_HEADER_TIMEOUT_S", 10),
             sync=SyncSettings.from_env(env),
             channels=ChannelSettings.from_env(env),
+            worker_metrics_port=_port(env, "CALBROKER_WORKER_METRICS_PORT", 0) or None,
         )

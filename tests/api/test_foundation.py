@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import html
+from datetime import datetime, timedelta
 
+import asyncpg
 from litestar.testing import AsyncTestClient
 
 from calbroker.api.problems import CATALOGUE
-from calbroker.store.applications import IssuedKey
+from calbroker.store.applications import IssuedKey, create_application, rotate_key
 
 PROBLEM_KEYS = {"type", "title", "status", "detail", "request_id"}
 
@@ -46,7 +48,17 @@ async def test_me_returns_the_calling_application(client: AsyncTestClient, api_k
     assert body["id"] == str(api_key.application.id)
     assert body["name"] == api_key.application.name
     assert body["api_key"]["prefix"] == api_key.prefix
+    assert body["api_key"]["expires_at"] is None
     assert api_key.token not in response.text
+
+
+async def test_me_says_when_a_rotated_out_key_stops_working(client: AsyncTestClient, pool: asyncpg.Pool) -> None:  # type: ignore[type-arg]
+    async with pool.acquire() as conn:
+        old = await create_application(conn, "rotating", actor="test")
+        new = await rotate_key(conn, old.application.id, actor="test", keep_old_for=timedelta(hours=24))
+    answer = (await client.get("/v1/me", headers=_auth(old))).json()
+    assert datetime.fromisoformat(answer["api_key"]["expires_at"]) == new.previous_keys_expire_at
+    assert (await client.get("/v1/me", headers=_auth(new))).json()["api_key"]["expires_at"] is None
 
 
 async def test_missing_and_bad_keys_are_401_with_www_authenticate(

@@ -332,3 +332,5 @@ async def test_identical_concurrent_reads_share_one_upstream_call(
     assert results[0] == results[1] == results[2]
     assert sandbox_control.count("graph:getSchedule") == 1
     assert reader.coalescer.shared - shared_before == 2
+    coalesced = tenant_services.metrics.registry.get_sample_value("calbroker_coalesced_schedule_reads_total")
+    assert coalesced == reader.coalescer.shared  # the metric counts every shared read

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import os
@@ -17,8 +18,9 @@ import asyncpg
 import pytest
 
 from calbroker.cli import main
+from calbroker.config import parse_master_keys
 from calbroker.sandbox import SandboxThread
-from calbroker.store.applications import IssuedKey
+from calbroker.store.applications import IssuedKey, authenticate
 from tests.fixtures.database import new_master_key
 
 
@@ -278,3 +280,73 @@ def test_an_http_ews_endpoint_is_accepted_only_when_the_operator_allows_http(
     err = capsys.readouterr().err
     assert "https" not in err
     assert "refused" in err
+
+
+def test_keys_generate_refuses_a_kid_that_start_up_would_refuse(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as refused:
+        main(["keys", "generate", "--kid", "bad kid"], {})
+    assert refused.value.code == 2
+    err = capsys.readouterr().err
+    assert "'bad kid' is not a master key id: use 1-32 letters, digits, '.', '_' or '-'" in err
+    assert main(["keys", "generate", "--kid", "prod-2026.12"], {}) == 0
+    [entry] = capsys.readouterr().out.split()
+    [key] = parse_master_keys(entry)
+    assert key.kid == "prod-2026.12"
+
+
+def test_rotate_key_can_keep_the_old_key_working_for_a_while(
+    cli_env: dict[str, str], database_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["apps", "create", "Rotating CRM"], cli_env) == 0
+    created = capsys.readouterr().out
+    application_id = created.split()[1]
+    old = created.rsplit(" ", 1)[1].strip()
+    assert main(["apps", "rotate-key", application_id, "--keep-old-for", "24h"], cli_env) == 0
+    line = capsys.readouterr().out.strip()
+    assert "previous keys keep working until " in line, line
+    new = line.rsplit(" ", 1)[1]
+
+    async def usable(token: str) -> bool:
+        conn = await asyncpg.connect(database_url)
+        try:
+            return await authenticate(conn, token) is not None
+        finally:
+            await conn.close()
+
+    assert asyncio.run(usable(old))
+    assert asyncio.run(usable(new))
+    assert main(["apps", "list"], cli_env) == 0
+    listed = next(row for row in capsys.readouterr().out.splitlines() if row.startswith(application_id))
+    assert f"cbk_{old.split('_')[1]} (until " in listed
+
+    assert main(["apps", "rotate-key", application_id], cli_env) == 0
+    assert "previous keys are revoked" in capsys.readouterr().out
+    assert not asyncio.run(usable(old))
+    assert not asyncio.run(usable(new))
+    for bad in ("0h", "31d", "a day"):
+        with pytest.raises(SystemExit):
+            main(["apps", "rotate-key", application_id, "--keep-old-for", bad], cli_env)
+    assert "--keep-old-for" in capsys.readouterr().err
+
+
+def test_one_shot_commands_log_warnings_only_unless_asked(
+    cli_env: dict[str, str],
+    api_key: IssuedKey,
+    sandbox: SandboxThread,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Verifying over EWS logs at info (exchangelib does); the command's answer is its only output."""
+    account = sandbox.directory.tenants["fabrikam"].service_accounts["svc-full"]
+    command = [
+        "connections", "add-ews", "--application", str(api_key.application.id), "--username",
+        f"FABRIKAM\\{account.username}", "--password", account.password, "--domains", "fabrikam.com",
+        "--test-mailbox", "anna.schmidt@fabrikam.com", "--cloud", "sandbox", "--auth-type", "basic",
+        "--endpoint", sandbox.ews_url,
+    ]  # fmt: skip
+    quiet = {name: value for name, value in cli_env.items() if name != "CALBROKER_LOG_LEVEL"}
+    assert main(command, quiet) == 0
+    out, err = capsys.readouterr()
+    assert out.startswith("verified with anna.schmidt@fabrikam.com and saved connection "), out
+    assert err == ""
+    assert main(command, {**quiet, "CALBROKER_LOG_LEVEL": "info"}) == 0
+    assert '"level": "info"' in capsys.readouterr().err

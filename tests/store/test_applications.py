@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from datetime import timedelta
 
 import asyncpg
 import pytest
@@ -16,6 +17,7 @@ from calbroker.store.applications import (
     rotate_key,
 )
 from calbroker.store.audit import list_audit
+from tests.fixtures.waiting import eventually
 
 
 async def test_created_key_authenticates_and_only_its_hash_is_stored(pool: asyncpg.Pool) -> None:
@@ -69,6 +71,56 @@ async def test_rotate_issues_a_new_key_and_revokes_the_old(pool: asyncpg.Pool) -
         audit = await list_audit(conn, issued.application.id)
     assert [entry.action for entry in audit] == ["application.create", "application.rotate_key"]
     assert all(issued.token not in str(entry.details) for entry in audit)
+
+
+async def test_rotate_with_an_overlap_lets_the_old_key_work_until_it_expires_by_itself(pool: asyncpg.Pool) -> None:
+    async with pool.acquire() as conn:
+        issued = await create_application(conn, "overlapping", actor="test")
+        rotated = await rotate_key(conn, issued.application.id, actor="test", keep_old_for=timedelta(seconds=1))
+        assert rotated.previous_keys_expire_at is not None
+        both = [await authenticate(conn, token) for token in (issued.token, rotated.token)]
+        assert all(found is not None for found in both)
+        old_key = both[0][1]  # type: ignore[index]
+        assert old_key.expires_at == rotated.previous_keys_expire_at
+        assert both[1][1].expires_at is None  # type: ignore[index]
+
+        async def old_key_refused() -> bool:
+            return await authenticate(conn, issued.token) is None
+
+        await eventually(old_key_refused, what="the previous key to expire")
+        assert await authenticate(conn, rotated.token) is not None
+        [(_, keys)] = [entry for entry in await list_applications(conn) if entry[0].id == issued.application.id]
+        now = await conn.fetchval("SELECT now()")
+        assert [(k.prefix, k.usable(now)) for k in keys] == [(issued.prefix, False), (rotated.prefix, True)]
+
+
+async def test_a_second_overlapping_rotation_never_extends_an_earlier_expiry(pool: asyncpg.Pool) -> None:
+    async with pool.acquire() as conn:
+        first = await create_application(conn, "twice", actor="test")
+        second = await rotate_key(conn, first.application.id, actor="test", keep_old_for=timedelta(hours=1))
+        third = await rotate_key(conn, first.application.id, actor="test", keep_old_for=timedelta(days=2))
+        expiries = dict(
+            await conn.fetch("SELECT prefix, expires_at FROM api_keys WHERE application_id = $1", first.application.id)
+        )
+        assert expiries[first.prefix] == second.previous_keys_expire_at
+        assert expiries[second.prefix] == third.previous_keys_expire_at
+        assert expiries[second.prefix] - expiries[first.prefix] > timedelta(days=1)
+        assert expiries[third.prefix] is None
+        # Without an overlap every previous key, expiring or not, stops at once.
+        fourth = await rotate_key(conn, first.application.id, actor="test")
+        for token in (first.token, second.token, third.token):
+            assert await authenticate(conn, token) is None
+        assert await authenticate(conn, fourth.token) is not None
+
+
+@pytest.mark.parametrize("overlap", [timedelta(0), timedelta(seconds=-1), timedelta(days=31)])
+async def test_an_overlap_must_be_positive_and_at_most_thirty_days(pool: asyncpg.Pool, overlap: timedelta) -> None:
+    async with pool.acquire() as conn:
+        issued = await create_application(conn, "bad overlap", actor="test")
+        with pytest.raises(InvalidRequest) as raised:
+            await rotate_key(conn, issued.application.id, actor="test", keep_old_for=overlap)
+        assert raised.value.errors[0].field == "keep_old_for"
+        assert await authenticate(conn, issued.token) is not None  # nothing changed
 
 
 async def test_last_used_is_touched_at_most_once_a_minute(pool: asyncpg.Pool) -> None:

@@ -26,7 +26,7 @@ from calbroker.config import ChannelSettings, Settings
 from calbroker.domain.channels import Notice, NoticeType
 from calbroker.services.channels import mailbox_key
 from calbroker.store import outbox
-from calbroker.workers.metrics import serving_metrics
+from calbroker.workers.metrics import metrics_endpoint
 from calbroker.workers.runner import Worker
 from tests.fixtures.receiver import Answer, FakeClock, Received, Receiver, running_receiver
 from tests.fixtures.sync import SyncWorld
@@ -423,8 +423,8 @@ def sample(exposition: str, name: str) -> float:
 
 
 async def test_metrics_count_outcomes_latency_and_the_queue(world: SyncWorld, receiver: Receiver) -> None:
-    deliveries = world.services.channels.deliveries
-    async with serving_metrics(deliveries, host="127.0.0.1", port=0) as url, httpx.AsyncClient() as http:
+    async with metrics_endpoint(world.services, "127.0.0.1", 0) as port, httpx.AsyncClient() as http:
+        url = f"http://127.0.0.1:{port}/metrics"
         before = (await http.get(url)).text
         channel = await create_channel(world, f"{receiver.url}/metrics", types=["event.changed"])
         try:

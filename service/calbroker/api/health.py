@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from datetime import UTC, datetime
 from typing import Annotated
 
-import asyncpg
 import msgspec
 from litestar import Response, get
 from litestar.datastructures import State
@@ -18,7 +15,7 @@ from calbroker.api.dependencies import provide_services
 from calbroker.api.problems import Problem
 from calbroker.api.telemetry import HttpMetrics
 from calbroker.domain.errors import CalbrokerError
-from calbroker.services import Services
+from calbroker.services import Services, refresh_gauges
 from calbroker.store.migrations import applied_versions, available_migrations
 from calbroker.store.secrets import secrets_sealed_without
 
@@ -132,14 +129,13 @@ async def readyz(state: State) -> Readiness:
 
 @get("/metrics", operation_id="getMetrics", tags=["operations"], summary="Prometheus metrics", media_type="text/plain")
 async def metrics(state: State) -> Response[bytes]:
-    """HTTP traffic, and the webhook outbox's depth and oldest age (attempts are counted by the worker,
-    on its `--metrics-port`)."""
+    """HTTP requests, upstream calls, throttling, tokens, coalesced reads, and the deployment's
+    gauges (connections by status, synced mailboxes, queue depth) read from PostgreSQL now."""
     http_metrics: HttpMetrics = state["http_metrics"]
     body = generate_latest(http_metrics.registry)
-    services: Services | None = state.get("services")
-    if services is not None:
-        channel_metrics = services.channels.deliveries.metrics
-        with contextlib.suppress(OSError, asyncpg.PostgresError, TimeoutError):
-            await channel_metrics.refresh(services.pool, datetime.now(UTC))
-            body += generate_latest(channel_metrics.queue_registry)
-    return Response(body, media_type=CONTENT_TYPE_LATEST)
+    try:
+        services = provide_services(state)
+    except RuntimeError:  # not started (or stopping): the HTTP metrics only
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
+    await refresh_gauges(services)
+    return Response(body + generate_latest(services.metrics.registry), media_type=CONTENT_TYPE_LATEST)

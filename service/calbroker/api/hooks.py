@@ -60,6 +60,7 @@ async def graph_notifications(
     if len(body) > MAX_NOTIFICATION_BYTES:
         raise InvalidRequest.field("body", f"a notification batch is at most {MAX_NOTIFICATION_BYTES} bytes")
     kept = await store_graph_notifications(services.pool, connection_id, body)
+    services.metrics.notifications.labels("graph").inc(kept)
     if not kept:
         log.info("hooks.graph_ignored", connection_id=str(connection_id), bytes=len(body))
     return Response("", status_code=202, media_type=MediaType.TEXT)

@@ -23,6 +23,13 @@ class KeyInfo(msgspec.Struct):
     last_used_at: Annotated[
         datetime | None, msgspec.Meta(description="Last use, updated at most once a minute; null if never")
     ]
+    expires_at: Annotated[
+        datetime | None,
+        msgspec.Meta(
+            description="When this key stops working, after `calbroker apps rotate-key --keep-old-for`: "
+            "switch to the new key before then; null if it does not expire"
+        ),
+    ] = None
 
 
 class Me(msgspec.Struct):
@@ -48,5 +55,7 @@ async def me(caller: NamedDependency[Caller]) -> Me:
         id=str(app.id),
         name=app.name,
         created_at=app.created_at,
-        api_key=KeyInfo(prefix=key.prefix, created_at=key.created_at, last_used_at=key.last_used_at),
+        api_key=KeyInfo(
+            prefix=key.prefix, created_at=key.created_at, last_used_at=key.last_used_at, expires_at=key.expires_at
+        ),
     )

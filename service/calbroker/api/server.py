@@ -10,7 +10,11 @@ complete; if it fires first, the client gets `408 Request Timeout` and the conne
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import signal
 import sys
+import threading
+from collections.abc import Iterator
 from typing import Any
 
 import uvicorn
@@ -85,7 +89,26 @@ def server_config(app: Any, settings: Settings) -> uvicorn.Config:
 
 
 class ApiServer(uvicorn.Server):
-    """A uvicorn server that says "listening" once it is, and only then."""
+    """A uvicorn server that says "listening" once it is, and only then, and that returns after a
+    stop signal instead of re-raising it."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        """SIGTERM and SIGINT stop the server gracefully, then the previous handlers come back.
+
+        uvicorn's own version re-raises the signal once the server has stopped; with SIGTERM's
+        default action that kills the process before the caller has stopped what it started
+        (the worker, the sandbox, the embedded PostgreSQL). The caller decides how the process ends.
+        """
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = {signum: signal.signal(signum, self.handle_exit) for signum in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            yield
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
 
     async def startup(self, sockets: list[Any] | None = None) -> None:
         await super().startup(sockets)

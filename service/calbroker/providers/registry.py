@@ -21,6 +21,7 @@ from calbroker.domain.connections import (
     EwsServiceAccount,
 )
 from calbroker.domain.errors import InvalidRequest
+from calbroker.metrics import Metrics
 from calbroker.providers.endpoints import AddressPolicy, check_upstream_url
 from calbroker.providers.ews import EwsLimits, EwsProvider, discover_ews_endpoint
 from calbroker.providers.graph import GraphLimits, GraphProvider
@@ -46,8 +47,11 @@ class ProviderRegistry:
         executor: Executor,
         *,
         credentials_sink: CredentialsSink | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self._settings = settings
+        self.metrics = metrics if metrics is not None else Metrics()
+        """Where every provider it builds counts its upstream calls."""
         self._graph_limits = GraphLimits(
             max_schedules=settings.graph_max_schedules, max_window=settings.graph_max_window
         )
@@ -120,6 +124,7 @@ class ProviderRegistry:
                 self._executor,
                 limits=self._ews_limits,
                 policy=self.address_policy,
+                metrics=self.metrics,
             )
         sink = self._sink
 
@@ -138,6 +143,7 @@ class ProviderRegistry:
             operator_app=self._settings.operator_app,
             limits=self._graph_limits,
             on_credentials_changed=renewed,
+            metrics=self.metrics,
         )
 
     async def provider_for(

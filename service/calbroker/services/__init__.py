@@ -10,6 +10,7 @@ from calbroker.services.bookings import Bookings, CalendarEntry, Outcome, teams_
 from calbroker.services.bundle import Services, open_services
 from calbroker.services.onboarding import ConnectionDraft, SaveHook, verify_and_save
 from calbroker.services.schedules import Coalescer, ScheduleReader
+from calbroker.services.telemetry import refresh_gauges
 from calbroker.services.upstream import Upstream
 
 __all__ = [
@@ -25,6 +26,7 @@ __all__ = [
     "Upstream",
     "answer_availability",
     "open_services",
+    "refresh_gauges",
     "teams_available",
     "verify_and_save",
 ]

@@ -19,6 +19,7 @@ import asyncpg
 from calbroker.config import Settings
 from calbroker.domain.connections import Connection, Credentials
 from calbroker.logs import get_logger
+from calbroker.metrics import Metrics
 from calbroker.providers.registry import ProviderRegistry
 from calbroker.services.bookings import Bookings
 from calbroker.services.callbacks import AppCallbacks
@@ -57,11 +58,19 @@ class Services:
     """Calls to URLs applications gave us (service-account callbacks, webhooks), under the URL policy."""
     sync: Sync
     channels: Channels
+    metrics: Metrics
+    """This process's metrics registry: the API's /metrics and the worker's metrics endpoint serve it."""
 
 
 @asynccontextmanager
-async def open_services(settings: Settings, *, pool_size: int | None = None) -> AsyncIterator[Services]:
-    """Open the database (migrated), keyring, HTTP session, thread pool and providers; close them in reverse."""
+async def open_services(
+    settings: Settings, *, pool_size: int | None = None, metrics: Metrics | None = None
+) -> AsyncIterator[Services]:
+    """Open the database (migrated), keyring, HTTP session, thread pool and providers; close them in reverse.
+
+    `metrics` lets two bundles of one process (the demo's API and worker) count into one registry.
+    """
+    metrics = metrics if metrics is not None else Metrics()
     async with AsyncExitStack() as stack:
         url = await resolve_database_url(settings)
         pool = await stack.enter_async_context(connect_pool(url, max_size=pool_size or settings.database_pool_size))
@@ -84,20 +93,21 @@ async def open_services(settings: Settings, *, pool_size: int | None = None) -> 
             async with pool.acquire() as conn:
                 await update_credentials(conn, keyring, connection, credentials, actor="provider")
 
-        registry = ProviderRegistry(settings, session, executor, credentials_sink=persist_renewed)
+        registry = ProviderRegistry(settings, session, executor, credentials_sink=persist_renewed, metrics=metrics)
         stack.push_async_callback(registry.aclose)
         upstream = Upstream(pool, keyring, registry)
         callbacks = await stack.enter_async_context(AppCallbacks(settings))
-        channels = Channels.build(pool, keyring, settings, callbacks)
+        channels = Channels.build(pool, keyring, settings, callbacks, metrics.registry)
         sync = Sync.build(pool, upstream, settings, on_round=channels.notices.round_completed)
         yield Services(
             settings=settings,
             pool=pool,
             keyring=keyring,
             upstream=upstream,
-            schedules=ScheduleReader(pool, upstream, sync.cache),
+            schedules=ScheduleReader(pool, upstream, sync.cache, metrics=metrics),
             bookings=Bookings(pool, upstream, settings, written=sync.cache),
             callbacks=callbacks,
             sync=sync,
             channels=channels,
+            metrics=metrics,
         )

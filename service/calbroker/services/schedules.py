@@ -24,6 +24,7 @@ from calbroker.domain.intervals import Interval
 from calbroker.domain.schedules import MailboxSchedule, ScheduleResult
 from calbroker.domain.sync import ReadMode
 from calbroker.logs import get_logger
+from calbroker.metrics import Metrics
 from calbroker.providers.protocol import Deadline
 from calbroker.services.sync.cache import BusyCache
 from calbroker.services.upstream import Upstream
@@ -40,8 +41,9 @@ V = TypeVar("V")
 class Coalescer(Generic[K, V]):
     """Concurrent calls with the same key share one in-flight result (success or failure)."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_shared: Callable[[], object] | None = None) -> None:
         self._inflight: dict[K, asyncio.Future[V]] = {}
+        self._on_shared = on_shared
         self.shared = 0
         """How many calls were answered by another call's upstream work (for metrics and tests)."""
 
@@ -49,6 +51,8 @@ class Coalescer(Generic[K, V]):
         existing = self._inflight.get(key)
         if existing is not None:
             self.shared += 1
+            if self._on_shared is not None:
+                self._on_shared()
             return await asyncio.shield(existing)
         future: asyncio.Future[V] = asyncio.get_running_loop().create_future()
         self._inflight[key] = future
@@ -75,11 +79,14 @@ class _Batch:
 class ScheduleReader:
     """Busy time for an application's mailboxes, whichever connection and protocol serves each."""
 
-    def __init__(self, pool: asyncpg.Pool, upstream: Upstream, cache: BusyCache | None = None) -> None:
+    def __init__(
+        self, pool: asyncpg.Pool, upstream: Upstream, cache: BusyCache | None = None, *, metrics: Metrics | None = None
+    ) -> None:
         self._pool = pool
         self._upstream = upstream
         self._cache = cache
-        self.coalescer: Coalescer[tuple[str, tuple[str, ...], Interval], dict[str, ScheduleResult]] = Coalescer()
+        shared = metrics.coalesced_reads.inc if metrics is not None else None
+        self.coalescer: Coalescer[tuple[str, tuple[str, ...], Interval], dict[str, ScheduleResult]] = Coalescer(shared)
 
     async def read(
         self,

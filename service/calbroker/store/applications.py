@@ -2,7 +2,8 @@
 
 A key is `cbk_<prefix>_<secret>`: the prefix finds the row, the secret is compared against a
 SHA-256 hash in constant time. The secret carries 256 bits of entropy, so a fast hash is the
-right tool (a password hash would only slow every request down). Keys are shown once.
+right tool (a password hash would only slow every request down). Keys are shown once. A key
+stops working when it is revoked, or when its expiry passes (a rotation with an overlap).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import hmac
 import re
 import secrets
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 import asyncpg
@@ -23,6 +24,7 @@ from calbroker.store.audit import record_audit
 from calbroker.store.database import Connection
 
 __all__ = [
+    "MAX_KEY_OVERLAP",
     "ApiKey",
     "Application",
     "IssuedKey",
@@ -36,6 +38,8 @@ __all__ = [
 
 _KEY = re.compile(r"^cbk_([a-z2-7]{8})_([A-Za-z0-9_-]{43})$")
 _LAST_USED_GRANULARITY = timedelta(seconds=60)
+MAX_KEY_OVERLAP = timedelta(days=30)
+"""The longest a rotated-out key may keep working: long enough to roll out any deployment."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +57,11 @@ class ApiKey:
     created_at: datetime
     last_used_at: datetime | None
     revoked_at: datetime | None
+    expires_at: datetime | None = None
+    """When a key rotated out with an overlap stops working; None: until revoked."""
+
+    def usable(self, now: datetime) -> bool:
+        return self.revoked_at is None and (self.expires_at is None or self.expires_at > now)
 
 
 @dataclass(frozen=True, slots=True, repr=False)
@@ -62,6 +71,8 @@ class IssuedKey:
     application: Application
     prefix: str
     token: str
+    previous_keys_expire_at: datetime | None = None
+    """After a rotation with an overlap: when the keys it replaced stop working."""
 
     def __repr__(self) -> str:
         return f"IssuedKey(application={self.application.id}, prefix={self.prefix!r}, token=<redacted>)"
@@ -132,6 +143,7 @@ async def list_applications(conn: Connection) -> list[tuple[Application, list[Ap
                 row["created_at"],
                 row["last_used_at"],
                 row["revoked_at"],
+                row["expires_at"],
             )
         )
     return [(_application(row), by_app.get(row["id"], [])) for row in apps]
@@ -153,29 +165,56 @@ async def revoke_application(conn: Connection, application_id: uuid.UUID, *, act
         await record_audit(conn, actor=actor, action="application.revoke", application_id=application_id)
 
 
-async def rotate_key(conn: Connection, application_id: uuid.UUID, *, actor: str) -> IssuedKey:
-    """Issue a new key and revoke the previous ones at once."""
+async def rotate_key(
+    conn: Connection, application_id: uuid.UUID, *, actor: str, keep_old_for: timedelta | None = None
+) -> IssuedKey:
+    """Issue a new key; the previous ones stop working at once, or after `keep_old_for`.
+
+    The overlap lets an application switch keys without a moment of refused requests; a previous
+    key that already expires sooner keeps its earlier expiry.
+    """
+    if keep_old_for is not None and not timedelta(0) < keep_old_for <= MAX_KEY_OVERLAP:
+        raise InvalidRequest.field("keep_old_for", f"must be more than 0 and at most {MAX_KEY_OVERLAP.days} days")
     async with conn.transaction():
         application = await get_application(conn, application_id)
         if application.revoked_at is not None:
             raise InvalidRequest.field("application", "is revoked; create a new application instead")
-        await conn.execute(
-            "UPDATE api_keys SET revoked_at = now() WHERE application_id = $1 AND revoked_at IS NULL",
-            application_id,
-        )
-        issued = await _issue_key(conn, application)
+        if keep_old_for is None:
+            await conn.execute(
+                "UPDATE api_keys SET revoked_at = now() WHERE application_id = $1 AND revoked_at IS NULL",
+                application_id,
+            )
+            old_keys_expire = None
+        else:
+            old_keys_expire = await conn.fetchval(
+                """
+                WITH ending AS (
+                    UPDATE api_keys SET expires_at = LEAST(coalesce(expires_at, 'infinity'), now() + $2::interval)
+                    WHERE application_id = $1 AND revoked_at IS NULL
+                      AND (expires_at IS NULL OR expires_at > now())
+                    RETURNING expires_at
+                )
+                SELECT max(expires_at) FROM ending
+                """,
+                application_id,
+                keep_old_for,
+            )
+        issued = replace(await _issue_key(conn, application), previous_keys_expire_at=old_keys_expire)
         await record_audit(
             conn,
             actor=actor,
             action="application.rotate_key",
             application_id=application_id,
-            details={"key_prefix": issued.prefix},
+            details={
+                "key_prefix": issued.prefix,
+                "previous_keys_expire_at": old_keys_expire.isoformat() if old_keys_expire else None,
+            },
         )
     return issued
 
 
 async def authenticate(conn: Connection, token: str) -> tuple[Application, ApiKey] | None:
-    """The application a key belongs to, or None for any malformed, unknown or revoked key."""
+    """The application a key belongs to, or None for any malformed, unknown, revoked or expired key."""
     match = _KEY.match(token)
     if match is None:
         return None
@@ -184,7 +223,8 @@ async def authenticate(conn: Connection, token: str) -> tuple[Application, ApiKe
         """
         SELECT k.prefix, k.secret_hash, k.created_at AS key_created_at, k.last_used_at,
                k.last_used_at IS NULL OR k.last_used_at < now() - $2::interval AS touch,
-               k.revoked_at AS key_revoked_at, a.id, a.name, a.created_at, a.revoked_at
+               k.revoked_at AS key_revoked_at, k.expires_at, k.expires_at <= now() AS expired,
+               a.id, a.name, a.created_at, a.revoked_at
         FROM api_keys k JOIN applications a ON a.id = k.application_id
         WHERE k.prefix = $1
         """,
@@ -196,7 +236,7 @@ async def authenticate(conn: Connection, token: str) -> tuple[Application, ApiKe
     stored = row["secret_hash"] if row is not None else b"\0" * 32
     if not hmac.compare_digest(candidate, bytes(stored)) or row is None:
         return None
-    if row["key_revoked_at"] is not None or row["revoked_at"] is not None:
+    if row["key_revoked_at"] is not None or row["revoked_at"] is not None or row["expired"]:
         return None
     last_used = row["last_used_at"]
     # Touch last_used at most once a minute per key: a hot key costs no write, nor a round trip, per
@@ -209,5 +249,5 @@ async def authenticate(conn: Connection, token: str) -> tuple[Application, ApiKe
             _LAST_USED_GRANULARITY,
         )
     application = Application(row["id"], row["name"], row["created_at"], row["revoked_at"])
-    key = ApiKey(prefix, row["id"], row["key_created_at"], last_used, row["key_revoked_at"])
+    key = ApiKey(prefix, row["id"], row["key_created_at"], last_used, row["key_revoked_at"], row["expires_at"])
     return application, key

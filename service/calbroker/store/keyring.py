@@ -203,11 +203,14 @@ class Keyring:
 
 
 def generate_master_key(kid: str | None = None) -> str:
-    """A new `kid:base64key` entry for CALBROKER_MASTER_KEYS or the key file."""
+    """A new `kid:base64key` entry for CALBROKER_MASTER_KEYS or the key file.
+
+    Raises ValueError for a kid that `parse_master_keys` would refuse at start-up.
+    """
     import base64  # noqa: PLC0415 - only the CLI path generates keys
 
-    kid = kid or f"k{secrets.token_hex(4)}"
-    return f"{kid}:{base64.b64encode(os.urandom(32)).decode()}"
+    key = MasterKey(kid or f"k{secrets.token_hex(4)}", os.urandom(32))
+    return f"{key.kid}:{base64.b64encode(key.key).decode()}"
 
 
 def _stamp(path: Path) -> tuple[int, int, int]:

@@ -55,6 +55,7 @@ __all__ = [
     "sync_ids",
     "sync_row",
     "sync_rows_for",
+    "sync_summary",
     "take_outage",
     "track_mailboxes",
 ]
@@ -584,3 +585,17 @@ async def claim_tick(conn: Connection, name: str, every: timedelta) -> bool:
         every,
     )
     return row is not None
+
+
+async def sync_summary(conn: Connection, max_age: timedelta) -> tuple[dict[str, int], int, float]:
+    """Synced mailboxes by state; how many active ones had no round within `max_age` (their copy
+    cannot answer); and the age in seconds of the oldest last round among active ones (0: none)."""
+    rows = await conn.fetch("SELECT state, count(*) AS n FROM sync_mailboxes GROUP BY state")
+    row = await conn.fetchrow(
+        """SELECT count(*) FILTER (WHERE synced_at IS NULL OR synced_at < now() - $1::interval),
+                  coalesce(extract(epoch FROM now() - min(synced_at)), 0)
+           FROM sync_mailboxes WHERE state = 'active'""",
+        max_age,
+    )
+    assert row is not None  # an aggregate always answers one row
+    return {r["state"]: int(r["n"]) for r in rows}, int(row[0]), float(row[1])

@@ -1,40 +1,46 @@
-"""The worker's Prometheus endpoint (`calbroker worker --metrics-port`): webhook attempts by outcome,
-their latency, the outbox's depth and the age of its oldest undelivered delivery.
+"""The worker's metrics endpoint: `/metrics` (Prometheus) and `/healthz`, on a port of its own.
 
-Attempts are counted where they are made, so each worker replica is scraped on its own port; the queue
-gauges are read from the database and are the same on every replica (the API's `/metrics` has them too).
+A worker serves no API, so it needs its own small HTTP server for Prometheus to scrape its
+counters (sync rounds, upstream calls, EWS stream events) and for an orchestrator's liveness
+probe. aiohttp's server runs on the worker's event loop; the port is CALBROKER_WORKER_METRICS_PORT
+(or `calbroker worker --metrics-port`), on CALBROKER_HOST; without one there is no endpoint.
 """
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from calbroker.services.channels import Deliveries
+from calbroker.services import Services, refresh_gauges
 
-__all__ = ["serving_metrics"]
+__all__ = ["metrics_endpoint"]
 
 
-@contextlib.asynccontextmanager
-async def serving_metrics(deliveries: Deliveries, *, host: str, port: int) -> AsyncIterator[str]:
-    """`GET /metrics` on host:port for the block (port 0: any free one); yields the URL it serves."""
+@asynccontextmanager
+async def metrics_endpoint(services: Services, host: str, port: int) -> AsyncIterator[int]:
+    """Serve /metrics and /healthz on host:port while the block runs; yields the bound port (for port 0)."""
 
     async def scrape(_request: web.Request) -> web.Response:
-        return web.Response(body=await deliveries.scrape(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+        await refresh_gauges(services)
+        return web.Response(
+            body=generate_latest(services.metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
+        )
+
+    async def healthz(_request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
 
     app = web.Application()
     app.router.add_get("/metrics", scrape)
-    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    app.router.add_get("/healthz", healthz)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     try:
         site = web.TCPSite(runner, host, port)
         await site.start()
-        bound = port
-        for address in runner.addresses:  # the port the OS chose when asked for 0
-            bound = address[1]
-        yield f"http://{host}:{bound}/metrics"
+        bound = next(iter(runner.addresses))[1] if runner.addresses else port
+        yield int(bound)
     finally:
         await runner.cleanup()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from pgqueuer.domain.types import QueueExecutionMode
 
 from calbroker.domain.channels import Clock, system_clock
 from calbroker.logs import get_logger
+from calbroker.metrics import outcome_of
 from calbroker.services import Services
 from calbroker.services.channels import DELIVER_JOB, decode_channel_job
 from calbroker.services.sync import (
@@ -110,6 +112,8 @@ class Worker:
         self._done[DELIVER_JOB] += 1
 
     async def _round(self, job: MailboxJob) -> None:
+        metrics = self._services.metrics
+        started = time.perf_counter()
         try:
             outcome = await jobs.sync_round(self._services, job)
         except RoundBusy:
@@ -117,6 +121,9 @@ class Worker:
         if outcome is not None:
             self._rounds += 1
             self._round_failures += outcome.error is not None
+            kind = "full" if outcome.full else "incremental"
+            metrics.sync_rounds.labels(kind, outcome_of(outcome.error)).inc()
+            metrics.sync_round_latency.observe(time.perf_counter() - started)
 
     @property
     def summary(self) -> WorkerSummary:

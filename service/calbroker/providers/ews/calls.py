@@ -82,6 +82,7 @@ from calbroker.domain.errors import (
     UpstreamUnavailable,
 )
 from calbroker.logs import get_logger
+from calbroker.metrics import Metrics
 from calbroker.providers.protocol import WRITE_SETTLE_S, Deadline, connection_closed
 
 __all__ = ["EwsCalls", "request_timeout", "translate_error"]
@@ -327,8 +328,17 @@ class EwsCalls:
     with `ConnectionClosed` (the connection was revoked or re-keyed while a call of it was running).
     """
 
-    def __init__(self, executor: Executor, concurrency: int, http_timeout_s: float, *, connection_id: object) -> None:
+    def __init__(
+        self,
+        executor: Executor,
+        concurrency: int,
+        http_timeout_s: float,
+        *,
+        connection_id: object,
+        metrics: Metrics | None = None,
+    ) -> None:
         self._connection_id = connection_id
+        self._metrics = metrics if metrics is not None else Metrics()
         self._closed = False
         self._executor = executor
         self._slots = asyncio.Semaphore(concurrency)
@@ -360,7 +370,12 @@ class EwsCalls:
         while True:
             deadline.check(what)
             try:
-                return await self._in_thread(call, deadline, settle=settle)
+                with self._metrics.upstream_call("ews", what) as measured:
+                    try:
+                        return await self._in_thread(call, deadline, settle=settle)
+                    except (EWSError, requests.RequestException) as exc:
+                        measured.outcome = translate_error(exc, what=what, mailbox=mailbox).slug
+                        raise
             except TimeoutError:
                 raise UpstreamTimeout(f"{what} did not complete within the request deadline", mailbox=mailbox) from None
             except UnicodeEncodeError:
@@ -393,6 +408,8 @@ class EwsCalls:
                 else:
                     raise error from exc
                 _log.info("ews.retry", operation=what, wait_s=wait, cause=type(_first_cause(exc)).__name__)
+                if isinstance(error, UpstreamThrottled):
+                    self._metrics.throttled("ews", wait)
                 await asyncio.sleep(wait)
 
     async def _in_thread(self, call: Callable[[float], T], deadline: Deadline, *, settle: bool) -> T:

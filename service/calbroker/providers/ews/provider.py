@@ -55,6 +55,7 @@ from calbroker.domain.intervals import Interval
 from calbroker.domain.schedules import MailboxSchedule, Room, RoomList, ScheduleResult
 from calbroker.domain.sync import ChangeSet
 from calbroker.logs import get_logger
+from calbroker.metrics import Metrics
 from calbroker.providers.endpoints import AddressPolicy
 from calbroker.providers.ews import events
 from calbroker.providers.ews.calls import EwsCalls, request_timeout, translate_error
@@ -308,6 +309,7 @@ class EwsProvider:
         *,
         limits: EwsLimits = EwsLimits(),  # frozen, so one shared default is safe
         policy: AddressPolicy,
+        metrics: Metrics | None = None,
     ) -> None:
         auth_type = _AUTH_TYPES.get(credentials.auth_type.strip().lower())
         if auth_type is None:
@@ -324,7 +326,9 @@ class EwsProvider:
             max_connections=limits.concurrency,
         )
         self._protocol = _fresh_protocol(self._config, cloud_ca_bundle, limits.http_timeout_s, policy)
-        self._calls = EwsCalls(executor, limits.concurrency, limits.http_timeout_s, connection_id=connection.id)
+        self._calls = EwsCalls(
+            executor, limits.concurrency, limits.http_timeout_s, connection_id=connection.id, metrics=metrics
+        )
         events.register_marker()
         self._event_accounts = events.Accounts(self._account)
         self._utc_zone_definition: Any = None

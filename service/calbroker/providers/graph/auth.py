@@ -30,6 +30,7 @@ from calbroker.domain.connections import (
     GraphDelegated,
 )
 from calbroker.domain.errors import (
+    CalbrokerError,
     CredentialsRejected,
     UpstreamError,
     UpstreamThrottled,
@@ -37,6 +38,7 @@ from calbroker.domain.errors import (
     UpstreamUnavailable,
 )
 from calbroker.logs import get_logger
+from calbroker.metrics import Metrics, outcome_of
 from calbroker.providers.protocol import Deadline
 
 __all__ = ["DELEGATED_SCOPES", "GraphCredentials", "GraphTokens", "MsalHttpClient", "granted_permissions"]
@@ -156,8 +158,10 @@ class GraphTokens:
         operator_app: OperatorApp | None,
         on_credentials_changed: Callable[[Credentials], Awaitable[None]] | None,
         timeout_s: float,
+        metrics: Metrics | None = None,
     ) -> None:
         self._credentials = credentials
+        self._refreshes = (metrics if metrics is not None else Metrics()).token_refreshes
         self._cloud = cloud
         self._executor = executor
         self._operator_app = operator_app
@@ -194,12 +198,20 @@ class GraphTokens:
                 async with self._acquire_lock:
                     result, refresh_token = await loop.run_in_executor(self._executor, self._acquire_blocking)
         except TimeoutError:
+            self._refreshes.labels("upstream-timeout").inc()
             raise UpstreamTimeout(
                 f"Microsoft Entra ID did not issue a token for tenant {self.tenant_id} within the deadline"
             ) from None
+        except CalbrokerError as exc:
+            self._refreshes.labels(outcome_of(exc)).inc()
+            raise
         token = result.get("access_token")
         if not isinstance(token, str):
-            raise self._rejection(result)
+            rejection = self._rejection(result)
+            self._refreshes.labels(outcome_of(rejection)).inc()
+            raise rejection
+        if result.get("token_source") != "cache":  # msal says where the token came from
+            self._refreshes.labels("ok").inc()
         await self._persist_rotation(refresh_token)
         return token
 

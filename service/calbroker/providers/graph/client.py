@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import re
 import ssl
 import uuid
 from collections.abc import Mapping
@@ -33,6 +34,7 @@ from calbroker.domain.errors import (
     UpstreamUnavailable,
 )
 from calbroker.logs import get_logger
+from calbroker.metrics import Metrics
 from calbroker.providers.graph import wire
 from calbroker.providers.graph.auth import GraphTokens
 from calbroker.providers.protocol import Deadline, connection_closed
@@ -83,8 +85,10 @@ class GraphClient:
         max_concurrency: int,
         max_attempts: int,
         retry_backoff_s: float,
+        metrics: Metrics,
     ) -> None:
         self._connection_id = connection_id
+        self._metrics = metrics
         self._closed = False
         self._cloud = cloud
         self._session = session
@@ -132,8 +136,11 @@ class GraphClient:
             }
             if payload is not None:
                 sent["Content-Type"] = "application/json"
+            operation = f"{method} {_template(path)}"
             try:
-                status, body, answer_headers = await self._send(method, url, payload, sent, deadline)
+                with self._metrics.upstream_call("graph", operation) as call:
+                    status, body, answer_headers = await self._send(method, url, payload, sent, deadline)
+                    call.outcome = "ok" if status < 400 else f"http-{status}"
             except TimeoutError:
                 raise UpstreamTimeout(
                     f"Microsoft Graph did not answer {method} {_route(path)} within the deadline",
@@ -168,6 +175,8 @@ class GraphClient:
                     _log.info(
                         "graph.retry", status=status, wait_s=wait, attempt=attempt, mailbox=mailbox, route=_route(path)
                     )
+                    if retry_after is not None or status == 429:
+                        self._metrics.throttled("graph", wait)
                     await asyncio.sleep(wait)
                     continue
             raise self._error(status, body, retry_after, mailbox, f"{method} {_route(path)}")
@@ -253,6 +262,19 @@ class GraphClient:
 
     def _backoff(self, attempt: int) -> float:
         return float(self._retry_backoff_s * 2 ** (attempt - 1))
+
+
+_WORD = re.compile(r"^[A-Za-z$][A-Za-z.]{0,47}$")
+
+
+def _template(path: str) -> str:
+    """A path as a metric label: words kept, anything else (addresses, ids) as `{id}`.
+
+    `users/adele@contoso.com/calendar/events/AAMkAD…` → `users/{id}/calendar/events/{id}`, so
+    the label has as many values as Graph has routes, whatever the mailboxes and items.
+    """
+    segments = _route(path).strip("/").split("/")
+    return "/".join(segment if _WORD.match(segment) else "{id}" for segment in segments)
 
 
 def _route(path: str) -> str:

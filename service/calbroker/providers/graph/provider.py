@@ -33,6 +33,7 @@ from calbroker.domain.events import EventSpec, OnlineMeeting, UpstreamEvent
 from calbroker.domain.intervals import Interval
 from calbroker.domain.schedules import MailboxSchedule, Room, RoomList, ScheduleResult
 from calbroker.logs import get_logger
+from calbroker.metrics import Metrics
 from calbroker.providers.graph import wire
 from calbroker.providers.graph.auth import GraphCredentials, GraphTokens, granted_permissions
 from calbroker.providers.graph.changes import GraphChanges
@@ -130,6 +131,7 @@ class GraphProvider:
         operator_app: OperatorApp | None = None,
         limits: GraphLimits = GraphLimits(),
         on_credentials_changed: Callable[[Credentials], Awaitable[None]] | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         if not isinstance(credentials, GraphCredentials):
             raise TypeError(f"GraphProvider needs Graph credentials, got {type(credentials).__name__}")
@@ -137,6 +139,7 @@ class GraphProvider:
         # A delegated token reads other mailboxes' free/busy only through the user's own mailbox.
         self._own_mailbox = credentials.mailbox.lower() if isinstance(credentials, GraphDelegated) else None
         self._limits = limits
+        metrics = metrics if metrics is not None else Metrics()
         self._tokens = GraphTokens(
             credentials,
             cloud,
@@ -144,6 +147,7 @@ class GraphProvider:
             operator_app=operator_app,
             on_credentials_changed=on_credentials_changed,
             timeout_s=limits.token_timeout_s,
+            metrics=metrics,
         )
         self._client = GraphClient(
             cloud,
@@ -154,6 +158,7 @@ class GraphProvider:
             max_concurrency=limits.max_concurrency,
             max_attempts=limits.max_attempts,
             retry_backoff_s=limits.retry_backoff_s,
+            metrics=metrics,
         )
         self._in_flight: Counter[str] = Counter()
         self._refused: dict[str, float] = {}

@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import asyncpg
+from prometheus_client import CollectorRegistry
 
 from calbroker.config import Settings
 from calbroker.domain.channels import Clock, system_clock
@@ -69,13 +70,14 @@ class Channels:
         keyring: Keyring,
         settings: Settings,
         callbacks: AppCallbacks,
+        registry: CollectorRegistry,
         *,
         clock: Clock = system_clock,
     ) -> Channels:
         notices = Notices(keyring, settings)
         return cls(
             notices=notices,
-            deliveries=Deliveries(pool, keyring, settings, callbacks),
+            deliveries=Deliveries(pool, keyring, settings, callbacks, registry),
             registry=ChannelRegistry(
                 pool=pool, keyring=keyring, settings=settings, callbacks=callbacks, notices=notices, clock=clock
             ),

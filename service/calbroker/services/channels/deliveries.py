@@ -11,7 +11,6 @@ records itself without moving the delivery. Every decision about time takes `now
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -19,7 +18,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from calbroker.config import Settings
 from calbroker.domain.channels import Clock, RetrySchedule, Verdict
@@ -51,13 +50,12 @@ _MAX_BATCHES_PER_RUN = 1000
 
 
 class DeliveryMetrics:
-    """Deliveries by outcome and attempt latency (counted by the worker that attempts them, in
-    `registry`), and the queue's depth and the age of its oldest undelivered delivery (read from the
-    database, so every replica and the API report the same, in `queue_registry`)."""
+    """Deliveries by outcome and attempt latency (counted by the worker that attempts them), and the
+    queue's depth and the age of its oldest undelivered delivery (read from the database, so every
+    replica and the API report the same), on the process's registry."""
 
-    def __init__(self) -> None:
-        self.registry = CollectorRegistry(auto_describe=True)
-        self.queue_registry = CollectorRegistry(auto_describe=True)
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
         self.attempts = Counter(
             "calbroker_channel_attempts",
             "Webhook delivery attempts, by outcome (delivered, retry, failed, gone).",
@@ -74,12 +72,12 @@ class DeliveryMetrics:
         self.undelivered = Gauge(
             "calbroker_channel_undelivered",
             "Deliveries of active channels not delivered yet (waiting or being attempted).",
-            registry=self.queue_registry,
+            registry=self.registry,
         )
         self.oldest_age = Gauge(
             "calbroker_channel_oldest_undelivered_seconds",
             "How long the oldest undelivered delivery of an active channel has waited.",
-            registry=self.queue_registry,
+            registry=self.registry,
         )
 
     async def refresh(self, pool: asyncpg.Pool, now: datetime) -> None:
@@ -88,10 +86,6 @@ class DeliveryMetrics:
             stats = await queue_stats(conn, now=now)
         self.undelivered.set(stats.undelivered)
         self.oldest_age.set(stats.oldest_age.total_seconds())
-
-    def exposition(self) -> bytes:
-        """The worker's metrics in Prometheus' text format: attempts, latency and the queue."""
-        return generate_latest(self.registry) + generate_latest(self.queue_registry)
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,7 +97,14 @@ class RunSummary:
 class Deliveries:
     """Sends due deliveries over the process's callback session, recording every attempt."""
 
-    def __init__(self, pool: asyncpg.Pool, keyring: Keyring, settings: Settings, callbacks: AppCallbacks) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        keyring: Keyring,
+        settings: Settings,
+        callbacks: AppCallbacks,
+        registry: CollectorRegistry,
+    ) -> None:
         self._pool = pool
         self._keyring = keyring
         self._settings = settings.channels
@@ -113,7 +114,7 @@ class Deliveries:
         )
         self._lease = self._settings.timeout + _LEASE_MARGIN
         self._limit = asyncio.Semaphore(_BATCH)
-        self.metrics = DeliveryMetrics()
+        self.metrics = DeliveryMetrics(registry)
 
     @property
     def schedule(self) -> RetrySchedule:
@@ -206,12 +207,6 @@ class Deliveries:
         if finished.disabled is not None:
             log.warning("channel.disabled", channel_id=str(message.channel_id), reason=finished.disabled)
         return verdict is Verdict.DELIVERED and finished.state is MessageState.DELIVERED
-
-    async def scrape(self) -> bytes:
-        """The worker's metrics as Prometheus text, the queue read fresh (for the metrics endpoint)."""
-        with contextlib.suppress(OSError, asyncpg.PostgresError, TimeoutError):
-            await self.metrics.refresh(self._pool, datetime.now(UTC))
-        return self.metrics.exposition()
 
     async def queue_due(self, *, now: datetime) -> int:
         """Queue a run for every channel with a delivery due at `now` (retries fall due between notices)."""

@@ -237,9 +237,12 @@ class EwsStreams:
         notified: asyncio.Queue[str] = asyncio.Queue()
         debounce = self._settings.sync.debounce
 
+        received = self._upstream.registry.metrics.notifications.labels("ews")
+
         async def consume() -> None:
             while True:
                 subscription = await notified.get()
+                received.inc()
                 sync_id = sync_ids.get(subscription)
                 if sync_id is not None:
                     async with self._pool.acquire() as conn, conn.transaction():
