@@ -46,7 +46,7 @@ class Call:
 
 
 class Metrics:
-    """Upstream calls, throttling, tokens, coalescing, sync and queue metrics of one process."""
+    """Upstream calls, throttling, tokens, coalescing, sync, queue and webhook metrics of one process."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
@@ -131,6 +131,30 @@ class Metrics:
             "calbroker_queue_jobs",
             "Jobs in the PostgreSQL queue by job name and status (queued, picked), read at scrape.",
             ["job", "status"],
+            registry=r,
+        )
+
+        self.channel_attempts = Counter(
+            "calbroker_channel_attempts",
+            "Webhook delivery attempts made by this worker, by outcome (delivered, retry, failed, gone).",
+            ["outcome"],
+            registry=r,
+        )
+        self.channel_attempt_latency = Histogram(
+            "calbroker_channel_attempt_duration_seconds",
+            "Time from sending a webhook to its answer (or its failure), by outcome.",
+            ["outcome"],
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 15, 30),
+            registry=r,
+        )
+        self.channel_undelivered = Gauge(
+            "calbroker_channel_undelivered",
+            "Deliveries of active channels not delivered yet (waiting or being attempted), read at scrape.",
+            registry=r,
+        )
+        self.channel_oldest_undelivered = Gauge(
+            "calbroker_channel_oldest_undelivered_seconds",
+            "How long the oldest undelivered delivery of an active channel has waited, read at scrape.",
             registry=r,
         )
 

@@ -97,7 +97,7 @@ async def open_services(
         stack.push_async_callback(registry.aclose)
         upstream = Upstream(pool, keyring, registry)
         callbacks = await stack.enter_async_context(AppCallbacks(settings))
-        channels = Channels.build(pool, keyring, settings, callbacks, metrics.registry)
+        channels = Channels.build(pool, keyring, settings, callbacks, metrics)
         sync = Sync.build(pool, upstream, settings, on_round=channels.notices.round_completed)
         yield Services(
             settings=settings,

@@ -15,6 +15,7 @@ from calbroker.domain.connections import ConnectionStatus
 from calbroker.services.bundle import Services
 from calbroker.store.connections import count_by_status
 from calbroker.store.database import DATABASE_UNAVAILABLE
+from calbroker.store.outbox import queue_stats
 from calbroker.store.queue import queue_over
 from calbroker.store.sync_state import sync_summary
 
@@ -33,9 +34,8 @@ async def refresh_gauges(services: Services) -> None:
         async with asyncio.timeout(_TIMEOUT_S), services.pool.acquire() as conn:
             statuses = await count_by_status(conn)
             states, stale, oldest = await sync_summary(conn, services.settings.sync.max_age)
+            outbox = await queue_stats(conn, now=datetime.now(UTC))
         queued = await asyncio.wait_for(queue_over(services.pool).queue_size(), _TIMEOUT_S)
-        async with asyncio.timeout(_TIMEOUT_S):
-            await services.channels.deliveries.metrics.refresh(services.pool, datetime.now(UTC))
     except _UNAVAILABLE:
         return
     for status in ConnectionStatus:
@@ -44,6 +44,8 @@ async def refresh_gauges(services: Services) -> None:
         metrics.synced_mailboxes.labels(state).set(states.get(state, 0))
     metrics.stale_mailboxes.set(stale)
     metrics.oldest_round_age.set(oldest)
+    metrics.channel_undelivered.set(outbox.undelivered)
+    metrics.channel_oldest_undelivered.set(outbox.oldest_age.total_seconds())
     metrics.queue_jobs.clear()
     for row in queued:
         metrics.queue_jobs.labels(str(row.entrypoint), str(row.status)).inc(row.count)

@@ -196,7 +196,6 @@ class Worker:
         if run_deliveries:
             # Retries fall due between notices: queue a run for every channel with one due now.
             await deliveries.queue_due(now=self._clock())
-        await deliveries.metrics.refresh(pool, self._clock())
         if run_prune:
             await deliveries.prune(now=self._clock())
         if run_scopes:

@@ -15,12 +15,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import asyncpg
-from prometheus_client import CollectorRegistry
 
 from calbroker.config import Settings
 from calbroker.domain.channels import Clock, system_clock
+from calbroker.metrics import Metrics
 from calbroker.services.callbacks import AppCallbacks
-from calbroker.services.channels.deliveries import Deliveries, DeliveryMetrics, RunSummary
+from calbroker.services.channels.deliveries import Deliveries, RunSummary
 from calbroker.services.channels.flavours import FLAVOURS, Flavour, Outgoing, StandardWebhooks, new_secret
 from calbroker.services.channels.notices import (
     DELIVER_JOB,
@@ -41,7 +41,6 @@ __all__ = [
     "Channels",
     "CreatedChannel",
     "Deliveries",
-    "DeliveryMetrics",
     "Flavour",
     "Notices",
     "Outgoing",
@@ -70,14 +69,14 @@ class Channels:
         keyring: Keyring,
         settings: Settings,
         callbacks: AppCallbacks,
-        registry: CollectorRegistry,
+        metrics: Metrics,
         *,
         clock: Clock = system_clock,
     ) -> Channels:
         notices = Notices(keyring, settings)
         return cls(
             notices=notices,
-            deliveries=Deliveries(pool, keyring, settings, callbacks, registry),
+            deliveries=Deliveries(pool, keyring, settings, callbacks, metrics),
             registry=ChannelRegistry(
                 pool=pool, keyring=keyring, settings=settings, callbacks=callbacks, notices=notices, clock=clock
             ),

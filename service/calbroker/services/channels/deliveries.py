@@ -18,11 +18,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from calbroker.config import Settings
 from calbroker.domain.channels import Clock, RetrySchedule, Verdict
 from calbroker.logs import get_logger
+from calbroker.metrics import Metrics
 from calbroker.services.callbacks import AppCallbacks
 from calbroker.services.channels.flavours import FLAVOURS
 from calbroker.services.channels.notices import queue_runs
@@ -36,56 +36,16 @@ from calbroker.store.outbox import (
     finish_attempt,
     open_sealed,
     prune_outbox,
-    queue_stats,
     take_run,
 )
 
-__all__ = ["Deliveries", "DeliveryMetrics", "RunSummary"]
+__all__ = ["Deliveries", "RunSummary"]
 
 log = get_logger(__name__)
 
 _BATCH = 64
 _LEASE_MARGIN = timedelta(seconds=30)
 _MAX_BATCHES_PER_RUN = 1000
-
-
-class DeliveryMetrics:
-    """Deliveries by outcome and attempt latency (counted by the worker that attempts them), and the
-    queue's depth and the age of its oldest undelivered delivery (read from the database, so every
-    replica and the API report the same), on the process's registry."""
-
-    def __init__(self, registry: CollectorRegistry) -> None:
-        self.registry = registry
-        self.attempts = Counter(
-            "calbroker_channel_attempts",
-            "Webhook delivery attempts, by outcome (delivered, retry, failed, gone).",
-            ["outcome"],
-            registry=self.registry,
-        )
-        self.latency = Histogram(
-            "calbroker_channel_attempt_duration_seconds",
-            "Time from sending a webhook to its answer (or its failure), by outcome.",
-            ["outcome"],
-            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 15, 30),
-            registry=self.registry,
-        )
-        self.undelivered = Gauge(
-            "calbroker_channel_undelivered",
-            "Deliveries of active channels not delivered yet (waiting or being attempted).",
-            registry=self.registry,
-        )
-        self.oldest_age = Gauge(
-            "calbroker_channel_oldest_undelivered_seconds",
-            "How long the oldest undelivered delivery of an active channel has waited.",
-            registry=self.registry,
-        )
-
-    async def refresh(self, pool: asyncpg.Pool, now: datetime) -> None:
-        """Read the queue's depth and oldest age from the database (every replica sees the same)."""
-        async with pool.acquire() as conn:
-            stats = await queue_stats(conn, now=now)
-        self.undelivered.set(stats.undelivered)
-        self.oldest_age.set(stats.oldest_age.total_seconds())
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,7 +63,7 @@ class Deliveries:
         keyring: Keyring,
         settings: Settings,
         callbacks: AppCallbacks,
-        registry: CollectorRegistry,
+        metrics: Metrics,
     ) -> None:
         self._pool = pool
         self._keyring = keyring
@@ -114,7 +74,7 @@ class Deliveries:
         )
         self._lease = self._settings.timeout + _LEASE_MARGIN
         self._limit = asyncio.Semaphore(_BATCH)
-        self.metrics = DeliveryMetrics(registry)
+        self._metrics = metrics
 
     @property
     def schedule(self) -> RetrySchedule:
@@ -192,8 +152,8 @@ class Deliveries:
             if verdict is not Verdict.RETRY
             else ("retry" if finished.state is MessageState.PENDING else "failed")
         )
-        self.metrics.attempts.labels(outcome).inc()
-        self.metrics.latency.labels(outcome).observe(answer.latency.total_seconds())
+        self._metrics.channel_attempts.labels(outcome).inc()
+        self._metrics.channel_attempt_latency.labels(outcome).observe(answer.latency.total_seconds())
         if verdict is not Verdict.DELIVERED:
             log.info(
                 "channel.attempt_failed",
