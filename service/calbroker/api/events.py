@@ -11,7 +11,6 @@ import base64
 import binascii
 import json
 import re
-import uuid
 from datetime import datetime, timedelta
 from typing import Annotated, Literal
 from zoneinfo import ZoneInfo
@@ -61,17 +60,15 @@ from calbroker.domain.events import (
     UpstreamEvent,
 )
 from calbroker.domain.intervals import FIRST_YEAR, LAST_YEAR, Interval
-from calbroker.services import CalendarEntry, Services
-from calbroker.services.sync import CHANGES_KEPT
-from calbroker.store.busy_cache import MailboxChanges, mailbox_changes
+from calbroker.services import CalendarEntry
+from calbroker.services.sync import CHANGES_KEPT, read_changes
+from calbroker.store.busy_cache import MailboxChanges
 from calbroker.store.events import EventRecord, EventState, managed_events
 
 __all__ = ["delete_event", "get_event", "list_events", "put_event"]
 
 MAX_VIEW_SPAN = timedelta(days=62)
 MAX_PAGE = 500
-MAX_FEED_ROUNDS = 2000
-"""Sync rounds one `changed_since` read may span; more means reading the calendar view instead."""
 _EVENT_ID = re.compile(EVENT_ID_PATTERN)
 _CURSOR_PATTERN = r"^[A-Za-z0-9_-]{1,400}$"
 
@@ -332,32 +329,6 @@ def _changes_out(
     )
 
 
-async def _read_changes(services: Services, application_id: uuid.UUID, address: str, since: datetime) -> MailboxChanges:
-    async with services.pool.acquire() as conn:
-        found = await mailbox_changes(conn, application_id, address, since, limit=MAX_FEED_ROUNDS + 1)
-    if found is None:
-        raise InvalidRequest.field(
-            "mailbox",
-            f"{address} is not synced, so calbroker keeps no record of its changes: name it in "
-            "PUT /v1/connections/{id}/sync first",
-        )
-    if since < found.tracked_since or since < found.as_of - CHANGES_KEPT:
-        oldest = max(found.tracked_since, found.as_of - CHANGES_KEPT)
-        raise InvalidRequest.field(
-            "changed_since",
-            f"changes of {address} are known from {oldest:%Y-%m-%dT%H:%M:%SZ} (sync start, or {CHANGES_KEPT.days} "
-            "days back): give a later instant, or read the calendar view with start and end",
-        )
-    if len(found.changes) > MAX_FEED_ROUNDS:
-        raise LimitExceeded(
-            field="changed_since",
-            limit=MAX_FEED_ROUNDS,
-            actual=len(found.changes),
-            message="too many changes since that instant: read the calendar view with start and end instead",
-        )
-    return found
-
-
 def _event_id(raw: str) -> str:
     if not _EVENT_ID.match(raw):
         raise InvalidRequest.field(
@@ -562,7 +533,16 @@ async def list_events(
         if start is not None or end is not None:
             raise InvalidRequest.field("changed_since", "reads changes, not a window: leave out start and end")
         since = aware(changed_since, "changed_since")
-        found = await _read_changes(caller.services, caller.application.id, address, since)
+        found = await read_changes(
+            caller.services.pool,
+            caller.application.id,
+            address,
+            since,
+            field="changed_since",
+            unsynced_field="mailbox",
+            to_sync="name it in PUT /v1/connections/{id}/sync first",
+            instead="read the calendar view with start and end",
+        )
         touched = sorted({u for entry in found.changes for u in (*entry.changed, *entry.freed, *entry.removed)})
         async with caller.services.pool.acquire() as conn:
             copies = await managed_events(conn, caller.application.id, touched, [])

@@ -22,11 +22,10 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from calbroker.domain.channels import ChannelFilter, Notice, NoticeType
-from calbroker.domain.errors import InvalidRequest, LimitExceeded
 from calbroker.services.bundle import Services
 from calbroker.services.channels.flavours import CRONOFY_CHANNEL_PREFIX, CronofyCallback, CronofyPush
-from calbroker.services.sync import CHANGES_KEPT
-from calbroker.store.busy_cache import MailboxChanges, mailbox_changes
+from calbroker.services.sync import read_changes
+from calbroker.store.busy_cache import MailboxChanges
 from calbroker.store.channels import NewChannel, create_channel, delete_channel
 from calbroker.store.cronofy import (
     Account,
@@ -42,7 +41,6 @@ from calbroker.store.events import managed_events
 from calbroker.store.sync_state import ScopeMode, get_scope, sync_ids
 
 __all__ = [
-    "MAX_FEED_ROUNDS",
     "AccountChanges",
     "close_push_channel",
     "open_push_channel",
@@ -54,8 +52,6 @@ _ACTOR = "cronofy"
 _TYPES = frozenset({NoticeType.MAILBOX_CHANGED, NoticeType.CONNECTION_DISCONNECTED})
 _NO_LIMIT = 2**31
 """Callback channels are made by calbroker, one per callback URL: they do not count against the limit."""
-MAX_FEED_ROUNDS = 2000
-"""Sync rounds one `last_modified` read may span (as the native `changed_since`)."""
 
 
 async def open_push_channel(
@@ -219,29 +215,17 @@ class AccountChanges:
 async def read_account_changes(services: Services, account: Account, since: datetime) -> AccountChanges:
     """Every item of the account's mailbox changed since `since` (its latest change wins), from the
     sync's change feed; a 422 on `last_modified` when the feed cannot answer for that instant."""
-    async with services.pool.acquire() as conn:
-        feed = await mailbox_changes(conn, account.application_id, account.mailbox, since, limit=MAX_FEED_ROUNDS + 1)
-    if feed is None:
-        raise InvalidRequest.field(
-            "last_modified",
-            f"{account.mailbox} is not synced, so its changes are not recorded: create a push channel for the "
-            "account (which syncs it), or ask the operator to sync it",
-        )
-    # Cronofy's times are whole seconds (a `changes_since` is floored): the second syncing began in counts.
-    oldest = max(feed.tracked_since, feed.as_of - CHANGES_KEPT).replace(microsecond=0)
-    if since < oldest:
-        raise InvalidRequest.field(
-            "last_modified",
-            f"changes are known from {oldest:%Y-%m-%dT%H:%M:%SZ} (when syncing began, or {CHANGES_KEPT.days} "
-            "days back): give a later time, or read without last_modified",
-        )
-    if len(feed.changes) > MAX_FEED_ROUNDS:
-        raise LimitExceeded(
-            field="last_modified",
-            limit=MAX_FEED_ROUNDS,
-            actual=len(feed.changes),
-            message="too many changes since that time: read without last_modified instead",
-        )
+    feed = await read_changes(
+        services.pool,
+        account.application_id,
+        account.mailbox,
+        since,
+        field="last_modified",
+        unsynced_field="last_modified",
+        to_sync="create a push channel for the account (which syncs it), or ask the operator to sync it",
+        instead="read without last_modified",
+        whole_seconds=True,  # Cronofy's times are whole seconds (a `changes_since` is floored)
+    )
     latest: dict[str, bool] = {}
     for entry in feed.changes:
         for upstream_id in (*entry.changed, *entry.freed):

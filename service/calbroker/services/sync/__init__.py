@@ -7,6 +7,7 @@
     inbox.py     what the receiver does with a POST: mark, store, answer
     scopes.py    which mailboxes are synced (per connection: all in scope, or a list), capped
     maintenance.py  reconciliation, feed renewals, scope re-application, the receiver's heartbeat
+    changes.py   reading a mailbox's change feed since an instant (native and Cronofy surfaces)
     cache.py     the copy's two other sides: fresh answers for schedules, calbroker's own writes
 
 The worker runs rounds, feeds and scopes; the API reads through `cache` and stores through `inbox`.
@@ -20,6 +21,7 @@ import asyncpg
 
 from calbroker.config import Settings
 from calbroker.services.sync.cache import BusyCache
+from calbroker.services.sync.changes import MAX_FEED_ROUNDS, read_changes
 from calbroker.services.sync.feeds import GraphFeeds, NotificationsHandled, hook_url
 from calbroker.services.sync.inbox import store_graph_notifications
 from calbroker.services.sync.maintenance import CHANGES_KEPT, Reconciled, beat, reapply_scopes, reconcile
@@ -39,6 +41,7 @@ from calbroker.services.upstream import Upstream
 
 __all__ = [
     "CHANGES_KEPT",
+    "MAX_FEED_ROUNDS",
     "BusyCache",
     "ConnectionJob",
     "EwsStreams",
@@ -60,6 +63,7 @@ __all__ = [
     "decode_job",
     "enqueue",
     "hook_url",
+    "read_changes",
     "reapply_scopes",
     "reconcile",
     "request_round",
