@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import math
 import platform
 import shutil
 import ssl
@@ -26,7 +25,6 @@ import sys
 import tempfile
 import time
 import urllib.request
-import warnings
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -37,15 +35,14 @@ import httpx
 
 from bench.engine import build_query, median_ms
 from bench.serving import api_environment, free_port, served
+from bench.world import bench_database, connect_contoso, contoso_secret, percentile
 from calbroker.config import MasterKey, Settings, sandbox_cloud
 from calbroker.domain import Interval, ResponseFormat
-from calbroker.domain.connections import AccessLevel, ConnectionMethod, GraphClientSecret
 from calbroker.logs import configure_logging
 from calbroker.providers import Deadline
 from calbroker.sandbox import SandboxThread, start_sandbox_in_thread, this_week_monday
-from calbroker.services import ConnectionDraft, open_services, verify_and_save
+from calbroker.services import open_services
 from calbroker.store.applications import create_application
-from calbroker.store.database import embedded_server_url, ensure_database
 
 MEMBER_COUNTS = (1, 10, 50, 100, 250)
 RESULTS = Path(__file__).parent / "results" / "availability.json"
@@ -85,11 +82,6 @@ def _members(sandbox: SandboxThread, count: int) -> list[str]:
     return (real + padding)[:count]
 
 
-def _percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
-
-
 async def run(rtt_ms: float, runs: int) -> dict[str, Any]:
     root = Path(tempfile.mkdtemp(prefix="calbroker-bench-"))
     sandbox = start_sandbox_in_thread(
@@ -97,10 +89,7 @@ async def run(rtt_ms: float, runs: int) -> dict[str, Any]:
     )
     control = Control(sandbox)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            server = embedded_server_url(root / "data")
-        url = await ensure_database(server, "bench")
+        url = await bench_database(root, "bench")
         key = MasterKey("bench", b"b" * 32)
         settings = Settings(
             data_dir=root / "data",
@@ -113,25 +102,8 @@ async def run(rtt_ms: float, runs: int) -> dict[str, Any]:
         async with open_services(settings) as services:
             async with services.pool.acquire() as conn:
                 issued = await create_application(conn, "bench", actor="bench")
-            contoso = sandbox.directory.tenants["contoso"]
-            app = next(a for a in sandbox.directory.apps.values() if a.key == "contoso-secret")
-            connection = await verify_and_save(
-                services,
-                ConnectionDraft(
-                    application_id=issued.application.id,
-                    method=ConnectionMethod.GRAPH_APP,
-                    access_level=AccessLevel.FULL,
-                    credentials=GraphClientSecret(contoso.id, app.client_id, app.secrets[0].value),
-                    domains=["contoso.com"],
-                    test_mailbox="adele.vance@contoso.com",
-                    cloud="sandbox",
-                    tenant_id=contoso.id,
-                ),
-                actor="bench",
-            )
-            provider = services.upstream.registry.build(
-                connection, GraphClientSecret(contoso.id, app.client_id, app.secrets[0].value)
-            )
+            connection = await connect_contoso(services, sandbox, issued.application.id, "adele.vance@contoso.com")
+            provider = services.upstream.registry.build(connection, contoso_secret(sandbox))
             start = datetime.combine(
                 this_week_monday(datetime.now(UTC).date()) + timedelta(days=7), datetime.min.time(), UTC
             )
@@ -180,7 +152,7 @@ async def run(rtt_ms: float, runs: int) -> dict[str, Any]:
                             "members": count,
                             "upstream_calls_per_query": calls,
                             "p50_ms": round(p50, 1),
-                            "p95_ms": round(_percentile(latencies, 0.95), 1),
+                            "p95_ms": round(percentile(latencies, 0.95), 1),
                             "p50_over_rtt": round(p50 / rtt_ms, 2) if rtt_ms else None,
                             "p50_over_measured_floor": round(p50 / floor_ms, 2),
                             "naive_calls_per_query": count,

@@ -30,7 +30,6 @@ import threading
 import time
 import urllib.request
 import uuid
-import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -44,14 +43,13 @@ from aiohttp import web
 from standardwebhooks import Webhook
 
 from bench.serving import api_environment, eventually, free_port, served
+from bench.world import bench_database, connect_contoso, percentile
 from calbroker.config import ChannelSettings, MasterKey, Settings, sandbox_cloud
 from calbroker.domain.channels import Notice, NoticeType
-from calbroker.domain.connections import AccessLevel, ConnectionMethod, GraphClientSecret
 from calbroker.logs import configure_logging
 from calbroker.sandbox import SandboxThread, start_sandbox_in_thread, this_week_monday
-from calbroker.services import ConnectionDraft, Services, open_services, verify_and_save
+from calbroker.services import Services, open_services
 from calbroker.store.applications import IssuedKey, create_application
-from calbroker.store.database import embedded_server_url, ensure_database
 from calbroker.store.sync_state import ScopeMode, list_sync_rows
 from calbroker.workers.runner import Worker
 
@@ -109,11 +107,6 @@ class Receiver:
             if self._loop is not None and self._stop is not None:
                 self._loop.call_soon_threadsafe(self._stop.set)
             self._thread.join(30)
-
-
-def _percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 async def _channel(http: httpx.AsyncClient, receiver: Receiver, path: str, **body: Any) -> dict[str, Any]:
@@ -224,7 +217,7 @@ async def edit_latency(
         return {
             "edits": edits,
             "p50_s": round(statistics.median(seconds), 2),
-            "p95_s": round(_percentile(seconds, 0.95), 2),
+            "p95_s": round(percentile(seconds, 0.95), 2),
             "max_s": round(max(seconds), 2),
             "unverified": receiver.failures,
         }
@@ -240,10 +233,7 @@ async def run(deliveries: int, edits: int, rtt_ms: float) -> dict[str, Any]:
         allow_http_notification_urls=True,  # the served API listens on plain http on loopback
     )
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            server = embedded_server_url(root / "data")
-        database = await ensure_database(server, "bench_channels")
+        database = await bench_database(root, "bench_channels")
         key = MasterKey("bench", b"c" * 32)
         port = free_port()
         settings = Settings(
@@ -268,28 +258,13 @@ async def run(deliveries: int, edits: int, rtt_ms: float) -> dict[str, Any]:
             async with services.pool.acquire() as conn:
                 issued = await create_application(conn, "bench", actor="bench")
             async with (
-                served(env) as url,
+                served(env) as api,
                 httpx.AsyncClient(
-                    base_url=url, headers={"Authorization": f"Bearer {issued.token}"}, timeout=60
+                    base_url=api.url, headers={"Authorization": f"Bearer {issued.token}"}, timeout=60
                 ) as http,
             ):
                 sent = await throughput(services, http, issued, deliveries)
-                contoso = sandbox.directory.tenants["contoso"]
-                app = next(a for a in sandbox.directory.apps.values() if a.key == "contoso-secret")
-                connection = await verify_and_save(
-                    services,
-                    ConnectionDraft(
-                        application_id=issued.application.id,
-                        method=ConnectionMethod.GRAPH_APP,
-                        access_level=AccessLevel.FULL,
-                        credentials=GraphClientSecret(contoso.id, app.client_id, app.secrets[0].value),
-                        domains=["contoso.com"],
-                        test_mailbox=ORGANIZER,
-                        cloud="sandbox",
-                        tenant_id=contoso.id,
-                    ),
-                    actor="bench",
-                )
+                connection = await connect_contoso(services, sandbox, issued.application.id, ORGANIZER)
                 await services.sync.scopes.set(issued.application.id, connection.id, ScopeMode.LIST, [ORGANIZER])
                 worker = Worker(services, concurrency=8)
                 working = asyncio.create_task(worker.run())

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import math
 import platform
 import ssl
 import statistics
@@ -26,7 +25,6 @@ import tempfile
 import time
 import urllib.request
 import uuid
-import warnings
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -36,15 +34,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import httpx
 
+from bench.world import bench_database, contoso_secret, percentile
 from calbroker.app import create_app
 from calbroker.config import MasterKey, Settings, sandbox_cloud
-from calbroker.domain.connections import AccessLevel, ConnectionMethod, EwsServiceAccount, GraphClientSecret
+from calbroker.domain.connections import AccessLevel, ConnectionMethod, EwsServiceAccount
 from calbroker.logs import configure_logging
 from calbroker.providers import Deadline
 from calbroker.sandbox import SandboxThread, start_sandbox_in_thread, this_week_monday
 from calbroker.services import ConnectionDraft, verify_and_save
 from calbroker.store.applications import create_application
-from calbroker.store.database import embedded_server_url, ensure_database
+from calbroker.store.connections import list_connections
 
 RESULTS = Path(__file__).parent / "results" / "events.json"
 CONTOSO = ("adele.vance@contoso.com", "alex.wilber@contoso.com", "megan.bowen@contoso.com", "lynne.robbins@contoso.com")
@@ -70,16 +69,11 @@ class Control:
         return sum(count for route, count in routes.items() if route.startswith(prefix))
 
 
-def _percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
-
-
 def _summary(samples: list[float], calls: float, floor_ms: float) -> dict[str, Any]:
     p50 = statistics.median(samples)
     return {
         "p50_ms": round(p50, 1),
-        "p95_ms": round(_percentile(samples, 0.95), 1),
+        "p95_ms": round(percentile(samples, 0.95), 1),
         "upstream_calls": round(calls, 2),
         "p50_over_floor": round(p50 / floor_ms, 2),
     }
@@ -87,20 +81,19 @@ def _summary(samples: list[float], calls: float, floor_ms: float) -> dict[str, A
 
 async def _connect(app: Any, sandbox: SandboxThread, application_id: uuid.UUID) -> None:
     services = app.state.services
-    contoso = sandbox.directory.tenants["contoso"]
     fabrikam = sandbox.directory.tenants["fabrikam"]
-    graph_app = next(a for a in sandbox.directory.apps.values() if a.key == "contoso-secret")
+    graph = contoso_secret(sandbox)
     account = fabrikam.service_accounts["svc-full"]
     drafts = [
         ConnectionDraft(
             application_id=application_id,
             method=ConnectionMethod.GRAPH_APP,
             access_level=AccessLevel.FULL,
-            credentials=GraphClientSecret(contoso.id, graph_app.client_id, graph_app.secrets[0].value),
+            credentials=graph,
             domains=["contoso.com"],
             test_mailbox=CONTOSO[0],
             cloud="sandbox",
-            tenant_id=contoso.id,
+            tenant_id=graph.tenant_id,
         ),
         ConnectionDraft(
             application_id=application_id,
@@ -124,12 +117,10 @@ async def _floor(app: Any, application_id: uuid.UUID, organizer: str, upstream_i
     """One upstream round trip of the organizer's protocol: reading one event by id."""
     services = app.state.services
     async with services.pool.acquire() as conn:
-        from calbroker.store.connections import list_connections  # noqa: PLC0415
-
         connections = await list_connections(conn, application_id)
     domain = organizer.rpartition("@")[2]
     connection = next(c for c in connections if domain in c.domains)
-    provider = await services.schedules.provider(connection)
+    provider = await services.upstream.provider(connection)
     await provider.get_event(organizer, upstream_id, Deadline.after(30))
     samples = []
     for _ in range(runs):
@@ -264,12 +255,9 @@ async def run(rtt_ms: float, runs: int) -> dict[str, Any]:
     sandbox = start_sandbox_in_thread(seed=0, state_dir=root / "sandbox", latency_ms=rtt_ms, anchor=anchor)
     control = Control(sandbox)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            server = embedded_server_url(root / "data")
         settings = Settings(
             data_dir=root / "data",
-            database_url=await ensure_database(server, "bench_events"),
+            database_url=await bench_database(root, "bench_events"),
             master_keys=(MasterKey("bench", b"b" * 32),),
             clouds={"sandbox": sandbox_cloud(sandbox.url, sandbox.ca_path)},
             allow_private_upstreams=True,

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import math
 import os
 import platform
 import random
@@ -30,7 +29,6 @@ import sys
 import tempfile
 import time
 import urllib.request
-import warnings
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -42,16 +40,15 @@ import aiohttp
 import httpx
 
 from bench.serving import Served, api_environment, eventually, free_port, served
+from bench.world import bench_database, connect_contoso, percentile
 from calbroker.app import create_app
 from calbroker.config import MasterKey, Settings, SyncSettings, sandbox_cloud
 from calbroker.domain import AvailabilityQuery, Group, Interval, Member, ResponseFormat
-from calbroker.domain.connections import AccessLevel, ConnectionMethod, GraphClientSecret
 from calbroker.logs import configure_logging
 from calbroker.providers import Deadline
 from calbroker.sandbox import SandboxThread, start_sandbox_in_thread, this_week_monday
-from calbroker.services import ConnectionDraft, Services, answer_availability, open_services, verify_and_save
+from calbroker.services import Services, answer_availability, open_services
 from calbroker.store.applications import create_application
-from calbroker.store.database import embedded_server_url, ensure_database
 from calbroker.store.sync_state import ScopeMode, list_sync_rows
 from calbroker.workers.runner import Worker
 
@@ -78,15 +75,10 @@ class Control:
         return int(self.call("GET", "/_sandbox/stats")["total"])
 
 
-def _percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
-
-
 def _summary(values: list[float]) -> dict[str, float]:
     return {
         "p50": round(statistics.median(values), 2),
-        "p95": round(_percentile(values, 0.95), 2),
+        "p95": round(percentile(values, 0.95), 2),
         "max": round(max(values), 2),
     }
 
@@ -153,10 +145,7 @@ async def run(rtt_ms: float, seconds: float, edits: int, runs: int) -> dict[str,
     )
     control = Control(sandbox)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            postgres = embedded_server_url(root / "data")
-        database = await ensure_database(postgres, "bench_sync")
+        database = await bench_database(root, "bench_sync")
         key = MasterKey("bench", b"s" * 32)
         port = free_port()
         settings = Settings(
@@ -181,22 +170,8 @@ async def run(rtt_ms: float, seconds: float, edits: int, runs: int) -> dict[str,
         async with open_services(settings) as services:
             async with services.pool.acquire() as conn:
                 issued = await create_application(conn, "bench", actor="bench")
+            connection = await connect_contoso(services, sandbox, issued.application.id, "adele.vance@contoso.com")
             contoso = sandbox.directory.tenants["contoso"]
-            app = next(a for a in sandbox.directory.apps.values() if a.key == "contoso-secret")
-            connection = await verify_and_save(
-                services,
-                ConnectionDraft(
-                    application_id=issued.application.id,
-                    method=ConnectionMethod.GRAPH_APP,
-                    access_level=AccessLevel.FULL,
-                    credentials=GraphClientSecret(contoso.id, app.client_id, app.secrets[0].value),
-                    domains=["contoso.com"],
-                    test_mailbox="adele.vance@contoso.com",
-                    cloud="sandbox",
-                    tenant_id=contoso.id,
-                ),
-                actor="bench",
-            )
             scope = sorted(contoso.groups[contoso.scope_group].members)
             members = [m for m in scope if m.endswith("@contoso.com") and not sandbox.directory.mailbox(m).is_room][
                 :MEMBERS
