@@ -18,7 +18,6 @@ import argparse
 import asyncio
 import json
 import platform
-import shutil
 import ssl
 import statistics
 import sys
@@ -35,7 +34,7 @@ import httpx
 
 from bench.engine import build_query, median_ms
 from bench.serving import api_environment, free_port, served
-from bench.world import bench_database, connect_contoso, contoso_secret, percentile
+from bench.world import bench_database, connect_contoso, contoso_secret, percentile, remove_root
 from calbroker.config import MasterKey, Settings, sandbox_cloud
 from calbroker.domain import Interval, ResponseFormat
 from calbroker.logs import configure_logging
@@ -174,7 +173,7 @@ async def run(rtt_ms: float, runs: int) -> dict[str, Any]:
         }
     finally:
         sandbox.stop()
-        shutil.rmtree(root, ignore_errors=True)
+        remove_root(root)
 
 
 def main() -> None:

@@ -21,7 +21,6 @@ import asyncio
 import json
 import os
 import platform
-import shutil
 import ssl
 import statistics
 import sys
@@ -43,7 +42,7 @@ from aiohttp import web
 from standardwebhooks import Webhook
 
 from bench.serving import api_environment, eventually, free_port, served
-from bench.world import bench_database, connect_contoso, percentile
+from bench.world import bench_database, connect_contoso, percentile, remove_root
 from calbroker.config import ChannelSettings, MasterKey, Settings, sandbox_cloud
 from calbroker.domain.channels import Notice, NoticeType
 from calbroker.logs import configure_logging
@@ -283,7 +282,7 @@ async def run(deliveries: int, edits: int, rtt_ms: float) -> dict[str, Any]:
         }
     finally:
         sandbox.stop()
-        shutil.rmtree(root, ignore_errors=True)
+        remove_root(root)
 
 
 def main() -> None:

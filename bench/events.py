@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import httpx
 
-from bench.world import bench_database, contoso_secret, percentile
+from bench.world import bench_database, contoso_secret, percentile, remove_root
 from calbroker.app import create_app
 from calbroker.config import MasterKey, Settings, sandbox_cloud
 from calbroker.domain.connections import AccessLevel, ConnectionMethod, EwsServiceAccount
@@ -339,6 +339,7 @@ async def run(rtt_ms: float, runs: int) -> dict[str, Any]:
         }
     finally:
         sandbox.stop()
+        remove_root(root)
 
 
 def _cell(step: dict[str, Any]) -> str:

@@ -22,7 +22,6 @@ import json
 import os
 import platform
 import random
-import shutil
 import ssl
 import statistics
 import sys
@@ -40,7 +39,7 @@ import aiohttp
 import httpx
 
 from bench.serving import Served, api_environment, eventually, free_port, served
-from bench.world import bench_database, connect_contoso, percentile
+from bench.world import bench_database, connect_contoso, percentile, remove_root
 from calbroker.app import create_app
 from calbroker.config import MasterKey, Settings, SyncSettings, sandbox_cloud
 from calbroker.domain import AvailabilityQuery, Group, Interval, Member, ResponseFormat
@@ -203,7 +202,7 @@ async def run(rtt_ms: float, seconds: float, edits: int, runs: int) -> dict[str,
         }
     finally:
         sandbox.stop()
-        shutil.rmtree(root, ignore_errors=True)
+        remove_root(root)
 
 
 async def _measure(

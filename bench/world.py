@@ -4,6 +4,7 @@ tenant connected over Graph, and the percentile its figures are reported at."""
 from __future__ import annotations
 
 import math
+import shutil
 import uuid
 import warnings
 from pathlib import Path
@@ -11,9 +12,9 @@ from pathlib import Path
 from calbroker.domain.connections import AccessLevel, Connection, ConnectionMethod, GraphClientSecret
 from calbroker.sandbox import SandboxThread
 from calbroker.services import ConnectionDraft, Services, verify_and_save
-from calbroker.store.database import embedded_server_url, ensure_database
+from calbroker.store.database import embedded_server_url, ensure_database, leave_embedded_server
 
-__all__ = ["bench_database", "connect_contoso", "contoso_secret", "percentile"]
+__all__ = ["bench_database", "connect_contoso", "contoso_secret", "percentile", "remove_root"]
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -28,6 +29,16 @@ async def bench_database(root: Path, name: str) -> str:
         warnings.simplefilter("ignore")
         server = embedded_server_url(root / "data")
     return await ensure_database(server, name)
+
+
+def remove_root(root: Path) -> None:
+    """Stop the embedded PostgreSQL under `root/data` (if this process started it), then delete `root`.
+
+    In that order: with its data directory deleted first, the server outlives the bench.
+    """
+    if (root / "data").exists():
+        leave_embedded_server(root / "data")
+    shutil.rmtree(root, ignore_errors=True)
 
 
 def contoso_secret(sandbox: SandboxThread) -> GraphClientSecret:
