@@ -112,8 +112,8 @@ class SyncRounds:
         if row.state is SyncState.UNSUPPORTED:
             return None  # without a change feed the copy could never answer: no upstream calls for it
         connection = await find_connection(conn, row.connection_id)
-        if connection is None:
-            return None
+        if connection is None or not connection.status.serves:
+            return None  # removed or superseded since the round was asked for: nothing to read, nothing failed
         settings = self._settings.sync
         full = self._needs_full(row, started)
         try:
