@@ -34,7 +34,7 @@ from typing import Any
 from urllib.parse import quote
 
 from calbroker.sandbox.events import Event, EventType
-from calbroker.sandbox.graph.events import READ, event_json, resolve_zone
+from calbroker.sandbox.graph.events import READ, event_json, requested_window, requested_zone
 from calbroker.sandbox.graph.odata import (
     GraphContext,
     GraphError,
@@ -45,7 +45,7 @@ from calbroker.sandbox.graph.odata import (
     prefer,
 )
 from calbroker.sandbox.state import SandboxState
-from calbroker.sandbox.timezones import format_graph_datetime, parse_iso_instant
+from calbroker.sandbox.timezones import format_graph_datetime
 
 __all__ = ["ROUTES", "DeltaBook"]
 
@@ -136,7 +136,7 @@ class DeltaBook:
             self._tokens.move_to_end(token)
             items, fresh = self._changes(ctx, req, cursor)
         else:
-            start, end = _range(req)
+            start, end = requested_window(req, allow_empty=False)
             cursor = _Cursor(mailbox.email, start, end, {}, self.state.calendars.sequence)
             items, fresh = self._changes(ctx, req, cursor, initial=True)
         rest = _Rest(mailbox.id, items, self._remember(fresh), size)
@@ -162,7 +162,7 @@ class DeltaBook:
     ) -> tuple[list[dict[str, Any]], _Cursor]:
         """The items to report since `cursor`, and the cursor that follows them."""
         calendars = self.state.calendars
-        tz_name = _zone(req)
+        tz_name = requested_zone(req)
         now = {e.id: e for e in calendars.occurrences(cursor.mailbox, cursor.start, cursor.end)}
         current = {i: (_fingerprint(e), e.series_master_id) for i, e in now.items()}
         changed = {i for i, (fp, _) in current.items() if cursor.seen.get(i, (None, None))[0] != fp}
@@ -224,33 +224,6 @@ _CONTEXT = "https://graph.microsoft.com/v1.0/$metadata#Collection(event)"
 
 def _removed(event_id: str) -> dict[str, Any]:
     return {"@odata.type": "#microsoft.graph.event", "id": event_id, "@removed": {"reason": "deleted"}}
-
-
-def _zone(req: GraphRequest) -> str | None:
-    tz_name, _ = prefer(req.headers)
-    if tz_name:
-        resolve_zone(tz_name)
-    return tz_name
-
-
-def _range(req: GraphRequest) -> tuple[datetime, datetime]:
-    start_raw, end_raw = req.option("startdatetime"), req.option("enddatetime")
-    if not start_raw or not end_raw:
-        raise GraphError(
-            400,
-            "ErrorInvalidParameter",
-            "This request requires a time window specified by the query string parameters StartDateTime and "
-            "EndDateTime.",
-        )
-    try:
-        start, end = parse_iso_instant(start_raw), parse_iso_instant(end_raw)
-    except ValueError:
-        raise GraphError(
-            400, "ErrorInvalidParameter", "The value of the StartDateTime or EndDateTime parameter is invalid."
-        ) from None
-    if end <= start:
-        raise GraphError(400, "ErrorInvalidParameter", "The parameter 'EndDateTime' must be after 'StartDateTime'.")
-    return start, end
 
 
 async def calendar_view_delta(ctx: GraphContext, req: GraphRequest) -> GraphResponse:

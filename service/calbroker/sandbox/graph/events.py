@@ -57,6 +57,8 @@ __all__ = [
     "parse_draft",
     "parse_event",
     "parse_when",
+    "requested_window",
+    "requested_zone",
     "resolve_zone",
 ]
 
@@ -329,14 +331,17 @@ def _headers(req: GraphRequest) -> dict[str, str]:
     return {"Preference-Applied": ", ".join(applied)} if applied else {}
 
 
-def _tz(req: GraphRequest) -> str | None:
+def requested_zone(req: GraphRequest) -> str | None:
+    """The zone asked for in `Prefer: outlook.timezone` (checked), or None for UTC."""
     tz_name, _ = prefer(req.headers)
     if tz_name:
         resolve_zone(tz_name)
     return tz_name
 
 
-def _window(req: GraphRequest) -> tuple[datetime, datetime]:
+def requested_window(req: GraphRequest, *, allow_empty: bool = True) -> tuple[datetime, datetime]:
+    """The StartDateTime/EndDateTime window of a calendar view (`allow_empty=False`: delta wants one of
+    positive length), or the 400 Graph answers for a missing, malformed or reversed one."""
     start_raw, end_raw = req.option("startdatetime"), req.option("enddatetime")
     if not start_raw or not end_raw:
         raise GraphError(
@@ -351,13 +356,13 @@ def _window(req: GraphRequest) -> tuple[datetime, datetime]:
         raise GraphError(
             400, "ErrorInvalidParameter", "The value of the StartDateTime or EndDateTime parameter is invalid."
         ) from None
-    if end < start:
+    if end < start or (end == start and not allow_empty):
         raise GraphError(400, "ErrorInvalidParameter", "The parameter 'EndDateTime' must be after 'StartDateTime'.")
     return start, end
 
 
 def _listing(ctx: GraphContext, req: GraphRequest, events: list[Event], context: str) -> GraphResponse:
-    tz_name = _tz(req)
+    tz_name = requested_zone(req)
     settings = ctx.state.settings
     chunk_events, next_link, _ = page(
         ctx,
@@ -394,7 +399,7 @@ def _scope(req: GraphRequest) -> str:
 async def calendar_view(ctx: GraphContext, req: GraphRequest) -> GraphResponse:
     # https://learn.microsoft.com/graph/api/user-list-calendarview (the default calendar) and
     # https://learn.microsoft.com/graph/api/calendar-list-calendarview (a named one)
-    start, end = _window(req)
+    start, end = requested_window(req)
     events = ctx.state.calendars.occurrences(req.target.email, start, end, calendar_id=_calendar_id(req))
     return _listing(ctx, req, events, f"{_scope(req)}/calendarView")
 
@@ -425,7 +430,7 @@ def _created_response(ctx: GraphContext, req: GraphRequest, event: Event, status
     mailbox = req.target
     omit = req.fault is not None and req.fault.action is FaultAction.OMIT_JOIN_URL
     body = event_json(
-        ctx, event, tz_name=_tz(req), select=req.select(), expand_properties=_expand(req), omit_join_url=omit
+        ctx, event, tz_name=requested_zone(req), select=req.select(), expand_properties=_expand(req), omit_join_url=omit
     )
     body = {"@odata.context": f"{ctx.graph_url}/$metadata#{_scope(req)}/events/$entity", **body}
     headers = _headers(req)
@@ -514,7 +519,7 @@ async def respond_event(ctx: GraphContext, req: GraphRequest) -> GraphResponse:
 async def event_instances(ctx: GraphContext, req: GraphRequest) -> GraphResponse:
     # https://learn.microsoft.com/graph/api/event-list-instances
     master = _event(ctx, req)
-    start, end = _window(req)
+    start, end = requested_window(req)
     instances = [
         e
         for e in ctx.state.calendars.occurrences(req.target.email, start, end)
