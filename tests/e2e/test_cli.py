@@ -20,6 +20,7 @@ import pytest
 from calbroker.cli import main
 from calbroker.config import parse_master_keys
 from calbroker.sandbox import SandboxThread
+from calbroker.sandbox.directory import ServiceAccount
 from calbroker.store.applications import IssuedKey, authenticate
 from tests.fixtures.database import new_master_key
 
@@ -36,6 +37,15 @@ def cli_env(database_url: str, sandbox: SandboxThread, tmp_path_factory: pytest.
         "CALBROKER_ALLOW_PRIVATE_UPSTREAMS": "true",
         "CALBROKER_LOG_LEVEL": "warning",
     }
+
+
+def _add_ews(api_key: IssuedKey, account: ServiceAccount) -> list[str]:
+    """`connections add-ews` for Fabrikam with this service account, before the options a test varies."""
+    return [
+        "connections", "add-ews", "--application", str(api_key.application.id), "--username",
+        f"FABRIKAM\\{account.username}", "--password", account.password, "--domains", "fabrikam.com",
+        "--test-mailbox", "anna.schmidt@fabrikam.com", "--cloud", "sandbox",
+    ]  # fmt: skip
 
 
 def test_add_graph_verifies_before_saving(
@@ -72,11 +82,7 @@ def test_add_ews_refuses_exchange_online_and_impersonation_denied(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     account = sandbox.directory.tenants["fabrikam"].service_accounts["svc-norights"]
-    base = [
-        "connections", "add-ews", "--application", str(api_key.application.id), "--username",
-        f"FABRIKAM\\{account.username}", "--password", account.password, "--domains", "fabrikam.com",
-        "--test-mailbox", "anna.schmidt@fabrikam.com", "--cloud", "sandbox", "--auth-type", "basic",
-    ]  # fmt: skip
+    base = [*_add_ews(api_key, account), "--auth-type", "basic"]
     assert main([*base, "--endpoint", "https://outlook.office365.com/EWS/Exchange.asmx"], cli_env) == 2
     assert "Graph" in capsys.readouterr().err
     assert main([*base, "--endpoint", sandbox.ews_url], cli_env) == 1
@@ -92,11 +98,7 @@ def test_add_ews_finds_the_endpoint_from_an_email_address(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     account = sandbox.directory.tenants["fabrikam"].service_accounts["svc-full"]
-    base = [
-        "connections", "add-ews", "--application", str(api_key.application.id), "--username",
-        f"FABRIKAM\\{account.username}", "--password", account.password, "--domains", "fabrikam.com",
-        "--test-mailbox", "anna.schmidt@fabrikam.com", "--cloud", "sandbox",
-    ]  # fmt: skip
+    base = _add_ews(api_key, account)
     # An address Exchange does not know: the error names the URL tried and what it answered.
     assert main([*base, "--email", "nobody@fabrikam.com"], cli_env) == 2
     err = capsys.readouterr().err
@@ -268,11 +270,12 @@ def test_an_http_ews_endpoint_is_accepted_only_when_the_operator_allows_http(
     account = sandbox.directory.tenants["fabrikam"].service_accounts["svc-full"]
     closed = _free_port()
     command = [
-        "connections", "add-ews", "--application", str(api_key.application.id), "--username",
-        f"FABRIKAM\\{account.username}", "--password", account.password, "--domains", "fabrikam.com",
-        "--test-mailbox", "anna.schmidt@fabrikam.com", "--cloud", "sandbox", "--auth-type", "basic",
-        "--endpoint", f"http://127.0.0.1:{closed}/EWS/Exchange.asmx",
-    ]  # fmt: skip
+        *_add_ews(api_key, account),
+        "--auth-type",
+        "basic",
+        "--endpoint",
+        f"http://127.0.0.1:{closed}/EWS/Exchange.asmx",
+    ]
     assert main(command, cli_env) == 2
     assert "must use https" in capsys.readouterr().err
     # Allowed: the URL passes validation and the connection is tried (nothing listens there).
@@ -337,12 +340,7 @@ def test_one_shot_commands_log_warnings_only_unless_asked(
 ) -> None:
     """Verifying over EWS logs at info (exchangelib does); the command's answer is its only output."""
     account = sandbox.directory.tenants["fabrikam"].service_accounts["svc-full"]
-    command = [
-        "connections", "add-ews", "--application", str(api_key.application.id), "--username",
-        f"FABRIKAM\\{account.username}", "--password", account.password, "--domains", "fabrikam.com",
-        "--test-mailbox", "anna.schmidt@fabrikam.com", "--cloud", "sandbox", "--auth-type", "basic",
-        "--endpoint", sandbox.ews_url,
-    ]  # fmt: skip
+    command = [*_add_ews(api_key, account), "--auth-type", "basic", "--endpoint", sandbox.ews_url]
     quiet = {name: value for name, value in cli_env.items() if name != "CALBROKER_LOG_LEVEL"}
     assert main(command, quiet) == 0
     out, err = capsys.readouterr()
