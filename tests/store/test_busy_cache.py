@@ -224,6 +224,65 @@ async def test_one_query_reads_the_connections_and_the_copy_inside_a_window(pool
         assert live.copy == {}
 
 
+async def test_each_mailbox_gets_its_own_busy_time_under_every_connection_syncing_it(pool: asyncpg.Pool) -> None:
+    """Mailboxes of one connection come back in one row: every block must land on its own mailbox,
+    in start order, whatever order the mailboxes were asked in."""
+    async with pool.acquire() as conn:
+        application_id, first, adele = await _mailbox(conn)
+        (megan,) = await track_mailboxes(conn, first, ["megan@contoso.com"])
+        (idle,) = await track_mailboxes(conn, first, ["zoe@contoso.com"])  # synced, nothing in the window
+        second = await save_connection(
+            conn,
+            Keyring((new_master_key(),)),
+            NewConnection(
+                application_id=application_id,
+                kind=ConnectionKind.GRAPH,
+                method=ConnectionMethod.GRAPH_APP,
+                access_level=AccessLevel.FULL,
+                display_name="Contoso rooms",
+                domains=("contoso.com",),
+                allowed_mailboxes=("adele@contoso.com",),
+                credentials=GraphClientSecret("tenant-2", "client", "secret"),
+                tenant_id="tenant-2",
+            ),
+            actor="test",
+        )
+        (adele_again,) = await track_mailboxes(conn, second.id, ["adele@contoso.com"])
+        shared = item("meeting", at(1, 11))
+        await apply_changes(
+            conn, adele, ChangeSet("a", full=True, items=(item("a2", at(2, 9)), shared, item("a1", at(1, 9))))
+        )
+        await apply_changes(
+            conn, megan.id, ChangeSet("m", full=True, items=(shared, item("m1", at(1, 8), BusyStatus.TENTATIVE)))
+        )
+        await apply_changes(conn, adele_again.id, ChangeSet("x", full=True, items=(item("x1", at(3, 9)),)))
+        await apply_changes(conn, idle.id, ChangeSet("z", full=True, items=(item("z1", at(9, 9)),)))
+
+        asked = ["zoe@contoso.com", "megan@contoso.com", "nobody@contoso.com", "adele@contoso.com"]
+        found = await read_application(conn, application_id, asked, at(0, 0, 5 * 24 * 60))
+
+        def busy(connection_id: uuid.UUID, mailbox: str) -> list[tuple[Interval, BusyStatus]]:
+            return [(b.interval, b.status) for b in found.copy[(connection_id, mailbox)].busy]
+
+        assert [c.id for c in found.connections] == [first, second.id]
+        assert set(found.copy) == {
+            (first, "adele@contoso.com"),
+            (first, "megan@contoso.com"),
+            (first, "zoe@contoso.com"),
+            (second.id, "adele@contoso.com"),
+        }
+        assert busy(first, "adele@contoso.com") == [
+            (at(1, 9), BusyStatus.BUSY),
+            (at(1, 11), BusyStatus.BUSY),
+            (at(2, 9), BusyStatus.BUSY),
+        ]
+        assert busy(first, "megan@contoso.com") == [(at(1, 8), BusyStatus.TENTATIVE), (at(1, 11), BusyStatus.BUSY)]
+        assert busy(first, "zoe@contoso.com") == []
+        assert busy(second.id, "adele@contoso.com") == [(at(3, 9), BusyStatus.BUSY)]
+        # The meeting both hold is one block, shared.
+        assert found.copy[(first, "adele@contoso.com")].busy[1] is found.copy[(first, "megan@contoso.com")].busy[1]
+
+
 @pytest.mark.parametrize(
     "raw", [None, "{}", '{"tz": "Mars/Olympus", "periods": []}', '{"tz": "UTC", "periods": [[9, "x", null]]}']
 )

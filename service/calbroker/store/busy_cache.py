@@ -92,32 +92,46 @@ async def read_application(
     """In one round trip: the application's connections and, unless `window` is None, each requested
     mailbox's sync bookkeeping and cached busy time inside `window` under every connection syncing it.
 
-    One row per (connection, synced mailbox) — a connection syncing none of them still has its row —
-    and a range scan of the busy cache's (sync_id, starts_at) index per mailbox, so a 500-member
-    query costs one query whatever the number of connections.
+    One row per connection, its synced mailboxes' bookkeeping as parallel arrays and their busy time
+    as flat arrays tagged with the mailbox's position: the connection's columns are sent and decoded
+    once however many mailboxes it syncs, and the busy time is a range scan of the busy cache's
+    (sync_id, starts_at) index per mailbox, so a 500-member query costs one query.
     """
     rows = await conn.fetch(
         """
         SELECT c.*, s.*, b.*
         FROM connections c
         LEFT JOIN LATERAL (
-            SELECT s.id AS copy_sync_id, s.mailbox AS copy_mailbox, s.state AS copy_state,
-                   s.subscription_state AS copy_feed, s.subscription_expires_at AS copy_feed_expires_at,
-                   s.lifecycle_pending_at IS NOT NULL AS copy_lifecycle_pending,
-                   s.window_start AS copy_window_start, s.window_end AS copy_window_end,
-                   s.synced_at AS copy_synced_at, s.last_notified_at AS copy_last_notified_at,
-                   s.working_hours AS copy_working_hours, now() AS copy_now
+            SELECT array_agg(s.id ORDER BY s.mailbox) AS copy_sync_ids,
+                   array_agg(s.mailbox ORDER BY s.mailbox) AS copy_mailboxes,
+                   array_agg(s.state ORDER BY s.mailbox) AS copy_states,
+                   array_agg(s.subscription_state ORDER BY s.mailbox) AS copy_feeds,
+                   array_agg(s.subscription_expires_at ORDER BY s.mailbox) AS copy_feed_expires_at,
+                   array_agg(s.lifecycle_pending_at IS NOT NULL ORDER BY s.mailbox) AS copy_lifecycle_pending,
+                   array_agg(s.window_start ORDER BY s.mailbox) AS copy_window_starts,
+                   array_agg(s.window_end ORDER BY s.mailbox) AS copy_window_ends,
+                   array_agg(s.synced_at ORDER BY s.mailbox) AS copy_synced_at,
+                   array_agg(s.last_notified_at ORDER BY s.mailbox) AS copy_last_notified_at,
+                   array_agg(s.working_hours ORDER BY s.mailbox) AS copy_working_hours,
+                   now() AS copy_now
             FROM sync_mailboxes s
             WHERE $3 AND s.connection_id = c.id AND s.mailbox = ANY($2::text[])
         ) s ON true
         LEFT JOIN LATERAL (
             -- Epoch microseconds (extract is exact numeric): blocks are built without datetimes.
-            SELECT array_agg((extract(epoch FROM k.starts_at) * 1000000)::int8 ORDER BY k.starts_at) AS copy_starts,
-                   array_agg((extract(epoch FROM k.ends_at) * 1000000)::int8 ORDER BY k.starts_at) AS copy_ends,
-                   array_agg(k.status ORDER BY k.starts_at) AS copy_statuses
-            FROM busy_cache k
-            WHERE k.sync_id = s.copy_sync_id AND k.starts_at < $5 AND k.ends_at > $4
-        ) b ON s.copy_sync_id IS NOT NULL
+            -- copy_owners: the block's mailbox, as its 1-based position in copy_sync_ids.
+            SELECT array_agg(k.owner ORDER BY k.owner, k.starts_at) AS copy_owners,
+                   array_agg((extract(epoch FROM k.starts_at) * 1000000)::int8 ORDER BY k.owner, k.starts_at)
+                       AS copy_starts,
+                   array_agg((extract(epoch FROM k.ends_at) * 1000000)::int8 ORDER BY k.owner, k.starts_at)
+                       AS copy_ends,
+                   array_agg(k.status ORDER BY k.owner, k.starts_at) AS copy_statuses
+            FROM (
+                SELECT array_position(s.copy_sync_ids, k.sync_id) AS owner, k.starts_at, k.ends_at, k.status
+                FROM busy_cache k
+                WHERE k.sync_id = ANY(s.copy_sync_ids) AND k.starts_at < $5 AND k.ends_at > $4
+            ) k
+        ) b ON s.copy_sync_ids IS NOT NULL
         WHERE c.application_id = $1 AND c.status <> 'revoked'
         ORDER BY c.created_at, c.id
         """,
@@ -127,38 +141,56 @@ async def read_application(
         window.start if window is not None else None,
         window.end if window is not None else None,
     )
-    connections: dict[uuid.UUID, Connection] = {}
+    connections: list[Connection] = []
     copy: dict[tuple[uuid.UUID, str], CachedMailbox] = {}
     # Meetings have many attendees: one BusyBlock (immutable) serves every mailbox that holds it.
     seen: dict[tuple[int, int, str], BusyBlock] = {}
     at = BusyBlock.at
     for row in rows:
-        connection_id = row["id"]
-        if connection_id not in connections:
-            connections[connection_id] = connection_from_row(row)
-        mailbox = row["copy_mailbox"]
-        if mailbox is None:
+        connection = connection_from_row(row)
+        connections.append(connection)
+        synced = row["copy_mailboxes"]
+        if not synced:
             continue
-        busy: list[BusyBlock] = []
-        for key in zip(row["copy_starts"] or (), row["copy_ends"] or (), row["copy_statuses"] or (), strict=True):
+        busy: list[list[BusyBlock]] = [[] for _ in synced]
+        for owner, start_us, end_us, status in zip(
+            row["copy_owners"] or (),
+            row["copy_starts"] or (),
+            row["copy_ends"] or (),
+            row["copy_statuses"] or (),
+            strict=True,
+        ):
+            key = (start_us, end_us, status)
             block = seen.get(key)
             if block is None:
-                block = seen[key] = at(key[0], key[1], _STATUS[key[2]])
-            busy.append(block)
-        start, end = row["copy_window_start"], row["copy_window_end"]
-        health = SyncHealth(
-            state=_STATES[row["copy_state"]],
-            feed=_FEEDS[row["copy_feed"]],
-            feed_expires_at=row["copy_feed_expires_at"],
-            lifecycle_pending=row["copy_lifecycle_pending"],
-            window=Interval(start, end) if start is not None and end is not None else None,
-            synced_at=row["copy_synced_at"],
-            last_notified_at=row["copy_last_notified_at"],
-        )
-        copy[(connection_id, mailbox)] = CachedMailbox(
-            health, hours_from_json(row["copy_working_hours"]), tuple(busy), row["copy_now"]
-        )
-    return ApplicationCopy(list(connections.values()), copy)
+                block = seen[key] = at(start_us, end_us, _STATUS[status])
+            busy[owner - 1].append(block)
+        now = row["copy_now"]
+        for mailbox, blocks, state, feed, expires, pending, start, end, synced_at, notified, hours in zip(
+            synced,
+            busy,
+            row["copy_states"],
+            row["copy_feeds"],
+            row["copy_feed_expires_at"],
+            row["copy_lifecycle_pending"],
+            row["copy_window_starts"],
+            row["copy_window_ends"],
+            row["copy_synced_at"],
+            row["copy_last_notified_at"],
+            row["copy_working_hours"],
+            strict=True,
+        ):
+            health = SyncHealth(
+                state=_STATES[state],
+                feed=_FEEDS[feed],
+                feed_expires_at=expires,
+                lifecycle_pending=pending,
+                window=Interval(start, end) if start is not None and end is not None else None,
+                synced_at=synced_at,
+                last_notified_at=notified,
+            )
+            copy[(connection.id, mailbox)] = CachedMailbox(health, hours_from_json(hours), tuple(blocks), now)
+    return ApplicationCopy(connections, copy)
 
 
 _Columns = tuple[list[str], list[str | None], list[datetime], list[datetime], list[str]]
