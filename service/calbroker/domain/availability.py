@@ -232,13 +232,18 @@ class AvailabilityResult:
     explanations: tuple[Explanation, ...] = ()
 
 
-def find_availability(query: AvailabilityQuery) -> AvailabilityResult:
+def find_availability(query: AvailabilityQuery, members: Mapping[str, Member] | None = None) -> AvailabilityResult:
     """Slots or periods where every group has enough free members, per design §6.
+
+    `members`, when given, stands in for the query's own (same emails): the read path fills in the
+    busy time a request cannot carry without building and validating the whole query again.
 
     Cost is linear in the busy blocks plus one sort of the instants where someone's free time
     changes; the start grid is only read inside stretches where every group already holds.
     Everything runs on integer microseconds; datetimes are made only for what is returned.
     """
+    if members is None:
+        members = query.members
     emails = query.emails
     position = {email: index for index, email in enumerate(emails)}
     groups: list[GroupMask] = [
@@ -274,7 +279,7 @@ def find_availability(query: AvailabilityQuery) -> AvailabilityResult:
     buffer_before, buffer_after = duration_us(query.buffer_before), duration_us(query.buffer_after)
     schedules = []
     for email in emails:
-        member = query.members[email]
+        member = members[email]
         working, within = working_of(member)
         schedules.append(
             schedule_of(

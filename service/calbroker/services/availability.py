@@ -7,7 +7,7 @@ unavailable everywhere and comes back in `member_errors` with the reason, never 
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from calbroker.domain.availability import AvailabilityQuery, AvailabilityResult, find_availability
@@ -59,6 +59,5 @@ async def answer_availability(
             continue
         sources.append((email, result.source, result.as_of or now))
         hours = member.working_hours if member.working_hours is not None else result.working_hours
-        # Built directly: dataclasses.replace costs more than the engine's work for a small member.
         members[email] = Member(email, result.busy, member.available_periods, hours, member.unavailable_reason)
-    return AvailabilityAnswer(find_availability(replace(query, members=members)), tuple(errors), tuple(sources))
+    return AvailabilityAnswer(find_availability(query, members), tuple(errors), tuple(sources))
