@@ -356,17 +356,31 @@ def _wall_time(value: str) -> time | None:
 
 
 def _slots_out(slots: Sequence[Slot], tz: ZoneInfo) -> list[SlotOut]:
-    """Slots in the request's zone; a slot is the tuple (start_us, end_us, members), read by unpacking."""
+    """Slots in the request's zone; a slot is the tuple (start_us, end_us, members), read by unpacking.
+
+    Back-to-back slots share an instant and usually a set of members: each instant becomes one
+    datetime and each run of one set one list, shared by the slots that hold it.
+    """
     if not slots:
         return []
     local = ZonedInstants(tz, slots[0].start_us, max(end for _start, end, _members in slots))
     epoch = local.epoch
-    if epoch is not None:  # one offset over the whole answer: no lookup per instant
-        return [
-            SlotOut(start=epoch + MICROSECOND * start, end=epoch + MICROSECOND * end, members=list(members))
-            for start, end, members in slots
-        ]
-    return [SlotOut(start=local(start), end=local(end), members=list(members)) for start, end, members in slots]
+    made: dict[int, datetime] = {}
+    out: list[SlotOut] = []
+    last: tuple[str, ...] | None = None
+    names: list[str] = []
+    for start_us, end_us, members in slots:
+        start = made.get(start_us)
+        if start is None:
+            # One offset over the whole answer (the usual case): no lookup per instant.
+            start = made[start_us] = epoch + MICROSECOND * start_us if epoch is not None else local(start_us)
+        end = made.get(end_us)
+        if end is None:
+            end = made[end_us] = epoch + MICROSECOND * end_us if epoch is not None else local(end_us)
+        if members is not last:
+            last, names = members, list(members)
+        out.append(SlotOut(start=start, end=end, members=names))
+    return out
 
 
 def _explanation_out(explanation: Explanation, tz: ZoneInfo) -> ExplanationOut:
