@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from calbroker.api.availability import _slots_out
 from calbroker.api.wire import ZonedInstants
 from calbroker.domain import Slot
 from calbroker.domain.errors import InvalidRequest
@@ -69,3 +70,34 @@ def test_a_slot_must_end_after_it_starts() -> None:
     start = datetime(2026, 11, 24, 9, tzinfo=UTC)
     with pytest.raises(InvalidRequest):
         Slot(start, start, ())
+
+
+@given(
+    zone=st.sampled_from(ZONES),
+    first=st.one_of(
+        st.integers(FIRST_US, LAST_US - 63 * 86_400_000_000),
+        st.builds(lambda edge, near: edge + near, st.sampled_from(EDGES), st.integers(-7_200_000_000, 7_200_000_000)),
+    ),
+    shape=st.lists(
+        st.tuples(st.integers(0, 3).map(lambda gap: gap * 900_000_000), st.sampled_from([1, 30, 45, 60, 90])),
+        min_size=1,
+        max_size=40,
+    ),
+    sets=st.lists(st.sampled_from(["a@contoso.com", "b@contoso.com", "c@contoso.com"]), min_size=1, max_size=3),
+)
+def test_an_answer_writes_each_slot_as_its_instants_converted(
+    zone: str, first: int, shape: list[tuple[int, int]], sets: list[str]
+) -> None:
+    """Back-to-back or apart, one length or several, across an offset change: sharing instants and
+    member lists between slots must write exactly what converting each slot on its own writes."""
+    tz = ZoneInfo(zone)
+    members = tuple(sorted(set(sets)))
+    slots, at = [], first
+    for gap, minutes in shape:
+        start = at + gap
+        at = start + minutes * 60_000_000
+        slots.append(Slot.at(start, at, members if gap else members[:1]))
+    expected = [
+        {"start": from_us(s).astimezone(tz), "end": from_us(e).astimezone(tz), "members": list(m)} for s, e, m in slots
+    ]
+    assert msgspec.json.encode(_slots_out(slots, tz)) == msgspec.json.encode(expected)

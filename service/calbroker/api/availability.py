@@ -359,24 +359,32 @@ def _slots_out(slots: Sequence[Slot], tz: ZoneInfo) -> list[SlotOut]:
     """Slots in the request's zone; a slot is the tuple (start_us, end_us, members), read by unpacking.
 
     Back-to-back slots share an instant and usually a set of members: each instant becomes one
-    datetime and each run of one set one list, shared by the slots that hold it.
+    datetime and each run of one set one list, shared by the slots that hold it. Under one offset
+    (the usual case) an end is its start plus the slot's length, one timedelta per distinct length.
     """
     if not slots:
         return []
     local = ZonedInstants(tz, slots[0].start_us, max(end for _start, end, _members in slots))
     epoch = local.epoch
     made: dict[int, datetime] = {}
+    lengths: dict[int, timedelta] = {}
     out: list[SlotOut] = []
     last: tuple[str, ...] | None = None
     names: list[str] = []
     for start_us, end_us, members in slots:
         start = made.get(start_us)
         if start is None:
-            # One offset over the whole answer (the usual case): no lookup per instant.
-            start = made[start_us] = epoch + MICROSECOND * start_us if epoch is not None else local(start_us)
+            start = made[start_us] = local(start_us) if epoch is None else epoch + MICROSECOND * start_us
         end = made.get(end_us)
         if end is None:
-            end = made[end_us] = epoch + MICROSECOND * end_us if epoch is not None else local(end_us)
+            if epoch is None:
+                end = local(end_us)
+            else:
+                length = lengths.get(end_us - start_us)
+                if length is None:
+                    length = lengths[end_us - start_us] = MICROSECOND * (end_us - start_us)
+                end = start + length  # a fixed offset: wall-clock and absolute arithmetic agree
+            made[end_us] = end
         if members is not last:
             last, names = members, list(members)
         out.append(SlotOut(start=start, end=end, members=names))
