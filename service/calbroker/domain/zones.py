@@ -1,12 +1,14 @@
 """UTC-offset pieces of a time zone over a span, so wall-clock rules become exact UTC intervals.
 
 zoneinfo publishes offsets, not transitions: we probe the offset every few hours and bisect to the
-second wherever it changes (tz transitions fall on whole seconds).
+second wherever it changes (tz transitions fall on whole seconds), a calendar year of a zone at a
+time, kept for the life of the process: requests ask about a few zones over the same years.
 """
 
 from __future__ import annotations
 
-from datetime import datetime, tzinfo
+from datetime import UTC, datetime, tzinfo
+from functools import lru_cache
 
 from calbroker.domain.intervals import MICROSECOND
 
@@ -49,6 +51,32 @@ def _first_second_with_other_offset(tz: tzinfo, offset: int, before_us: int, at_
 
 def offset_spans(tz: tzinfo, start_us: int, end_us: int) -> list[OffsetSpan]:
     """Pieces of constant UTC offset that tile ``[start, end)`` exactly, in order."""
+    pieces: list[OffsetSpan] = []
+    for year in range(_year_of(start_us), _year_of(end_us - 1) + 1):
+        for piece_start, piece_end, offset in _year_spans(tz, year):
+            low, high = max(piece_start, start_us), min(piece_end, end_us)
+            if low >= high:
+                continue
+            if pieces and pieces[-1][2] == offset:  # one offset across new year
+                pieces[-1] = (pieces[-1][0], high, offset)
+            else:
+                pieces.append((low, high, offset))
+    return pieces
+
+
+def _year_of(moment_us: int) -> int:
+    return datetime.fromtimestamp(moment_us // SECOND_US, UTC).year
+
+
+@lru_cache(maxsize=4096)
+def _year_spans(tz: tzinfo, year: int) -> tuple[OffsetSpan, ...]:
+    """The pieces of one UTC calendar year in `tz`: probed once, then every request reads them."""
+    start_us = int(datetime(year, 1, 1, tzinfo=UTC).timestamp()) * SECOND_US
+    end_us = int(datetime(year + 1, 1, 1, tzinfo=UTC).timestamp()) * SECOND_US
+    return tuple(_probe(tz, start_us, end_us))
+
+
+def _probe(tz: tzinfo, start_us: int, end_us: int) -> list[OffsetSpan]:
     pieces: list[OffsetSpan] = []
     piece_start = start_us
     offset = utc_offset_us(tz, start_us)
