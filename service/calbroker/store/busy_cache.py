@@ -120,16 +120,20 @@ async def read_application(
         LEFT JOIN LATERAL (
             -- Epoch microseconds (extract is exact numeric): blocks are built without datetimes.
             -- copy_owners: the block's mailbox, as its 1-based position in copy_sync_ids.
-            SELECT array_agg(k.owner ORDER BY k.owner, k.starts_at) AS copy_owners,
-                   array_agg((extract(epoch FROM k.starts_at) * 1000000)::int8 ORDER BY k.owner, k.starts_at)
+            SELECT array_agg(m.owner ORDER BY m.owner, k.starts_at) AS copy_owners,
+                   array_agg((extract(epoch FROM k.starts_at) * 1000000)::int8 ORDER BY m.owner, k.starts_at)
                        AS copy_starts,
-                   array_agg((extract(epoch FROM k.ends_at) * 1000000)::int8 ORDER BY k.owner, k.starts_at)
+                   array_agg((extract(epoch FROM k.ends_at) * 1000000)::int8 ORDER BY m.owner, k.starts_at)
                        AS copy_ends,
-                   array_agg(k.status ORDER BY k.owner, k.starts_at) AS copy_statuses
-            FROM (
-                SELECT array_position(s.copy_sync_ids, k.sync_id) AS owner, k.starts_at, k.ends_at, k.status
+                   array_agg(k.status ORDER BY m.owner, k.starts_at) AS copy_statuses
+            FROM unnest(s.copy_sync_ids) WITH ORDINALITY AS m (sync_id, owner)
+            CROSS JOIN LATERAL (
+                -- Ordered, so the planner keeps it a range scan of the index per mailbox whatever
+                -- it believes about the table (a subquery with ORDER BY is never flattened).
+                SELECT k.starts_at, k.ends_at, k.status
                 FROM busy_cache k
-                WHERE k.sync_id = ANY(s.copy_sync_ids) AND k.starts_at < $5 AND k.ends_at > $4
+                WHERE k.sync_id = m.sync_id AND k.starts_at < $5 AND k.ends_at > $4
+                ORDER BY k.starts_at
             ) k
         ) b ON s.copy_sync_ids IS NOT NULL
         WHERE c.application_id = $1 AND c.status <> 'revoked'
